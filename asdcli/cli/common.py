@@ -1,0 +1,93 @@
+"""Options, console and error handling shared by every command (defined once)."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+
+from asdcli.config import AsdConfig, load_config
+from asdcli.errors import AsdError
+
+# Results go to stdout; progress, notices and errors to stderr, so `asd score > x.csv` stays clean.
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOption = typer.Option(None, "--config", "-c", help="Preset name in configs/ (default, tiny) or a YAML file.")
+SeedOption = typer.Option(None, "--seed", help="Random seed (overrides the config's seed).")
+WorkersOption = typer.Option(None, "--workers", "-j", min=1, help="Threads decoding audio (overrides loader.workers).")
+CacheOption = typer.Option(
+    None, "--cache-dir", help="Feature cache folder [default: $ASD_CACHE_DIR or ~/.cache/asd/features]."
+)
+
+
+def resolve_config(config: Optional[str], **overrides: object) -> AsdConfig:
+    """Load the preset or file and apply command-line overrides given by dotted field names."""
+    return load_config(config).with_overrides(**overrides)
+
+
+def handle_errors(func: Callable) -> Callable:
+    """Turn an :class:`AsdError` into one line on stderr and exit status 1; bugs keep their traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except AsdError as error:
+            err.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+class RateColumn(ProgressColumn):
+    """Items per second of a progress task."""
+
+    def __init__(self, unit: str = "clips"):
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
+
+
+def progress_bar(unit: str = "clips") -> Progress:
+    """A rich progress bar on stderr with count, rate, elapsed and remaining time."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=False,
+    )
+
+
+def report_failures(failures: list[tuple[Path, str]]) -> None:
+    """List skipped clips at the end of a batch command."""
+    if not failures:
+        return
+    err.print(f"[yellow]skipped {len(failures)} clip(s):[/]", highlight=False)
+    for _, message in failures:
+        err.print(f"  {message}", highlight=False, markup=False)
+
+
+def not_built(command: str, issue: int) -> None:
+    """Exit non-zero for a design-card command this version does not have yet."""
+    err.print(f"[bold red]error:[/] `asd {command}` is not built yet in this version (tracked in issue #{issue}).")
+    raise typer.Exit(2)
+
+
+def fatal(message: str) -> None:
+    """Print one error line and exit 1 (for CLI-level checks that are not service errors)."""
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(1)

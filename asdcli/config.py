@@ -1,0 +1,185 @@
+"""Typed configuration: one pydantic model per concern, loaded from YAML presets in ``configs/``.
+
+Every model forbids unknown keys, so a typo fails at load time with the file, the field and the
+reason. Defaults live here only; the YAML presets override them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from asdcli.errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AudioConfig(Section):
+    """How a file becomes a mono waveform of fixed length."""
+
+    sample_rate: int = Field(16000, gt=0, description="target rate in Hz; other rates are resampled")
+    duration_s: float = Field(10.0, gt=0, description="clips are cropped or tiled to this length")
+    min_duration_s: float = Field(0.5, gt=0, description="shorter clips are rejected as unusable")
+    channel: Union[int, Literal["mean"]] = Field(
+        0, description="channel to keep from multi-channel files (index) or 'mean' for a downmix"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> "AudioConfig":
+        if isinstance(self.channel, int) and self.channel < 0:
+            raise ValueError("channel must be >= 0 or 'mean'")
+        if self.min_duration_s > self.duration_s:
+            raise ValueError("min_duration_s must not exceed duration_s")
+        return self
+
+    @property
+    def num_samples(self) -> int:
+        """Clip length in samples at ``sample_rate``."""
+        return int(round(self.duration_s * self.sample_rate))
+
+
+class FeatureConfig(Section):
+    """Log-mel spectrogram settings (DCASE baseline defaults)."""
+
+    n_fft: int = Field(1024, gt=0)
+    hop_length: int = Field(512, gt=0)
+    n_mels: int = Field(128, gt=0)
+    power: float = Field(2.0, gt=0)
+    f_min: float = Field(0.0, ge=0)
+    f_max: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> "FeatureConfig":
+        if self.hop_length > self.n_fft:
+            raise ValueError("hop_length must not exceed n_fft")
+        if self.n_mels > self.n_fft // 2 + 1:
+            raise ValueError(f"n_mels must be at most n_fft // 2 + 1 = {self.n_fft // 2 + 1}")
+        if self.f_max is not None and self.f_max <= self.f_min:
+            raise ValueError("f_max must be greater than f_min")
+        return self
+
+
+class LoaderConfig(Section):
+    """Parallel audio decoding and feature extraction."""
+
+    workers: int = Field(2, ge=1, le=64, description="threads decoding audio in parallel")
+
+
+SynthMachine = Literal["fan", "pump", "valve", "slider", "gearbox"]
+AnomalyKind = Literal["freq_shift", "extra_harmonic", "impulses", "modulation", "missing_events"]
+
+
+class SynthConfig(Section):
+    """The built-in synthetic dataset (DCASE 2021+ layout)."""
+
+    machines: list[SynthMachine] = Field(default_factory=lambda: ["fan", "pump", "valve", "slider"], min_length=1)
+    sections: int = Field(2, ge=1, le=100, description="machine instances per type")
+    train_source: int = Field(60, ge=1, description="normal training clips per section, source domain")
+    train_target: int = Field(6, ge=0, description="normal training clips per section, target domain")
+    test_per_domain: int = Field(20, ge=2, description="test clips per section and domain, half anomalous")
+    duration_s: float = Field(10.0, gt=0)
+    sample_rate: int = Field(16000, gt=0)
+    snr_db: float = Field(6.0, description="machine-to-background-noise ratio in dB")
+    anomalies: list[AnomalyKind] = Field(
+        default_factory=lambda: ["freq_shift", "extra_harmonic", "impulses", "modulation", "missing_events"],
+        min_length=1,
+    )
+    severity: float = Field(1.0, gt=0, le=4, description="scales every anomaly's strength")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SynthConfig":
+        if len(set(self.machines)) != len(self.machines):
+            raise ValueError("machines must not repeat")
+        return self
+
+
+class AsdConfig(Section):
+    """The whole configuration of a run."""
+
+    audio: AudioConfig = Field(default_factory=AudioConfig)
+    features: FeatureConfig = Field(default_factory=FeatureConfig)
+    loader: LoaderConfig = Field(default_factory=LoaderConfig)
+    synth: SynthConfig = Field(default_factory=SynthConfig)
+    seed: int = Field(0, ge=0)
+
+    def with_overrides(self, **dotted: object) -> "AsdConfig":
+        """Copy with fields replaced by dotted name (``{"loader.workers": 4}``), re-validated."""
+        data = self.model_dump()
+        for key, value in dotted.items():
+            if value is None:
+                continue
+            node = data
+            *parents, leaf = key.split(".")
+            for part in parents:
+                node = node[part]
+            node[leaf] = value
+        return validate_config(data, source="command line")
+
+
+def settings_digest(*sections: BaseModel, version: int = 1) -> str:
+    """A short stable hash of config sections, used to key caches by their settings."""
+    blob = json.dumps([version] + [s.model_dump(mode="json") for s in sections], sort_keys=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _format_error(error: ValidationError, source: str) -> str:
+    """One line per problem: ``<source>: field 'a.b': reason``."""
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        reason = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            reason = "unknown field (check the spelling)"
+        lines.append(f"{source}: field '{field}': {reason}")
+    return "; ".join(lines)
+
+
+def validate_config(data: object, source: str) -> AsdConfig:
+    """Build an :class:`AsdConfig` from plain data, raising :class:`ConfigError` on problems."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    try:
+        return AsdConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_error(error, source)) from None
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A preset name (``tiny``) maps to ``configs/tiny.yaml``; anything else is a path."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+        path = candidate
+    else:
+        path = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none found"
+        raise ConfigError(f"config file not found: {path} (presets: {presets})")
+    return path
+
+
+def load_config(name_or_path: str | Path | None = None) -> AsdConfig:
+    """Load and validate a YAML config; ``None`` gives the ``default`` preset."""
+    path = resolve_config_path(name_or_path or "default")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+    return validate_config(data, source=str(path))
+
+
+def dump_config(config: AsdConfig) -> str:
+    """The fully resolved config as YAML text (written beside every run's outputs)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,79 @@
+"""Audio loading: any WAV/FLAC -> mono float32 waveform at the configured rate and length."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import torch
+import torchaudio.functional as AF
+
+from asdcli.config import AudioConfig
+from asdcli.errors import DataError
+
+
+def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
+    """Decode a file with soundfile. Returns ``(samples (frames, channels) float32, sample_rate)``.
+
+    Raises :class:`DataError` naming the file when it is empty, corrupt or not audio.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    if size == 0:
+        raise DataError(f"{path}: empty file (0 bytes)")
+    try:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        raise DataError(f"{path}: not a readable WAV/FLAC audio file ({error})") from None
+    if data.shape[0] == 0:
+        raise DataError(f"{path}: audio file holds no samples")
+    return data, int(rate)
+
+
+def select_channel(data: np.ndarray, channel: int | str, path: Path) -> np.ndarray:
+    """(frames, channels) -> (frames,) by channel index or ``"mean"`` downmix."""
+    if channel == "mean":
+        return data.mean(axis=1)
+    if channel >= data.shape[1]:
+        raise DataError(
+            f"{path}: has {data.shape[1]} channel(s); channel {channel} was requested (audio.channel)"
+        )
+    return data[:, channel]
+
+
+def fit_length(wave: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Crop to the first ``num_samples`` or tile a short clip until it is long enough.
+
+    Tiling rather than zero-padding keeps the spectral statistics of a stationary machine sound.
+    """
+    length = wave.shape[-1]
+    if length >= num_samples:
+        return wave[..., :num_samples]
+    repeats = -(-num_samples // length)
+    return wave.repeat(repeats)[:num_samples]
+
+
+def load_audio(path: str | Path, cfg: AudioConfig) -> torch.Tensor:
+    """Load one clip as a mono waveform.
+
+    Returns ``(num_samples,)`` float32 at ``cfg.sample_rate``, cropped or tiled to
+    ``cfg.duration_s``. Raises :class:`DataError` naming the file for every unusable input.
+    """
+    path = Path(path)
+    data, rate = read_audio(path)
+    mono = select_channel(data, cfg.channel, path)
+    if not np.isfinite(mono).all():
+        raise DataError(f"{path}: contains NaN or infinite samples")
+    duration = mono.shape[0] / rate
+    if duration < cfg.min_duration_s:
+        raise DataError(
+            f"{path}: too short ({duration:.3f} s; audio.min_duration_s is {cfg.min_duration_s} s)"
+        )
+    wave = torch.from_numpy(np.ascontiguousarray(mono))
+    if rate != cfg.sample_rate:
+        wave = AF.resample(wave, rate, cfg.sample_rate)
+    return fit_length(wave, cfg.num_samples)

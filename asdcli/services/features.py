@@ -1,0 +1,101 @@
+"""Feature extraction over a dataset: parallel, streaming, cached, skipping bad clips."""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+
+from asdcli.config import AsdConfig
+from asdcli.data.features import FeatureCache, FeatureExtractor
+from asdcli.data.layout import Clip
+from asdcli.errors import DataError
+
+
+def default_cache_dir() -> Path:
+    """``$ASD_CACHE_DIR``, else ``$XDG_CACHE_HOME/asd/features``, else ``~/.cache/asd/features``."""
+    if os.environ.get("ASD_CACHE_DIR"):
+        return Path(os.environ["ASD_CACHE_DIR"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "asd" / "features"
+
+
+@dataclass(frozen=True)
+class FeatureItem:
+    """Outcome for one clip: ``features`` ``(n_mels, frames)`` or the ``error`` that skipped it."""
+
+    clip: Clip
+    features: np.ndarray | None
+    cached: bool = False
+    error: str | None = None
+
+
+@dataclass
+class FeatureReport:
+    """Summary of a feature pass."""
+
+    total: int = 0
+    computed: int = 0
+    cached: int = 0
+    failures: list[tuple[Path, str]] = field(default_factory=list)
+
+    def add(self, item: FeatureItem) -> None:
+        """Count one clip's outcome."""
+        self.total += 1
+        if item.error is not None:
+            self.failures.append((item.clip.path, item.error))
+        elif item.cached:
+            self.cached += 1
+        else:
+            self.computed += 1
+
+
+def make_extractor(config: AsdConfig, cache_dir: str | Path | None) -> FeatureExtractor:
+    """Extractor for ``config``; ``cache_dir=None`` disables the cache."""
+    cache = None if cache_dir is None else FeatureCache(cache_dir, config.audio, config.features)
+    return FeatureExtractor(config.audio, config.features, cache)
+
+
+def _one(extractor: FeatureExtractor, clip: Clip) -> FeatureItem:
+    try:
+        feats, cached = extractor(clip.path)
+    except DataError as error:
+        return FeatureItem(clip, None, error=str(error))
+    return FeatureItem(clip, feats, cached=cached)
+
+
+def iter_features(clips: Iterable[Clip], extractor: FeatureExtractor, workers: int = 2) -> Iterator[FeatureItem]:
+    """Features of each clip, in input order, decoded by ``workers`` threads.
+
+    At most ``2 * workers`` clips are in flight, so memory stays flat however many clips there
+    are. A bad clip yields an item with ``error`` set instead of raising.
+    """
+    if workers <= 1:
+        for clip in clips:
+            yield _one(extractor, clip)
+        return
+    window: deque[Future] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asd-features") as pool:
+        for clip in clips:
+            window.append(pool.submit(_one, extractor, clip))
+            if len(window) >= 2 * workers:
+                yield window.popleft().result()
+        while window:
+            yield window.popleft().result()
+
+
+def extract_features(clips: list[Clip], config: AsdConfig, cache_dir: str | Path,
+                     on_item: Callable[[FeatureItem], None] | None = None) -> FeatureReport:
+    """Compute and cache the features of every clip (``asd features``); report failures at the end."""
+    report = FeatureReport()
+    extractor = make_extractor(config, cache_dir)
+    for item in iter_features(clips, extractor, config.loader.workers):
+        report.add(item)
+        if on_item is not None:
+            on_item(item)
+    return report
