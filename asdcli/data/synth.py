@@ -102,7 +102,7 @@ def render_clip(spec: ClipSpec, cfg: SynthConfig, seed: int) -> tuple[np.ndarray
 
 def clip_specs(cfg: SynthConfig) -> Iterator[ClipSpec]:
     """Every clip of the dataset, in a fixed order. Anomaly kinds rotate over the test anomalies."""
-    for machine in cfg.machines:
+    for m, machine in enumerate(cfg.machines):
         for section in range(cfg.sections):
             for domain, count in (("source", cfg.train_source), ("target", cfg.train_target)):
                 for i in range(count):
@@ -112,7 +112,7 @@ def clip_specs(cfg: SynthConfig) -> Iterator[ClipSpec]:
                 for i in range(cfg.test_per_domain - n_anomaly):
                     yield ClipSpec(machine, section, domain, "test", "normal", i)
                 for i in range(n_anomaly):
-                    kind = cfg.anomalies[(i + section + d) % len(cfg.anomalies)]
+                    kind = cfg.anomalies[(i + d * n_anomaly + section + m) % len(cfg.anomalies)]
                     yield ClipSpec(machine, section, domain, "test", "anomaly", i, kind)
 
 

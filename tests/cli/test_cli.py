@@ -1,0 +1,81 @@
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from asdcli.cli import app
+from asdcli.cli.pending import PENDING
+
+runner = CliRunner()
+COMMANDS = ["synth", "features", *PENDING]
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\x1b\[[0-9;]*m", "", text)
+
+
+def test_top_level_help_lists_the_design_card():
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    for name in COMMANDS:
+        assert name in result.output
+
+
+@pytest.mark.parametrize("name", COMMANDS)
+def test_every_command_has_help(name):
+    result = runner.invoke(app, [name, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage" in _plain(result.output)
+
+
+@pytest.mark.parametrize("name", list(PENDING))
+def test_unbuilt_commands_say_so_and_fail(name):
+    result = runner.invoke(app, [name, "b3", "--epochs", "1"])
+    assert result.exit_code == 2
+    assert "not built yet" in _plain(result.output)
+
+
+def test_synth_then_features_then_cached(tmp_path):
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    result = runner.invoke(app, ["synth", str(data), "-c", "tiny"])
+    assert result.exit_code == 0, result.output
+    assert "wrote 384 clips" in _plain(result.output)
+    first = runner.invoke(app, ["features", str(data / "fan"), "-c", "tiny", "--cache-dir", str(cache)])
+    assert first.exit_code == 0 and "96 clips: 96 computed, 0 from cache, 0 skipped" in _plain(first.output)
+    again = runner.invoke(app, ["features", str(data / "fan"), "-c", "tiny", "--cache-dir", str(cache), "-j", "1"])
+    assert "96 clips: 0 computed, 96 from cache" in _plain(again.output)
+
+
+def test_features_reports_bad_clip_and_carries_on(tmp_path, synth_root):
+    folder = tmp_path / "m" / "test"
+    folder.mkdir(parents=True)
+    for clip in list((synth_root / "fan" / "test").glob("*.wav"))[:3]:
+        (folder / clip.name).write_bytes(clip.read_bytes())
+    (folder / "broken.wav").write_bytes(b"RIFF0000WAVEjunk")
+    result = runner.invoke(app, ["features", str(tmp_path), "-c", "tiny", "--cache-dir", str(tmp_path / "c")])
+    out = _plain(result.output)
+    assert result.exit_code == 0
+    assert "4 clips: 3 computed, 0 from cache, 1 skipped" in out
+    assert "broken.wav: not a readable WAV/FLAC audio file" in out
+
+
+def test_data_error_is_one_line_and_exit_1(tmp_path):
+    result = runner.invoke(app, ["features", str(tmp_path / "nowhere")])
+    assert result.exit_code == 1
+    assert _plain(result.output).strip().startswith("error: data path does not exist")
+    assert "Traceback" not in result.output
+
+
+def test_config_error_names_file_and_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("synth:\n  machins: [fan]\n")
+    result = runner.invoke(app, ["synth", str(tmp_path / "out"), "-c", str(bad)])
+    assert result.exit_code == 1
+    assert "bad.yaml: field 'synth.machins': unknown field" in _plain(result.output)
+    assert not (tmp_path / "out").exists()
+
+
+def test_all_bad_clips_is_an_error(tmp_path):
+    (tmp_path / "a.wav").write_text("nope")
+    result = runner.invoke(app, ["features", str(tmp_path), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 1 and "no clip under" in _plain(result.output)

@@ -1,0 +1,52 @@
+"""Shared fixtures: the tiny config, a small synthetic dataset and the real clips in ../shared/data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asdcli.config import load_config
+from asdcli.data.synth import generate
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """The tiny preset used by the fast suite."""
+    return load_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Real DCASE/MIMII clips beside the repository; tests using them skip where it is absent."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} not present")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory, tiny) -> Path:
+    """A small synthetic dataset (2 machine types, 1 section) written once per session."""
+    cfg = tiny.synth.model_copy(update={"machines": ["fan", "valve"], "sections": 1, "train_source": 8,
+                                        "train_target": 2, "test_per_domain": 4})
+    root = tmp_path_factory.mktemp("synth")
+    generate(root, cfg, seed=0)
+    return root
+
+
+def write_wav(path: Path, data: np.ndarray, rate: int = 16000, subtype: str = "PCM_16") -> Path:
+    """Write ``data`` ((frames,) or (frames, channels)) as a WAV file and return its path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(str(path), data, rate, subtype=subtype)
+    return path
+
+
+def noise(seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0) -> np.ndarray:
+    """Gaussian noise at -20 dBFS, ``(frames,)`` or ``(frames, channels)``."""
+    rng = np.random.default_rng(seed)
+    shape = (int(seconds * rate),) if channels == 1 else (int(seconds * rate), channels)
+    return (0.1 * rng.standard_normal(shape)).astype(np.float32)
