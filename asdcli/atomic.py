@@ -13,8 +13,12 @@ from typing import IO, Iterator
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
-    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success."""
+def atomic_open(path: str | Path, mode: str = "w", fsync: bool = True, **kwargs) -> Iterator[IO]:
+    """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
+
+    ``fsync=False`` skips flushing to the disk: for caches whose readers validate entries, where
+    a power cut may cost an entry but never yields a wrong one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -22,7 +26,8 @@ def atomic_open(path: str | Path, mode: str = "w", **kwargs) -> Iterator[IO]:
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
-            os.fsync(handle.fileno())
+            if fsync:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -26,7 +26,14 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     if size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        with sf.SoundFile(str(path)) as handle:
+            rate = handle.samplerate
+            if handle.subtype == "PCM_16":
+                # Reading int16 and scaling is 2-3x faster than libsndfile's float conversion
+                # and gives the same values (libsndfile also divides by 32768).
+                data = handle.read(dtype="int16", always_2d=True).astype(np.float32) * np.float32(1 / 32768)
+            else:
+                data = handle.read(dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         raise DataError(f"{path}: not a readable WAV/FLAC audio file ({error})") from None
     if data.shape[0] == 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
+import torch
 
 from asdcli.config import AsdConfig
 from asdcli.data.features import FeatureCache, FeatureExtractor
@@ -61,32 +63,52 @@ def make_extractor(config: AsdConfig, cache_dir: str | Path | None) -> FeatureEx
     return FeatureExtractor(config.audio, config.features, cache)
 
 
-def _one(extractor: FeatureExtractor, clip: Clip) -> FeatureItem:
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Limit torch's intra-op threads for a block (``None``: leave as is), then restore them.
+
+    The clip-level thread pool already fills the cores; intra-op threads on top oversubscribe them.
+    """
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
     try:
-        feats, cached = extractor(clip.path)
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _compute(extractor: FeatureExtractor, clip: Clip) -> FeatureItem:
+    try:
+        return FeatureItem(clip, extractor.compute_and_store(clip.path))
     except DataError as error:
         return FeatureItem(clip, None, error=str(error))
-    return FeatureItem(clip, feats, cached=cached)
 
 
 def iter_features(clips: Iterable[Clip], extractor: FeatureExtractor, workers: int = 2) -> Iterator[FeatureItem]:
-    """Features of each clip, in input order, decoded by ``workers`` threads.
+    """Features of each clip, in input order; cache misses are computed by ``workers`` threads.
 
-    At most ``2 * workers`` clips are in flight, so memory stays flat however many clips there
-    are. A bad clip yields an item with ``error`` set instead of raising.
+    Cache hits are read on the calling thread (a thread hop costs more than the read). At most
+    ``2 * workers`` clips are in flight, so memory stays flat however many clips there are. A
+    bad clip yields an item with ``error`` set instead of raising.
     """
-    if workers <= 1:
+    window: deque[FeatureItem | Future] = deque()
+    with torch_threads(1 if workers > 1 else None), \
+            ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asd-features") as pool:
         for clip in clips:
-            yield _one(extractor, clip)
-        return
-    window: deque[Future] = deque()
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asd-features") as pool:
-        for clip in clips:
-            window.append(pool.submit(_one, extractor, clip))
-            if len(window) >= 2 * workers:
-                yield window.popleft().result()
+            cached = extractor.lookup(clip.path)
+            if cached is not None:
+                window.append(FeatureItem(clip, cached, cached=True))
+            elif workers <= 1:
+                window.append(_compute(extractor, clip))
+            else:
+                window.append(pool.submit(_compute, extractor, clip))
+            while window and (isinstance(window[0], FeatureItem) or len(window) >= 2 * workers):
+                head = window.popleft()
+                yield head if isinstance(head, FeatureItem) else head.result()
         while window:
-            yield window.popleft().result()
+            head = window.popleft()
+            yield head if isinstance(head, FeatureItem) else head.result()
 
 
 def extract_features(clips: list[Clip], config: AsdConfig, cache_dir: str | Path,

@@ -42,7 +42,7 @@ def test_cache_hit_returns_identical_features(setup):
     second, cached_second = extractor(path)
     assert (cached_first, cached_second) == (False, True)
     np.testing.assert_array_equal(first, second)
-    assert len(list(cache_dir.rglob("*.npy"))) == 1 and not list(cache_dir.rglob("*.tmp*"))
+    assert len(list(cache_dir.rglob("*.f32"))) == 1 and not list(cache_dir.rglob("*.tmp*"))
 
 
 def test_cache_invalidated_by_settings_change(setup):
