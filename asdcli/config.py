@@ -104,6 +104,113 @@ class SynthConfig(Section):
         return self
 
 
+class TrainConfig(Section):
+    """Optimisation settings shared by every branch (a branch may override epochs and lr)."""
+
+    epochs: int = Field(20, ge=0)
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    grad_clip: float = Field(5.0, gt=0, description="max gradient norm")
+    warmup_epochs: int = Field(1, ge=0, description="linear learning-rate warm-up, then cosine decay")
+
+
+class BranchTrain(Section):
+    """Per-branch overrides of :class:`TrainConfig` (``None``: use the shared value)."""
+
+    epochs: int | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0)
+
+
+Pooling = Literal["mean", "max", "gwrp"]
+
+
+class PretrainedConfig(BranchTrain):
+    """b1: Audio Spectrogram Transformer embeddings scored by k-nearest-neighbour distance."""
+
+    source: str = Field("MIT/ast-finetuned-audioset-10-10-0.4593",
+                        description="Hugging Face model id, a local folder, or 'random' for an untrained model")
+    random_hidden: int = Field(64, ge=8, description="hidden size of the 'random' model")
+    random_layers: int = Field(2, ge=1)
+    random_heads: int = Field(2, ge=1)
+    max_length: int = Field(1024, ge=16, description="AST input frames (10 ms hop)")
+    finetune_layers: int = Field(0, ge=0, description="top encoder layers trained with an ID classifier")
+    k: int = Field(1, ge=1, description="neighbours averaged by the kNN score")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PretrainedConfig":
+        if self.random_hidden % self.random_heads:
+            raise ValueError("random_hidden must be divisible by random_heads")
+        return self
+
+
+class TransformerAEConfig(BranchTrain):
+    """b2: masked-frame Transformer autoencoder scored by reconstruction error."""
+
+    patch_frames: int = Field(4, ge=1, description="frames per token")
+    d_model: int = Field(128, ge=8)
+    heads: int = Field(4, ge=1)
+    layers: int = Field(3, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    mask_ratio: float = Field(0.5, gt=0, lt=1)
+    score_masks: int = Field(4, ge=1, description="interleaved masks at scoring; each token hidden once")
+    pooling: Pooling = "mean"
+    gwrp_decay: float = Field(0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TransformerAEConfig":
+        if self.d_model % self.heads:
+            raise ValueError("d_model must be divisible by heads")
+        return self
+
+
+class ContrastiveConfig(BranchTrain):
+    """b3: machine-ID contrastive embedding (SupCon pretraining, then ID classification)."""
+
+    embed_dim: int = Field(128, ge=4)
+    channels: int = Field(32, ge=4, description="width of the first convolution block")
+    temperature: float = Field(0.1, gt=0)
+    pretrain_fraction: float = Field(0.5, ge=0, le=1, description="share of epochs with the contrastive loss only")
+    perturbations: int = Field(3, ge=0, le=3, description="perturbed copies used as extra classes (outlier exposure)")
+    score: Literal["knn", "prototype"] = "knn"
+    k: int = Field(1, ge=1)
+
+
+class DiffusionConfig(BranchTrain):
+    """b4: DDPM denoiser on log-mel patches; DDIM reconstruction error as the score."""
+
+    steps: int = Field(200, ge=10, description="diffusion steps T of the DDPM schedule")
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    channels: int = Field(32, ge=4)
+    crop_frames: int = Field(64, ge=8, description="training patch length in frames")
+    noise_level: float = Field(0.3, gt=0, lt=1, description="fraction of T the clip is noised to at scoring")
+    ddim_steps: int = Field(5, ge=1)
+    repeats: int = Field(2, ge=1, description="noise draws averaged per clip at scoring")
+    pooling: Pooling = "mean"
+    gwrp_decay: float = Field(0.9, gt=0, le=1)
+
+
+class FlowConfig(BranchTrain):
+    """b5: RealNVP on the embeddings of trained branches; negative log-likelihood as the score."""
+
+    inputs: list[str] = Field(default_factory=lambda: ["contrastive"], min_length=1,
+                              description="branches whose embeddings the flow models")
+    couplings: int = Field(6, ge=2)
+    hidden: int = Field(128, ge=8)
+    max_dims: int = Field(32, ge=2, description="embeddings are projected (PCA) to at most this many dims")
+
+
+class BranchesConfig(Section):
+    """Settings of the five branches."""
+
+    pretrained: PretrainedConfig = Field(default_factory=PretrainedConfig)
+    transformer_ae: TransformerAEConfig = Field(default_factory=TransformerAEConfig)
+    contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)
+
+
 class AsdConfig(Section):
     """The whole configuration of a run."""
 
@@ -111,6 +218,8 @@ class AsdConfig(Section):
     features: FeatureConfig = Field(default_factory=FeatureConfig)
     loader: LoaderConfig = Field(default_factory=LoaderConfig)
     synth: SynthConfig = Field(default_factory=SynthConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    branches: BranchesConfig = Field(default_factory=BranchesConfig)
     seed: int = Field(0, ge=0)
 
     def with_overrides(self, **dotted: object) -> "AsdConfig":

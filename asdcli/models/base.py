@@ -1,0 +1,151 @@
+"""The branch interface every service relies on, the batch it consumes, and pooling helpers."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field, replace
+from typing import ClassVar, Iterable
+
+import torch
+from torch import Tensor, nn
+
+
+@dataclass
+class Batch:
+    """A batch of clips.
+
+    ``feats`` (B, n_mels, frames) raw log-mel in dB; ``group`` (B,) index of the clip's
+    machine section in the run (-1 unknown); ``domain`` (B,) 0 source / 1 target; ``label`` (B,)
+    index of its section-and-attributes class (-1 unknown); ``wave`` (B, samples) at 16 kHz for
+    branches that need audio; ``embeddings`` upstream branches' (B, D) embeddings by name;
+    ``index`` (B,) position of each clip in the training set (for leave-one-out scores).
+    """
+
+    feats: Tensor
+    group: Tensor
+    domain: Tensor
+    label: Tensor
+    wave: Tensor | None = None
+    embeddings: dict[str, Tensor] = field(default_factory=dict)
+    index: Tensor | None = None
+
+    def to(self, device: torch.device | str) -> "Batch":
+        """Copy of the batch on ``device``."""
+        return replace(
+            self,
+            feats=self.feats.to(device),
+            group=self.group.to(device),
+            domain=self.domain.to(device),
+            label=self.label.to(device),
+            wave=None if self.wave is None else self.wave.to(device),
+            embeddings={k: v.to(device) for k, v in self.embeddings.items()},
+            index=None if self.index is None else self.index.to(device),
+        )
+
+    def __len__(self) -> int:
+        return self.feats.shape[0]
+
+
+@dataclass(frozen=True)
+class BranchContext:
+    """What a branch needs to know about the data to build itself."""
+
+    n_mels: int
+    frames: int
+    sample_rate: int
+    n_groups: int
+    n_labels: int
+    embed_dims: dict[str, int] = field(default_factory=dict)  # upstream embedding sizes (flow)
+
+
+class Branch(nn.Module, ABC):
+    """One anomaly-detection branch. feats: (B, n_mels, frames).
+
+    ``loss`` trains it, ``score`` gives one anomaly score per clip (higher = more anomalous),
+    ``embed`` a (B, D) embedding. Everything ``score`` needs after training (memory banks,
+    statistics) is a registered buffer, so it travels in the checkpoint. ``score`` is
+    deterministic in ``eval()`` mode and does not depend on the other clips of the batch.
+    """
+
+    name: ClassVar[str]
+    bid: ClassVar[str]
+    needs_wave: ClassVar[bool] = False
+
+    def __init__(self, context: BranchContext):
+        super().__init__()
+        self.context = context
+        self.register_buffer("input_mean", torch.zeros(context.n_mels))
+        self.register_buffer("input_std", torch.ones(context.n_mels))
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        """Branches whose embeddings this one consumes through ``batch.embeddings``."""
+        return ()
+
+    def set_input_stats(self, mean: Tensor, std: Tensor) -> None:
+        """Per-mel-bin mean and std (n_mels,) of the training log-mel, used by :meth:`normalize`."""
+        self.input_mean.copy_(mean)
+        self.input_std.copy_(std.clamp_min(1e-3))
+
+    def normalize(self, feats: Tensor) -> Tensor:
+        """(B, n_mels, frames) dB -> standardised per mel bin."""
+        return (feats - self.input_mean[:, None]) / self.input_std[:, None]
+
+    @abstractmethod
+    def loss(self, batch: Batch) -> Tensor:
+        """Scalar, differentiable training loss."""
+
+    @abstractmethod
+    def embed(self, batch: Batch) -> Tensor:
+        """(B, D) embedding."""
+
+    @abstractmethod
+    def score(self, batch: Batch) -> Tensor:
+        """(B,) anomaly scores, higher = more anomalous."""
+
+    def prepare_training(self, batches: Iterable[Batch]) -> None:
+        """Before training: fit data-dependent input transforms (beyond the log-mel statistics)."""
+
+    def set_progress(self, fraction: float) -> None:
+        """Training progress in [0, 1] at the start of each epoch, for staged objectives."""
+
+    def prepare_scoring(self, batches: Iterable[Batch]) -> None:
+        """After training: build what scoring needs from the (normal) training clips."""
+
+    def extra_meta(self) -> dict:
+        """JSON-able facts needed to rebuild this branch from a checkpoint (architecture)."""
+        return {}
+
+    def train_scores(self, batch: Batch) -> Tensor:
+        """Scores of training clips for the normalisation statistics (leave-one-out where a
+        branch scores by distance to the training clips themselves)."""
+        return self.score(batch)
+
+    def is_trainable(self) -> bool:
+        """Whether any parameter receives gradients (a frozen branch only prepares scoring)."""
+        return any(p.requires_grad for p in self.parameters())
+
+
+def pool_time(errors: Tensor, mode: str, decay: float = 0.9) -> Tensor:
+    """(B, T) per-frame errors -> (B,) by mean, max or global weighted rank pooling (GWRP).
+
+    GWRP (Kolesnikov & Lampert 2016): sort descending and weight the r-th value by decay^r, a
+    soft maximum that rewards clips whose worst frames are bad.
+    """
+    if mode == "mean":
+        return errors.mean(dim=1)
+    if mode == "max":
+        return errors.amax(dim=1)
+    ranked = errors.sort(dim=1, descending=True).values  # (B, T)
+    weights = decay ** torch.arange(errors.shape[1], device=errors.device, dtype=errors.dtype)
+    return (ranked * weights).sum(dim=1) / weights.sum()
+
+
+def sinusoidal_embedding(positions: Tensor, dim: int) -> Tensor:
+    """(N,) positions or diffusion steps -> (N, dim) sinusoidal features (Vaswani et al.)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=positions.device) / max(half - 1, 1))
+    angles = positions.float()[:, None] * freqs[None, :]  # (N, half)
+    out = torch.cat([angles.sin(), angles.cos()], dim=1)  # (N, 2 * half)
+    return nn.functional.pad(out, (0, dim - 2 * half))

@@ -1,0 +1,115 @@
+"""b5: RealNVP normalizing flow (Dinh et al. 2017) on the embeddings of trained branches.
+
+Flows for ASD: Dohi et al., arXiv 2103.08801. The embeddings of the ``inputs`` branches are
+concatenated, centred and projected on their principal axes (at most ``max_dims``), then mapped
+to a standard normal by affine coupling layers with alternating masks, each conditioned on the
+clip's machine section. The exact log-likelihood gives the score: negative log-likelihood.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from asdcli.config import FlowConfig
+from asdcli.models.base import Batch, Branch, BranchContext
+
+
+class AffineCoupling(nn.Module):
+    """y = x on the masked half; y = x * exp(s) + t elsewhere, s and t from the masked half."""
+
+    def __init__(self, dim: int, cond_dim: int, hidden: int, mask: Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask)
+        self.net = nn.Sequential(nn.Linear(dim + cond_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 2 * dim))
+        nn.init.zeros_(self.net[-1].weight)  # start as the identity map
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, dim), (B, cond_dim) -> y (B, dim) and log|det dy/dx| (B,)."""
+        kept = x * self.mask
+        s, t = self.net(torch.cat([kept, cond], dim=1)).chunk(2, dim=1)
+        s = torch.tanh(s) * (1 - self.mask)  # bounded log-scales keep training stable
+        t = t * (1 - self.mask)
+        return kept + (1 - self.mask) * (x * s.exp() + t), s.sum(dim=1)
+
+
+class FlowBranch(Branch):
+    """Section-conditioned RealNVP density of branch embeddings; score = -log p(z | section)."""
+
+    name = "flow"
+    bid = "b5"
+
+    def __init__(self, context: BranchContext, cfg: FlowConfig):
+        super().__init__(context)
+        self.cfg = cfg
+        self.in_dim = sum(context.embed_dims[name] for name in cfg.inputs)
+        self.dim = min(cfg.max_dims, self.in_dim)
+        self.register_buffer("emb_mean", torch.zeros(self.in_dim))
+        self.register_buffer("proj", torch.eye(self.in_dim)[:, : self.dim].clone())
+        self.register_buffer("proj_scale", torch.ones(self.dim))
+        cond_dim = context.n_groups + 1
+        masks = [(torch.arange(self.dim) + i) % 2 for i in range(cfg.couplings)]
+        self.couplings = nn.ModuleList(
+            AffineCoupling(self.dim, cond_dim, cfg.hidden, m.float()) for m in masks
+        )
+
+    @property
+    def requires(self) -> tuple[str, ...]:
+        return tuple(self.cfg.inputs)
+
+    def _inputs(self, batch: Batch) -> Tensor:
+        """Concatenated upstream embeddings (B, in_dim)."""
+        missing = [n for n in self.cfg.inputs if n not in batch.embeddings]
+        if missing:
+            raise KeyError(f"flow needs embeddings of {missing} in the batch")
+        return torch.cat([batch.embeddings[n] for n in self.cfg.inputs], dim=1)
+
+    def prepare_training(self, batches) -> None:
+        """Centre and project the training embeddings on their principal axes, whitened."""
+        z = torch.cat([self._inputs(b) for b in batches]).double()  # (N, in_dim)
+        mean = z.mean(dim=0)
+        _, svals, vh = torch.linalg.svd(z - mean, full_matrices=False)
+        var = svals.pow(2) / max(1, z.shape[0] - 1)  # (min(N, in_dim),)
+        keep = min(self.dim, vh.shape[0])
+        proj = torch.zeros(self.in_dim, self.dim, dtype=torch.float64)
+        proj[:, :keep] = vh[:keep].T
+        scale = torch.ones(self.dim, dtype=torch.float64)
+        # Directions with almost no variance among normal clips are kept but not blown up.
+        floor = 1e-2 * var[:keep].mean().clamp_min(1e-12)
+        scale[:keep] = var[:keep].clamp_min(floor).sqrt()
+        self.emb_mean.copy_(mean.float())
+        self.proj.copy_(proj.float())
+        self.proj_scale.copy_(scale.float())
+
+    def _condition(self, group: Tensor) -> Tensor:
+        return F.one_hot(torch.where(group < 0, self.context.n_groups, group), self.context.n_groups + 1).float()
+
+    def forward_flow(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """Latent u (B, dim) and the log-determinant of the whole map (B,)."""
+        x = (self._inputs(batch) - self.emb_mean) @ self.proj / self.proj_scale  # (B, dim)
+        cond = self._condition(batch.group)
+        logdet = torch.zeros(x.shape[0], device=x.device)
+        for coupling in self.couplings:
+            x, ld = coupling(x, cond)
+            logdet = logdet + ld
+        return x, logdet
+
+    def nll(self, batch: Batch) -> Tensor:
+        """(B,) negative log-likelihood in nats per dimension."""
+        u, logdet = self.forward_flow(batch)
+        log_pz = -0.5 * (u.pow(2).sum(dim=1) + self.dim * math.log(2 * math.pi))
+        return -(log_pz + logdet) / self.dim
+
+    def loss(self, batch: Batch) -> Tensor:
+        return self.nll(batch).mean()
+
+    def embed(self, batch: Batch) -> Tensor:
+        return self.forward_flow(batch)[0]
+
+    def score(self, batch: Batch) -> Tensor:
+        return self.nll(batch)

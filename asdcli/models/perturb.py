@@ -1,0 +1,44 @@
+"""Deterministic perturbations of log-mel clips: pseudo-anomalies for outlier exposure.
+
+Training data holds only normal clips; a perturbed normal clip is a plausible fault (a shifted
+resonance, a changed spectral balance, a wobble) that the models can learn to tell apart.
+Each takes and returns (B, n_mels, frames) log-mel in dB.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+
+def shift_frequency(feats: Tensor) -> Tensor:
+    """Move the spectrum up by ~4 % of the mel bins (at least one), repeating the lowest bin."""
+    shift = max(1, round(0.04 * feats.shape[1]))
+    return torch.cat([feats[:, :1].expand(-1, shift, -1), feats[:, :-shift]], dim=1)
+
+
+def tilt_spectrum(feats: Tensor) -> Tensor:
+    """Add a linear spectral tilt of -6 dB (lowest band) to +6 dB (highest band)."""
+    ramp = torch.linspace(-6.0, 6.0, feats.shape[1], device=feats.device, dtype=feats.dtype)
+    return feats + ramp[None, :, None]
+
+
+def wobble(feats: Tensor) -> Tensor:
+    """Amplitude modulation with an 8-frame period and 60 % depth (added in dB)."""
+    t = torch.arange(feats.shape[2], device=feats.device, dtype=feats.dtype)
+    gain_db = 10.0 * torch.log10(1.0 + 0.6 * torch.sin(2 * math.pi * t / 8.0))
+    return feats + gain_db[None, None, :]
+
+
+PERTURBATIONS = (shift_frequency, tilt_spectrum, wobble)
+
+
+def perturbed_copies(feats: Tensor, count: int) -> tuple[Tensor, Tensor]:
+    """The first ``count`` perturbations of every clip: ((count * B, M, T), (count * B,) kind)."""
+    if count == 0:
+        return feats[:0], torch.zeros(0, dtype=torch.long, device=feats.device)
+    copies = torch.cat([PERTURBATIONS[k](feats) for k in range(count)], dim=0)  # (count * B, M, T)
+    kinds = torch.arange(count, device=feats.device).repeat_interleave(feats.shape[0])
+    return copies, kinds
