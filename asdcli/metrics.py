@@ -106,15 +106,27 @@ def gamma_threshold(train_scores: Sequence[float], percentile: float = DECISION_
     """Decision threshold as in the DCASE baselines: the ``percentile`` of a gamma fit.
 
     ``scipy.stats.gamma.fit`` (shape, location and scale) on the anomaly scores of the normal
-    training clips, then ``gamma.ppf(percentile)``. Scores above it are decided anomalous.
+    training clips, then ``gamma.ppf(percentile)``. The fit starts from method-of-moments
+    estimates; where it still fails (few or degenerate scores give a threshold outside the
+    plausible range), the empirical percentile is used. Scores above it are decided anomalous.
     """
     scores = np.asarray(train_scores, dtype=float)
     if scores.size < 2 or not np.isfinite(scores).all():
         raise DataError("decision threshold: needs at least two finite training scores")
     if np.ptp(scores) == 0:
         return float(scores[0])
-    shape, loc, scale = scipy.stats.gamma.fit(scores)
-    return float(scipy.stats.gamma.ppf(percentile, shape, loc=loc, scale=scale))
+    mean, std, skew = scores.mean(), scores.std(), scipy.stats.skew(scores)
+    shape0 = float(np.clip(4.0 / max(skew, 1e-3) ** 2, 0.5, 1e3))
+    scale0 = std / np.sqrt(shape0)
+    loc0 = min(mean - shape0 * scale0, scores.min() - 1e-6 * np.ptp(scores))
+    with np.errstate(all="ignore"):
+        shape, loc, scale = scipy.stats.gamma.fit(scores, shape0, loc=loc0, scale=scale0)
+        threshold = float(scipy.stats.gamma.ppf(percentile, shape, loc=loc, scale=scale))
+    empirical = float(np.quantile(scores, percentile))
+    spread = np.ptp(scores)
+    if not np.isfinite(threshold) or not scores.min() <= threshold <= scores.max() + spread:
+        return empirical
+    return threshold
 
 
 def fpr_threshold(train_scores: Sequence[float], fpr: float) -> float:

@@ -8,7 +8,6 @@ from asdcli.cli.common import not_built
 
 # command name -> (one-line help, issue that builds it)
 PENDING = {
-    "train-branch": ("Train one model branch (b1..b5) and write its checkpoint.", 3),
     "train-fusion": ("Fit the attention fusion head over the branch scores.", 4),
     "meta-train": ("MAML meta-training of the final classifier across machine sections.", 4),
     "score": ("Score clips: one CSV row per clip with its anomaly score.", 4),

@@ -78,9 +78,9 @@ class Branch(nn.Module, ABC):
         self.register_buffer("input_mean", torch.zeros(context.n_mels))
         self.register_buffer("input_std", torch.ones(context.n_mels))
 
-    @property
-    def requires(self) -> tuple[str, ...]:
-        """Branches whose embeddings this one consumes through ``batch.embeddings``."""
+    @classmethod
+    def upstream(cls, cfg) -> tuple[str, ...]:
+        """Branches whose embeddings this one consumes through ``batch.embeddings`` (given its config)."""
         return ()
 
     def set_input_stats(self, mean: Tensor, std: Tensor) -> None:

@@ -58,9 +58,9 @@ class FlowBranch(Branch):
             AffineCoupling(self.dim, cond_dim, cfg.hidden, m.float()) for m in masks
         )
 
-    @property
-    def requires(self) -> tuple[str, ...]:
-        return tuple(self.cfg.inputs)
+    @classmethod
+    def upstream(cls, cfg: FlowConfig) -> tuple[str, ...]:
+        return tuple(cfg.inputs)
 
     def _inputs(self, batch: Batch) -> Tensor:
         """Concatenated upstream embeddings (B, in_dim)."""

@@ -1,0 +1,60 @@
+"""`asd train-branch NAME`: train one model branch into a run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from asdcli.cli.common import (CacheOption, ConfigOption, SeedOption, WorkersOption, err, handle_errors, out,
+                               progress_bar, report_failures, resolve_config)
+from asdcli.models.registry import canonical_name
+from asdcli.services.device import resolve_device
+from asdcli.services.features import default_cache_dir
+from asdcli.services.train import train_branch as train_service
+
+DataOption = typer.Option(..., "--data", "-d", help="Dataset root with <machine>/train/*.wav (or one machine folder).")
+RunOption = typer.Option(Path("checkpoints/run"), "--run", "-r", help="Run folder for checkpoints and logs.")
+
+
+@handle_errors
+def train_branch(
+    name: str = typer.Argument(..., help="b1..b5 or pretrained, transformer-ae, contrastive, diffusion, flow."),
+    data: Path = DataOption,
+    run: Path = RunOption,
+    config: Optional[str] = ConfigOption,
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=0, help="Epochs (overrides the config)."),
+    gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Train on CUDA device N (error if there is none)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto [default: cpu]."),
+    seed: Optional[int] = SeedOption,
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training of this branch."),
+    cache_dir: Optional[Path] = CacheOption,
+    workers: Optional[int] = WorkersOption,
+) -> None:
+    """Train one branch on the normal training clips of every machine section under --data."""
+    name = canonical_name(name)
+    key = f"branches.{name.replace('-', '_')}.epochs"
+    cfg = resolve_config(config, seed=seed, **{key: epochs, "loader.workers": workers})
+    torch_device = resolve_device(gpu, device if device or gpu is not None else "cpu")
+    with progress_bar(unit="clips") as bar:
+        task = bar.add_task(f"{name}", total=None)
+
+        def on_step(info) -> None:
+            bar.update(task, total=info.steps * info.epochs, completed=(info.epoch - 1) * info.steps + info.step,
+                       description=f"{name} epoch {info.epoch}/{info.epochs} loss {info.loss:.4f}")
+
+        result = train_service(name, data, run, cfg, torch_device, cache_dir or default_cache_dir(), resume,
+                               on_step=on_step)
+    report_failures(result.skipped)
+    table = Table(title=f"{name}: {result.clips} training clips, {result.epochs} epochs -> {result.run}")
+    for column in ("section", "clips", "train score mean", "std", "decision threshold"):
+        table.add_column(column, justify="right" if column != "section" else "left")
+    for group, st in result.score_stats.items():
+        table.add_row(group, str(st["count"]), f"{st['mean']:.4f}", f"{st['std']:.4f}", f"{st['threshold']:.4f}")
+    out.print(table)
+    if result.final_loss is not None:
+        err.print(f"final training loss {result.final_loss:.5f}; log: {result.run / 'logs' / (name + '_train.csv')}")
+    if result.world_size > 1:
+        err.print(f"{result.world_size} processes; replicas identical: {result.replicas_identical}")

@@ -1,0 +1,109 @@
+"""Clips as model batches: labels from the run's vocabulary, features through the cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from asdcli.config import AsdConfig
+from asdcli.data.audio import load_audio
+from asdcli.data.features import FeatureExtractor
+from asdcli.data.layout import Clip, discover
+from asdcli.errors import DataError
+from asdcli.models.base import Batch
+from asdcli.services.features import FeatureReport, iter_features
+
+
+def label_key(clip: Clip) -> str:
+    """The contrastive / ID class of a clip: its machine section and attribute values."""
+    return f"{clip.group}|{clip.attributes_raw}"
+
+
+def training_clips(data: str) -> list[Clip]:
+    """Normal training clips under ``data`` (``*/train/*``; anomalous names are left out)."""
+    clips = [c for c in discover(data, split="train") if c.label != "anomaly"]
+    if not clips:
+        raise DataError(f"no normal training clips under {data}; expected <machine>/train/*.wav")
+    return clips
+
+
+@dataclass
+class Vocabulary:
+    """Machine sections (groups) and classes of a run, in a fixed order."""
+
+    groups: list[str]
+    labels: list[str]
+
+    @classmethod
+    def from_clips(cls, clips: Sequence[Clip]) -> "Vocabulary":
+        return cls(sorted({c.group for c in clips}), sorted({label_key(c) for c in clips}))
+
+    def group_index(self, clip: Clip) -> int:
+        try:
+            return self.groups.index(clip.group)
+        except ValueError:
+            return -1
+
+    def label_index(self, clip: Clip) -> int:
+        try:
+            return self.labels.index(label_key(clip))
+        except ValueError:
+            return -1
+
+
+class ClipSet:
+    """Usable clips with their features' statistics; yields :class:`Batch` objects.
+
+    The constructor makes one streaming pass over the clips (computing and caching features,
+    skipping unreadable clips, which are listed in ``report``); batches then read the cache.
+    """
+
+    def __init__(self, clips: Sequence[Clip], config: AsdConfig, extractor: FeatureExtractor,
+                 vocab: Vocabulary, with_wave: bool = False):
+        self.config, self.extractor, self.vocab, self.with_wave = config, extractor, vocab, with_wave
+        self.report = FeatureReport()
+        total = sq = None
+        self.clips: list[Clip] = []
+        frames = 0
+        for item in iter_features(clips, extractor, config.loader.workers):
+            self.report.add(item)
+            if item.error is not None:
+                continue
+            f = item.features.astype(np.float64)  # (n_mels, frames)
+            total = f.sum(axis=1) if total is None else total + f.sum(axis=1)
+            sq = (f**2).sum(axis=1) if sq is None else sq + (f**2).sum(axis=1)
+            frames += f.shape[1]
+            self.clips.append(item.clip)
+        if not self.clips:
+            raise DataError("none of the clips could be read: " + "; ".join(m for _, m in self.report.failures[:3]))
+        mean = total / frames
+        self.mean = torch.from_numpy(mean).float()  # (n_mels,)
+        self.std = torch.from_numpy(np.sqrt(np.maximum(sq / frames - mean**2, 0.0))).float()
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def batch(self, indices: Sequence[int]) -> Batch:
+        """The clips at ``indices`` as one batch (features from the cache)."""
+        clips = [self.clips[i] for i in indices]
+        feats = np.stack([self.extractor(c.path)[0] for c in clips])  # (B, n_mels, frames)
+        wave = None
+        if self.with_wave:
+            wave = torch.stack([load_audio(c.path, self.config.audio) for c in clips])  # (B, samples)
+        return Batch(
+            feats=torch.from_numpy(feats),
+            group=torch.tensor([self.vocab.group_index(c) for c in clips]),
+            domain=torch.tensor([int(c.domain == "target") for c in clips]),
+            label=torch.tensor([self.vocab.label_index(c) for c in clips]),
+            wave=wave,
+            index=torch.as_tensor(list(indices)),
+        )
+
+    def batches(self, batch_size: int, order: Sequence[int] | None = None) -> Iterator[Batch]:
+        """Batches in ``order`` (default: the clips' order)."""
+        order = list(range(len(self))) if order is None else list(order)
+        for start in range(0, len(order), batch_size):
+            yield self.batch(order[start : start + batch_size])

@@ -1,0 +1,99 @@
+"""Run folders as services see them: the run's vocabulary and feature settings, and trained
+branches loaded back from their checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, write_json
+from asdcli.config import AsdConfig, validate_config
+from asdcli.data.features import num_frames
+from asdcli.errors import CheckpointError
+from asdcli.models.base import Branch, BranchContext
+from asdcli.models.registry import build_branch, canonical_name
+from asdcli.services.dataset import Vocabulary
+
+
+@dataclass
+class Run:
+    """A run folder: its sections and classes and the feature settings all its branches share."""
+
+    path: Path
+    vocab: Vocabulary
+    features: dict
+
+    def weights(self, name: str) -> Path:
+        return self.path / f"{name}.safetensors"
+
+    def meta_path(self, name: str) -> Path:
+        return self.path / f"{name}.json"
+
+    def train_state(self, name: str) -> Path:
+        return self.path / f"{name}.train"
+
+    def log_path(self, name: str) -> Path:
+        return self.path / "logs" / f"{name}_train.csv"
+
+
+def _feature_settings(config: AsdConfig) -> dict:
+    return {"audio": config.audio.model_dump(mode="json"), "features": config.features.model_dump(mode="json")}
+
+
+def open_or_create_run(path: Path, vocab: Vocabulary, config: AsdConfig) -> Run:
+    """Create ``path/run.json`` for a new run, or check that the data and features match an existing one."""
+    info_path = path / "run.json"
+    settings = _feature_settings(config)
+    if not info_path.exists():
+        write_json(info_path, {"format_version": FORMAT_VERSION, "groups": vocab.groups, "labels": vocab.labels,
+                               **settings})
+        return Run(path, vocab, settings)
+    run = open_run(path)
+    if run.features != settings:
+        raise CheckpointError(f"{path}: the run was made with other audio/feature settings than this config; "
+                              "use the run's config or a new --run folder")
+    missing = sorted(set(vocab.groups) - set(run.vocab.groups))
+    if missing:
+        raise CheckpointError(f"{path}: the run was made for sections {run.vocab.groups}; the data adds {missing}. "
+                              "Use a new --run folder")
+    return run
+
+
+def open_run(path: Path) -> Run:
+    """An existing run folder."""
+    if not path.is_dir():
+        raise CheckpointError(f"run folder {path} does not exist; train a branch first (asd train-branch NAME --run {path})")
+    info = read_json(path / "run.json", "run description")
+    return Run(path, Vocabulary(info["groups"], info["labels"]), {k: info[k] for k in ("audio", "features")})
+
+
+def branch_context(run: Run, config: AsdConfig, embed_dims: dict[str, int] | None = None) -> BranchContext:
+    """The facts a branch is built from."""
+    return BranchContext(n_mels=config.features.n_mels, frames=num_frames(config.audio, config.features),
+                         sample_rate=config.audio.sample_rate, n_groups=len(run.vocab.groups),
+                         n_labels=len(run.vocab.labels), embed_dims=embed_dims or {})
+
+
+def read_branch_meta(run: Run, name: str) -> dict:
+    """A trained branch's metadata; errors say what to run when it is missing or unfinished."""
+    name = canonical_name(name)
+    if not run.meta_path(name).exists():
+        raise CheckpointError(f"branch '{name}' is not trained in {run.path}; run: asd train-branch {name} "
+                              f"--run {run.path} --data DIR")
+    meta = read_json(run.meta_path(name), f"{name} metadata")
+    if meta.get("status") != "complete":
+        raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {meta.get('epochs_done')}/"
+                              f"{meta.get('epochs')}; finish it with: asd train-branch {name} --run {run.path} --resume")
+    return meta
+
+
+def load_branch(run: Run, name: str, device: torch.device | str = "cpu") -> Branch:
+    """A complete trained branch in eval mode, rebuilt from its own resolved config."""
+    name = canonical_name(name)
+    meta = read_branch_meta(run, name)
+    config = validate_config(meta["config"], source=str(run.meta_path(name)))
+    branch = build_branch(name, config, branch_context(run, config, meta.get("embed_dims")), meta.get("extra") or None)
+    load_weights(branch, run.weights(name))
+    return branch.to(device).eval()

@@ -1,0 +1,284 @@
+"""`asd train-branch`: train one branch on the normal training clips of every section.
+
+Deterministic on the CPU: the data order and the random draws of epoch e come from (seed, e)
+alone, so a resumed run repeats exactly what an uninterrupted one does. Under torchrun each
+process takes its share of every batch and DDP averages the gradients; rank 0 writes the files.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from asdcli.atomic import write_text
+from asdcli.checkpoints import FORMAT_VERSION, load_optimizer, load_weights, read_json, save_optimizer, save_weights, versions, write_json
+from asdcli.config import AsdConfig
+from asdcli.errors import CheckpointError
+from asdcli.metrics import gamma_threshold
+from asdcli.models.base import Batch, Branch
+from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
+from asdcli.services.dataset import ClipSet, Vocabulary, training_clips
+from asdcli.services.device import DistInfo, distributed, weights_digest
+from asdcli.services.features import make_extractor
+from asdcli.services.runs import Run, branch_context, load_branch, open_or_create_run, open_run
+
+LOG_COLUMNS = ["epoch", "loss", "lr", "clips", "seconds", "clips_per_s"]
+
+
+@dataclass
+class StepInfo:
+    """Progress of one optimisation step, for a progress bar."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    clips_per_s: float
+
+
+@dataclass
+class TrainResult:
+    """What a finished training wrote and measured."""
+
+    branch: str
+    run: Path
+    epochs: int
+    final_loss: float | None
+    clips: int
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+    score_stats: dict = field(default_factory=dict)
+    world_size: int = 1
+    replicas_identical: bool | None = None
+
+
+class _LossModule(nn.Module):
+    """DDP synchronises gradients around a forward(); route it to the branch's loss."""
+
+    def __init__(self, branch: Branch):
+        super().__init__()
+        self.branch = branch
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.branch.loss(batch)
+
+
+def lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to 5 % of ``base``."""
+    if warmup and step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31)
+
+
+def with_embeddings(batch: Batch, upstream: dict[str, Branch]) -> Batch:
+    """Fill ``batch.embeddings`` from the upstream branches (no gradients)."""
+    with torch.no_grad():
+        for name, branch in upstream.items():
+            batch.embeddings[name] = branch.embed(batch)
+    return batch
+
+
+def _write_log(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, LOG_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buffer.getvalue())
+
+
+def _read_log(path: Path, before_epoch: int) -> list[dict]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return [row for row in csv.DictReader(handle) if int(row["epoch"]) < before_epoch]
+
+
+@dataclass
+class _Setup:
+    name: str
+    device: torch.device
+    run: Run
+    clipset: ClipSet
+    upstream: dict[str, Branch]
+    branch: Branch
+    embed_dims: dict[str, int]
+    epochs: int
+    lr: float
+
+
+def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: torch.device,
+             cache_dir: Path | None, info: DistInfo) -> _Setup:
+    clips = training_clips(str(data))
+    if info.is_main:
+        open_or_create_run(run_dir, Vocabulary.from_clips(clips), config)
+    if info.world_size > 1:
+        dist.barrier()
+    run = open_run(run_dir)
+    cls = BRANCHES[name]
+    bcfg = branch_config(config, name)
+    upstream = {canonical_name(n): load_branch(run, n, device) for n in cls.upstream(bcfg)}
+    needs_wave = cls.needs_wave or any(b.needs_wave for b in upstream.values())
+    clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave)
+    probe = with_embeddings(clipset.batch([0]).to(device), upstream)
+    embed_dims = {n: int(e.shape[1]) for n, e in probe.embeddings.items()}
+    torch.manual_seed(config.seed)
+    branch = build_branch(name, config, branch_context(run, config, embed_dims)).to(device)
+    branch.set_input_stats(clipset.mean.to(device), clipset.std.to(device))
+    batch_size = config.train.batch_size
+    branch.prepare_training(with_embeddings(b.to(device), upstream) for b in clipset.batches(batch_size))
+    epochs = bcfg.epochs if bcfg.epochs is not None else config.train.epochs
+    lr = bcfg.lr if bcfg.lr is not None else config.train.lr
+    return _Setup(name, device, run, clipset, upstream, branch, embed_dims, epochs, lr)
+
+
+def _metadata(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score_stats: dict) -> dict:
+    return {
+        "format_version": FORMAT_VERSION, "branch": s.name, "id": s.branch.bid, "status": status,
+        "epochs_done": epochs_done, "epochs": s.epochs, "seed": config.seed, "clips": len(s.clipset),
+        "groups": s.run.vocab.groups, "config": config.model_dump(mode="json"), "embed_dims": s.embed_dims,
+        "extra": s.branch.extra_meta(), "versions": versions(), "score_stats": score_stats,
+    }
+
+
+def _save(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score_stats: dict) -> None:
+    save_weights(s.branch, s.run.weights(s.name), {"branch": s.name, "status": status, "epoch": str(epochs_done)})
+    write_json(s.run.meta_path(s.name), _metadata(s, config, status, epochs_done, score_stats))
+
+
+def _resume(s: _Setup, optimizer: torch.optim.Optimizer) -> int:
+    """Load weights and optimizer state of an interrupted run; returns the next epoch."""
+    if not s.run.meta_path(s.name).exists():
+        raise CheckpointError(f"{s.run.path}: no interrupted training of '{s.name}' to resume; run without --resume")
+    meta = read_json(s.run.meta_path(s.name), f"{s.name} metadata")
+    if meta["status"] == "complete":
+        raise CheckpointError(f"{s.run.meta_path(s.name)}: training already finished; nothing to resume")
+    load_weights(s.branch, s.run.weights(s.name))
+    if meta["epochs_done"] == 0:
+        return 0
+    progress = load_optimizer(optimizer, s.run.train_state(s.name))
+    if progress.get("epochs_done") != meta["epochs_done"]:
+        raise CheckpointError(f"{s.run.path}: weights (epoch {meta['epochs_done']}) and optimizer state "
+                              f"(epoch {progress.get('epochs_done')}) disagree; start again without --resume")
+    return int(meta["epochs_done"])
+
+
+def _shard(indices: list[int], info: DistInfo) -> list[int]:
+    return indices[info.rank :: info.world_size]
+
+
+def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch: int, info: DistInfo,
+               on_step: Callable[[StepInfo], None] | None) -> dict:
+    """One pass over the shuffled training clips; returns the epoch's log row."""
+    torch.manual_seed(_epoch_seed(config.seed, epoch))
+    generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
+    order = torch.randperm(len(s.clipset), generator=generator).tolist()
+    bs = config.train.batch_size
+    steps = math.ceil(len(order) / bs)
+    total_steps, warmup = steps * max(1, s.epochs), steps * config.train.warmup_epochs
+    s.branch.train()
+    s.branch.set_progress(epoch / max(1, s.epochs))
+    params = [p for p in s.branch.parameters() if p.requires_grad]
+    start, losses, seen = time.perf_counter(), [], 0
+    for step in range(steps):
+        lr = lr_at(epoch * steps + step, total_steps, warmup, s.lr)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        indices = _shard(order[step * bs : (step + 1) * bs], info)
+        batch = with_embeddings(s.clipset.batch(indices).to(s.device), s.upstream)
+        loss = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip)
+        optimizer.step()
+        losses.append(float(loss.detach()))
+        seen += len(indices) * info.world_size
+        if on_step is not None:
+            on_step(StepInfo(epoch + 1, s.epochs, step + 1, steps, losses[-1], seen / (time.perf_counter() - start)))
+    seconds = time.perf_counter() - start
+    return {"epoch": epoch + 1, "loss": f"{sum(losses) / len(losses):.6f}", "lr": f"{lr:.6g}", "clips": seen,
+            "seconds": f"{seconds:.3f}", "clips_per_s": f"{seen / seconds:.2f}"}
+
+
+def _finalize(s: _Setup, config: AsdConfig) -> dict:
+    """Build the scoring state, then score the training clips for per-section statistics."""
+    s.branch.eval()
+    bs = config.train.batch_size
+    scores, groups = [], []
+    with torch.no_grad():
+        s.branch.prepare_scoring(with_embeddings(b.to(s.device), s.upstream) for b in s.clipset.batches(bs))
+        for batch in s.clipset.batches(bs):
+            scores.append(s.branch.train_scores(with_embeddings(batch.to(s.device), s.upstream)).cpu())
+            groups.append(batch.group)
+    score, group = torch.cat(scores).double(), torch.cat(groups)
+    stats = {}
+    for index, name in enumerate(s.run.vocab.groups):
+        values = score[group == index]
+        values = values[torch.isfinite(values)]
+        if values.numel() == 0:
+            continue
+        stats[name] = {"count": int(values.numel()), "mean": float(values.mean()),
+                       "std": float(values.std()) if values.numel() > 1 else 0.0,
+                       "threshold": gamma_threshold(values.numpy()) if values.numel() > 1 else float(values[0])}
+    return stats
+
+
+def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device: torch.device | None = None,
+                 cache_dir: Path | None = None, resume: bool = False,
+                 on_step: Callable[[StepInfo], None] | None = None,
+                 on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+    """Train branch ``name`` on the normal training clips under ``data`` into ``run_dir``.
+
+    Writes ``<branch>.safetensors`` + ``<branch>.json`` after every epoch (status "training",
+    with the optimizer state for ``resume``) and when done (status "complete", with the memory
+    bank and per-section score statistics), and ``logs/<branch>_train.csv``.
+    """
+    name = canonical_name(name)
+    device = device or torch.device("cpu")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    with distributed(device) as info:
+        s = _prepare(name, data, run_dir, config, device, cache_dir, info)
+        params = [p for p in s.branch.parameters() if p.requires_grad]
+        trainable = bool(params) and s.epochs > 0
+        optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=config.train.weight_decay) if params else None
+        start = _resume(s, optimizer) if resume else 0
+        rows = _read_log(s.run.log_path(name), start) if resume else []
+        model: nn.Module = _LossModule(s.branch)
+        if info.world_size > 1 and trainable:
+            model = DistributedDataParallel(model, find_unused_parameters=True,
+                                            device_ids=[device.index] if device.type == "cuda" else None)
+        final_loss = None
+        for epoch in range(start, s.epochs if trainable else 0):
+            row = _run_epoch(s, model, optimizer, config, epoch, info, on_step)
+            rows.append(row)
+            final_loss = float(row["loss"])
+            if info.is_main:
+                _write_log(s.run.log_path(name), rows)
+                save_optimizer(optimizer, s.run.train_state(name), {"epochs_done": epoch + 1})
+                _save(s, config, "training", epoch + 1, {})
+            if on_epoch is not None:
+                on_epoch(row)
+        stats = _finalize(s, config)
+        identical = None
+        if info.world_size > 1:
+            digests = [None] * info.world_size
+            dist.all_gather_object(digests, weights_digest(s.branch))
+            identical = len(set(digests)) == 1
+        if info.is_main:
+            _save(s, config, "complete", s.epochs if trainable else 0, stats)
+        return TrainResult(name, run_dir, s.epochs if trainable else 0, final_loss, len(s.clipset),
+                           s.clipset.report.failures, stats, info.world_size, identical)
