@@ -97,6 +97,11 @@ def _is_tied(module: nn.Module, key: str, state: dict) -> bool:
     return any(module.state_dict()[k].data_ptr() == target.data_ptr() for k in state if k in module.state_dict())
 
 
+def _with_ext(path: Path, ext: str) -> Path:
+    """``run/contrastive.train`` -> ``run/contrastive.train.safetensors`` (suffix appended, not replaced)."""
+    return path.with_name(path.name + ext)
+
+
 def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, progress: dict) -> None:
     """Optimizer state as safetensors tensors + its JSON structure, for ``--resume``."""
     state = optimizer.state_dict()
@@ -104,20 +109,20 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, progress: dict)
     for idx, entry in state["state"].items():
         for key, value in entry.items():
             tensors[f"state.{idx}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
-    with atomic_path(path.with_suffix(".safetensors")) as tmp:
+    with atomic_path(_with_ext(path, ".safetensors")) as tmp:
         save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
-    write_json(path.with_suffix(".json"), {"format_version": FORMAT_VERSION, "param_groups": state["param_groups"],
+    write_json(_with_ext(path, ".json"), {"format_version": FORMAT_VERSION, "param_groups": state["param_groups"],
                                            **progress})
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> dict:
     """Restore what :func:`save_optimizer` wrote; returns the saved progress fields."""
-    info = read_json(path.with_suffix(".json"), "optimizer state")
+    info = read_json(_with_ext(path, ".json"), "optimizer state")
     try:
-        with safe_open(str(path.with_suffix(".safetensors")), framework="pt") as handle:
+        with safe_open(str(_with_ext(path, ".safetensors")), framework="pt") as handle:
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except Exception as error:
-        raise CheckpointError(f"{path.with_suffix('.safetensors')}: missing or damaged optimizer state ({error})") from None
+        raise CheckpointError(f"{_with_ext(path, '.safetensors')}: missing or damaged optimizer state ({error})") from None
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         _, idx, name = key.split(".", 2)

@@ -113,6 +113,8 @@ class TrainConfig(Section):
     weight_decay: float = Field(1e-4, ge=0)
     grad_clip: float = Field(5.0, gt=0, description="max gradient norm")
     warmup_epochs: int = Field(1, ge=0, description="linear learning-rate warm-up, then cosine decay")
+    balance: bool = Field(True, description="draw every section-and-attribute class equally often (the few "
+                          "target-domain clips are otherwise swamped by the source domain)")
 
 
 class BranchTrain(Section):
@@ -168,7 +170,7 @@ class ContrastiveConfig(BranchTrain):
     """b3: machine-ID contrastive embedding (SupCon pretraining, then ID classification)."""
 
     embed_dim: int = Field(128, ge=4)
-    channels: int = Field(32, ge=4, description="width of the first convolution block")
+    channels: int = Field(16, ge=4, description="width of the first convolution block")
     temperature: float = Field(0.1, gt=0)
     pretrain_fraction: float = Field(0.5, ge=0, le=1, description="share of epochs with the contrastive loss only")
     perturbations: int = Field(3, ge=0, le=3, description="perturbed copies used as extra classes (outlier exposure)")
@@ -182,11 +184,11 @@ class DiffusionConfig(BranchTrain):
     steps: int = Field(200, ge=10, description="diffusion steps T of the DDPM schedule")
     beta_start: float = Field(1e-4, gt=0)
     beta_end: float = Field(0.02, gt=0, lt=1)
-    channels: int = Field(32, ge=4)
+    channels: int = Field(16, ge=4)
     crop_frames: int = Field(64, ge=8, description="training patch length in frames")
     noise_level: float = Field(0.3, gt=0, lt=1, description="fraction of T the clip is noised to at scoring")
-    ddim_steps: int = Field(5, ge=1)
-    repeats: int = Field(2, ge=1, description="noise draws averaged per clip at scoring")
+    ddim_steps: int = Field(4, ge=1)
+    repeats: int = Field(1, ge=1, description="noise draws averaged per clip at scoring")
     pooling: Pooling = "mean"
     gwrp_decay: float = Field(0.9, gt=0, le=1)
 

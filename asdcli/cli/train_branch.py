@@ -16,7 +16,9 @@ from asdcli.services.features import default_cache_dir
 from asdcli.services.train import train_branch as train_service
 
 DataOption = typer.Option(..., "--data", "-d", help="Dataset root with <machine>/train/*.wav (or one machine folder).")
-RunOption = typer.Option(Path("checkpoints/run"), "--run", "-r", help="Run folder for checkpoints and logs.")
+RunOption = typer.Option(
+    Path("checkpoints/run"), "--run", "--run-dir", "-r",
+    help="Run folder for checkpoints and logs (under torchrun write --run-dir: torchrun takes --run for its own --run-path).")
 
 
 @handle_errors
@@ -47,6 +49,8 @@ def train_branch(
 
         result = train_service(name, data, run, cfg, torch_device, cache_dir or default_cache_dir(), resume,
                                on_step=on_step)
+    if result.rank != 0:  # under torchrun, the first process reports for all
+        return
     report_failures(result.skipped)
     table = Table(title=f"{name}: {result.clips} training clips, {result.epochs} epochs -> {result.run}")
     for column in ("section", "clips", "train score mean", "std", "decision threshold"):

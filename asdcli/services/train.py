@@ -60,6 +60,7 @@ class TrainResult:
     score_stats: dict = field(default_factory=dict)
     world_size: int = 1
     replicas_identical: bool | None = None
+    rank: int = 0
 
 
 class _LossModule(nn.Module):
@@ -101,11 +102,12 @@ def _write_log(path: Path, rows: list[dict]) -> None:
     write_text(path, buffer.getvalue())
 
 
-def _read_log(path: Path, before_epoch: int) -> list[dict]:
+def _read_log(path: Path, epochs_done: int) -> list[dict]:
+    """Rows of the epochs already done (1-based ``epoch`` column), for a resumed run."""
     if not path.exists():
         return []
     with path.open(newline="") as handle:
-        return [row for row in csv.DictReader(handle) if int(row["epoch"]) < before_epoch]
+        return [row for row in csv.DictReader(handle) if int(row["epoch"]) <= epochs_done]
 
 
 @dataclass
@@ -177,6 +179,19 @@ def _resume(s: _Setup, optimizer: torch.optim.Optimizer) -> int:
     return int(meta["epochs_done"])
 
 
+def epoch_order(clipset: ClipSet, balance: bool, seed: int) -> list[int]:
+    """The clips of one epoch: a seeded permutation, or with ``balance`` as many draws (with
+    replacement) weighted so that every class is drawn equally often on average."""
+    generator = torch.Generator().manual_seed(seed)
+    n = len(clipset)
+    if not balance:
+        return torch.randperm(n, generator=generator).tolist()
+    labels = torch.tensor([clipset.vocab.label_index(c) for c in clipset.clips])
+    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
+    weights = 1.0 / counts[inverse].double()  # (N,)
+    return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+
+
 def _shard(indices: list[int], info: DistInfo) -> list[int]:
     return indices[info.rank :: info.world_size]
 
@@ -185,8 +200,7 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
                on_step: Callable[[StepInfo], None] | None) -> dict:
     """One pass over the shuffled training clips; returns the epoch's log row."""
     torch.manual_seed(_epoch_seed(config.seed, epoch))
-    generator = torch.Generator().manual_seed(_epoch_seed(config.seed, epoch))
-    order = torch.randperm(len(s.clipset), generator=generator).tolist()
+    order = epoch_order(s.clipset, config.train.balance, _epoch_seed(config.seed, epoch))
     bs = config.train.batch_size
     steps = math.ceil(len(order) / bs)
     total_steps, warmup = steps * max(1, s.epochs), steps * config.train.warmup_epochs
@@ -272,6 +286,11 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
                 _save(s, config, "training", epoch + 1, {})
             if on_epoch is not None:
                 on_epoch(row)
+        if info.world_size > 1:
+            # Running statistics (batch norm) are updated from each process's own data after
+            # DDP's last broadcast: take rank 0's, as its checkpoint does.
+            for buffer in s.branch.buffers():
+                dist.broadcast(buffer, src=0)
         stats = _finalize(s, config)
         identical = None
         if info.world_size > 1:
@@ -281,4 +300,4 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
         if info.is_main:
             _save(s, config, "complete", s.epochs if trainable else 0, stats)
         return TrainResult(name, run_dir, s.epochs if trainable else 0, final_loss, len(s.clipset),
-                           s.clipset.report.failures, stats, info.world_size, identical)
+                           s.clipset.report.failures, stats, info.world_size, identical, info.rank)

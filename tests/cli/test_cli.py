@@ -79,3 +79,27 @@ def test_all_bad_clips_is_an_error(tmp_path):
     (tmp_path / "a.wav").write_text("nope")
     result = runner.invoke(app, ["features", str(tmp_path), "--cache-dir", str(tmp_path / "c")])
     assert result.exit_code == 1 and "no clip under" in _plain(result.output)
+
+
+def test_train_branch_end_to_end_and_its_errors(tmp_path, synth_root):
+    run = tmp_path / "run"
+    base = ["--data", str(synth_root), "--run", str(run), "-c", "tiny", "--cache-dir", str(tmp_path / "c")]
+    ok = runner.invoke(app, ["train-branch", "transformer-ae", *base, "--epochs", "1"])
+    assert ok.exit_code == 0, ok.output
+    assert "transformer-ae: 20 training clips, 1 epochs" in _plain(ok.output)
+    assert (run / "transformer-ae.safetensors").exists() and (run / "logs" / "transformer-ae_train.csv").exists()
+    unknown = runner.invoke(app, ["train-branch", "b9", *base])
+    assert unknown.exit_code == 1 and "unknown branch 'b9'" in _plain(unknown.output)
+    early = runner.invoke(app, ["train-branch", "b5", *base])
+    assert early.exit_code == 1 and "branch 'contrastive' is not trained" in _plain(early.output)
+
+
+def test_gpu_without_cuda_fails_instead_of_using_the_cpu(tmp_path, synth_root):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    result = runner.invoke(app, ["train-branch", "diffusion", "--gpu", "0", "--data", str(synth_root),
+                                 "--run", str(tmp_path / "r"), "-c", "tiny"])
+    assert result.exit_code == 1 and "no CUDA device is available" in _plain(result.output)
+    assert not (tmp_path / "r").exists()

@@ -1,0 +1,108 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from asdcli.checkpoints import read_json
+from asdcli.errors import CheckpointError, ConfigError
+from asdcli.services.device import resolve_device
+from asdcli.services.runs import load_branch, open_run
+from asdcli.services.score import score_branches
+from asdcli.services.train import train_branch
+from asdcli.data.layout import discover
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny):
+    return tiny.with_overrides(**{"train.epochs": 2, "train.batch_size": 8})
+
+
+def _weights(run: Path, name: str) -> dict:
+    return load_file(str(run / f"{name}.safetensors"))
+
+
+def _assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_same_seed_same_weights_and_scores(synth_root, cfg, tmp_path):
+    cache = tmp_path / "cache"
+    for run in ("a", "b"):
+        train_branch("b2", synth_root, tmp_path / run, cfg, cache_dir=cache)
+    _assert_same_weights(_weights(tmp_path / "a", "transformer-ae"), _weights(tmp_path / "b", "transformer-ae"))
+    test = discover(synth_root / "fan" / "test")
+    a = score_branches(tmp_path / "a", ["b2"], test, cache).scores["transformer-ae"]
+    b = score_branches(tmp_path / "b", ["b2"], test, cache).scores["transformer-ae"]
+    assert (a == b).all()
+    other = cfg.with_overrides(seed=7)
+    train_branch("b2", synth_root, tmp_path / "c", other, cache_dir=cache)
+    c = _weights(tmp_path / "c", "transformer-ae")
+    assert not torch.equal(c["proj.weight"], _weights(tmp_path / "a", "transformer-ae")["proj.weight"])
+
+
+def test_resume_after_interruption_matches_uninterrupted(synth_root, cfg, tmp_path):
+    cfg3 = cfg.with_overrides(**{"train.epochs": 3})
+    cache = tmp_path / "cache"
+    train_branch("b3", synth_root, tmp_path / "whole", cfg3, cache_dir=cache)
+
+    def stop_after_first(row):
+        if row["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_branch("b3", synth_root, tmp_path / "cut", cfg3, cache_dir=cache, on_epoch=stop_after_first)
+    meta = read_json(tmp_path / "cut" / "contrastive.json", "meta")
+    assert (meta["status"], meta["epochs_done"]) == ("training", 1)
+    with pytest.raises(CheckpointError, match="stopped at epoch 1/3.*--resume"):
+        load_branch(open_run(tmp_path / "cut"), "contrastive")
+    train_branch("b3", synth_root, tmp_path / "cut", cfg3, cache_dir=cache, resume=True)
+    _assert_same_weights(_weights(tmp_path / "whole", "contrastive"), _weights(tmp_path / "cut", "contrastive"))
+    log = (tmp_path / "cut" / "logs" / "contrastive_train.csv").read_text().splitlines()
+    assert log[0] == "epoch,loss,lr,clips,seconds,clips_per_s" and [r.split(",")[0] for r in log[1:]] == ["1", "2", "3"]
+    with pytest.raises(CheckpointError, match="already finished"):
+        train_branch("b3", synth_root, tmp_path / "cut", cfg3, cache_dir=cache, resume=True)
+
+
+def test_flow_before_its_inputs_says_what_to_train(synth_root, cfg, tmp_path):
+    with pytest.raises(CheckpointError, match=r"branch 'contrastive' is not trained in .*asd train-branch contrastive"):
+        train_branch("flow", synth_root, tmp_path / "run", cfg, cache_dir=tmp_path / "cache")
+
+
+def test_damaged_and_missing_checkpoints(synth_root, cfg, tmp_path):
+    run = tmp_path / "run"
+    with pytest.raises(CheckpointError, match="does not exist"):
+        open_run(run)
+    train_branch("b2", synth_root, run, cfg.with_overrides(**{"train.epochs": 1}), cache_dir=tmp_path / "c")
+    (run / "transformer-ae.safetensors").write_bytes(b"\x00" * 40)
+    with pytest.raises(CheckpointError, match="transformer-ae.safetensors: damaged checkpoint"):
+        load_branch(open_run(run), "b2")
+    (run / "transformer-ae.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="transformer-ae.json: damaged"):
+        load_branch(open_run(run), "b2")
+
+
+def test_gpu_request_without_cuda_is_an_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ConfigError, match="cuda:0: no CUDA device is available"):
+        resolve_device(gpu=0)
+    assert resolve_device(device="cpu").type == "cpu"
+
+
+def test_two_process_ddp_ends_with_identical_weights(synth_root, tmp_path):
+    env = {**os.environ, "ASD_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           "-m", "asdcli", "train-branch", "b3", "--data", str(synth_root), "--run-dir", str(tmp_path / "run"),
+           "-c", "tiny", "--epochs", "2"]
+    result = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes; replicas identical: True" in result.stderr
+    assert read_json(tmp_path / "run" / "contrastive.json", "meta")["status"] == "complete"
