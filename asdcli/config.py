@@ -125,6 +125,9 @@ class BranchTrain(Section):
 
 
 Pooling = Literal["mean", "max", "gwrp"]
+# mse: pooled squared error; mahalanobis: distance of the per-bin error profile from the
+# section's training profiles (as the DCASE 2023 baseline's MAHALA mode)
+ErrorScore = Literal["mahalanobis", "mse"]
 
 
 class PretrainedConfig(BranchTrain):
@@ -156,7 +159,8 @@ class TransformerAEConfig(BranchTrain):
     dropout: float = Field(0.1, ge=0, lt=1)
     mask_ratio: float = Field(0.5, gt=0, lt=1)
     score_masks: int = Field(4, ge=1, description="interleaved masks at scoring; each token hidden once")
-    pooling: Pooling = "mean"
+    score: ErrorScore = "mahalanobis"
+    pooling: Pooling = Field("mean", description="pooling of per-token errors for score: mse")
     gwrp_decay: float = Field(0.9, gt=0, le=1)
 
     @model_validator(mode="after")
@@ -189,7 +193,8 @@ class DiffusionConfig(BranchTrain):
     noise_level: float = Field(0.3, gt=0, lt=1, description="fraction of T the clip is noised to at scoring")
     ddim_steps: int = Field(4, ge=1)
     repeats: int = Field(1, ge=1, description="noise draws averaged per clip at scoring")
-    pooling: Pooling = "mean"
+    score: ErrorScore = "mahalanobis"
+    pooling: Pooling = Field("mean", description="pooling of per-frame errors for score: mse")
     gwrp_decay: float = Field(0.9, gt=0, le=1)
 
 

@@ -3,7 +3,8 @@
 Training is DDPM epsilon prediction (Ho et al. 2020) on random crops. Scoring noises a clip
 part-way (``noise_level`` of the T steps) and denoises it back with a few deterministic DDIM
 steps (Song et al. 2021): a normal clip returns close to itself, an anomalous one is pulled
-toward the normal manifold, so the reconstruction error is the anomaly score. The scoring noise
+toward the normal manifold, so the reconstruction error is the anomaly score (Mahalanobis distance of its
+per-bin profile from the section's training clips, or the pooled squared error). The scoring noise
 comes from a fixed seed and is the same for every clip, so scores are deterministic and do not
 depend on the batch.
 """
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from asdcli.config import DiffusionConfig
 from asdcli.models.base import Batch, Branch, BranchContext, pool_time, sinusoidal_embedding
+from asdcli.models.error_profile import ProfileScorer, error_profile
 
 SCORE_SEED = 1234
 
@@ -77,6 +79,7 @@ class DiffusionBranch(Branch):
         self.cfg = cfg
         self.net = Denoiser(cfg.channels)
         betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.steps, dtype=torch.float64)
+        self.profiles = ProfileScorer(context.n_groups, 2 * context.n_mels)
         self.register_buffer("alpha_bar", torch.cumprod(1.0 - betas, dim=0).float(), persistent=False)
 
     def loss(self, batch: Batch) -> Tensor:
@@ -112,12 +115,21 @@ class DiffusionBranch(Branch):
             x = a_next.sqrt() * x0_hat + (1 - a_next).sqrt() * eps
         return x0_hat
 
-    def score(self, batch: Batch) -> Tensor:
+    def error(self, batch: Batch) -> Tensor:
+        """Signed error (B, n_mels, T) of the DDIM reconstruction, averaged over ``repeats`` draws."""
         x0 = self.normalize(batch.feats)[:, None]  # (B, 1, M, T)
         generator = torch.Generator().manual_seed(SCORE_SEED)
-        errors = torch.zeros(len(batch), x0.shape[-1], device=x0.device)
+        total = torch.zeros_like(x0)
         for _ in range(self.cfg.repeats):
             noise = torch.randn((1, *x0.shape[1:]), generator=generator).to(x0.device).expand_as(x0)
-            x0_hat = self.reconstruct(x0, noise)
-            errors = errors + (x0_hat - x0).pow(2).mean(dim=(1, 2))  # (B, T)
-        return pool_time(errors / self.cfg.repeats, self.cfg.pooling, self.cfg.gwrp_decay)
+            total = total + self.reconstruct(x0, noise) - x0
+        return total[:, 0] / self.cfg.repeats
+
+    def prepare_scoring(self, batches) -> None:
+        self.profiles.fit_from(batches, self.error)
+
+    def score(self, batch: Batch) -> Tensor:
+        error = self.error(batch)
+        if self.cfg.score == "mahalanobis":
+            return self.profiles(error_profile(error), batch.group)
+        return pool_time(error.pow(2).mean(dim=1), self.cfg.pooling, self.cfg.gwrp_decay)

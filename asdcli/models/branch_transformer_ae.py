@@ -4,7 +4,8 @@ Groups of ``patch_frames`` log-mel frames are tokens. Training hides a random ha
 behind a learned mask token and reconstructs the hidden ones from the context, conditioned on a
 machine-section token. Scoring hides tokens with ``score_masks`` interleaved masks, so that each
 token is reconstructed once from its neighbours, deterministically; the anomaly score is the
-pooled per-token reconstruction error.
+Mahalanobis distance of the clip's per-bin error profile from its section's training clips
+(``score: mahalanobis``) or the pooled squared error (``score: mse``).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from torch import Tensor, nn
 
 from asdcli.config import TransformerAEConfig
 from asdcli.models.base import Batch, Branch, BranchContext, pool_time
+from asdcli.models.error_profile import ProfileScorer, error_profile
 
 
 class TransformerAEBranch(Branch):
@@ -36,6 +38,7 @@ class TransformerAEBranch(Branch):
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, cfg.layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(cfg.d_model), nn.Linear(cfg.d_model, token_dim))
+        self.profiles = ProfileScorer(context.n_groups, 2 * context.n_mels)
 
     def tokens(self, feats: Tensor) -> Tensor:
         """(B, n_mels, frames) -> (B, n_tokens, n_mels * patch) after normalisation."""
@@ -53,28 +56,43 @@ class TransformerAEBranch(Branch):
         x = torch.cat([section, x], dim=1) + self.pos  # (B, N + 1, d)
         return self.encoder(x)[:, 1:]  # (B, N, d)
 
-    def _token_errors(self, batch: Batch, mask: Tensor) -> Tensor:
-        """(B, N) squared reconstruction error per token under ``mask``."""
+    def _reconstruct(self, batch: Batch, mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """Reconstructed and target tokens, both (B, N, n_mels * patch)."""
         tokens = self.tokens(batch.feats)
-        recon = self.head(self._encode(tokens, batch.group, mask))  # (B, N, token_dim)
-        return (recon - tokens).pow(2).mean(dim=2)
+        return self.head(self._encode(tokens, batch.group, mask)), tokens
 
     def loss(self, batch: Batch) -> Tensor:
         b = len(batch)
         n_masked = max(1, int(round(self.cfg.mask_ratio * self.n_tokens)))
         order = torch.rand(b, self.n_tokens, device=batch.feats.device).argsort(dim=1)  # (B, N)
         mask = order < n_masked  # (B, N): a random subset of n_masked tokens per clip
-        errors = self._token_errors(batch, mask)
+        recon, tokens = self._reconstruct(batch, mask)
+        errors = (recon - tokens).pow(2).mean(dim=2)  # (B, N)
         return (errors * mask).sum() / mask.sum()
 
     def embed(self, batch: Batch) -> Tensor:
         return self._encode(self.tokens(batch.feats), batch.group, None).mean(dim=1)  # (B, d)
 
-    def score(self, batch: Batch) -> Tensor:
+    def error(self, batch: Batch) -> Tensor:
+        """Signed reconstruction error (B, n_mels, N * patch), each token hidden once by one of
+        ``score_masks`` interleaved masks."""
         positions = torch.arange(self.n_tokens, device=batch.feats.device)
-        errors = torch.zeros(len(batch), self.n_tokens, device=batch.feats.device)
         masks = min(self.cfg.score_masks, self.n_tokens)
+        diff = None
         for shift in range(masks):
             mask = (positions % masks == shift)[None].expand(len(batch), -1)  # (B, N)
-            errors = errors + self._token_errors(batch, mask) * mask
-        return pool_time(errors, self.cfg.pooling, self.cfg.gwrp_decay)
+            recon, tokens = self._reconstruct(batch, mask)
+            part = (recon - tokens) * mask[..., None]
+            diff = part if diff is None else diff + part
+        b, n, _ = diff.shape
+        diff = diff.reshape(b, n, self.context.n_mels, self.patch)  # (B, N, M, p)
+        return diff.permute(0, 2, 1, 3).reshape(b, self.context.n_mels, n * self.patch)  # (B, M, N * p)
+
+    def prepare_scoring(self, batches) -> None:
+        self.profiles.fit_from(batches, self.error)
+
+    def score(self, batch: Batch) -> Tensor:
+        error = self.error(batch)
+        if self.cfg.score == "mahalanobis":
+            return self.profiles(error_profile(error), batch.group)
+        return pool_time(error.pow(2).mean(dim=1), self.cfg.pooling, self.cfg.gwrp_decay)

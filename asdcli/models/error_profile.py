@@ -1,0 +1,69 @@
+"""Mahalanobis scoring of reconstruction-error profiles, per machine section.
+
+A reconstruction branch summarises a clip's error as a profile over mel bins (the signed mean
+error and the RMS error of each bin). The profiles of the normal training clips of a section
+give a mean and a covariance; a clip's score is its Mahalanobis distance from them. As in the
+"MAHALA" mode of the DCASE 2023 baseline autoencoder, this weighs each bin by how much it
+varies among normal clips, which plain MSE does not: a quiet bin that changes matters.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch import Tensor, nn
+
+from asdcli.models.base import Batch
+
+
+def error_profile(error: Tensor) -> Tensor:
+    """(B, n_mels, T) signed error -> (B, 2 * n_mels): per-bin mean and RMS over time."""
+    return torch.cat([error.mean(dim=2), error.pow(2).mean(dim=2).sqrt()], dim=1)
+
+
+class ProfileScorer(nn.Module):
+    """Per-section Gaussian of error profiles; the last row is all sections pooled (unknown sections)."""
+
+    def __init__(self, n_groups: int, dim: int, shrink: float = 0.3):
+        super().__init__()
+        self.shrink = shrink
+        self.register_buffer("mean", torch.zeros(n_groups + 1, dim))
+        self.register_buffer("precision", torch.eye(dim).repeat(n_groups + 1, 1, 1))
+
+    def _fit_one(self, profiles: Tensor) -> tuple[Tensor, Tensor]:
+        x = profiles.double()
+        mean = x.mean(dim=0)
+        centred = x - mean
+        cov = centred.T @ centred / max(1, x.shape[0] - 1)  # (D, D)
+        diag = torch.diag(torch.diag(cov))
+        # Shrink toward the diagonal (few clips, many bins) and add a ridge relative to the scale.
+        cov = (1 - self.shrink) * cov + self.shrink * diag
+        cov = cov + 1e-3 * torch.diag(cov).mean().clamp_min(1e-12) * torch.eye(cov.shape[0], dtype=cov.dtype)
+        return mean.float(), torch.linalg.inv(cov).float()
+
+    def fit_from(self, batches, error: Callable[[Batch], Tensor]) -> None:
+        """Fit on the error profiles ``error(batch)`` (B, n_mels, T) of the training batches."""
+        profiles, groups = [], []
+        for batch in batches:
+            profiles.append(error_profile(error(batch)))
+            groups.append(batch.group)
+        self.fit(torch.cat(profiles), torch.cat(groups))
+
+    def fit(self, profiles: Tensor, group: Tensor) -> None:
+        """(N, D) training profiles with (N,) section indices."""
+        rows = self.mean.shape[0] - 1
+        pooled = self._fit_one(profiles)
+        self.mean[rows], self.precision[rows] = pooled
+        for g in range(rows):
+            members = profiles[group == g]
+            if members.shape[0] >= 2:
+                self.mean[g], self.precision[g] = self._fit_one(members)
+            else:
+                self.mean[g], self.precision[g] = pooled
+
+    def forward(self, profiles: Tensor, group: Tensor) -> Tensor:
+        """(B, D) profiles, (B,) sections -> (B,) Mahalanobis distances."""
+        rows = torch.where(group < 0, self.mean.shape[0] - 1, group)
+        diff = profiles - self.mean[rows]  # (B, D)
+        return torch.einsum("bi,bij,bj->b", diff, self.precision[rows], diff).clamp_min(0).sqrt()
