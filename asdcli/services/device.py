@@ -59,6 +59,7 @@ def distributed(device: torch.device) -> Iterator[DistInfo]:
         if device.type == "cuda":
             torch.cuda.set_device(device)
         yield DistInfo(dist.get_rank(), dist.get_world_size())
+        dist.barrier()  # nobody tears the group down while a peer still talks to it
     finally:
         dist.destroy_process_group()
 

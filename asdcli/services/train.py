@@ -286,6 +286,9 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
                 _save(s, config, "training", epoch + 1, {})
             if on_epoch is not None:
                 on_epoch(row)
+        # Release DDP's reducer while the process group is alive; destroying it after
+        # destroy_process_group() can block on a peer that has gone.
+        del model
         if info.world_size > 1:
             # Running statistics (batch norm) are updated from each process's own data after
             # DDP's last broadcast: take rank 0's, as its checkpoint does.
