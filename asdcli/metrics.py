@@ -83,6 +83,14 @@ def section_scores(machine: str, section: str, y_true: Sequence[int], y_score: S
     )
 
 
+def harmonic_mean(values: Sequence[float]) -> float:
+    """Harmonic mean as the DCASE evaluators take it (``scipy.stats.hmean``), with zeros floored
+    at machine epsilon so that one AUC of 0 does not make it undefined."""
+    if len(values) == 0:
+        raise DataError("harmonic mean of no values")
+    return float(scipy.stats.hmean(np.maximum(np.asarray(values, dtype=float), np.finfo(float).eps)))
+
+
 def official_score(sections: Iterable[SectionScores]) -> float:
     """Harmonic mean of AUC (source), AUC (target) and pAUC over all sections (DCASE 2022+).
 
@@ -91,7 +99,7 @@ def official_score(sections: Iterable[SectionScores]) -> float:
     terms = [t for s in sections for t in s.official_terms()]
     if not terms:
         raise DataError("official score: no sections to average")
-    return float(scipy.stats.hmean(np.maximum(terms, np.finfo(float).eps)))
+    return harmonic_mean(terms)
 
 
 def arithmetic_score(sections: Iterable[SectionScores]) -> float:

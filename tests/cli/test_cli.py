@@ -7,7 +7,7 @@ from asdcli.cli import app
 from asdcli.cli.pending import PENDING
 
 runner = CliRunner()
-COMMANDS = ["synth", "features", *PENDING]
+COMMANDS = ["synth", "features", "train-branch", "evaluate", *PENDING]
 
 
 def _plain(text: str) -> str:
@@ -103,3 +103,15 @@ def test_gpu_without_cuda_fails_instead_of_using_the_cpu(tmp_path, synth_root):
                                  "--run", str(tmp_path / "r"), "-c", "tiny"])
     assert result.exit_code == 1 and "no CUDA device is available" in _plain(result.output)
     assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_prints_table_and_writes_json(tmp_path):
+    rows = ["section_00_source_test_normal_0000.wav,0.1", "section_00_target_test_normal_0000.wav,0.2",
+            "section_00_source_test_anomaly_0000.wav,0.9", "section_00_target_test_anomaly_0000.wav,0.8"]
+    (tmp_path / "anomaly_score_fan_section_00_test.csv").write_text("\n".join(rows) + "\n")
+    result = runner.invoke(app, ["evaluate", str(tmp_path), "--json", str(tmp_path / "r.json")])
+    assert result.exit_code == 0, result.output
+    assert "official score" in _plain(result.output) and "1.0000" in _plain(result.output)
+    import json
+
+    assert json.loads((tmp_path / "r.json").read_text())["official_score"] == pytest.approx(1.0)
