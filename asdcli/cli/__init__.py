@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from asdcli import __version__
-from asdcli.cli import evaluate, features, pending, synth, train_branch
+from asdcli.cli import evaluate, features, pending, score, synth, train_branch
 
 app = typer.Typer(
     name="asd",
@@ -33,6 +33,7 @@ app.command("synth")(synth.synth)
 app.command("features")(features.features)
 app.command("train-branch")(train_branch.train_branch)
 app.command("evaluate")(evaluate.evaluate)
+app.command("score")(score.score)
 pending.register(app)
 
 

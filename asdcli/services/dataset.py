@@ -22,6 +22,11 @@ def label_key(clip: Clip) -> str:
     return f"{clip.group}|{clip.attributes_raw}"
 
 
+def clip_key(clip: Clip) -> str:
+    """A clip's identity within a run: ``<machine>_section_<XX>/<file name>``."""
+    return f"{clip.group}/{clip.name}"
+
+
 def training_clips(data: str) -> list[Clip]:
     """Normal training clips under ``data`` (``*/train/*``; anomalous names are left out)."""
     clips = [c for c in discover(data, split="train") if c.label != "anomaly"]

@@ -34,6 +34,9 @@ class Run:
     def train_state(self, name: str) -> Path:
         return self.path / f"{name}.train"
 
+    def train_scores(self, name: str) -> Path:
+        return self.path / f"{name}.train_scores.json"
+
     def log_path(self, name: str) -> Path:
         return self.path / "logs" / f"{name}_train.csv"
 

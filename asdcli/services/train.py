@@ -27,7 +27,7 @@ from asdcli.errors import CheckpointError
 from asdcli.metrics import gamma_threshold
 from asdcli.models.base import Batch, Branch
 from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
-from asdcli.services.dataset import ClipSet, Vocabulary, training_clips
+from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, training_clips
 from asdcli.services.device import DistInfo, distributed, weights_digest
 from asdcli.services.features import make_extractor
 from asdcli.services.runs import Run, branch_context, load_branch, open_or_create_run, open_run
@@ -228,8 +228,9 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
             "seconds": f"{seconds:.3f}", "clips_per_s": f"{seen / seconds:.2f}"}
 
 
-def _finalize(s: _Setup, config: AsdConfig) -> dict:
-    """Build the scoring state, then score the training clips for per-section statistics."""
+def _finalize(s: _Setup, config: AsdConfig) -> tuple[dict, dict[str, float]]:
+    """Build the scoring state, then score the training clips: per-section statistics and the
+    score of every training clip (the ensemble's thresholds are fitted on them)."""
     s.branch.eval()
     bs = config.train.batch_size
     scores, groups = [], []
@@ -239,6 +240,7 @@ def _finalize(s: _Setup, config: AsdConfig) -> dict:
             scores.append(s.branch.train_scores(with_embeddings(batch.to(s.device), s.upstream)).cpu())
             groups.append(batch.group)
     score, group = torch.cat(scores).double(), torch.cat(groups)
+    per_clip = {clip_key(c): float(v) for c, v in zip(s.clipset.clips, score.tolist())}
     stats = {}
     for index, name in enumerate(s.run.vocab.groups):
         values = score[group == index]
@@ -248,7 +250,7 @@ def _finalize(s: _Setup, config: AsdConfig) -> dict:
         stats[name] = {"count": int(values.numel()), "mean": float(values.mean()),
                        "std": float(values.std()) if values.numel() > 1 else 0.0,
                        "threshold": gamma_threshold(values.numpy()) if values.numel() > 1 else float(values[0])}
-    return stats
+    return stats, per_clip
 
 
 def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device: torch.device | None = None,
@@ -294,13 +296,14 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
             # DDP's last broadcast: take rank 0's, as its checkpoint does.
             for buffer in s.branch.buffers():
                 dist.broadcast(buffer, src=0)
-        stats = _finalize(s, config)
+        stats, per_clip = _finalize(s, config)
         identical = None
         if info.world_size > 1:
             digests = [None] * info.world_size
             dist.all_gather_object(digests, weights_digest(s.branch))
             identical = len(set(digests)) == 1
         if info.is_main:
+            write_json(s.run.train_scores(name), {"format_version": FORMAT_VERSION, "branch": name, "scores": per_clip})
             _save(s, config, "complete", s.epochs if trainable else 0, stats)
         return TrainResult(name, run_dir, s.epochs if trainable else 0, final_loss, len(s.clipset),
                            s.clipset.report.failures, stats, info.world_size, identical, info.rank)

@@ -106,3 +106,26 @@ def test_two_process_ddp_ends_with_identical_weights(synth_root, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "2 processes; replicas identical: True" in result.stderr
     assert read_json(tmp_path / "run" / "contrastive.json", "meta")["status"] == "complete"
+
+
+def test_score_ensemble_decisions_and_dcase_files(synth_root, cfg, tmp_path):
+    from asdcli.cli.score import write_dcase_files
+    from asdcli.services.evaluate import evaluate
+    from asdcli.services.score import score_clips
+
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    for name in ("b2", "b3"):
+        train_branch(name, synth_root, run, cfg, cache_dir=cache)
+    test = [c for c in discover(synth_root) if c.split == "test"]
+    result = score_clips(run, test, cache)
+    assert result.branches == ["transformer-ae", "contrastive"] and result.score.shape == (len(test),)
+    assert set(result.decision.tolist()) <= {0, 1} and set(result.thresholds) == {"fan_section_00", "valve_section_00"}
+    again = score_clips(run, test, cache)
+    assert (again.score == result.score).all()
+    only = score_clips(run, test, cache, names=["b3"], fpr=0.2)
+    assert only.branches == ["contrastive"]
+    files = write_dcase_files(result, tmp_path / "out")
+    assert sorted(p.name for p in files) == [
+        "anomaly_score_fan_section_00_test.csv", "anomaly_score_valve_section_00_test.csv",
+        "decision_result_fan_section_00_test.csv", "decision_result_valve_section_00_test.csv"]
+    assert len(evaluate([tmp_path / "out"]).sections) == 2
