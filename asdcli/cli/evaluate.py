@@ -30,7 +30,7 @@ def render(result: Evaluation) -> Table:
         table.add_row(machine, "mean", _fmt(m["auc"]), "", "", _fmt(m["pauc"]))
     table.add_section()
     table.add_row("all", "harmonic mean", "", _fmt(result.harmonic_source), _fmt(result.harmonic_target), "")
-    table.add_row("all", "arithmetic mean", _fmt(result.arithmetic), "", "", "")
+    table.add_row("all", "arithmetic mean (AUCs, pAUC)", _fmt(result.arithmetic), "", "", "")
     table.add_row("[bold]all", "[bold]official score", f"[bold]{result.official:.4f}", "", "", "")
     return table
 
