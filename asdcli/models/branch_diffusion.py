@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from asdcli.config import DiffusionConfig
-from asdcli.models.base import Batch, Branch, BranchContext, pool_time, sinusoidal_embedding
-from asdcli.models.error_profile import ProfileScorer, error_profile
+from asdcli.models.base import Batch, Branch, BranchContext, sinusoidal_embedding
+from asdcli.models.error_profile import ProfileScorer, ReconstructionScoring
 
 SCORE_SEED = 1234
 
@@ -68,7 +68,7 @@ class Denoiser(nn.Module):
         return out[..., :m, :frames]
 
 
-class DiffusionBranch(Branch):
+class DiffusionBranch(ReconstructionScoring, Branch):
     """DDPM denoiser; score = pooled error of a DDIM reconstruction from a part-way noised clip."""
 
     name = "diffusion"
@@ -124,12 +124,3 @@ class DiffusionBranch(Branch):
             noise = torch.randn((1, *x0.shape[1:]), generator=generator).to(x0.device).expand_as(x0)
             total = total + self.reconstruct(x0, noise) - x0
         return total[:, 0] / self.cfg.repeats
-
-    def prepare_scoring(self, batches) -> None:
-        self.profiles.fit_from(batches, self.error)
-
-    def score(self, batch: Batch) -> Tensor:
-        error = self.error(batch)
-        if self.cfg.score == "mahalanobis":
-            return self.profiles(error_profile(error), batch.group)
-        return pool_time(error.pow(2).mean(dim=1), self.cfg.pooling, self.cfg.gwrp_decay)

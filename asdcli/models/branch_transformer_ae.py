@@ -14,11 +14,11 @@ import torch
 from torch import Tensor, nn
 
 from asdcli.config import TransformerAEConfig
-from asdcli.models.base import Batch, Branch, BranchContext, pool_time
-from asdcli.models.error_profile import ProfileScorer, error_profile
+from asdcli.models.base import Batch, Branch, BranchContext
+from asdcli.models.error_profile import ProfileScorer, ReconstructionScoring
 
 
-class TransformerAEBranch(Branch):
+class TransformerAEBranch(ReconstructionScoring, Branch):
     """Masked Transformer autoencoder over frame patches; latent z2 = mean encoder output."""
 
     name = "transformer-ae"
@@ -87,12 +87,3 @@ class TransformerAEBranch(Branch):
         b, n, _ = diff.shape
         diff = diff.reshape(b, n, self.context.n_mels, self.patch)  # (B, N, M, p)
         return diff.permute(0, 2, 1, 3).reshape(b, self.context.n_mels, n * self.patch)  # (B, M, N * p)
-
-    def prepare_scoring(self, batches) -> None:
-        self.profiles.fit_from(batches, self.error)
-
-    def score(self, batch: Batch) -> Tensor:
-        error = self.error(batch)
-        if self.cfg.score == "mahalanobis":
-            return self.profiles(error_profile(error), batch.group)
-        return pool_time(error.pow(2).mean(dim=1), self.cfg.pooling, self.cfg.gwrp_decay)

@@ -14,7 +14,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from asdcli.models.base import Batch
+from asdcli.models.base import Batch, pool_time
 
 
 def error_profile(error: Tensor) -> Tensor:
@@ -67,3 +67,20 @@ class ProfileScorer(nn.Module):
         rows = torch.where(group < 0, self.mean.shape[0] - 1, group)
         diff = profiles - self.mean[rows]  # (B, D)
         return torch.einsum("bi,bij,bj->b", diff, self.precision[rows], diff).clamp_min(0).sqrt()
+
+
+class ReconstructionScoring:
+    """Scoring shared by the reconstruction branches (b2, b4), mixed in before :class:`Branch`.
+
+    The branch defines ``error(batch)`` -> signed (B, n_mels, T) error, ``self.profiles`` (a
+    :class:`ProfileScorer`) and ``cfg.score`` / ``cfg.pooling`` / ``cfg.gwrp_decay``.
+    """
+
+    def prepare_scoring(self, batches) -> None:
+        self.profiles.fit_from(batches, self.error)
+
+    def score(self, batch: Batch) -> Tensor:
+        error = self.error(batch)
+        if self.cfg.score == "mahalanobis":
+            return self.profiles(error_profile(error), batch.group)
+        return pool_time(error.pow(2).mean(dim=1), self.cfg.pooling, self.cfg.gwrp_decay)
