@@ -46,17 +46,17 @@ class Vocabulary:
     def from_clips(cls, clips: Sequence[Clip]) -> "Vocabulary":
         return cls(sorted({c.group for c in clips}), sorted({label_key(c) for c in clips}))
 
+    def __post_init__(self) -> None:
+        self._groups = {g: i for i, g in enumerate(self.groups)}
+        self._labels = {k: i for i, k in enumerate(self.labels)}
+
     def group_index(self, clip: Clip) -> int:
-        try:
-            return self.groups.index(clip.group)
-        except ValueError:
-            return -1
+        """Index of the clip's section in the run, -1 if the run never saw it."""
+        return self._groups.get(clip.group, -1)
 
     def label_index(self, clip: Clip) -> int:
-        try:
-            return self.labels.index(label_key(clip))
-        except ValueError:
-            return -1
+        """Index of the clip's section-and-attributes class, -1 if unknown."""
+        return self._labels.get(label_key(clip), -1)
 
 
 class ClipSet:
