@@ -115,3 +115,18 @@ def test_evaluate_prints_table_and_writes_json(tmp_path):
     import json
 
     assert json.loads((tmp_path / "r.json").read_text())["official_score"] == pytest.approx(1.0)
+
+
+def test_score_writes_csv_to_stdout_and_dcase_files(tmp_path, synth_root):
+    run, cache = tmp_path / "run", str(tmp_path / "c")
+    trained = runner.invoke(app, ["train-branch", "b2", "--data", str(synth_root), "--run", str(run), "-c", "tiny",
+                                  "--epochs", "1", "--cache-dir", cache])
+    assert trained.exit_code == 0, trained.output
+    result = runner.invoke(app, ["score", str(synth_root / "fan" / "test"), "--run", str(run), "--decision",
+                                 "--out-dir", str(tmp_path / "out"), "--cache-dir", cache])
+    assert result.exit_code == 0, result.output
+    rows = [line.split(",") for line in _plain(result.stdout).splitlines() if line.startswith("section_")]
+    assert len(rows) == 8 and all(len(r) == 3 and r[2] in ("0", "1") for r in rows)
+    assert (tmp_path / "out" / "anomaly_score_fan_section_00_test.csv").exists()
+    missing = runner.invoke(app, ["score", str(synth_root), "--run", str(tmp_path / "nope")])
+    assert missing.exit_code == 1 and "does not exist" in _plain(missing.output)
