@@ -42,9 +42,9 @@ def load_ast(cfg: PretrainedConfig, saved: dict | None = None):
         return ASTModel(config), ASTFeatureExtractor(max_length=cfg.max_length)
     if _looks_like_path(cfg.source) and not Path(cfg.source).expanduser().is_dir():
         raise ConfigError(f"branches.pretrained.source: folder {cfg.source} does not exist")
+    location = str(Path(cfg.source).expanduser()) if _looks_like_path(cfg.source) else cfg.source
     try:
-        model = ASTModel.from_pretrained(str(Path(cfg.source).expanduser()) if _looks_like_path(cfg.source)
-                                         else cfg.source)
+        model = ASTModel.from_pretrained(location)
     except (OSError, ValueError) as error:
         raise ConfigError(
             f"branches.pretrained.source: cannot load AST weights '{cfg.source}' ({str(error).splitlines()[0]}). "
@@ -53,7 +53,7 @@ def load_ast(cfg: PretrainedConfig, saved: dict | None = None):
             "branches.pretrained.source to it; or set it to 'random' for an untrained model."
         ) from None
     try:
-        extractor = ASTFeatureExtractor.from_pretrained(cfg.source)
+        extractor = ASTFeatureExtractor.from_pretrained(location)
     except (OSError, ValueError):
         extractor = ASTFeatureExtractor(max_length=model.config.max_length)
     return model, extractor
