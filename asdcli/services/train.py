@@ -202,7 +202,8 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
     torch.manual_seed(_epoch_seed(config.seed, epoch))
     order = epoch_order(s.clipset, config.train.balance, _epoch_seed(config.seed, epoch))
     bs = config.train.batch_size
-    steps = math.ceil(len(order) / bs)
+    # A last partial batch too small to give every process a clip is dropped.
+    steps = len(order) // bs + int(len(order) % bs >= info.world_size)
     total_steps, warmup = steps * max(1, s.epochs), steps * config.train.warmup_epochs
     s.branch.train()
     s.branch.set_progress(epoch / max(1, s.epochs))
