@@ -40,12 +40,13 @@ def train_branch(
     key = f"branches.{name.replace('-', '_')}.epochs"
     cfg = resolve_config(config, seed=seed, **{key: epochs, "loader.workers": workers})
     torch_device = resolve_device(gpu, device if device or gpu is not None else "cpu")
-    with progress_bar(unit="clips") as bar:
+    with progress_bar(unit="steps") as bar:
         task = bar.add_task(f"{name}", total=None)
 
         def on_step(info) -> None:
             bar.update(task, total=info.steps * info.epochs, completed=(info.epoch - 1) * info.steps + info.step,
-                       description=f"{name} epoch {info.epoch}/{info.epochs} loss {info.loss:.4f}")
+                       description=f"{name} epoch {info.epoch}/{info.epochs} loss {info.loss:.4f} "
+                                   f"{info.clips_per_s:,.1f} clips/s")
 
         result = train_service(name, data, run, cfg, torch_device, cache_dir or default_cache_dir(), resume,
                                on_step=on_step)
