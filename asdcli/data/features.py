@@ -72,22 +72,20 @@ def num_frames(audio: AudioConfig, features: FeatureConfig) -> int:
     return 1 + audio.num_samples // features.hop_length
 
 
-class FeatureCache:
-    """Log-mel features on disk: ``<root>/<settings digest>/<file digest>.f32``.
+class ArrayCache:
+    """Fixed-shape float32 arrays per audio file: ``<root>/<digest>/<file digest>.f32``.
 
-    The settings digest covers the audio and feature settings (and :data:`FEATURE_VERSION`); the
-    file digest covers the file's absolute path, size and modification time, so editing or
-    replacing a file, or changing a setting, recomputes its features. Entries are raw float32
-    ``(n_mels, frames)`` (the shape is fixed by the settings, so there is no header to parse: a
-    re-read costs one small file read); an entry of the wrong size counts as absent. Writes are atomic.
+    ``digest`` names what produced the arrays (settings, model); the file digest covers the
+    file's absolute path, size and modification time, so editing or replacing a file recomputes
+    its entry. Entries are raw float32 of ``shape`` (no header to parse: a re-read costs one small
+    file read); an entry of the wrong size counts as absent. Writes are atomic.
     """
 
-    def __init__(self, root: str | Path, audio: AudioConfig, features: FeatureConfig):
+    def __init__(self, root: str | Path, digest: str, shape: tuple[int, ...], settings: dict):
         self.root = Path(root)
-        self.folder = self.root / settings_digest(audio, features, version=FEATURE_VERSION)
-        self.shape = (features.n_mels, num_frames(audio, features))
-        self._settings = {"audio": audio.model_dump(mode="json"), "features": features.model_dump(mode="json"),
-                          "shape": list(self.shape), "version": FEATURE_VERSION}
+        self.folder = self.root / digest
+        self.shape = tuple(shape)
+        self._settings = settings
 
     def _ensure_folder(self) -> None:
         if not (self.folder / "settings.json").exists():
@@ -101,23 +99,34 @@ class FeatureCache:
         return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()}.f32"
 
     def load(self, path: str | Path) -> np.ndarray | None:
-        """Cached ``(n_mels, frames)`` float32 features, or ``None`` when absent or damaged."""
+        """The cached array, or ``None`` when absent or damaged."""
         try:
             flat = np.fromfile(self.entry(path), dtype=np.float32)
         except (FileNotFoundError, OSError):
             return None
-        if flat.size != self.shape[0] * self.shape[1]:
+        if flat.size != int(np.prod(self.shape)):
             return None
-        return flat.reshape(self.shape)  # (n_mels, frames)
+        return flat.reshape(self.shape)
 
-    def save(self, path: str | Path, features: np.ndarray) -> None:
-        """Store features for ``path`` atomically."""
-        if features.shape != self.shape:
-            raise ValueError(f"features of shape {features.shape}, cache expects {self.shape}")
+    def save(self, path: str | Path, array: np.ndarray) -> None:
+        """Store the array for ``path`` atomically."""
+        if tuple(array.shape) != self.shape:
+            raise ValueError(f"array of shape {array.shape}, cache expects {self.shape}")
         self._ensure_folder()
         # No fsync: a lost write leaves a short or missing entry, which load() treats as absent.
         with atomic_open(self.entry(path), "wb", fsync=False) as handle:
-            handle.write(np.ascontiguousarray(features, dtype=np.float32).tobytes())
+            handle.write(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+
+
+class FeatureCache(ArrayCache):
+    """Log-mel features ``(n_mels, frames)`` keyed by the audio and feature settings."""
+
+    def __init__(self, root: str | Path, audio: AudioConfig, features: FeatureConfig):
+        settings = {"audio": audio.model_dump(mode="json"), "features": features.model_dump(mode="json"),
+                    "version": FEATURE_VERSION}
+        shape = (features.n_mels, num_frames(audio, features))
+        super().__init__(root, settings_digest(audio, features, version=FEATURE_VERSION), shape,
+                         {**settings, "shape": list(shape)})
 
 
 class FeatureExtractor:

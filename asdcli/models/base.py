@@ -46,6 +46,13 @@ class Batch:
     def __len__(self) -> int:
         return self.feats.shape[0]
 
+    def select(self, rows: list[int]) -> "Batch":
+        """The clips at ``rows`` as a smaller batch."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.feats.device)
+        return Batch(self.feats[idx], self.group[idx], self.domain[idx], self.label[idx],
+                     None if self.wave is None else self.wave[idx], {k: v[idx] for k, v in self.embeddings.items()},
+                     None if self.index is None else self.index[idx])
+
 
 @dataclass(frozen=True)
 class BranchContext:
@@ -116,6 +123,11 @@ class Branch(nn.Module, ABC):
     def extra_meta(self) -> dict:
         """JSON-able facts needed to rebuild this branch from a checkpoint (architecture)."""
         return {}
+
+    def embedding_spec(self) -> tuple[str, int] | None:
+        """(digest identifying the embeddings, their size D) when they depend on the clip alone
+        (a frozen model), so services may cache them on disk; ``None``: not cacheable."""
+        return None
 
     def train_scores(self, batch: Batch) -> Tensor:
         """Scores of training clips for the normalisation statistics (leave-one-out where a

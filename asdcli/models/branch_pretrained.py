@@ -9,6 +9,8 @@ default the transformer is frozen; ``finetune_layers`` trains its top layers wit
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import torch.nn.functional as F
@@ -94,7 +96,19 @@ class PretrainedBranch(Branch):
         return values.to(wave.device)
 
     def embed(self, batch: Batch) -> Tensor:
+        cached = batch.embeddings.get(self.name)
+        if cached is not None and not self.training:
+            return cached  # filled from the on-disk cache by the service (frozen model only)
         return self.ast(input_values=self.ast_inputs(batch.wave)).pooler_output  # (B, hidden)
+
+    def embedding_spec(self) -> tuple[str, int] | None:
+        if self.cfg.finetune_layers:
+            return None
+        digest = hashlib.sha1(json.dumps(self.extractor.to_dict(), sort_keys=True, default=str).encode())
+        for name, tensor in sorted(self.ast.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return f"ast-{digest.hexdigest()[:16]}", self.ast.config.hidden_size
 
     def loss(self, batch: Batch) -> Tensor:
         known = batch.label >= 0

@@ -16,6 +16,7 @@ from asdcli.models.base import Branch
 from asdcli.errors import CheckpointError
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.dataset import ClipSet
+from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
 from asdcli.services.runs import Run, load_branch, open_run, read_branch_meta
 from asdcli.services.train import with_embeddings
@@ -49,10 +50,12 @@ def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir
     branches, upstream = _load_with_upstream(run, names, device)
     needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
     clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave)
+    caches = EmbeddingCaches(cache_dir, {**upstream, **branches})
     scores: dict[str, list] = {n: [] for n in names}
     with torch.no_grad():
         for batch in clipset.batches(batch_size):
-            batch = with_embeddings(batch.to(device), upstream)
+            batch = caches.attach(batch.to(device), [clipset.clips[i] for i in batch.index.tolist()])
+            batch = with_embeddings(batch, upstream)
             for name, branch in branches.items():
                 scores[name].append(branch.score(batch).cpu().numpy())
     return BranchScores(clipset.clips, {n: np.concatenate(v) for n, v in scores.items()}, clipset.report.failures)

@@ -29,6 +29,7 @@ from asdcli.models.base import Batch, Branch
 from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, training_clips
 from asdcli.services.device import DistInfo, distributed, weights_digest
+from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
 from asdcli.services.runs import Run, branch_context, load_branch, open_or_create_run, open_run
 
@@ -121,6 +122,7 @@ class _Setup:
     embed_dims: dict[str, int]
     epochs: int
     lr: float
+    cache_dir: Path | None = None
 
 
 def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: torch.device,
@@ -145,7 +147,7 @@ def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: to
     branch.prepare_training(with_embeddings(b.to(device), upstream) for b in clipset.batches(batch_size))
     epochs = bcfg.epochs if bcfg.epochs is not None else config.train.epochs
     lr = bcfg.lr if bcfg.lr is not None else config.train.lr
-    return _Setup(name, device, run, clipset, upstream, branch, embed_dims, epochs, lr)
+    return _Setup(name, device, run, clipset, upstream, branch, embed_dims, epochs, lr, cache_dir)
 
 
 def _metadata(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score_stats: dict) -> dict:
@@ -234,12 +236,19 @@ def _finalize(s: _Setup, config: AsdConfig) -> tuple[dict, dict[str, float]]:
     score of every training clip (the ensemble's thresholds are fitted on them)."""
     s.branch.eval()
     bs = config.train.batch_size
+    caches = EmbeddingCaches(s.cache_dir, {s.name: s.branch, **s.upstream})
+
+    def batches():
+        for batch in s.clipset.batches(bs):
+            batch = caches.attach(batch.to(s.device), [s.clipset.clips[i] for i in batch.index.tolist()])
+            yield with_embeddings(batch, s.upstream)
+
     scores, groups = [], []
     with torch.no_grad():
-        s.branch.prepare_scoring(with_embeddings(b.to(s.device), s.upstream) for b in s.clipset.batches(bs))
-        for batch in s.clipset.batches(bs):
-            scores.append(s.branch.train_scores(with_embeddings(batch.to(s.device), s.upstream)).cpu())
-            groups.append(batch.group)
+        s.branch.prepare_scoring(batches())
+        for batch in batches():
+            scores.append(s.branch.train_scores(batch).cpu())
+            groups.append(batch.group.cpu())
     score, group = torch.cat(scores).double(), torch.cat(groups)
     per_clip = {clip_key(c): float(v) for c, v in zip(s.clipset.clips, score.tolist())}
     stats = {}

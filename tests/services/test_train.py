@@ -129,3 +129,22 @@ def test_score_ensemble_decisions_and_dcase_files(synth_root, cfg, tmp_path):
         "anomaly_score_fan_section_00_test.csv", "anomaly_score_valve_section_00_test.csv",
         "decision_result_fan_section_00_test.csv", "decision_result_valve_section_00_test.csv"]
     assert len(evaluate([tmp_path / "out"]).sections) == 2
+
+
+def test_frozen_ast_embeddings_are_cached_on_disk(synth_root, cfg, tmp_path, monkeypatch):
+    from transformers import ASTModel
+
+    frozen = cfg.with_overrides(**{"branches.pretrained.finetune_layers": 0})
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    train_branch("b1", synth_root, run, frozen, cache_dir=cache)
+    assert len(list((cache / "embeddings").rglob("*.f32"))) == 20  # the training clips
+    test = discover(synth_root / "fan" / "test")
+    first = score_branches(run, ["b1"], test, cache).scores["pretrained"]
+    assert len(list((cache / "embeddings").rglob("*.f32"))) == 28
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the AST ran although every embedding was cached")
+
+    monkeypatch.setattr(ASTModel, "forward", no_model)
+    again = score_branches(run, ["b1"], test, cache).scores["pretrained"]
+    assert (first == again).all()
