@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
@@ -137,6 +138,15 @@ class Branch(nn.Module, ABC):
     def is_trainable(self) -> bool:
         """Whether any parameter receives gradients (a frozen branch only prepares scoring)."""
         return any(p.requires_grad for p in self.parameters())
+
+
+def state_digest(module: nn.Module, extra: str = "") -> str:
+    """SHA-1 of every parameter and buffer (and ``extra``): identifies weights, compares replicas."""
+    digest = hashlib.sha1(extra.encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def pool_time(errors: Tensor, mode: str, decay: float = 0.9) -> Tensor:

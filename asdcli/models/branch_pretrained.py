@@ -9,7 +9,6 @@ default the transformer is frozen; ``finetune_layers`` trains its top layers wit
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from torch import Tensor, nn
 
 from asdcli.config import PretrainedConfig
 from asdcli.errors import ConfigError
-from asdcli.models.base import Batch, Branch, BranchContext
+from asdcli.models.base import Batch, Branch, BranchContext, state_digest
 from asdcli.models.memory_bank import MemoryBank, collect_embeddings
 
 
@@ -104,11 +103,8 @@ class PretrainedBranch(Branch):
     def embedding_spec(self) -> tuple[str, int] | None:
         if self.cfg.finetune_layers:
             return None
-        digest = hashlib.sha1(json.dumps(self.extractor.to_dict(), sort_keys=True, default=str).encode())
-        for name, tensor in sorted(self.ast.state_dict().items()):
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return f"ast-{digest.hexdigest()[:16]}", self.ast.config.hidden_size
+        settings = json.dumps(self.extractor.to_dict(), sort_keys=True, default=str)
+        return f"ast-{state_digest(self.ast, settings)[:16]}", self.ast.config.hidden_size
 
     def loss(self, batch: Batch) -> Tensor:
         known = batch.label >= 0

@@ -62,14 +62,3 @@ def distributed(device: torch.device) -> Iterator[DistInfo]:
         dist.barrier()  # nobody tears the group down while a peer still talks to it
     finally:
         dist.destroy_process_group()
-
-
-def weights_digest(module: torch.nn.Module) -> str:
-    """Hash of every parameter and buffer, to compare replicas."""
-    import hashlib
-
-    digest = hashlib.sha1()
-    for name, tensor in sorted(module.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()

@@ -25,10 +25,10 @@ from asdcli.checkpoints import FORMAT_VERSION, load_optimizer, load_weights, rea
 from asdcli.config import AsdConfig
 from asdcli.errors import CheckpointError
 from asdcli.metrics import gamma_threshold
-from asdcli.models.base import Batch, Branch
+from asdcli.models.base import Batch, Branch, state_digest
 from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, training_clips
-from asdcli.services.device import DistInfo, distributed, weights_digest
+from asdcli.services.device import DistInfo, distributed
 from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
 from asdcli.services.runs import Run, branch_context, load_branch, open_or_create_run, open_run
@@ -310,7 +310,7 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
         identical = None
         if info.world_size > 1:
             digests = [None] * info.world_size
-            dist.all_gather_object(digests, weights_digest(s.branch))
+            dist.all_gather_object(digests, state_digest(s.branch))
             identical = len(set(digests)) == 1
         if info.is_main:
             write_json(s.run.train_scores(name), {"format_version": FORMAT_VERSION, "branch": name, "scores": per_clip})
