@@ -19,7 +19,7 @@ from asdcli.services.dataset import ClipSet
 from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
 from asdcli.services.runs import Run, load_branch, open_run, read_branch_meta
-from asdcli.services.train import with_embeddings
+from asdcli.services.train import model_batches
 
 
 @dataclass
@@ -53,9 +53,7 @@ def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir
     caches = EmbeddingCaches(cache_dir, {**upstream, **branches})
     scores: dict[str, list] = {n: [] for n in names}
     with torch.no_grad():
-        for batch in clipset.batches(batch_size):
-            batch = caches.attach(batch.to(device), [clipset.clips[i] for i in batch.index.tolist()])
-            batch = with_embeddings(batch, upstream)
+        for batch in model_batches(clipset, batch_size, device, upstream, caches):
             for name, branch in branches.items():
                 scores[name].append(branch.score(batch).cpu().numpy())
     return BranchScores(clipset.clips, {n: np.concatenate(v) for n, v in scores.items()}, clipset.report.failures)

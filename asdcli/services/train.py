@@ -13,7 +13,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -95,6 +95,16 @@ def with_embeddings(batch: Batch, upstream: dict[str, Branch]) -> Batch:
     return batch
 
 
+def model_batches(clipset: ClipSet, batch_size: int, device: torch.device | str, upstream: dict[str, Branch],
+                  caches: EmbeddingCaches | None = None) -> Iterator[Batch]:
+    """The clip set in order as batches on ``device``, with cached and upstream embeddings filled."""
+    for batch in clipset.batches(batch_size):
+        batch = batch.to(device)
+        if caches is not None:
+            batch = caches.attach(batch, [clipset.clips[i] for i in batch.index.tolist()])
+        yield with_embeddings(batch, upstream)
+
+
 def _write_log(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, LOG_COLUMNS, lineterminator="\n")
@@ -144,7 +154,7 @@ def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: to
     branch = build_branch(name, config, branch_context(run, config, embed_dims)).to(device)
     branch.set_input_stats(clipset.mean.to(device), clipset.std.to(device))
     batch_size = config.train.batch_size
-    branch.prepare_training(with_embeddings(b.to(device), upstream) for b in clipset.batches(batch_size))
+    branch.prepare_training(model_batches(clipset, batch_size, device, upstream))
     epochs = bcfg.epochs if bcfg.epochs is not None else config.train.epochs
     lr = bcfg.lr if bcfg.lr is not None else config.train.lr
     return _Setup(name, device, run, clipset, upstream, branch, embed_dims, epochs, lr, cache_dir)
@@ -237,16 +247,10 @@ def _finalize(s: _Setup, config: AsdConfig) -> tuple[dict, dict[str, float]]:
     s.branch.eval()
     bs = config.train.batch_size
     caches = EmbeddingCaches(s.cache_dir, {s.name: s.branch, **s.upstream})
-
-    def batches():
-        for batch in s.clipset.batches(bs):
-            batch = caches.attach(batch.to(s.device), [s.clipset.clips[i] for i in batch.index.tolist()])
-            yield with_embeddings(batch, s.upstream)
-
     scores, groups = [], []
     with torch.no_grad():
-        s.branch.prepare_scoring(batches())
-        for batch in batches():
+        s.branch.prepare_scoring(model_batches(s.clipset, bs, s.device, s.upstream, caches))
+        for batch in model_batches(s.clipset, bs, s.device, s.upstream, caches):
             scores.append(s.branch.train_scores(batch).cpu())
             groups.append(batch.group.cpu())
     score, group = torch.cat(scores).double(), torch.cat(groups)
