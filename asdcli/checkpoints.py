@@ -8,6 +8,9 @@ optimizer state for resuming, each written atomically.
 <run>/<branch>.json            metadata: status, epochs, seed, config, versions, score statistics
 <run>/<branch>.train.safetensors + .train.json   optimizer state and progress, for --resume
 <run>/logs/<branch>_train.csv  one row per epoch
+<run>/examples.safetensors     normalised branch scores of training clips and pseudo-anomalies
+<run>/fusion.safetensors + fusion.json   attention fusion head
+<run>/meta.safetensors + meta.json       MAML meta-learner
 ```
 """
 
@@ -130,3 +133,26 @@ def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> dict:
     optimizer.load_state_dict({"state": state, "param_groups": info.pop("param_groups")})
     info.pop("format_version")
     return info
+
+
+def save_arrays(path: Path, arrays: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Named tensors as safetensors with string metadata, atomically."""
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(tmp),
+                  metadata={"format_version": str(FORMAT_VERSION), **meta})
+
+
+def load_arrays(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata written by :func:`save_arrays`, with a clear error when missing or damaged."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing ({what})")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+            arrays = {key: handle.get_tensor(key) for key in handle.keys()}
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{path}: damaged {what} ({error})") from None
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(f"{path}: {what} has format version {meta.get('format_version')}; "
+                              f"this asd reads version {FORMAT_VERSION}")
+    return arrays, meta

@@ -218,6 +218,37 @@ class BranchesConfig(Section):
     flow: FlowConfig = Field(default_factory=FlowConfig)
 
 
+class FusionConfig(Section):
+    """Attention fusion of the normalised branch scores, trained on normal vs pseudo-anomalous clips."""
+
+    perturbed_per_section: int = Field(32, ge=1, description="perturbed training clips per section (pseudo-anomalies)")
+    outliers_per_section: int = Field(32, ge=0, description="clips of other sections scored as this one "
+                                      "(outlier exposure)")
+    synth_outliers: int = Field(16, ge=0, description="synthetic clips of other machine types per section, used "
+                                "when the data holds a single section")
+    hidden: int = Field(32, ge=4)
+    epochs: int = Field(300, ge=1, description="full-batch optimisation steps")
+    lr: float = Field(0.01, gt=0)
+    weight_decay: float = Field(1e-3, ge=0)
+    uniform_penalty: float = Field(0.1, ge=0, description="weight of KL(attention || uniform) in the loss: keeps "
+                                   "the fusion near the plain average unless the pseudo-anomalies say otherwise")
+
+
+class MetaConfig(Section):
+    """MAML meta-learner over the fused features; tasks are machine sections."""
+
+    hidden: int = Field(32, ge=4)
+    inner_lr: float = Field(0.5, gt=0, description="step size of the inner-loop (adaptation) updates")
+    inner_steps: int = Field(5, ge=1)
+    support_normals: int = Field(8, ge=1, description="normal clips a section adapts from")
+    support_anomalies: int = Field(8, ge=1, description="pseudo-anomalies a section adapts from")
+    query: int = Field(16, ge=1, description="clips per class in a meta-training query set")
+    tasks_per_step: int = Field(4, ge=1)
+    iterations: int = Field(300, ge=1)
+    lr: float = Field(0.003, gt=0, description="outer-loop (meta) learning rate")
+    first_order: bool = Field(False, description="first-order MAML (no second derivatives)")
+
+
 class AsdConfig(Section):
     """The whole configuration of a run."""
 
@@ -227,6 +258,8 @@ class AsdConfig(Section):
     synth: SynthConfig = Field(default_factory=SynthConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     branches: BranchesConfig = Field(default_factory=BranchesConfig)
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    meta: MetaConfig = Field(default_factory=MetaConfig)
     seed: int = Field(0, ge=0)
 
     def with_overrides(self, **dotted: object) -> "AsdConfig":

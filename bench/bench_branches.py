@@ -25,7 +25,7 @@ from asdcli.data.layout import discover, group_clips
 from asdcli.data.synth import generate
 from asdcli.metrics import auc, pauc
 from asdcli.models.registry import canonical_name
-from asdcli.services.score import score_branches
+from asdcli.services.branch_scores import score_branches
 from asdcli.services.train import train_branch
 
 ORDER = ["b2", "b3", "b4", "b1", "b5"]  # b5 models embeddings of b3, so it comes after

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from asdcli import __version__
-from asdcli.cli import evaluate, features, pending, score, synth, train_branch
+from asdcli.cli import evaluate, features, meta_train, pending, score, synth, train_branch, train_fusion
 
 app = typer.Typer(
     name="asd",
@@ -32,6 +32,8 @@ def _root(
 app.command("synth")(synth.synth)
 app.command("features")(features.features)
 app.command("train-branch")(train_branch.train_branch)
+app.command("train-fusion")(train_fusion.train_fusion)
+app.command("meta-train")(meta_train.meta_train)
 app.command("evaluate")(evaluate.evaluate)
 app.command("score")(score.score)
 pending.register(app)

@@ -8,8 +8,6 @@ from asdcli.cli.common import not_built
 
 # command name -> (one-line help, issue that builds it)
 PENDING = {
-    "train-fusion": ("Fit the attention fusion head over the branch scores.", 4),
-    "meta-train": ("MAML meta-training of the final classifier across machine sections.", 4),
     "freeze-debug": ("Train with a branch frozen; log losses and gradient norms.", 5),
     "plot": ("Plot loss curves, gradient norms, ROC curves and score histograms.", 5),
 }

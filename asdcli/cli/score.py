@@ -7,13 +7,15 @@ import io
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import typer
 
 from asdcli.atomic import write_text
 from asdcli.cli.common import CacheOption, err, handle_errors, out, progress_bar, report_failures
 from asdcli.data.layout import discover
 from asdcli.services.features import default_cache_dir
-from asdcli.services.score import ScoreResult, score_clips
+from asdcli.models.registry import BRANCHES
+from asdcli.services.score import METHODS, ScoreResult, score_clips
 
 
 def _name(path: Path, root: Path) -> str:
@@ -39,6 +41,20 @@ def write_dcase_files(result: ScoreResult, out_dir: Path) -> list[Path]:
     return written
 
 
+def _explained(result: ScoreResult, rows: list[tuple], decision: bool) -> list[tuple]:
+    """Header + per clip: final score, fused score, then z_<id> and w_<id> of every branch."""
+    ids = [BRANCHES[n].bid for n in result.branches]
+    header = ("filename", "score") + (("decision",) if decision else ()) + ("fused",) + tuple(
+        f"{kind}_{i}" for i in ids for kind in ("z", "w"))
+    fused = result.fused if result.fused is not None else np.mean([result.normalized[n] for n in result.branches], axis=0)
+    weights = result.weights if result.weights is not None else np.full((len(rows), len(ids)), 1.0 / len(ids))
+    body = []
+    for r, row in enumerate(rows):
+        parts = [f"{v:.4f}" for k, n in enumerate(result.branches) for v in (result.normalized[n][r], weights[r, k])]
+        body.append(row + (f"{fused[r]:.6f}",) + tuple(parts))
+    return [header] + body
+
+
 @handle_errors
 def score(
     data: Path = typer.Argument(..., help="A DCASE test folder, a dataset root, any folder of audio or one file."),
@@ -48,9 +64,12 @@ def score(
     fpr: Optional[float] = typer.Option(None, "--fpr", help="Decide at this false-positive rate of the training clips "
                                         "instead of the gamma-fit 90th percentile."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Also write the DCASE score and decision CSVs here."),
+    explain: bool = typer.Option(False, "--explain", help="Add each branch's standardised score (z_<id>), its "
+                                 "attention weight (w_<id>) and the fused score; the CSV then has a header."),
     cache_dir: Optional[Path] = CacheOption,
 ) -> None:
-    """Anomaly score per clip (higher = more anomalous) as CSV on stdout: filename,score[,decision]."""
+    """Anomaly score per clip (higher = more anomalous) as CSV on stdout: filename,score[,decision]
+    (no header, as the DCASE files), or with --explain a header and how each branch contributed."""
     clips = [c for c in discover(data) if c.split != "train" or data.is_file()]
     if not clips:
         clips = discover(data)
@@ -59,10 +78,12 @@ def score(
         result = score_clips(run, clips, cache_dir or default_cache_dir(), branch, fpr)
     for notice in result.notices:
         err.print(f"[yellow]notice:[/] {notice}", highlight=False)
-    err.print(f"{len(result.clips)} clips scored with {', '.join(result.branches)} "
-              "(per-section standardised scores, averaged)", highlight=False)
+    err.print(f"{len(result.clips)} clips scored with {', '.join(result.branches)}: {METHODS[result.method]}",
+              highlight=False)
     rows = [(_name(c.path, data), f"{s:.6f}") + ((str(d),) if decision else ())
             for c, s, d in zip(result.clips, result.score, result.decision)]
+    if explain:
+        rows = _explained(result, rows, decision)
     out.file.write(_csv(rows))
     out.file.flush()
     if out_dir is not None:

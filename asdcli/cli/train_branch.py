@@ -8,18 +8,12 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (CacheOption, ConfigOption, SeedOption, WorkersOption, err, handle_errors, out,
+from asdcli.cli.common import (CacheOption, ConfigOption, DataOption, RunOption, SeedOption, WorkersOption, err, handle_errors, out,
                                progress_bar, report_failures, resolve_config)
 from asdcli.models.registry import canonical_name
 from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
 from asdcli.services.train import train_branch as train_service
-
-DataOption = typer.Option(..., "--data", "-d", help="Dataset root with <machine>/train/*.wav (or one machine folder).")
-RunOption = typer.Option(
-    Path("checkpoints/run"), "--run", "--run-dir", "-r",
-    help="Run folder for checkpoints and logs (under torchrun write --run-dir: torchrun takes --run for its own --run-path).")
-
 
 @handle_errors
 def train_branch(

@@ -30,6 +30,9 @@ class ProfileScorer(nn.Module):
         self.shrink = shrink
         self.register_buffer("mean", torch.zeros(n_groups + 1, dim))
         self.register_buffer("precision", torch.eye(dim).repeat(n_groups + 1, 1, 1))
+        # The training profiles themselves, for leave-one-out distances of the training clips.
+        self.register_buffer("train_profiles", torch.zeros(0, dim))
+        self.register_buffer("train_group", torch.zeros(0, dtype=torch.long))
 
     def _fit_one(self, profiles: Tensor) -> tuple[Tensor, Tensor]:
         x = profiles.double()
@@ -52,6 +55,7 @@ class ProfileScorer(nn.Module):
 
     def fit(self, profiles: Tensor, group: Tensor) -> None:
         """(N, D) training profiles with (N,) section indices."""
+        self.train_profiles, self.train_group = profiles.detach().float().clone(), group.detach().long().clone()
         rows = self.mean.shape[0] - 1
         pooled = self._fit_one(profiles)
         self.mean[rows], self.precision[rows] = pooled
@@ -67,6 +71,20 @@ class ProfileScorer(nn.Module):
         rows = torch.where(group < 0, self.mean.shape[0] - 1, group)
         diff = profiles - self.mean[rows]  # (B, D)
         return torch.einsum("bi,bij,bj->b", diff, self.precision[rows], diff).clamp_min(0).sqrt()
+
+    def leave_one_out(self, profiles: Tensor, group: Tensor, exclude: Tensor) -> Tensor:
+        """Distances as :meth:`forward`, but each clip's section Gaussian refitted without training
+        row ``exclude`` (its own profile, or its clean original's; -1: none). In-sample distances are
+        biased low: with few clips per section a clip's own profile pulls the fit toward it, and
+        the statistics the fusion is trained on must match those of unseen normal clips."""
+        out = self(profiles, group)
+        for i in torch.nonzero(exclude >= 0).flatten().tolist():
+            keep = (self.train_group == group[i]) & (torch.arange(len(self.train_group), device=group.device) != exclude[i])
+            if int(keep.sum()) >= 2:
+                mean, precision = self._fit_one(self.train_profiles[keep])
+                diff = profiles[i] - mean
+                out[i] = (diff @ precision @ diff).clamp_min(0).sqrt()
+        return out
 
 
 class ReconstructionScoring:
@@ -84,3 +102,8 @@ class ReconstructionScoring:
         if self.cfg.score == "mahalanobis":
             return self.profiles(error_profile(error), batch.group)
         return pool_time(error.pow(2).mean(dim=1), self.cfg.pooling, self.cfg.gwrp_decay)
+
+    def train_scores(self, batch: Batch) -> Tensor:
+        if self.cfg.score != "mahalanobis" or batch.index is None:
+            return self.score(batch)
+        return self.profiles.leave_one_out(error_profile(self.error(batch)), batch.group, batch.index)

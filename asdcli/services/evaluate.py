@@ -6,10 +6,11 @@ import csv
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from asdcli.data.layout import parse_clip
+from asdcli.data.layout import Clip, parse_clip
 from asdcli.errors import DataError
 from asdcli.metrics import SectionScores, arithmetic_score, harmonic_mean, official_score, section_scores
 
@@ -61,12 +62,14 @@ def _read_rows(path: Path) -> list[list[str]]:
 def read_scores(path: Path) -> list[ScoreRow]:
     """Rows of one CSV: a DCASE ``anomaly_score_<machine>_section_<XX>_test.csv`` (file names
     only) or an ``asd score`` CSV (``filename,score[,decision]``, paths relative to the scored
-    folder, so the machine comes from the path)."""
+    folder, so the machine comes from the path; the header of ``--explain`` output is skipped)."""
     match = DCASE_SCORE_FILE.match(path.name)
     out = []
     for number, row in enumerate(_read_rows(path), start=1):
         if len(row) < 2:
             raise DataError(f"{path}, line {number}: expected filename,score")
+        if number == 1 and row[:2] == ["filename", "score"]:  # the header of `asd score --explain`
+            continue
         try:
             score = float(row[1])
         except ValueError:
@@ -94,7 +97,16 @@ def _score_files(paths: list[Path]) -> list[Path]:
 
 def evaluate(paths: list[Path]) -> Evaluation:
     """Metrics of every labelled section in the given CSV files or folders of DCASE CSVs."""
-    rows = [r for f in _score_files(paths) for r in read_scores(f)]
+    return evaluate_rows([r for f in _score_files(paths) for r in read_scores(f)])
+
+
+def clip_rows(clips: list[Clip], scores: Sequence[float]) -> list[ScoreRow]:
+    """Scored clips as rows for :func:`evaluate_rows`."""
+    return [ScoreRow(c.machine, c.section or "00", c.domain, c.is_anomaly, float(s)) for c, s in zip(clips, scores)]
+
+
+def evaluate_rows(rows: list[ScoreRow]) -> Evaluation:
+    """Metrics of every labelled section among scored rows."""
     labelled = [r for r in rows if r.label is not None]
     if not labelled:
         raise DataError("no clip with a label in its name (normal_/anomaly_): nothing to evaluate")

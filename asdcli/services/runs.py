@@ -11,9 +11,9 @@ import torch
 from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, write_json
 from asdcli.config import AsdConfig, validate_config
 from asdcli.data.features import num_frames
-from asdcli.errors import CheckpointError
+from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.base import Branch, BranchContext
-from asdcli.models.registry import build_branch, canonical_name
+from asdcli.models.registry import BRANCHES, build_branch, canonical_name
 from asdcli.services.dataset import Vocabulary
 
 
@@ -100,3 +100,17 @@ def load_branch(run: Run, name: str, device: torch.device | str = "cpu") -> Bran
     branch = build_branch(name, config, branch_context(run, config, meta.get("embed_dims")), meta.get("extra") or None)
     load_weights(branch, run.weights(name))
     return branch.to(device).eval()
+
+
+def run_config(run: Run, given: AsdConfig | None = None) -> AsdConfig:
+    """The config of the run's trained branches (the first one found), or ``given`` after checking
+    that it has the run's audio and feature settings."""
+    if given is not None:
+        if _feature_settings(given) != run.features:
+            raise ConfigError(f"{run.path}: the run was made with other audio/feature settings than this config; "
+                              "leave --config out to use the run's own")
+        return given
+    for meta_path in sorted(run.path.glob("*.json")):
+        if meta_path.stem in BRANCHES:
+            return validate_config(read_json(meta_path, "branch metadata")["config"], source=str(meta_path))
+    raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")

@@ -1,138 +1,130 @@
-"""Per-branch anomaly scores of any clips with a trained run (the base of `asd score`)."""
+"""`asd score`: branch scores -> per-section normalisation -> attention fusion -> meta-learner
+(adapted per section) -> final score and decision, for any clips."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
-from asdcli.checkpoints import read_json
-from asdcli.config import validate_config
 from asdcli.data.layout import Clip
-from asdcli.metrics import fpr_threshold, gamma_threshold
-from asdcli.models.base import Branch
 from asdcli.errors import CheckpointError
-from asdcli.models.registry import BRANCHES, canonical_name
-from asdcli.services.dataset import ClipSet
-from asdcli.services.embeddings import EmbeddingCaches
-from asdcli.services.features import make_extractor
-from asdcli.services.runs import Run, load_branch, open_run, read_branch_meta
-from asdcli.services.train import model_batches
+from asdcli.metrics import fpr_threshold, gamma_threshold
+from asdcli.models.registry import canonical_name
+from asdcli.services.branch_scores import normalize, score_branches, trained_branches
+from asdcli.services.examples import Examples, normal_examples
+from asdcli.services.fuse import fusion_paths, load_fusion
+from asdcli.services.meta import MetaLearner, fused_features, load_meta, support_rows
+from asdcli.services.runs import Run, open_run, read_branch_meta
 
-
-@dataclass
-class BranchScores:
-    """Raw scores (N,) per branch for ``clips``, in order; unreadable clips are in ``skipped``."""
-
-    clips: list[Clip]
-    scores: dict[str, np.ndarray]
-    skipped: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def _load_with_upstream(run: Run, names: list[str], device) -> tuple[dict[str, Branch], dict[str, Branch]]:
-    branches = {n: load_branch(run, n, device) for n in names}
-    upstream: dict[str, Branch] = {}
-    for name, branch in branches.items():
-        for up in BRANCHES[name].upstream(branch.cfg):
-            up = canonical_name(up)
-            upstream[up] = branches.get(up) or upstream.get(up) or load_branch(run, up, device)
-    return branches, upstream
-
-
-def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir: Path | None,
-                   device: torch.device | str = "cpu", batch_size: int = 32) -> BranchScores:
-    """Score ``clips`` with each named branch of the run (features as the run was trained with)."""
-    run = open_run(run_dir)
-    names = [canonical_name(n) for n in names]
-    config = validate_config(read_branch_meta(run, names[0])["config"], source=str(run.meta_path(names[0])))
-    branches, upstream = _load_with_upstream(run, names, device)
-    needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
-    clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave)
-    caches = EmbeddingCaches(cache_dir, {**upstream, **branches})
-    scores: dict[str, list] = {n: [] for n in names}
-    with torch.no_grad():
-        for batch in model_batches(clipset, batch_size, device, upstream, caches):
-            for name, branch in branches.items():
-                scores[name].append(branch.score(batch).cpu().numpy())
-    return BranchScores(clipset.clips, {n: np.concatenate(v) for n, v in scores.items()}, clipset.report.failures)
-
-
-def trained_branches(run_dir: Path) -> list[str]:
-    """Names of the branches whose training finished in the run, in registry order."""
-    run = open_run(run_dir)
-    done = []
-    for name in BRANCHES:
-        try:
-            read_branch_meta(run, name)
-        except CheckpointError:  # missing or unfinished: not usable for scoring
-            continue
-        done.append(name)
-    return done
+METHODS = {
+    "meta": "meta-learner adapted per section over the attention-fused scores",
+    "fusion": "attention fusion of the per-section standardised branch scores (no meta-learner: run asd meta-train)",
+    "average": "average of the per-section standardised branch scores (no fusion head: run asd train-fusion)",
+}
 
 
 @dataclass
 class ScoreResult:
-    """Final scores of ``clips`` (N,), decisions (N,) and how they were made."""
+    """Final scores (N,) and decisions (N,) of ``clips``, with how they were made: the
+    standardised score of each branch, the fused score and attention weights (N, K) when a
+    fusion head exists, the per-section thresholds and the method (a key of :data:`METHODS`)."""
 
     clips: list[Clip]
     score: np.ndarray
     decision: np.ndarray
     normalized: dict[str, np.ndarray]
+    fused: np.ndarray | None
+    weights: np.ndarray | None
     thresholds: dict[str, float]
     branches: list[str]
+    method: str
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
 
 
-def _stats(meta: dict, group: str) -> tuple[float, float] | None:
-    entry = meta["score_stats"].get(group)
-    return None if entry is None else (entry["mean"], max(entry["std"], 1e-6))
+@dataclass
+class _Pipeline:
+    """The run's scoring stages after the branches: (N, K) standardised scores -> (N,) scores."""
+
+    run: Run
+    fusion: torch.nn.Module | None = None
+    meta: MetaLearner | None = None
+    examples: Examples | None = None
+
+    @property
+    def method(self) -> str:
+        return "meta" if self.meta is not None else "fusion" if self.fusion is not None else "average"
+
+    def fused(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.fusion is None:
+            return z.mean(axis=1), None
+        with torch.no_grad():
+            out = self.fusion(torch.from_numpy(z).float())
+        return out.fused.double().numpy(), out.weights.double().numpy()
+
+    def final(self, z: np.ndarray, groups: list[str]) -> np.ndarray:
+        """Final scores of clips with (N, K) scores ``z`` in sections ``groups``."""
+        if self.meta is None:
+            return self.fused(z)[0]
+        x = fused_features(self.fusion, z)
+        ex, out = self.examples, np.empty(len(groups))
+        ex_x, ex_y = fused_features(self.fusion, ex.z), torch.from_numpy(ex.label).float()
+        for name in sorted(set(groups)):
+            rows = [i for i, g in enumerate(groups) if g == name]
+            if name in ex.groups:
+                sup = support_rows(ex, ex.groups.index(name), self.meta.cfg, self.meta.seed)
+                out[rows] = self.meta.scores(x[rows], ex_x[sup], ex_y[sup])
+            else:  # no clip of this section to adapt from: the meta-learned initialisation
+                out[rows] = self.meta.scores(x[rows], None, None)
+        return out
 
 
-def _pooled_stats(meta: dict) -> tuple[float, float]:
-    entries = list(meta["score_stats"].values())
-    return float(np.median([e["mean"] for e in entries])), float(max(np.median([e["std"] for e in entries]), 1e-6))
-
-
-def _normalize(values: np.ndarray, groups: list[str], meta: dict) -> np.ndarray:
-    """Standardise a branch's raw scores with its training statistics of each clip's section."""
-    out = np.empty_like(values, dtype=float)
-    for i, (value, group) in enumerate(zip(values, groups)):
-        mean, std = _stats(meta, group) or _pooled_stats(meta)
-        out[i] = (value - mean) / std
-    return out
-
-
-def _train_ensemble(run: Run, names: list[str], metas: dict[str, dict]) -> dict[str, np.ndarray]:
-    """Ensemble scores of the training clips per section (clips scored by every branch)."""
-    per_branch = {n: read_json(run.train_scores(n), f"{n} training scores")["scores"] for n in names}
-    keys = sorted(set.intersection(*(set(v) for v in per_branch.values())))
-    groups = [k.split("/", 1)[0] for k in keys]
-    z = np.mean([_normalize(np.array([per_branch[n][k] for k in keys]), groups, metas[n]) for n in names], axis=0)
-    return {g: z[[i for i, x in enumerate(groups) if x == g]] for g in sorted(set(groups))}
+def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
+    """The stages the run has: fusion and meta-learner when trained (and not narrowed by ``names``)."""
+    pipe = _Pipeline(run)
+    if fusion_paths(run)[1].exists():
+        fusion, meta = load_fusion(run)
+        if names is None or names == meta["branches"]:
+            pipe.fusion, names = fusion, meta["branches"]
+            pipe.examples = Examples.load(fusion_paths(run)[2])
+            try:
+                pipe.meta = load_meta(run)
+            except CheckpointError:  # not meta-trained: fusion is the last stage
+                pipe.meta = None
+    if names is None:
+        names = trained_branches(run.path)
+    if not names:
+        raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")
+    return pipe, names
 
 
 def score_clips(run_dir: Path, clips: list[Clip], cache_dir: Path | None, names: list[str] | None = None,
                 fpr: float | None = None, device: torch.device | str = "cpu") -> ScoreResult:
-    """Score clips with the run's trained branches: each branch's score standardised per section
-    with its training statistics, averaged over the branches; decisions from a gamma fit (90th
-    percentile, as the DCASE baselines) or at false-positive rate ``fpr`` of the training clips."""
+    """Score clips with every stage the run has (see :data:`METHODS`); decisions from a gamma fit
+    (90th percentile, as the DCASE baselines) or at false-positive rate ``fpr``, both fitted on
+    the final scores of the section's normal training clips."""
     run = open_run(run_dir)
-    names = [canonical_name(n) for n in names] if names else trained_branches(run_dir)
-    if not names:
-        raise CheckpointError(f"no trained branch in {run_dir}; run asd train-branch NAME --run {run_dir} first")
+    pipe, names = _pipeline(run, [canonical_name(n) for n in names] if names else None)
     metas = {n: read_branch_meta(run, n) for n in names}
     raw = score_branches(run_dir, names, clips, cache_dir, device)
     groups = [c.group for c in raw.clips]
-    normalized = {n: _normalize(raw.scores[n], groups, metas[n]) for n in names}
-    final = np.mean([normalized[n] for n in names], axis=0)
-    train = _train_ensemble(run, names, metas)
-    rule = (lambda s: fpr_threshold(s, fpr)) if fpr is not None else gamma_threshold
-    thresholds = {g: rule(v) for g, v in train.items() if v.size >= 2}
-    pooled = rule(np.concatenate(list(train.values())))
+    z = np.stack([normalize(raw.scores[n], groups, metas[n]) for n in names], axis=1)  # (N, K)
+    fused, weights = pipe.fused(z)
+    final = pipe.final(z, groups)
+    _, z_train, train_groups = normal_examples(run, names)
+    train_final = pipe.final(z_train, train_groups)
+    rule: Callable[[np.ndarray], float] = (lambda s: fpr_threshold(s, fpr)) if fpr is not None else gamma_threshold
+    by_group = {g: train_final[[i for i, x in enumerate(train_groups) if x == g]] for g in sorted(set(train_groups))}
+    thresholds = {g: rule(v) for g, v in by_group.items() if v.size >= 2}
+    pooled = rule(train_final)
     notices = [f"section {g} was not in the training data of {run_dir}: scored against all sections' statistics"
+               + (" with the unadapted meta-learner" if pipe.meta is not None else "")
                for g in sorted(set(groups) - set(run.vocab.groups))]
-    decision = np.array([int(s > thresholds.get(g, pooled)) for s, g in zip(final, groups)])
-    return ScoreResult(raw.clips, final, decision, normalized, thresholds, names, raw.skipped, notices)
+    decision = np.array([int(s > thresholds.get(g, pooled)) for s, g in zip(final, groups)], dtype=int)
+    return ScoreResult(raw.clips, final, decision, {n: z[:, k] for k, n in enumerate(names)},
+                       fused if pipe.fusion is not None else None, weights, thresholds, names, pipe.method,
+                       raw.skipped, notices)

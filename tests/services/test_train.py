@@ -11,7 +11,7 @@ from asdcli.checkpoints import read_json
 from asdcli.errors import CheckpointError, ConfigError
 from asdcli.services.device import resolve_device
 from asdcli.services.runs import load_branch, open_run
-from asdcli.services.score import score_branches
+from asdcli.services.branch_scores import score_branches
 from asdcli.services.train import train_branch
 from asdcli.data.layout import discover
 

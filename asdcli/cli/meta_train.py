@@ -1,0 +1,46 @@
+"""`asd meta-train`: MAML meta-training of a run's final classifier."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from asdcli.cli.common import RunOption, SeedOption, handle_errors, out, progress_bar
+from asdcli.config import load_config
+from asdcli.services.meta import meta_train as meta_service
+from asdcli.services.runs import open_run, run_config
+
+
+@handle_errors
+def meta_train(
+    run: Path = RunOption,
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Preset or YAML file for the meta settings "
+                                         "[default: the config the run's branches were trained with]."),
+    iterations: Optional[int] = typer.Option(None, "--iterations", "-n", min=1, help="Meta-updates (overrides meta.iterations)."),
+    holdout: Optional[List[str]] = typer.Option(None, "--holdout", help="Never use this section as a task "
+                                                "(repeatable), e.g. to measure adaptation to an unseen section."),
+    seed: Optional[int] = SeedOption,
+) -> None:
+    """Meta-train the final classifier with MAML over the run's machine sections (needs asd train-fusion)."""
+    run_obj = open_run(run)
+    cfg = run_config(run_obj, load_config(config) if config else None).with_overrides(
+        seed=seed, **{"meta.iterations": iterations})
+    with progress_bar(unit="steps") as bar:
+        task = bar.add_task("meta-training", total=cfg.meta.iterations)
+
+        def progress(step: int, total: int, loss: float) -> None:
+            bar.update(task, completed=step, total=total, description=f"meta-training loss {loss:.4f}")
+
+        result = meta_service(run, cfg, holdout, progress)
+    table = Table(title=f"MAML over {len(result.tasks)} sections -> {run / 'meta.safetensors'}",
+                  caption="query loss: mean over the tasks of a fresh support/query split (lower is better)")
+    table.add_column("tasks")
+    table.add_column("held out")
+    table.add_column("query loss, unadapted", justify="right")
+    table.add_column(f"after {cfg.meta.inner_steps} adaptation steps", justify="right")
+    table.add_row(", ".join(result.tasks), ", ".join(result.holdout) or "-", f"{result.query_loss_unadapted:.4f}",
+                  f"{result.query_loss_adapted:.4f}")
+    out.print(table)

@@ -1,0 +1,51 @@
+"""`asd train-fusion`: fit the attention fusion head of a run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.table import Table
+
+from asdcli.cli.common import (ConfigOption, DataOption, RunOption, SeedOption, err, handle_errors, out, progress_bar,
+                               report_failures)
+from asdcli.config import load_config
+from asdcli.services.device import resolve_device
+from asdcli.services.fuse import train_fusion as train_service
+from asdcli.services.runs import open_run, run_config
+
+
+@handle_errors
+def train_fusion(
+    data: Path = DataOption,
+    run: Path = RunOption,
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="Preset or YAML file for the fusion settings "
+                                         "[default: the config the run's branches were trained with]."),
+    branch: Optional[List[str]] = typer.Option(None, "--branch", "-b", help="Fuse only these branches (repeatable) "
+                                               "[default: every trained branch]."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Optimisation steps (overrides fusion.epochs)."),
+    gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Score the pseudo-anomalies on CUDA device N."),
+    seed: Optional[int] = SeedOption,
+) -> None:
+    """Fit the attention fusion head on normal training clips vs pseudo-anomalies (perturbed clips,
+    other sections, synthetic machines). Test clips are never read."""
+    run_obj = open_run(run)
+    cfg = run_config(run_obj, load_config(config) if config else None).with_overrides(
+        seed=seed, **{"fusion.epochs": epochs})
+    with progress_bar() as bar:
+        task = bar.add_task("scoring pseudo-anomalies", total=None)
+        result = train_service(data, run, cfg, branch, resolve_device(gpu, None if gpu is not None else "cpu"),
+                               progress=lambda done, total: bar.update(task, completed=done, total=total))
+    report_failures(result.skipped)
+    if result.missing:
+        err.print(f"[yellow]notice:[/] not fused (not trained): {', '.join(result.missing)}", highlight=False)
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    table = Table(title=f"fusion of {len(result.branches)} branches -> {run / 'fusion.safetensors'}",
+                  caption=f"examples: {counts}; final loss {result.loss:.4f}")
+    for column in ("branch", "mean attention weight", "pseudo-anomaly AUC (mean over sections)"):
+        table.add_column(column, justify="left" if column == "branch" else "right")
+    for name in result.branches:
+        table.add_row(name, f"{result.mean_weights[name]:.3f}", f"{result.pseudo_auc[name]:.3f}")
+    table.add_row("fused", "", f"{result.pseudo_auc['fused']:.3f}")
+    out.print(table)

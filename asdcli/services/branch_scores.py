@@ -1,0 +1,90 @@
+"""Per-branch anomaly scores of any clips with a trained run, and their per-section normalisation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asdcli.config import validate_config
+from asdcli.data.layout import Clip
+from asdcli.models.base import Branch
+from asdcli.errors import CheckpointError
+from asdcli.models.registry import BRANCHES, canonical_name
+from asdcli.services.dataset import ClipSet
+from asdcli.services.embeddings import EmbeddingCaches
+from asdcli.services.features import make_extractor
+from asdcli.services.runs import Run, load_branch, open_run, read_branch_meta
+from asdcli.services.train import model_batches
+
+
+@dataclass
+class BranchScores:
+    """Raw scores (N,) per branch for ``clips``, in order; unreadable clips are in ``skipped``."""
+
+    clips: list[Clip]
+    scores: dict[str, np.ndarray]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def load_with_upstream(run: Run, names: list[str], device) -> tuple[dict[str, Branch], dict[str, Branch]]:
+    """The named trained branches and the upstream branches whose embeddings they consume."""
+    branches = {n: load_branch(run, n, device) for n in names}
+    upstream: dict[str, Branch] = {}
+    for name, branch in branches.items():
+        for up in BRANCHES[name].upstream(branch.cfg):
+            up = canonical_name(up)
+            upstream[up] = branches.get(up) or upstream.get(up) or load_branch(run, up, device)
+    return branches, upstream
+
+
+def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir: Path | None,
+                   device: torch.device | str = "cpu", batch_size: int = 32) -> BranchScores:
+    """Score ``clips`` with each named branch of the run (features as the run was trained with)."""
+    run = open_run(run_dir)
+    names = [canonical_name(n) for n in names]
+    config = validate_config(read_branch_meta(run, names[0])["config"], source=str(run.meta_path(names[0])))
+    branches, upstream = load_with_upstream(run, names, device)
+    needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
+    clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave)
+    caches = EmbeddingCaches(cache_dir, {**upstream, **branches})
+    scores: dict[str, list] = {n: [] for n in names}
+    with torch.no_grad():
+        for batch in model_batches(clipset, batch_size, device, upstream, caches):
+            for name, branch in branches.items():
+                scores[name].append(branch.score(batch).cpu().numpy())
+    return BranchScores(clipset.clips, {n: np.concatenate(v) for n, v in scores.items()}, clipset.report.failures)
+
+
+def trained_branches(run_dir: Path) -> list[str]:
+    """Names of the branches whose training finished in the run, in registry order."""
+    run = open_run(run_dir)
+    done = []
+    for name in BRANCHES:
+        try:
+            read_branch_meta(run, name)
+        except CheckpointError:  # missing or unfinished: not usable for scoring
+            continue
+        done.append(name)
+    return done
+
+
+def _stats(meta: dict, group: str) -> tuple[float, float] | None:
+    entry = meta["score_stats"].get(group)
+    return None if entry is None else (entry["mean"], max(entry["std"], 1e-6))
+
+
+def _pooled_stats(meta: dict) -> tuple[float, float]:
+    entries = list(meta["score_stats"].values())
+    return float(np.median([e["mean"] for e in entries])), float(max(np.median([e["std"] for e in entries]), 1e-6))
+
+
+def normalize(values: np.ndarray, groups: list[str], meta: dict) -> np.ndarray:
+    """Standardise a branch's raw scores with its training statistics of each clip's section."""
+    out = np.empty_like(values, dtype=float)
+    for i, (value, group) in enumerate(zip(values, groups)):
+        mean, std = _stats(meta, group) or _pooled_stats(meta)
+        out[i] = (value - mean) / std
+    return out

@@ -1,0 +1,190 @@
+"""Training examples for the fusion head and the meta-learner: the normalised branch scores of
+the normal training clips (label 0) and of pseudo-anomalies (label 1).
+
+Pseudo-anomalies are perturbed training clips of the same section, clips of other sections scored
+as if they belonged to it (outlier exposure) and, where the data holds a single section, clips of
+the built-in synthetic machines. No test clip is ever read. Perturbed clips are scored leaving their
+clean original out of the memory banks, as the normal training clips are, so that a kNN branch is
+not credited for recognising the clip it was made from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from asdcli.checkpoints import load_arrays, read_json, save_arrays
+from asdcli.config import AsdConfig, SynthConfig
+from asdcli.data.audio import load_audio
+from asdcli.data.features import LogMel
+from asdcli.data.layout import Clip
+from asdcli.data.pseudo_anomalies import PERTURBATIONS, perturb
+from asdcli.data.synth import ClipSpec, render_clip
+from asdcli.errors import DataError
+from asdcli.models.base import Batch
+from asdcli.services.branch_scores import load_with_upstream, normalize
+from asdcli.services.dataset import clip_key, training_clips
+from asdcli.services.runs import Run, read_branch_meta
+from asdcli.services.train import with_embeddings
+
+NORMAL = "normal"
+OUTLIER = "other_section"
+SYNTH = "synthetic_machine"
+KINDS = (NORMAL, *PERTURBATIONS, OUTLIER, SYNTH)
+
+
+@dataclass
+class Examples:
+    """``z`` (N, K) standardised scores of ``branches``; ``label`` (N,) 0 normal / 1 pseudo-anomaly;
+    ``group`` (N,) index into ``groups``; ``kind`` (N,) index into :data:`KINDS`."""
+
+    branches: list[str]
+    groups: list[str]
+    z: np.ndarray
+    label: np.ndarray
+    group: np.ndarray
+    kind: np.ndarray
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def rows(self, group: int, label: int | None = None) -> np.ndarray:
+        """Indices of the examples of one section (and one label)."""
+        keep = self.group == group
+        return np.flatnonzero(keep if label is None else keep & (self.label == label))
+
+    def counts(self) -> dict[str, int]:
+        """Examples per kind."""
+        return {k: int((self.kind == i).sum()) for i, k in enumerate(KINDS) if (self.kind == i).any()}
+
+    def save(self, path: Path) -> None:
+        arrays = {"z": torch.from_numpy(self.z).float(), "label": torch.from_numpy(self.label).long(),
+                  "group": torch.from_numpy(self.group).long(), "kind": torch.from_numpy(self.kind).long()}
+        save_arrays(path, arrays, {"branches": ",".join(self.branches), "groups": ",".join(self.groups),
+                                   "kinds": ",".join(KINDS)})
+
+    @classmethod
+    def load(cls, path: Path) -> "Examples":
+        arrays, meta = load_arrays(path, "fusion training examples (asd train-fusion writes them)")
+        return cls(meta["branches"].split(","), meta["groups"].split(","), arrays["z"].double().numpy(),
+                   arrays["label"].numpy(), arrays["group"].numpy(), arrays["kind"].numpy())
+
+
+def normal_examples(run: Run, names: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
+    """Clip keys, (N, K) standardised leave-one-out scores and sections of the training clips
+    every named branch scored (from ``<branch>.train_scores.json``), in training order."""
+    per_branch = {n: read_json(run.train_scores(n), f"{n} training scores")["scores"] for n in names}
+    common = set.intersection(*(set(v) for v in per_branch.values()))
+    keys = [k for k in per_branch[names[0]] if k in common]
+    groups = [k.split("/", 1)[0] for k in keys]
+    metas = {n: read_branch_meta(run, n) for n in names}
+    z = np.stack([normalize(np.array([per_branch[n][k] for k in keys]), groups, metas[n]) for n in names], axis=1)
+    return keys, z, groups
+
+
+@dataclass(frozen=True)
+class _Pseudo:
+    """One pseudo-anomaly to render: from a training clip (perturbed or relabelled) or a synth spec."""
+
+    group: int
+    kind: str
+    seed: int
+    clip: Clip | None = None
+    exclude: int = -1  # memory-bank row of the clean original
+    spec: ClipSpec | None = None
+
+
+def _plan(run: Run, clips: list[Clip], rows: dict[str, int], config: AsdConfig) -> list[_Pseudo]:
+    """Which pseudo-anomalies to make for every section (seeded, so a rerun makes the same ones)."""
+    cfg, rng = config.fusion, np.random.default_rng(config.seed)
+    kinds = list(PERTURBATIONS)
+    plan: list[_Pseudo] = []
+    for g, name in enumerate(run.vocab.groups):
+        own = [c for c in clips if c.group == name]
+        others = [c for c in clips if c.group != name]
+        for i, j in enumerate(rng.permutation(len(own))[: cfg.perturbed_per_section]):
+            clip = own[j]
+            plan.append(_Pseudo(g, kinds[(i + g) % len(kinds)], int(rng.integers(2**31)), clip, rows[clip_key(clip)]))
+        for j in rng.permutation(len(others))[: cfg.outliers_per_section]:
+            plan.append(_Pseudo(g, OUTLIER, 0, others[j]))
+        if len(run.vocab.groups) == 1:
+            machines = SynthConfig().machines
+            for i in range(cfg.synth_outliers):
+                spec = ClipSpec(machines[i % len(machines)], 90 + i, "source", "train", "normal", i)
+                plan.append(_Pseudo(g, SYNTH, int(rng.integers(2**31)), spec=spec))
+    return plan
+
+
+def _wave(item: _Pseudo, config: AsdConfig) -> torch.Tensor:
+    """(samples,) waveform of one pseudo-anomaly at the run's rate and length."""
+    audio = config.audio
+    if item.spec is not None:
+        synth = SynthConfig(duration_s=audio.duration_s, sample_rate=audio.sample_rate)
+        return torch.from_numpy(render_clip(item.spec, synth, item.seed)[0])
+    wave = load_audio(item.clip.path, audio)
+    return wave if item.kind == OUTLIER else perturb(wave, audio.sample_rate, item.kind, item.seed)
+
+
+def _domain(item: _Pseudo) -> int:
+    return int(item.clip is not None and item.clip.domain == "target")
+
+
+def _batches(plan: list[_Pseudo], config: AsdConfig, needs_wave: bool, failures: list) -> Iterator[tuple[list[_Pseudo], Batch]]:
+    """Render the plan in batches of clips (unreadable source clips are reported and left out)."""
+    logmel = LogMel(config.audio, config.features)
+    size = config.train.batch_size
+    for start in range(0, len(plan), size):
+        items, waves = [], []
+        for item in plan[start : start + size]:
+            try:
+                waves.append(_wave(item, config))
+                items.append(item)
+            except DataError as error:
+                failures.append((item.clip.path if item.clip else Path(str(item.spec)), str(error)))
+        if not items:
+            continue
+        wave = torch.stack(waves)  # (B, samples)
+        with torch.no_grad():
+            feats = logmel(wave)  # (B, n_mels, frames)
+        yield items, Batch(feats=feats, group=torch.tensor([i.group for i in items]),
+                           domain=torch.tensor([_domain(i) for i in items]),
+                           label=torch.full((len(items),), -1), wave=wave if needs_wave else None,
+                           index=torch.tensor([i.exclude for i in items]))
+
+
+def build_examples(run: Run, data: Path, names: list[str], config: AsdConfig,
+                   device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None) -> Examples:
+    """Score the normal training clips' stored scores plus freshly made pseudo-anomalies with every
+    named branch; all standardised per section with the branches' training statistics.
+    ``progress(done, total)`` after each batch of pseudo-anomalies."""
+    keys, z_normal, normal_groups = normal_examples(run, names)
+    rows = {k: i for i, k in enumerate(keys)}
+    clips = [c for c in training_clips(str(data)) if clip_key(c) in rows]
+    if not clips:
+        raise DataError(f"none of the training clips under {data} were scored by the run {run.path}; "
+                        "give the --data the branches were trained on")
+    plan = _plan(run, clips, rows, config)
+    branches, upstream = load_with_upstream(run, names, device)
+    needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
+    metas = {n: read_branch_meta(run, n) for n in names}
+    failures: list = []
+    done_items, raw = [], {n: [] for n in names}
+    with torch.no_grad():
+        for items, batch in _batches(plan, config, needs_wave, failures):
+            batch = with_embeddings(batch.to(device), upstream)
+            for name, branch in branches.items():
+                raw[name].append(branch.train_scores(batch).double().cpu().numpy())
+            done_items += items
+            if progress is not None:
+                progress(len(done_items), len(plan))
+    groups = [run.vocab.groups[i.group] for i in done_items]
+    z_pseudo = np.stack([normalize(np.concatenate(raw[n]), groups, metas[n]) for n in names], axis=1)
+    group_index = {g: i for i, g in enumerate(run.vocab.groups)}
+    return Examples(
+        names, list(run.vocab.groups), np.concatenate([z_normal, z_pseudo]),
+        np.concatenate([np.zeros(len(keys), dtype=np.int64), np.ones(len(done_items), dtype=np.int64)]),
+        np.array([group_index[g] for g in normal_groups] + [i.group for i in done_items], dtype=np.int64),
+        np.array([0] * len(keys) + [KINDS.index(i.kind) for i in done_items], dtype=np.int64), failures)
+

@@ -1,0 +1,117 @@
+"""`asd train-fusion`: fit the attention fusion head on normal clips vs pseudo-anomalies."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, save_weights, versions, write_json
+from asdcli.config import AsdConfig
+from asdcli.errors import CheckpointError
+from asdcli.metrics import auc
+from asdcli.models.fusion_attention import AttentionFusion, balanced_bce, uniform_kl
+from asdcli.models.registry import BRANCHES, canonical_name
+from asdcli.services.branch_scores import trained_branches
+from asdcli.services.examples import Examples, build_examples
+from asdcli.services.runs import Run, open_run
+
+
+def fusion_paths(run: Run) -> tuple[Path, Path, Path]:
+    """(weights, metadata, training examples) of a run's fusion head."""
+    return run.path / "fusion.safetensors", run.path / "fusion.json", run.path / "examples.safetensors"
+
+
+def branch_digests(run: Run, names: list[str]) -> dict[str, str]:
+    """SHA-1 of each branch's metadata (it changes whenever the branch is retrained)."""
+    return {n: hashlib.sha1(run.meta_path(n).read_bytes()).hexdigest() for n in names}
+
+
+@dataclass
+class FusionResult:
+    """What train-fusion fitted: the branches used and left out, the examples per kind, the final
+    loss, the mean attention weights and the separability (mean AUC over sections) of normal
+    training clips from pseudo-anomalies, per branch and fused."""
+
+    branches: list[str]
+    missing: list[str]
+    counts: dict[str, int]
+    loss: float
+    mean_weights: dict[str, float]
+    pseudo_auc: dict[str, float]
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def section_auc(examples: Examples, score: np.ndarray) -> float:
+    """Mean over sections of the AUC of ``score`` (N,) for normal (0) vs pseudo-anomaly (1)."""
+    values = []
+    for g in range(len(examples.groups)):
+        rows = examples.rows(g)
+        if len(set(examples.label[rows].tolist())) == 2:
+            values.append(auc(examples.label[rows], score[rows]))
+    return float(np.mean(values)) if values else float("nan")
+
+
+def fit_fusion(examples: Examples, config: AsdConfig) -> tuple[AttentionFusion, float]:
+    """Full-batch AdamW on the class- and section-balanced cross-entropy (deterministic on CPU)."""
+    torch.manual_seed(config.seed)
+    model = AttentionFusion(len(examples.branches), config.fusion.hidden)
+    z = torch.from_numpy(examples.z).float()  # (N, K)
+    label, group = torch.from_numpy(examples.label), torch.from_numpy(examples.group)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.fusion.lr, weight_decay=config.fusion.weight_decay)
+    loss = torch.tensor(float("nan"))
+    for _ in range(config.fusion.epochs):
+        optimizer.zero_grad()
+        out = model(z)
+        loss = balanced_bce(out.logit, label, group) + config.fusion.uniform_penalty * uniform_kl(out.weights)
+        loss.backward()
+        optimizer.step()
+    return model.eval(), float(loss.detach())
+
+
+def train_fusion(data: Path, run_dir: Path, config: AsdConfig, names: list[str] | None = None,
+                 device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None) -> FusionResult:
+    """Make the examples (``examples.safetensors``), fit the head and write ``fusion.safetensors``
+    + ``fusion.json``. Branches that are not trained are left out (listed in ``missing``)."""
+    run = open_run(run_dir)
+    trained = trained_branches(run_dir)
+    names = [canonical_name(n) for n in names] if names else trained
+    if not names:
+        raise CheckpointError(f"no trained branch in {run_dir}; run asd train-branch NAME --run {run_dir} first")
+    weights_path, meta_path, examples_path = fusion_paths(run)
+    examples = build_examples(run, data, names, config, device, progress)
+    examples.save(examples_path)
+    model, loss = fit_fusion(examples, config)
+    with torch.no_grad():
+        out = model(torch.from_numpy(examples.z).float())
+    pseudo_auc = {n: section_auc(examples, examples.z[:, k]) for k, n in enumerate(names)}
+    pseudo_auc["fused"] = section_auc(examples, out.fused.double().numpy())
+    mean_weights = dict(zip(names, out.weights.mean(0).tolist()))
+    save_weights(model, weights_path, {"part": "fusion"})
+    write_json(meta_path, {
+        "format_version": FORMAT_VERSION, "status": "complete", "branches": names,
+        "branch_digests": branch_digests(run, names), "hidden": config.fusion.hidden, "config": config.model_dump(mode="json"),
+        "loss": loss, "examples": examples.counts(), "mean_weights": mean_weights, "pseudo_auc": pseudo_auc,
+        "versions": versions(),
+    })
+    missing = [n for n in BRANCHES if n not in names]
+    return FusionResult(names, missing, examples.counts(), loss, mean_weights, pseudo_auc, examples.skipped)
+
+
+def load_fusion(run: Run) -> tuple[AttentionFusion, dict]:
+    """The run's fusion head and metadata; an error when it is missing or older than a branch."""
+    weights_path, meta_path, _ = fusion_paths(run)
+    if not meta_path.exists():
+        raise CheckpointError(f"no fusion head in {run.path}; run: asd train-fusion --run {run.path} --data DIR")
+    meta = read_json(meta_path, "fusion metadata")
+    stale = [n for n, d in branch_digests(run, meta["branches"]).items() if d != meta["branch_digests"][n]]
+    if stale:
+        raise CheckpointError(f"{meta_path}: branch(es) {', '.join(stale)} were retrained after the fusion head; "
+                              f"rerun: asd train-fusion --run {run.path} --data DIR")
+    model = AttentionFusion(len(meta["branches"]), meta["hidden"])
+    load_weights(model, weights_path)
+    return model.eval(), meta

@@ -1,0 +1,165 @@
+"""`asd meta-train`: MAML meta-training of the final classifier, tasks = machine sections.
+
+A task is one section with a random subset of its pseudo-anomaly kinds: the support set (a few
+normal clips and pseudo-anomalies) adapts the classifier in the inner loop, the query set (other
+clips of the same task) trains the initialisation in the outer loop. At scoring time a section's
+classifier is adapted from its support set of training clips; a section the meta-learner never
+saw adapts the same way from normal clips given for it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, save_weights, versions, write_json
+from asdcli.config import AsdConfig, MetaConfig
+from asdcli.errors import CheckpointError, DataError
+from asdcli.models.fusion_attention import AttentionFusion
+from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
+from asdcli.services.examples import Examples
+from asdcli.services.fuse import fusion_paths, load_fusion
+from asdcli.services.runs import Run, open_run
+
+
+def meta_paths(run: Run) -> tuple[Path, Path]:
+    """(weights, metadata) of a run's meta-learner."""
+    return run.path / "meta.safetensors", run.path / "meta.json"
+
+
+def fused_features(fusion: AttentionFusion, z: np.ndarray) -> Tensor:
+    """(N, K) standardised branch scores -> (N, 2K + 1) meta-learner inputs."""
+    with torch.no_grad():
+        return meta_features(fusion(torch.from_numpy(z).float()))
+
+
+def support_rows(examples: Examples, group: int, cfg: MetaConfig, seed: int) -> np.ndarray:
+    """The fixed support set a section adapts from at scoring time (seeded choice)."""
+    rng = np.random.default_rng([seed, group])
+    normals, pseudo = examples.rows(group, 0), examples.rows(group, 1)
+    return np.concatenate([rng.permutation(normals)[: cfg.support_normals], rng.permutation(pseudo)[: cfg.support_anomalies]])
+
+
+def _task(examples: Examples, group: int, cfg: MetaConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Support and query rows of one task: a section with a random half of its pseudo-anomaly kinds."""
+    normals = rng.permutation(examples.rows(group, 0))
+    pseudo = examples.rows(group, 1)
+    kinds = np.unique(examples.kind[pseudo])
+    chosen = rng.choice(kinds, size=max(1, (len(kinds) + 1) // 2), replace=False)
+    pseudo = rng.permutation(pseudo[np.isin(examples.kind[pseudo], chosen)])
+    n_sup, a_sup = cfg.support_normals, min(cfg.support_anomalies, len(pseudo) // 2)
+    support = np.concatenate([normals[:n_sup], pseudo[:a_sup]])
+    query = np.concatenate([normals[n_sup : n_sup + cfg.query], pseudo[a_sup : a_sup + cfg.query]])
+    return support, query
+
+
+def task_groups(examples: Examples, cfg: MetaConfig, holdout: list[str]) -> list[int]:
+    """Sections usable as tasks: not held out, with normal clips left over for a query set."""
+    unknown = sorted(set(holdout) - set(examples.groups))
+    if unknown:
+        raise DataError(f"--holdout {', '.join(unknown)}: not a section of this run (sections: {', '.join(examples.groups)})")
+    return [g for g, name in enumerate(examples.groups) if name not in holdout
+            and len(examples.rows(g, 0)) > cfg.support_normals and len(examples.rows(g, 1)) >= 2]
+
+
+@dataclass
+class MetaResult:
+    """Tasks trained on, held-out sections, and the mean query loss over the tasks before and
+    after adaptation (fresh splits after training: adaptation should lower it)."""
+
+    tasks: list[str]
+    holdout: list[str]
+    final_loss: float
+    query_loss_unadapted: float
+    query_loss_adapted: float
+
+
+def _query_losses(maml, x: Tensor, y: Tensor, examples: Examples, tasks: list[int], cfg: MetaConfig,
+                  rng: np.random.Generator) -> tuple[float, float]:
+    before, after = [], []
+    for g in tasks:
+        support, query = _task(examples, g, cfg, rng)
+        with torch.no_grad():
+            before.append(float(F.binary_cross_entropy_with_logits(maml(x[query]), y[query])))
+        learner = adapted(maml, x[support], y[support], cfg.inner_steps)
+        with torch.no_grad():
+            after.append(float(F.binary_cross_entropy_with_logits(learner(x[query]), y[query])))
+    return float(np.mean(before)), float(np.mean(after))
+
+
+def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = None,
+               progress: Callable[[int, int, float], None] | None = None) -> MetaResult:
+    """Meta-train the classifier over the sections of the run's examples (``asd train-fusion``
+    writes them); ``holdout`` sections are never used as tasks. Writes ``meta.safetensors`` + ``meta.json``."""
+    run, cfg, holdout = open_run(run_dir), config.meta, list(holdout or [])
+    fusion, fusion_meta = load_fusion(run)
+    examples = Examples.load(fusion_paths(run)[2])
+    tasks = task_groups(examples, cfg, holdout)
+    if not tasks:
+        raise DataError(f"no section of {run_dir} has more than meta.support_normals={cfg.support_normals} normal "
+                        "training clips and 2 pseudo-anomalies to meta-train on; lower meta.support_normals")
+    x, y = fused_features(fusion, examples.z), torch.from_numpy(examples.label).float()
+    torch.manual_seed(config.seed)
+    maml = maml_wrapper(MetaClassifier(x.shape[1], cfg.hidden, len(examples.branches)), cfg.inner_lr, cfg.first_order)
+    optimizer = torch.optim.Adam(maml.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng(config.seed)
+    loss_value = float("nan")
+    for step in range(cfg.iterations):
+        optimizer.zero_grad()
+        chosen = rng.choice(tasks, size=cfg.tasks_per_step, replace=len(tasks) < cfg.tasks_per_step)
+        total = 0.0
+        for g in chosen:
+            support, query = _task(examples, int(g), cfg, rng)
+            learner = adapted(maml, x[support], y[support], cfg.inner_steps)
+            loss = F.binary_cross_entropy_with_logits(learner(x[query]), y[query]) / len(chosen)
+            loss.backward()
+            total += float(loss)
+        optimizer.step()
+        loss_value = total
+        if progress is not None:
+            progress(step + 1, cfg.iterations, loss_value)
+    unadapted, adapted_loss = _query_losses(maml, x, y, examples, tasks, cfg, rng)
+    weights_path, meta_path = meta_paths(run)
+    save_weights(maml.module, weights_path, {"part": "meta"})
+    names = [examples.groups[g] for g in tasks]
+    write_json(meta_path, {
+        "format_version": FORMAT_VERSION, "status": "complete", "tasks": names, "holdout": holdout,
+        "in_dim": int(x.shape[1]), "meta": cfg.model_dump(mode="json"), "seed": config.seed,
+        "fusion_loss": fusion_meta["loss"], "final_loss": loss_value, "query_loss_unadapted": unadapted,
+        "query_loss_adapted": adapted_loss, "versions": versions(),
+    })
+    return MetaResult(names, holdout, loss_value, unadapted, adapted_loss)
+
+
+@dataclass
+class MetaLearner:
+    """A trained meta-learner with what adapting it needs."""
+
+    maml: torch.nn.Module
+    cfg: MetaConfig
+    seed: int
+    meta: dict
+
+    def scores(self, x: Tensor, support_x: Tensor | None, support_y: Tensor | None) -> np.ndarray:
+        """(N,) final logits of ``x`` (N, F), adapted on the support set when one is given."""
+        model = self.maml if support_x is None else adapted(self.maml, support_x, support_y, self.cfg.inner_steps)
+        with torch.no_grad():
+            return model(x).double().numpy()
+
+
+def load_meta(run: Run) -> MetaLearner:
+    """The run's meta-learner; an error when it is missing."""
+    weights_path, meta_path = meta_paths(run)
+    if not meta_path.exists():
+        raise CheckpointError(f"no meta-learner in {run.path}; run: asd meta-train --run {run.path}")
+    meta = read_json(meta_path, "meta-learner metadata")
+    cfg = MetaConfig.model_validate(meta["meta"])
+    model = MetaClassifier(meta["in_dim"], cfg.hidden, (meta["in_dim"] - 1) // 2)
+    load_weights(model, weights_path)
+    return MetaLearner(maml_wrapper(model, cfg.inner_lr, cfg.first_order), cfg, meta["seed"], meta)

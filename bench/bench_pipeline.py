@@ -1,0 +1,133 @@
+"""The whole pipeline: detection of every stage in one table, and end-to-end scoring cost.
+
+    python bench/bench_pipeline.py                                  # default config, default synthetic data
+    python bench/bench_pipeline.py --data ../shared/data/dcase2020-mini/slider
+    python bench/bench_pipeline.py --config tiny --holdout fan_section_00
+
+Trains the five branches, the fusion head and the meta-learner on the normal training clips,
+then scores the labelled test clips once and evaluates each stage on the same scores: every
+branch alone (its per-section standardised score), their plain average, the attention-fused
+score and the final meta-learner score. The end-to-end scoring (audio -> features -> five
+branches -> fusion -> adapted meta-learner) runs in a fresh child process (cold feature cache)
+so that its throughput and peak memory are those of `asd score` alone. ``--holdout SECTION``
+also meta-trains without that section and compares the unadapted with the adapted classifier on
+its test clips. Without --data the synthetic dataset of the config is generated into a temporary
+folder; b1 uses the config's AST source (offline: ``--ast random``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asdcli.config import load_config
+from asdcli.data.layout import discover
+from asdcli.data.synth import generate
+from asdcli.services.evaluate import clip_rows, evaluate_rows
+from asdcli.services.fuse import train_fusion
+from asdcli.services.meta import fused_features, load_meta, meta_train, support_rows
+from asdcli.services.runs import open_run
+from asdcli.services.score import score_clips
+from asdcli.services.train import train_branch
+
+ORDER = ["b2", "b3", "b4", "b1", "b5"]  # b5 models embeddings of b3, so it comes after
+
+
+def _row(name: str, clips, scores) -> tuple:
+    ev = evaluate_rows(clip_rows(clips, scores))
+    labels = [c.is_anomaly for c in clips]
+    from asdcli.metrics import auc, pauc
+    return (name, auc(labels, scores), pauc(labels, scores), float(np.mean([s.auc for s in ev.sections])),
+            float(np.mean([s.pauc for s in ev.sections])), ev.official)
+
+
+def _score_child(run: Path, test, cache: Path, queue) -> None:
+    torch.set_num_threads(2)
+    start = time.perf_counter()
+    result = score_clips(run, test, cache)
+    queue.put((time.perf_counter() - start, len(result.clips)))
+
+
+def _timed_scoring(run: Path, test, cache: Path) -> tuple[float, float]:
+    """(clips/s, peak RSS MB) of one cold `score_clips` in a child process."""
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_score_child, args=(run, test, cache, queue))
+    child.start()
+    seconds, count = queue.get()
+    child.join()
+    return count / seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+def _holdout(run: Path, config, section: str, result) -> tuple:
+    """Meta-train without ``section``, then AUC / pAUC on its test clips unadapted vs adapted."""
+    meta_train(run, config, [section])
+    learner, run_obj = load_meta(open_run(run)), open_run(run)
+    from asdcli.services.examples import Examples
+    from asdcli.services.fuse import fusion_paths, load_fusion
+    fusion, _ = load_fusion(run_obj)
+    examples = Examples.load(fusion_paths(run_obj)[2])
+    rows = [i for i, c in enumerate(result.clips) if c.group == section]
+    z = np.stack([result.normalized[n][rows] for n in result.branches], axis=1)
+    x, ex_x = fused_features(fusion, z), fused_features(fusion, examples.z)
+    sup = support_rows(examples, examples.groups.index(section), learner.cfg, learner.seed)
+    ex_y = torch.from_numpy(examples.label).float()
+    clips = [result.clips[i] for i in rows]
+    return (_row(f"{section}: meta-learner, unadapted", clips, learner.scores(x, None, None)),
+            _row(f"{section}: meta-learner, adapted ({learner.cfg.inner_steps} steps)", clips,
+                 learner.scores(x, ex_x[sup], ex_y[sup])))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path)
+    parser.add_argument("--config", default="default")
+    parser.add_argument("--ast", help="override branches.pretrained.source (e.g. random)")
+    parser.add_argument("--holdout", help="a section to hold out of meta-training")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    config = load_config(args.config).with_overrides(seed=args.seed, **{"branches.pretrained.source": args.ast})
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data
+        if data is None:
+            data = Path(tmp) / "data"
+            generate(data, config.synth, config.seed)
+        test = [c for c in discover(data) if c.split == "test" and c.label is not None]
+        if not test:
+            sys.exit(f"no labelled test clips under {data}")
+        run, cache = Path(tmp) / "run", Path(tmp) / "cache"
+        start = time.perf_counter()
+        for name in ORDER:
+            train_branch(name, data, run, config, cache_dir=cache)
+            print(f"trained {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        train_fusion(data, run, config)
+        meta_train(run, config)
+        train_s = time.perf_counter() - start
+        rate, peak_mb = _timed_scoring(run, test, Path(tmp) / "cold-cache")
+        result = score_clips(run, test, cache)
+        stages = [_row(n, result.clips, result.normalized[n]) for n in result.branches]
+        stages.append(_row("average of branches", result.clips, np.mean(list(result.normalized.values()), axis=0)))
+        stages.append(_row("attention fusion", result.clips, result.fused))
+        stages.append(_row("final (meta-learner)", result.clips, result.score))
+        if args.holdout:
+            stages += _holdout(run, config, args.holdout, result)
+    print(f"\nData: {args.data or 'synthetic data of the ' + args.config + ' config'}; config: {args.config}; "
+          f"{len(result.clips)} test clips; training everything took {train_s:.0f} s; CPU threads 2\n")
+    print("| scores | AUC (pooled) | pAUC (pooled) | AUC (mean over sections) | pAUC (mean) | official score |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, a, p, ma, mp, off in stages:
+        print(f"| {name} | {a:.3f} | {p:.3f} | {ma:.3f} | {mp:.3f} | {off:.3f} |")
+    print(f"\nEnd-to-end scoring (cold feature cache, child process): {rate:,.1f} clips/s, peak RSS {peak_mb:,.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
