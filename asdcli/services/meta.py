@@ -119,7 +119,7 @@ def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = Non
             learner = adapted(maml, x[support], y[support], cfg.inner_steps)
             loss = F.binary_cross_entropy_with_logits(learner(x[query]), y[query]) / len(chosen)
             loss.backward()
-            total += float(loss)
+            total += float(loss.detach())
         optimizer.step()
         loss_value = total
         if progress is not None:

@@ -7,7 +7,7 @@ from asdcli.cli import app
 from asdcli.cli.pending import PENDING
 
 runner = CliRunner()
-COMMANDS = ["synth", "features", "train-branch", "evaluate", *PENDING]
+COMMANDS = ["synth", "features", "train-branch", "train-fusion", "meta-train", "score", "evaluate", *PENDING]
 
 
 def _plain(text: str) -> str:
@@ -130,3 +130,31 @@ def test_score_writes_csv_to_stdout_and_dcase_files(tmp_path, synth_root):
     assert (tmp_path / "out" / "anomaly_score_fan_section_00_test.csv").exists()
     missing = runner.invoke(app, ["score", str(synth_root), "--run", str(tmp_path / "nope")])
     assert missing.exit_code == 1 and "does not exist" in _plain(missing.output)
+
+
+def test_fusion_meta_score_explain_then_evaluate(tmp_path, synth_root):
+    run, cache = tmp_path / "run", str(tmp_path / "c")
+    for name in ("b2", "b3"):
+        trained = runner.invoke(app, ["train-branch", name, "--data", str(synth_root), "--run", str(run), "-c", "tiny",
+                                      "--epochs", "1", "--cache-dir", cache])
+        assert trained.exit_code == 0, trained.output
+    before = runner.invoke(app, ["meta-train", "--run", str(run)])
+    assert before.exit_code == 1 and "asd train-fusion" in _plain(before.output)
+    fused = runner.invoke(app, ["train-fusion", "--data", str(synth_root), "--run", str(run)])
+    assert fused.exit_code == 0, fused.output
+    assert "not fused (not trained): pretrained, diffusion, flow" in _plain(fused.output)
+    meta = runner.invoke(app, ["meta-train", "--run", str(run), "--iterations", "5"])
+    assert meta.exit_code == 0, meta.output
+    bad = runner.invoke(app, ["meta-train", "--run", str(run), "--holdout", "nope_section_09"])
+    assert bad.exit_code == 1 and "not a section of this run" in _plain(bad.output)
+    result = runner.invoke(app, ["score", str(synth_root), "--run", str(run), "--explain", "--decision",
+                                 "--cache-dir", cache])
+    assert result.exit_code == 0, result.output
+    assert "meta-learner adapted per section" in _plain(result.stderr)
+    lines = result.stdout.strip().splitlines()
+    assert lines[0] == "filename,score,decision,fused,z_b2,w_b2,z_b3,w_b3"
+    rows = [line.split(",") for line in lines[1:]]
+    assert len(rows) == 16 and all(abs(float(r[5]) + float(r[7]) - 1.0) < 1e-3 for r in rows)
+    (tmp_path / "scores.csv").write_text(result.stdout)
+    evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "scores.csv")])
+    assert evaluated.exit_code == 0, evaluated.output

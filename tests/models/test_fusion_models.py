@@ -1,0 +1,63 @@
+"""The fusion head, the meta-learner's classifier and the waveform pseudo-anomalies."""
+
+import numpy as np
+import pytest
+import torch
+
+from asdcli.metrics import auc
+from asdcli.data.pseudo_anomalies import PERTURBATIONS, perturb
+from asdcli.models.fusion_attention import AttentionFusion, balanced_bce, uniform_kl
+from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
+
+
+def test_untrained_fusion_is_the_average_of_compressed_scores():
+    z = torch.randn(6, 4) * 3
+    with torch.no_grad():
+        out = AttentionFusion(4, 8)(z)
+    assert torch.allclose(out.weights, torch.full((6, 4), 0.25))
+    assert torch.allclose(out.fused, torch.asinh(z).mean(dim=1), atol=1e-6)
+    assert float(uniform_kl(out.weights)) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fusion_learns_to_trust_the_informative_branch():
+    torch.manual_seed(0)
+    label = torch.arange(200) % 2
+    good = label * 3.0 + torch.randn(200) * 0.5
+    noise = torch.randn(200) * 3
+    z = torch.stack([noise, good], dim=1)  # (N, 2)
+    model = AttentionFusion(2, 8)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
+    for _ in range(200):
+        optimizer.zero_grad()
+        balanced_bce(model(z).logit, label, torch.zeros(200, dtype=torch.long)).backward()
+        optimizer.step()
+    with torch.no_grad():
+        out = model(z)
+    assert out.weights[:, 1].median() > 0.8
+    assert auc(label, out.fused) > auc(label, torch.asinh(z).mean(dim=1)) and auc(label, out.fused) > 0.95
+
+
+def test_meta_classifier_starts_as_the_fused_score_and_adapts():
+    z = torch.randn(10, 3)
+    out = AttentionFusion(3, 4)(z)
+    x = meta_features(out)  # (10, 7)
+    assert x.shape == (10, 7)
+    model = MetaClassifier(7, 8, fused_index=3)
+    assert torch.allclose(model(x), out.fused)
+    maml = maml_wrapper(model, inner_lr=0.5, first_order=False)
+    y = (torch.arange(10) % 2).float()
+    learner = adapted(maml, x, y, steps=3)
+    assert not torch.allclose(learner(x), maml(x))
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(learner(x), y)
+    loss.backward()  # second-order gradients reach the meta-parameters
+    assert model.linear.weight.grad is not None and torch.isfinite(model.linear.weight.grad).all()
+
+
+@pytest.mark.parametrize("kind", list(PERTURBATIONS))
+def test_perturbations_keep_length_are_seeded_and_change_the_clip(kind):
+    rng = np.random.default_rng(0)
+    wave = torch.from_numpy((0.1 * rng.standard_normal(16000)).astype(np.float32))
+    a, b = perturb(wave, 16000, kind, seed=5), perturb(wave, 16000, kind, seed=5)
+    assert a.shape == wave.shape and torch.isfinite(a).all() and a.abs().max() <= 1.0
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, wave, atol=1e-4)
