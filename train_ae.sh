@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Train everything and score, as the DCASE Task 2 baselines' scripts do.
+#
+#   bash train_ae.sh -d [-r DATA_ROOT] [-o OUT] [-c CONFIG] [--gpu N]   development mode
+#   bash train_ae.sh -e [-r DATA_ROOT] [-o OUT] [-c CONFIG] [--gpu N]   evaluation mode
+#
+# Both modes: features -> the five branches -> fusion -> meta-learner -> scores, for the
+# machines under DATA_ROOT (<machine>/train/*.wav and <machine>/test/*.wav; -r or $ASD_DATA_ROOT).
+# -d (development set): test clips carry labels; ends with the evaluation table (AUC, pAUC,
+#    official score) and OUT/evaluation.json.
+# -e (evaluation set): trains on its (additional) training clips, writes the DCASE files
+#    OUT/results/anomaly_score_<machine>_section_<XX>_test.csv and decision_result_..._test.csv.
+# Run folder OUT/run, feature cache $ASD_CACHE_DIR (default OUT/.cache).
+set -euo pipefail
+
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+
+MODE="" DATA="${ASD_DATA_ROOT:-}" OUT="results-asd" CONFIG="${ASD_CONFIG:-default}" DEVICE=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    -d|--dev) MODE=dev ;;
+    -e|--eval) MODE=eval ;;
+    -r|--data-root) DATA="$2"; shift ;;
+    -o|--out) OUT="$2"; shift ;;
+    -c|--config) CONFIG="$2"; shift ;;
+    --gpu) DEVICE=(--gpu "$2"); shift ;;
+    -h|--help) usage 0 ;;
+    *) echo "train_ae.sh: unknown argument '$1'" >&2; usage ;;
+  esac
+  shift
+done
+[ -n "$MODE" ] || { echo "train_ae.sh: give -d (development) or -e (evaluation)" >&2; usage; }
+[ -n "$DATA" ] || { echo "train_ae.sh: no data root: give -r DIR or set ASD_DATA_ROOT" >&2; usage; }
+[ -d "$DATA" ] || { echo "train_ae.sh: data root '$DATA' is not a folder" >&2; exit 1; }
+
+cd "$(dirname "$0")"
+ASD="${ASD:-.venv/bin/asd}"
+RUN="$OUT/run"
+export ASD_CACHE_DIR="${ASD_CACHE_DIR:-$OUT/.cache}"
+rm -rf "$RUN" "$OUT/results"
+
+"$ASD" features "$DATA" --config "$CONFIG"
+for branch in b2 b3 b4 b1 b5; do  # b5 (flow) models the embeddings of b3
+  "$ASD" train-branch "$branch" --data "$DATA" --run "$RUN" --config "$CONFIG" "${DEVICE[@]}" > /dev/null
+done
+"$ASD" train-fusion --data "$DATA" --run "$RUN" "${DEVICE[@]}"
+"$ASD" meta-train --run "$RUN"
+"$ASD" score "$DATA" --run "$RUN" --decision --out-dir "$OUT/results" > "$OUT/scores.csv"
+if [ "$MODE" = dev ]; then
+  "$ASD" evaluate "$OUT/results" --json "$OUT/evaluation.json"
+else
+  echo "evaluation mode: DCASE files in $OUT/results (labels are not in evaluation-set names)" >&2
+fi
