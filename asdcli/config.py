@@ -249,6 +249,16 @@ class MetaConfig(Section):
     first_order: bool = Field(False, description="first-order MAML (no second derivatives)")
 
 
+class DebugConfig(Section):
+    """Trouble detection of ``asd freeze-debug``."""
+
+    explode_factor: float = Field(100.0, gt=1, description="a gradient norm this many times the part's running "
+                                  "median is reported as exploding")
+    explode_above: float = Field(1e4, gt=0, description="a gradient norm above this is reported as exploding")
+    vanish_below: float = Field(1e-7, ge=0, description="a trainable part's gradient norm below this is reported "
+                                "as vanishing")
+
+
 class AsdConfig(Section):
     """The whole configuration of a run."""
 
@@ -260,6 +270,7 @@ class AsdConfig(Section):
     branches: BranchesConfig = Field(default_factory=BranchesConfig)
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     meta: MetaConfig = Field(default_factory=MetaConfig)
+    debug: DebugConfig = Field(default_factory=DebugConfig)
     seed: int = Field(0, ge=0)
 
     def with_overrides(self, **dotted: object) -> "AsdConfig":

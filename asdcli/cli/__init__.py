@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from asdcli import __version__
-from asdcli.cli import evaluate, features, meta_train, pending, score, synth, train_branch, train_fusion
+from asdcli.cli import evaluate, features, freeze_debug, meta_train, plot, score, synth, train_branch, train_fusion
 
 app = typer.Typer(
     name="asd",
@@ -35,8 +35,9 @@ app.command("train-branch")(train_branch.train_branch)
 app.command("train-fusion")(train_fusion.train_fusion)
 app.command("meta-train")(meta_train.meta_train)
 app.command("evaluate")(evaluate.evaluate)
+app.command("freeze-debug")(freeze_debug.freeze_debug)
+app.command("plot")(plot.plot)
 app.command("score")(score.score)
-pending.register(app)
 
 
 def main() -> None:

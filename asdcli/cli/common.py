@@ -85,12 +85,6 @@ def report_failures(failures: list[tuple[Path, str]]) -> None:
         err.print(f"  {message}", highlight=False, markup=False)
 
 
-def not_built(command: str, issue: int) -> None:
-    """Exit non-zero for a design-card command this version does not have yet."""
-    err.print(f"[bold red]error:[/] `asd {command}` is not built yet in this version (tracked in issue #{issue}).")
-    raise typer.Exit(2)
-
-
 def fatal(message: str) -> None:
     """Print one error line and exit 1 (for CLI-level checks that are not service errors)."""
     err.print(f"[bold red]error:[/] {message}", highlight=False)

@@ -80,7 +80,7 @@ def read_scores(path: Path) -> list[ScoreRow]:
     return out
 
 
-def _score_files(paths: list[Path]) -> list[Path]:
+def score_files(paths: list[Path]) -> list[Path]:
     files = []
     for path in paths:
         if path.is_dir():
@@ -97,7 +97,7 @@ def _score_files(paths: list[Path]) -> list[Path]:
 
 def evaluate(paths: list[Path]) -> Evaluation:
     """Metrics of every labelled section in the given CSV files or folders of DCASE CSVs."""
-    return evaluate_rows([r for f in _score_files(paths) for r in read_scores(f)])
+    return evaluate_rows([r for f in score_files(paths) for r in read_scores(f)])
 
 
 def clip_rows(clips: list[Clip], scores: Sequence[float]) -> list[ScoreRow]:

@@ -1,0 +1,330 @@
+"""`asd freeze-debug`: train every part of the model together with some parts frozen, logging
+each part's loss and gradient norm per step, and reporting trouble (non-finite losses, exploding
+or vanishing gradients) at the step where it begins.
+
+The five branches train on batches of the normal training clips, each with its own loss; the
+fusion head and the meta-learner train alongside on the run's stored examples (``asd
+train-fusion`` writes them), one full-batch fusion step and one MAML task per step. A frozen part
+has ``requires_grad`` off and stays in eval mode (its batch-norm statistics do not move either),
+so its weights are bit-identical afterwards; this is checked and reported. Nothing is written to
+the run: this is a diagnostic, its product is the log.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from asdcli.config import AsdConfig
+from asdcli.errors import ConfigError
+from asdcli.models.base import Branch, state_digest
+from asdcli.models.fusion_attention import AttentionFusion, balanced_bce
+from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
+from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
+from asdcli.services.dataset import ClipSet, Vocabulary, training_clips
+from asdcli.services.examples import Examples
+from asdcli.services.features import make_extractor
+from asdcli.services.fuse import fusion_paths
+from asdcli.services.meta import _task
+from asdcli.services.runs import Run, branch_context, load_branch, open_run
+from asdcli.services.train import epoch_order, lr_at, model_batches, with_embeddings
+
+HEADS = ("fusion", "meta")
+
+
+def part_id(name: str) -> str:
+    """Log id of a part: b1..b5 for branches, ``fusion`` / ``meta`` for the heads."""
+    return name if name in HEADS else BRANCHES[name].bid
+
+
+def parse_parts(names: list[str]) -> list[str]:
+    """Canonical part names (branch ids or names, ``fusion``, ``meta``), validated."""
+    return [n if n in HEADS else canonical_name(n) for n in names]
+
+
+@dataclass
+class Trouble:
+    """A problem seen during training: ``kind`` began at ``step`` (global, 1-based) in ``part``."""
+
+    part: str
+    kind: str
+    epoch: int
+    step: int
+    value: float
+
+    def __str__(self) -> str:
+        return f"{self.kind} in {self.part} beginning at epoch {self.epoch}, step {self.step} (value {self.value:.4g})"
+
+
+@dataclass
+class DebugResult:
+    """The log written, the parts trained and frozen, whether each frozen part is bit-identical
+    afterwards, the troubles found and notices (parts not logged and why)."""
+
+    log: Path
+    parts: list[str]
+    frozen: list[str]
+    unchanged: dict[str, bool]
+    steps: int
+    troubles: list[Trouble] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+
+
+class TroubleDetector:
+    """Per part: the first non-finite loss, the first exploding and the first vanishing gradient norm."""
+
+    def __init__(self, config: AsdConfig):
+        self.cfg = config.debug
+        self.history: dict[str, list[float]] = {}
+        self.seen: set[tuple[str, str]] = set()
+
+    def check(self, part: str, loss: float, grad: float | None, epoch: int, step: int) -> list[Trouble]:
+        found = []
+        if not math.isfinite(loss):
+            found.append(Trouble(part, "non-finite loss", epoch, step, loss))
+        if grad is not None:
+            past = self.history.setdefault(part, [])
+            median = float(np.median(past)) if len(past) >= 5 else None
+            if not math.isfinite(grad) or grad > self.cfg.explode_above or (
+                    median and grad > self.cfg.explode_factor * median):
+                found.append(Trouble(part, "exploding gradient norm", epoch, step, grad))
+            elif grad < self.cfg.vanish_below:
+                found.append(Trouble(part, "vanishing gradient norm", epoch, step, grad))
+            if math.isfinite(grad):
+                past.append(grad)
+        new = [t for t in found if (t.part, t.kind) not in self.seen]
+        self.seen.update((t.part, t.kind) for t in new)
+        return new
+
+
+def grad_norm(params: list[nn.Parameter]) -> float:
+    """L2 norm of the gradients of ``params`` (0 when none has a gradient)."""
+    grads = [p.grad.detach().pow(2).sum() for p in params if p.grad is not None]
+    return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
+
+
+def _build_branches(clipset: ClipSet, run: Run | None, config: AsdConfig, frozen: list[str], device,
+                    vocab: Vocabulary) -> dict[str, Branch]:
+    """Every branch, fresh (a frozen one from the run's checkpoint where it has one), in an order
+    where upstream branches come first."""
+    names = sorted(BRANCHES, key=lambda n: len(BRANCHES[n].upstream(branch_config(config, n))))
+    context_run = run or Run(Path("."), vocab, {})
+    branches: dict[str, Branch] = {}
+    for name in names:
+        upstream = {canonical_name(u): branches[canonical_name(u)] for u in BRANCHES[name].upstream(branch_config(config, name))}
+        if name in frozen and run is not None and run.meta_path(name).exists():
+            branches[name] = load_branch(run, name, device)
+            continue
+        probe = with_embeddings(clipset.batch([0]).to(device), upstream)
+        dims = {n: int(e.shape[1]) for n, e in probe.embeddings.items()}
+        torch.manual_seed(config.seed)
+        branch = build_branch(name, config, branch_context(context_run, config, dims)).to(device)
+        branch.set_input_stats(clipset.mean.to(device), clipset.std.to(device))
+        branch.prepare_training(model_batches(clipset, config.train.batch_size, device, upstream))
+        branches[name] = branch
+    return branches
+
+
+class _Heads:
+    """The fusion head and the meta-learner, trained on the run's stored examples."""
+
+    def __init__(self, examples: Examples, config: AsdConfig):
+        torch.manual_seed(config.seed)
+        self.examples, self.cfg = examples, config
+        self.z = torch.from_numpy(examples.z).float()
+        self.label, self.group = torch.from_numpy(examples.label), torch.from_numpy(examples.group)
+        self.fusion = AttentionFusion(len(examples.branches), config.fusion.hidden)
+        self.maml = maml_wrapper(MetaClassifier(2 * len(examples.branches) + 1, config.meta.hidden,
+                                                len(examples.branches)), config.meta.inner_lr, config.meta.first_order)
+        self.tasks = [g for g in range(len(examples.groups)) if len(examples.rows(g, 0)) > config.meta.support_normals
+                      and len(examples.rows(g, 1)) >= 2]
+        self.rng = np.random.default_rng(config.seed)
+        self.modules = {"fusion": self.fusion, "meta": self.maml}
+
+    def losses(self, trainable: set[str]) -> dict[str, Tensor]:
+        """This step's loss of each head (differentiable for the trainable ones)."""
+        with torch.set_grad_enabled("fusion" in trainable):
+            fusion_loss = balanced_bce(self.fusion(self.z).logit, self.label, self.group)
+        out = {"fusion": fusion_loss}
+        if self.tasks:
+            with torch.no_grad():
+                x = meta_features(self.fusion(self.z))
+            support, query = _task(self.examples, int(self.rng.choice(self.tasks)), self.cfg.meta, self.rng)
+            if "meta" in trainable:
+                learner = adapted(self.maml, x[support], self.label[support], self.cfg.meta.inner_steps)
+                out["meta"] = F.binary_cross_entropy_with_logits(learner(x[query]), self.label[query].float())
+            else:  # frozen: no inner loop either (it would need gradients of the frozen weights)
+                with torch.no_grad():
+                    out["meta"] = F.binary_cross_entropy_with_logits(self.maml(x[query]), self.label[query].float())
+        return out
+
+
+def log_columns(parts: list[str]) -> list[str]:
+    """Columns of the freeze-debug CSV for the logged ``parts``."""
+    per_part = [f"{kind}_{part_id(p)}" for p in parts for kind in ("loss", "grad_norm")]
+    return ["kind", "epoch", "step", "global_step", "time_s", "lr", "loss_total", *per_part]
+
+
+class _Log:
+    """The CSV, one flushed row at a time: a crash keeps every row written so far."""
+
+    def __init__(self, path: Path, parts: list[str]):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.handle = path.open("w", newline="", encoding="utf-8")
+        self.writer = csv.DictWriter(self.handle, log_columns(parts), lineterminator="\n")
+        self.writer.writeheader()
+        self.parts, self.epoch_rows = parts, []
+
+    def step(self, epoch: int, step: int, global_step: int, seconds: float, lr: float,
+             losses: dict[str, float], grads: dict[str, float]) -> None:
+        row = {"kind": "step", "epoch": epoch, "step": step, "global_step": global_step, "time_s": f"{seconds:.3f}",
+               "lr": f"{lr:.6g}", "loss_total": f"{sum(v for v in losses.values()):.6g}"}
+        for p in self.parts:
+            row[f"loss_{part_id(p)}"], row[f"grad_norm_{part_id(p)}"] = f"{losses[p]:.6g}", f"{grads[p]:.6g}"
+        self._write(row)
+        self.epoch_rows.append(row)
+
+    def epoch_summary(self, epoch: int, global_step: int, seconds: float, lr: float) -> None:
+        """A row of the epoch's means (``kind`` = epoch)."""
+        rows, self.epoch_rows = self.epoch_rows, []
+        row = {"kind": "epoch", "epoch": epoch, "step": len(rows), "global_step": global_step,
+               "time_s": f"{seconds:.3f}", "lr": f"{lr:.6g}"}
+        for column in log_columns(self.parts)[6:]:
+            row[column] = f"{np.mean([float(r[column]) for r in rows]):.6g}"
+        self._write(row)
+
+    def _write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.handle.flush()
+
+    def close(self) -> None:
+        self.handle.close()
+
+
+@dataclass
+class _Setup:
+    clipset: ClipSet
+    branches: dict[str, Branch]
+    heads: _Heads | None
+    modules: dict[str, nn.Module]
+    params: dict[str, list[nn.Parameter]]
+    upstream: dict[str, Branch]
+
+
+def _base_lr(config: AsdConfig, part: str) -> float:
+    if part in HEADS:
+        return config.fusion.lr if part == "fusion" else config.meta.lr
+    override = branch_config(config, part).lr
+    return override if override is not None else config.train.lr
+
+
+def _prepare(data: Path, run_dir: Path | None, config: AsdConfig, frozen: list[str], device,
+             cache_dir: Path | None, notices: list[str]) -> _Setup:
+    clips = training_clips(str(data))
+    run = open_run(run_dir) if run_dir is not None and (run_dir / "run.json").exists() else None
+    vocab = run.vocab if run is not None else Vocabulary.from_clips(clips)
+    clipset = ClipSet(clips, config, make_extractor(config, cache_dir), vocab,
+                      with_wave=any(cls.needs_wave for cls in BRANCHES.values()))
+    branches = _build_branches(clipset, run, config, frozen, device, vocab)
+    heads = None
+    if run is not None and fusion_paths(run)[2].exists():
+        heads = _Heads(Examples.load(fusion_paths(run)[2]), config)
+    else:
+        notices.append("fusion and meta-learner not logged: the run has no examples (run asd train-fusion first)")
+    modules: dict[str, nn.Module] = {**branches, **(heads.modules if heads else {})}
+    missing = [p for p in frozen if p not in modules]
+    if missing:
+        raise ConfigError(f"--branch {', '.join(missing)}: cannot freeze a part that is not trained here ({notices[-1]})")
+    for name in frozen:
+        modules[name].requires_grad_(False)
+        modules[name].eval()
+    params = {n: [p for p in m.parameters() if p.requires_grad] for n, m in modules.items()}
+    notices += [f"{n} has no trainable parameters: loss logged, gradient norm 0" for n in modules
+                if not params[n] and n not in frozen]
+    upstream = {canonical_name(u): branches[canonical_name(u)] for n in branches
+                for u in BRANCHES[n].upstream(branch_config(config, n))}
+    return _Setup(clipset, branches, heads, modules, params, upstream)
+
+
+def _step_losses(s: _Setup, batch, trainable: set[str]) -> dict[str, Tensor]:
+    losses = {}
+    for name, branch in s.branches.items():
+        with torch.set_grad_enabled(name in trainable):
+            losses[name] = branch.loss(batch)
+    if s.heads is not None:
+        losses.update(s.heads.losses(trainable))
+    return losses
+
+
+def _train_step(s: _Setup, optimizer, batch, trainable: set[str], grad_clip: float) -> tuple[dict, dict]:
+    """One step of every trainable part on the sum of their losses: (losses, gradient norms) per part.
+    A non-finite total is not applied (it is reported), so the other parts keep training."""
+    losses = _step_losses(s, batch, trainable)
+    total = sum(losses[n] for n in trainable)
+    optimizer.zero_grad(set_to_none=True)
+    finite = bool(torch.isfinite(total))
+    if finite and isinstance(total, Tensor):
+        total.backward()
+    grads = {n: grad_norm(s.params[n]) for n in s.modules}  # before clipping: what the loss asked for
+    for name in trainable:
+        torch.nn.utils.clip_grad_norm_(s.params[name], grad_clip)
+    if finite and trainable:
+        optimizer.step()
+    return {n: float(v.detach()) for n, v in losses.items()}, grads
+
+
+def freeze_debug(data: Path, config: AsdConfig, frozen: list[str], epochs: int, log_path: Path,
+                 run_dir: Path | None = None, device: torch.device | str = "cpu", cache_dir: Path | None = None,
+                 on_step: Callable[[int, int, float], None] | None = None,
+                 on_trouble: Callable[[Trouble], None] | None = None) -> DebugResult:
+    """Train every part for ``epochs`` with the ``frozen`` parts fixed; log to ``log_path``."""
+    frozen, notices = parse_parts(frozen), []
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    s = _prepare(data, run_dir, config, frozen, device, cache_dir, notices)
+    trainable = {n for n, ps in s.params.items() if ps}
+    optimizer = torch.optim.AdamW([{"params": s.params[n], "lr": _base_lr(config, n), "base": _base_lr(config, n)}
+                                   for n in s.modules if s.params[n]], weight_decay=config.train.weight_decay)
+    digests = {n: state_digest(s.modules[n]) for n in frozen}
+    bs, detector, troubles = config.train.batch_size, TroubleDetector(config), []
+    steps = max(1, len(s.clipset) // bs)
+    log, start, global_step, lr = _Log(log_path, list(s.modules)), time.perf_counter(), 0, config.train.lr
+    try:
+        for epoch in range(1, epochs + 1):
+            seed = config.seed * 1_000_003 + epoch
+            torch.manual_seed(seed)
+            order = epoch_order(s.clipset, config.train.balance, seed)
+            for name in trainable:
+                s.modules[name].train()
+                if name in s.branches:
+                    s.branches[name].set_progress((epoch - 1) / epochs)
+            for step in range(1, steps + 1):
+                global_step += 1
+                factor = lr_at(global_step - 1, steps * epochs, steps * config.train.warmup_epochs, 1.0)
+                for group in optimizer.param_groups:
+                    group["lr"] = group["base"] * factor
+                lr = config.train.lr * factor
+                batch = with_embeddings(s.clipset.batch(order[(step - 1) * bs : step * bs]).to(device), s.upstream)
+                values, grads = _train_step(s, optimizer, batch, trainable, config.train.grad_clip)
+                log.step(epoch, step, global_step, time.perf_counter() - start, lr, values, grads)
+                for name in s.modules:
+                    for trouble in detector.check(name, values[name], grads[name] if name in trainable else None,
+                                                  epoch, global_step):
+                        troubles.append(trouble)
+                        if on_trouble is not None:
+                            on_trouble(trouble)
+                if on_step is not None:
+                    on_step(global_step, steps * epochs, sum(values[n] for n in trainable) if trainable else 0.0)
+            log.epoch_summary(epoch, global_step, time.perf_counter() - start, lr)
+    finally:
+        log.close()
+    unchanged = {n: state_digest(s.modules[n]) == d for n, d in digests.items()}
+    return DebugResult(log_path, list(s.modules), frozen, unchanged, global_step, troubles, notices)
