@@ -34,7 +34,7 @@ from asdcli.services.dataset import ClipSet, Vocabulary, training_clips
 from asdcli.services.examples import Examples
 from asdcli.services.features import make_extractor
 from asdcli.services.fuse import fusion_paths
-from asdcli.services.meta import _task
+from asdcli.services.meta import sample_task
 from asdcli.services.runs import Run, branch_context, load_branch, open_run
 from asdcli.services.train import epoch_order, lr_at, model_batches, with_embeddings
 
@@ -91,6 +91,7 @@ class TroubleDetector:
         found = []
         if not math.isfinite(loss):
             found.append(Trouble(part, "non-finite loss", epoch, step, loss))
+            grad = None  # the part was left out of the step: its zero gradient says nothing
         if grad is not None:
             past = self.history.setdefault(part, [])
             median = float(np.median(past)) if len(past) >= 5 else None
@@ -158,7 +159,7 @@ class _Heads:
         if self.tasks:
             with torch.no_grad():
                 x = meta_features(self.fusion(self.z))
-            support, query = _task(self.examples, int(self.rng.choice(self.tasks)), self.cfg.meta, self.rng)
+            support, query = sample_task(self.examples, int(self.rng.choice(self.tasks)), self.cfg.meta, self.rng)
             if "meta" in trainable:
                 learner = adapted(self.maml, x[support], self.label[support], self.cfg.meta.inner_steps)
                 out["meta"] = F.binary_cross_entropy_with_logits(learner(x[query]), self.label[query].float())
@@ -267,17 +268,16 @@ def _step_losses(s: _Setup, batch, trainable: set[str]) -> dict[str, Tensor]:
 
 def _train_step(s: _Setup, optimizer, batch, trainable: set[str], grad_clip: float) -> tuple[dict, dict]:
     """One step of every trainable part on the sum of their losses: (losses, gradient norms) per part.
-    A non-finite total is not applied (it is reported), so the other parts keep training."""
+    A part whose loss is not finite is left out of the step (and reported), so the others keep training."""
     losses = _step_losses(s, batch, trainable)
-    total = sum(losses[n] for n in trainable)
+    finite = [n for n in trainable if bool(torch.isfinite(losses[n]))]
     optimizer.zero_grad(set_to_none=True)
-    finite = bool(torch.isfinite(total))
-    if finite and isinstance(total, Tensor):
-        total.backward()
+    if finite:
+        sum(losses[n] for n in finite).backward()
     grads = {n: grad_norm(s.params[n]) for n in s.modules}  # before clipping: what the loss asked for
     for name in trainable:
         torch.nn.utils.clip_grad_norm_(s.params[name], grad_clip)
-    if finite and trainable:
+    if finite:
         optimizer.step()
     return {n: float(v.detach()) for n, v in losses.items()}, grads
 

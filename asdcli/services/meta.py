@@ -46,7 +46,7 @@ def support_rows(examples: Examples, group: int, cfg: MetaConfig, seed: int) -> 
     return np.concatenate([rng.permutation(normals)[: cfg.support_normals], rng.permutation(pseudo)[: cfg.support_anomalies]])
 
 
-def _task(examples: Examples, group: int, cfg: MetaConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def sample_task(examples: Examples, group: int, cfg: MetaConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Support and query rows of one task: a section with a random half of its pseudo-anomaly kinds."""
     normals = rng.permutation(examples.rows(group, 0))
     pseudo = examples.rows(group, 1)
@@ -84,7 +84,7 @@ def _query_losses(maml, x: Tensor, y: Tensor, examples: Examples, tasks: list[in
                   rng: np.random.Generator) -> tuple[float, float]:
     before, after = [], []
     for g in tasks:
-        support, query = _task(examples, g, cfg, rng)
+        support, query = sample_task(examples, g, cfg, rng)
         with torch.no_grad():
             before.append(float(F.binary_cross_entropy_with_logits(maml(x[query]), y[query])))
         learner = adapted(maml, x[support], y[support], cfg.inner_steps)
@@ -115,7 +115,7 @@ def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = Non
         chosen = rng.choice(tasks, size=cfg.tasks_per_step, replace=len(tasks) < cfg.tasks_per_step)
         total = 0.0
         for g in chosen:
-            support, query = _task(examples, int(g), cfg, rng)
+            support, query = sample_task(examples, int(g), cfg, rng)
             learner = adapted(maml, x[support], y[support], cfg.inner_steps)
             loss = F.binary_cross_entropy_with_logits(learner(x[query]), y[query]) / len(chosen)
             loss.backward()

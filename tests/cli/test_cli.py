@@ -4,10 +4,9 @@ import pytest
 from typer.testing import CliRunner
 
 from asdcli.cli import app
-from asdcli.cli.pending import PENDING
 
 runner = CliRunner()
-COMMANDS = ["synth", "features", "train-branch", "train-fusion", "meta-train", "score", "evaluate", *PENDING]
+COMMANDS = ["synth", "features", "train-branch", "train-fusion", "meta-train", "score", "evaluate", "freeze-debug", "plot"]
 
 
 def _plain(text: str) -> str:
@@ -28,11 +27,27 @@ def test_every_command_has_help(name):
     assert "Usage" in _plain(result.output)
 
 
-@pytest.mark.parametrize("name", list(PENDING))
-def test_unbuilt_commands_say_so_and_fail(name):
-    result = runner.invoke(app, [name, "b3", "--epochs", "1"])
-    assert result.exit_code == 2
-    assert "not built yet" in _plain(result.output)
+def test_plot_errors_name_the_input(tmp_path):
+    missing = runner.invoke(app, ["plot", str(tmp_path / "nope.csv")])
+    assert missing.exit_code == 1 and "no such file" in _plain(missing.output)
+    (tmp_path / "x.csv").write_text("kind,global_step,loss_total\nstep,1,2\n")
+    (tmp_path / "y.csv").write_text("a.wav,0.5\n")
+    mixed = runner.invoke(app, ["plot", str(tmp_path / "x.csv"), str(tmp_path / "y.csv")])
+    assert mixed.exit_code == 1 and "different kinds" in _plain(mixed.output)
+    unlabelled = runner.invoke(app, ["plot", str(tmp_path / "y.csv")])
+    assert unlabelled.exit_code == 1 and "normal and anomalous labels" in _plain(unlabelled.output)
+
+
+def test_freeze_debug_cli_writes_the_named_log_and_plots_it(tmp_path, synth_root):
+    logs = tmp_path / "logs"
+    result = runner.invoke(app, ["freeze-debug", "--branch", "b3", "--branch", "b4", "--epochs", "1", "--data",
+                                 str(synth_root), "-c", "tiny", "--log-dir", str(logs), "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0, result.output
+    text = _plain(result.output)
+    assert "frozen, weights bit-identical" in text and "fusion and meta-learner not logged" in text
+    assert (logs / "debug_freeze_b3_b4.csv").exists()
+    plotted = runner.invoke(app, ["plot", str(logs / "debug_freeze_b3_b4.csv")])
+    assert plotted.exit_code == 0 and (logs / "debug_freeze_b3_b4.png").stat().st_size > 10_000
 
 
 def test_synth_then_features_then_cached(tmp_path):

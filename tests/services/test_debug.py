@@ -1,0 +1,128 @@
+"""freeze-debug: frozen parts stay bit-identical, the per-step log, trouble reports; plot."""
+
+import csv
+import math
+import struct
+
+import pytest
+import torch
+
+from asdcli.config import load_config
+from asdcli.errors import ConfigError, DataError
+from asdcli.models.branch_transformer_ae import TransformerAEBranch
+from asdcli.services.debug import Trouble, TroubleDetector, freeze_debug, log_columns
+from asdcli.services.fuse import train_fusion
+from asdcli.services.plot import plot_debug, plot_epochs, plot_scores
+from asdcli.services.train import train_branch
+
+
+@pytest.fixture(scope="module")
+def cfg(tiny):
+    return tiny.with_overrides(**{"train.epochs": 1, "train.batch_size": 8, "meta.support_normals": 2,
+                                  "meta.query": 3})
+
+
+@pytest.fixture(scope="module")
+def run_with_examples(synth_root, cfg, tmp_path_factory):
+    root = tmp_path_factory.mktemp("debug")
+    run = root / "run"
+    for name in ("b2", "b3"):
+        train_branch(name, synth_root, run, cfg, cache_dir=root / "cache")
+    train_fusion(synth_root, run, cfg)
+    return run
+
+
+def _rows(path):
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _png_size(path):
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+def test_frozen_branch_is_untouched_and_the_log_is_complete(synth_root, cfg, run_with_examples, tmp_path):
+    log = tmp_path / "logs" / "debug_freeze_b3.csv"
+    result = freeze_debug(synth_root, cfg, ["b3"], 2, log, run_with_examples)
+    assert result.frozen == ["contrastive"] and result.unchanged == {"contrastive": True}
+    assert result.parts == ["pretrained", "transformer-ae", "contrastive", "diffusion", "flow", "fusion", "meta"]
+    rows = _rows(log)
+    assert list(rows[0]) == log_columns(result.parts)
+    steps = [r for r in rows if r["kind"] == "step"]
+    assert len(steps) == result.steps == 4 and [r["kind"] for r in rows].count("epoch") == 2
+    assert [int(r["global_step"]) for r in steps] == [1, 2, 3, 4]
+    for row in steps:
+        assert float(row["grad_norm_b3"]) == 0.0
+        for part in ("b1", "b2", "b4", "b5", "fusion", "meta"):
+            assert float(row[f"grad_norm_{part}"]) > 0.0, part
+        losses = [float(row[c]) for c in row if c.startswith("loss_")]
+        assert all(math.isfinite(v) for v in losses)
+    assert float(steps[-1]["time_s"]) >= float(steps[0]["time_s"]) > 0
+    assert not result.troubles
+
+
+def test_several_parts_frozen_and_heads_need_examples(synth_root, cfg, run_with_examples, tmp_path):
+    result = freeze_debug(synth_root, cfg, ["b2", "fusion"], 1, tmp_path / "d.csv", run_with_examples)
+    assert result.unchanged == {"transformer-ae": True, "fusion": True}
+    assert all(float(r["grad_norm_fusion"]) == 0.0 for r in _rows(tmp_path / "d.csv"))
+    with pytest.raises(ConfigError, match="cannot freeze a part"):
+        freeze_debug(synth_root, cfg, ["meta"], 1, tmp_path / "e.csv", run_dir=None)
+
+
+def test_nan_loss_is_reported_where_it_begins_and_rows_survive_a_crash(synth_root, cfg, tmp_path, monkeypatch):
+    original, calls = TransformerAEBranch.loss, {"n": 0}
+
+    def flaky(self, batch):
+        calls["n"] += 1
+        loss = original(self, batch)
+        return loss * float("nan") if calls["n"] >= 3 else loss
+
+    monkeypatch.setattr(TransformerAEBranch, "loss", flaky)
+    seen = []
+
+    def crash(step, total, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    log = tmp_path / "crash.csv"
+    with pytest.raises(KeyboardInterrupt):
+        freeze_debug(synth_root, cfg, ["b1"], 3, log, on_step=crash, on_trouble=seen.append)
+    assert [str(t) for t in seen] == ["non-finite loss in transformer-ae beginning at epoch 2, step 3 (value nan)"]
+    assert [r["global_step"] for r in _rows(log)] == ["1", "2", "2", "3"]  # two steps, epoch 1's summary, step 3
+
+
+def test_trouble_detector_finds_exploding_and_vanishing_gradients():
+    detector = TroubleDetector(load_config("tiny"))
+    for step in range(1, 7):
+        assert detector.check("flow", 1.0, 1.0, 1, step) == []
+    exploding = detector.check("flow", 1.0, 500.0, 1, 7)
+    assert [t.kind for t in exploding] == ["exploding gradient norm"] and exploding[0].step == 7
+    assert detector.check("flow", 1.0, 600.0, 1, 8) == []  # reported once, where it began
+    assert [t.kind for t in detector.check("diffusion", 1.0, 0.0, 1, 1)] == ["vanishing gradient norm"]
+    assert detector.check("meta", 1.0, None, 1, 1) == []  # frozen: no gradient expected
+
+
+def test_plots_are_pngs_and_bad_logs_get_clear_errors(synth_root, cfg, run_with_examples, tmp_path):
+    a, b = tmp_path / "debug_freeze_b3.csv", tmp_path / "debug_freeze_b2.csv"
+    freeze_debug(synth_root, cfg, ["b3"], 1, a, run_with_examples)
+    freeze_debug(synth_root, cfg, ["b2"], 1, b, run_with_examples)
+    assert _png_size(plot_debug([a, b], tmp_path / "cmp.png")) == (1600, 800)
+    assert _png_size(plot_epochs(sorted((run_with_examples / "logs").glob("*_train.csv")), tmp_path / "ep.png")) == (1200, 700)
+    scores = tmp_path / "scores.csv"
+    scores.write_text("fan/test/section_00_source_test_normal_0000_x_1.wav,0.1\n"
+                      "fan/test/section_00_source_test_anomaly_0000_x_1.wav,0.9\n"
+                      "fan/test/section_00_target_test_normal_0001_x_1.wav,0.3\n"
+                      "fan/test/section_00_target_test_anomaly_0001_x_1.wav,0.2\n")
+    assert _png_size(plot_scores([scores], tmp_path / "roc.png")) == (1600, 500)
+    broken = tmp_path / "debug_freeze_b4.csv"
+    header, first = a.read_text().splitlines()[:2]
+    cells = first.split(",")
+    cells[3] = "abc"  # global_step
+    broken.write_text(header + "\n" + ",".join(cells) + "\n")
+    with pytest.raises(DataError, match=r"debug_freeze_b4.csv, line 2: column global_step holds 'abc'"):
+        plot_debug([broken], tmp_path / "x.png")
+    (tmp_path / "bad.csv").write_text("kind,loss_total\nstep,1\n")
+    with pytest.raises(DataError, match="missing column"):
+        plot_debug([tmp_path / "bad.csv"], tmp_path / "y.png")
