@@ -64,6 +64,8 @@ def score(
     fpr: Optional[float] = typer.Option(None, "--fpr", help="Decide at this false-positive rate of the training clips "
                                         "instead of the gamma-fit 90th percentile."),
     out_dir: Optional[Path] = typer.Option(None, "--out-dir", help="Also write the DCASE score and decision CSVs here."),
+    support: Optional[Path] = typer.Option(None, "--support", help="Normal clips (a folder or file) of machine "
+                                           "sections the run never saw: the run adapts to them."),
     explain: bool = typer.Option(False, "--explain", help="Add each branch's standardised score (z_<id>), its "
                                  "attention weight (w_<id>) and the fused score; the CSV then has a header."),
     cache_dir: Optional[Path] = CacheOption,
@@ -75,7 +77,8 @@ def score(
         clips = discover(data)
     with progress_bar() as bar:
         bar.add_task("scoring", total=None)
-        result = score_clips(run, clips, cache_dir or default_cache_dir(), branch, fpr)
+        support_clips = discover(support) if support is not None else None
+        result = score_clips(run, clips, cache_dir or default_cache_dir(), branch, fpr, support=support_clips)
     for notice in result.notices:
         err.print(f"[yellow]notice:[/] {notice}", highlight=False)
     err.print(f"{len(result.clips)} clips scored with {', '.join(result.branches)}: {METHODS[result.method]}",

@@ -88,7 +88,8 @@ def normal_examples(run: Run, names: list[str]) -> tuple[list[str], np.ndarray, 
 class _Pseudo:
     """One pseudo-anomaly to render: from a training clip (perturbed or relabelled) or a synth spec."""
 
-    group: int
+    group: int  # index in the run's sections, -1 for a section the run never saw
+    section: str
     kind: str
     seed: int
     clip: Clip | None = None
@@ -96,24 +97,34 @@ class _Pseudo:
     spec: ClipSpec | None = None
 
 
+def perturbed(clips: list[Clip], group: int, section: str, count: int, rng: np.random.Generator,
+              rows: dict[str, int] | None = None) -> list["_Pseudo"]:
+    """Up to ``count`` perturbed copies of ``clips`` (all of one section), the kinds in turn."""
+    kinds = list(PERTURBATIONS)
+    plan = []
+    for i, j in enumerate(rng.permutation(len(clips))[:count]):
+        clip = clips[j]
+        exclude = -1 if rows is None else rows[clip_key(clip)]
+        plan.append(_Pseudo(group, section, kinds[(i + max(group, 0)) % len(kinds)], int(rng.integers(2**31)),
+                            clip, exclude))
+    return plan
+
+
 def _plan(run: Run, clips: list[Clip], rows: dict[str, int], config: AsdConfig) -> list[_Pseudo]:
     """Which pseudo-anomalies to make for every section (seeded, so a rerun makes the same ones)."""
     cfg, rng = config.fusion, np.random.default_rng(config.seed)
-    kinds = list(PERTURBATIONS)
     plan: list[_Pseudo] = []
     for g, name in enumerate(run.vocab.groups):
         own = [c for c in clips if c.group == name]
         others = [c for c in clips if c.group != name]
-        for i, j in enumerate(rng.permutation(len(own))[: cfg.perturbed_per_section]):
-            clip = own[j]
-            plan.append(_Pseudo(g, kinds[(i + g) % len(kinds)], int(rng.integers(2**31)), clip, rows[clip_key(clip)]))
+        plan += perturbed(own, g, name, cfg.perturbed_per_section, rng, rows)
         for j in rng.permutation(len(others))[: cfg.outliers_per_section]:
-            plan.append(_Pseudo(g, OUTLIER, 0, others[j]))
+            plan.append(_Pseudo(g, name, OUTLIER, 0, others[j]))
         if len(run.vocab.groups) == 1:
             machines = SynthConfig().machines
             for i in range(cfg.synth_outliers):
                 spec = ClipSpec(machines[i % len(machines)], 90 + i, "source", "train", "normal", i)
-                plan.append(_Pseudo(g, SYNTH, int(rng.integers(2**31)), spec=spec))
+                plan.append(_Pseudo(g, name, SYNTH, int(rng.integers(2**31)), spec=spec))
     return plan
 
 
@@ -131,7 +142,8 @@ def _domain(item: _Pseudo) -> int:
     return int(item.clip is not None and item.clip.domain == "target")
 
 
-def _batches(plan: list[_Pseudo], config: AsdConfig, needs_wave: bool, failures: list) -> Iterator[tuple[list[_Pseudo], Batch]]:
+def _batches(plan: list[_Pseudo], config: AsdConfig, needs_wave: bool,
+             failures: list) -> Iterator[tuple[list[_Pseudo], Batch]]:
     """Render the plan in batches of clips (unreadable source clips are reported and left out)."""
     logmel = LogMel(config.audio, config.features)
     size = config.train.batch_size
@@ -154,6 +166,24 @@ def _batches(plan: list[_Pseudo], config: AsdConfig, needs_wave: bool, failures:
                            index=torch.tensor([i.exclude for i in items]))
 
 
+def score_pseudo(plan: list[_Pseudo], branches: dict, upstream: dict, config: AsdConfig, device,
+                 progress: Callable[[int, int], None] | None = None) -> tuple[list[_Pseudo], dict[str, np.ndarray], list]:
+    """Render and score a plan: (the items scored, raw scores (M,) per branch, unreadable clips).
+    Training-clip scores leave the clean original out (``train_scores`` with its row)."""
+    needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
+    failures: list = []
+    done, raw = [], {n: [] for n in branches}
+    with torch.no_grad():
+        for items, batch in _batches(plan, config, needs_wave, failures):
+            batch = with_embeddings(batch.to(device), upstream)
+            for name, branch in branches.items():
+                raw[name].append(branch.train_scores(batch).double().cpu().numpy())
+            done += items
+            if progress is not None:
+                progress(len(done), len(plan))
+    return done, {n: np.concatenate(v) if v else np.zeros(0) for n, v in raw.items()}, failures
+
+
 def build_examples(run: Run, data: Path, names: list[str], config: AsdConfig,
                    device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None) -> Examples:
     """Score the normal training clips' stored scores plus freshly made pseudo-anomalies with every
@@ -167,20 +197,10 @@ def build_examples(run: Run, data: Path, names: list[str], config: AsdConfig,
                         "give the --data the branches were trained on")
     plan = _plan(run, clips, rows, config)
     branches, upstream = load_with_upstream(run, names, device)
-    needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
     metas = {n: read_branch_meta(run, n) for n in names}
-    failures: list = []
-    done_items, raw = [], {n: [] for n in names}
-    with torch.no_grad():
-        for items, batch in _batches(plan, config, needs_wave, failures):
-            batch = with_embeddings(batch.to(device), upstream)
-            for name, branch in branches.items():
-                raw[name].append(branch.train_scores(batch).double().cpu().numpy())
-            done_items += items
-            if progress is not None:
-                progress(len(done_items), len(plan))
-    groups = [run.vocab.groups[i.group] for i in done_items]
-    z_pseudo = np.stack([normalize(np.concatenate(raw[n]), groups, metas[n]) for n in names], axis=1)
+    done_items, raw, failures = score_pseudo(plan, branches, upstream, config, device, progress)
+    groups = [i.section for i in done_items]
+    z_pseudo = np.stack([normalize(raw[n], groups, metas[n]) for n in names], axis=1)
     group_index = {g: i for i, g in enumerate(run.vocab.groups)}
     return Examples(
         names, list(run.vocab.groups), np.concatenate([z_normal, z_pseudo]),

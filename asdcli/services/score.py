@@ -18,7 +18,8 @@ from asdcli.services.branch_scores import normalize, score_branches, trained_bra
 from asdcli.services.examples import Examples, normal_examples
 from asdcli.services.fuse import fusion_paths, load_fusion
 from asdcli.services.meta import MetaLearner, fused_features, load_meta, support_rows
-from asdcli.services.runs import Run, open_run, read_branch_meta
+from asdcli.services.adapt import Support, section_support
+from asdcli.services.runs import Run, open_run, read_branch_meta, run_config
 
 METHODS = {
     "meta": "meta-learner adapted per section over the attention-fused scores",
@@ -54,6 +55,7 @@ class _Pipeline:
     fusion: torch.nn.Module | None = None
     meta: MetaLearner | None = None
     examples: Examples | None = None
+    support: Support | None = None
 
     @property
     def method(self) -> str:
@@ -78,6 +80,9 @@ class _Pipeline:
             if name in ex.groups:
                 sup = support_rows(ex, ex.groups.index(name), self.meta.cfg, self.meta.seed)
                 out[rows] = self.meta.scores(x[rows], ex_x[sup], ex_y[sup])
+            elif self.support is not None and name in self.support.z:
+                sx = fused_features(self.fusion, self.support.z[name])
+                out[rows] = self.meta.scores(x[rows], sx, torch.from_numpy(self.support.label[name]).float())
             else:  # no clip of this section to adapt from: the meta-learned initialisation
                 out[rows] = self.meta.scores(x[rows], None, None)
         return out
@@ -102,29 +107,53 @@ def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
     return pipe, names
 
 
+def _train_finals(pipe: _Pipeline, names: list[str]) -> dict[str, np.ndarray]:
+    """Final scores of each section's normal training clips (and given support clips)."""
+    _, z_train, train_groups = normal_examples(pipe.run, names)
+    final = pipe.final(z_train, train_groups)
+    out = {g: final[[i for i, x in enumerate(train_groups) if x == g]] for g in sorted(set(train_groups))}
+    if pipe.support is not None:
+        for section in pipe.support.z:
+            normals = pipe.support.normals(section)
+            out[section] = pipe.final(normals, [section] * len(normals))
+    return out
+
+
+def _notices(pipe: _Pipeline, groups: list[str], run_dir: Path) -> list[str]:
+    known = set(pipe.run.vocab.groups) | set(pipe.support.z if pipe.support else ())
+    adapted = sorted(set(groups) & set(pipe.support.z)) if pipe.support else []
+    notices = [f"section {g} was not in the training data of {run_dir}: scored against all sections' statistics"
+               + (" with the unadapted meta-learner" if pipe.meta is not None else "")
+               + "; give normal clips of it with --support to adapt" for g in sorted(set(groups) - known)]
+    notices += [f"section {g}: statistics from the --support clips" + (", meta-learner adapted to them"
+                if pipe.meta is not None else "") for g in adapted]
+    return notices
+
+
 def score_clips(run_dir: Path, clips: list[Clip], cache_dir: Path | None, names: list[str] | None = None,
-                fpr: float | None = None, device: torch.device | str = "cpu") -> ScoreResult:
+                fpr: float | None = None, device: torch.device | str = "cpu",
+                support: list[Clip] | None = None) -> ScoreResult:
     """Score clips with every stage the run has (see :data:`METHODS`); decisions from a gamma fit
     (90th percentile, as the DCASE baselines) or at false-positive rate ``fpr``, both fitted on
-    the final scores of the section's normal training clips."""
+    the final scores of the section's normal training clips. ``support``: normal clips of
+    sections the run never saw, which those sections are standardised by and adapted to."""
     run = open_run(run_dir)
     pipe, names = _pipeline(run, [canonical_name(n) for n in names] if names else None)
     metas = {n: read_branch_meta(run, n) for n in names}
+    if support:
+        pipe.support = section_support(run, support, names, metas, run_config(run), cache_dir, device)
+        metas = pipe.support.metas
     raw = score_branches(run_dir, names, clips, cache_dir, device)
     groups = [c.group for c in raw.clips]
     z = np.stack([normalize(raw.scores[n], groups, metas[n]) for n in names], axis=1)  # (N, K)
     fused, weights = pipe.fused(z)
     final = pipe.final(z, groups)
-    _, z_train, train_groups = normal_examples(run, names)
-    train_final = pipe.final(z_train, train_groups)
     rule: Callable[[np.ndarray], float] = (lambda s: fpr_threshold(s, fpr)) if fpr is not None else gamma_threshold
-    by_group = {g: train_final[[i for i, x in enumerate(train_groups) if x == g]] for g in sorted(set(train_groups))}
+    by_group = _train_finals(pipe, names)
     thresholds = {g: rule(v) for g, v in by_group.items() if v.size >= 2}
-    pooled = rule(train_final)
-    notices = [f"section {g} was not in the training data of {run_dir}: scored against all sections' statistics"
-               + (" with the unadapted meta-learner" if pipe.meta is not None else "")
-               for g in sorted(set(groups) - set(run.vocab.groups))]
+    pooled = rule(np.concatenate([v for g, v in by_group.items() if g in run.vocab.groups]))
     decision = np.array([int(s > thresholds.get(g, pooled)) for s, g in zip(final, groups)], dtype=int)
+    skipped = raw.skipped + (pipe.support.skipped if pipe.support else [])
     return ScoreResult(raw.clips, final, decision, {n: z[:, k] for k, n in enumerate(names)},
                        fused if pipe.fusion is not None else None, weights, thresholds, names, pipe.method,
-                       raw.skipped, notices)
+                       skipped, _notices(pipe, groups, run_dir))

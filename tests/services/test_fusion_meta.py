@@ -119,3 +119,23 @@ def test_fusion_needs_the_training_data(trained, tmp_path, cfg):
                                                  "train_target": 0, "test_per_domain": 2}), seed=0)
     with pytest.raises(DataError, match="give the --data the branches were trained on"):
         train_fusion(other, run, cfg)
+
+
+def test_unseen_section_adapts_from_given_normal_clips(trained, synth_root, cfg, tmp_path):
+    from asdcli.data.synth import generate
+
+    run, cache = trained
+    train_fusion(synth_root, run, cfg)
+    meta_train(run, cfg)
+    new = tmp_path / "new"
+    generate(new, cfg.synth.model_copy(update={"machines": ["pump"], "sections": 1, "train_source": 6,
+                                               "train_target": 0, "test_per_domain": 4}), seed=2)
+    test = [c for c in discover(new) if c.split == "test"]
+    plain = score_clips(run, test, cache)
+    assert any("pump_section_00 was not in the training data" in n and "--support" in n for n in plain.notices)
+    assert "pump_section_00" not in plain.thresholds
+    adapted = score_clips(run, test, cache, support=[c for c in discover(new) if c.split == "train"])
+    assert any("statistics from the --support clips, meta-learner adapted" in n for n in adapted.notices)
+    assert "pump_section_00" in adapted.thresholds and not np.allclose(adapted.score, plain.score)
+    with pytest.raises(DataError, match="--support: none of these clips"):
+        score_clips(run, test, cache, support=[c for c in discover(synth_root) if c.split == "train"])
