@@ -61,6 +61,17 @@ def read_json(path: Path, what: str) -> dict:
     return data
 
 
+def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor and the metadata of a safetensors file; errors name the file and what it holds."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing ({what})")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{path}: damaged {what} ({error})") from None
+
+
 def save_weights(module: nn.Module, path: Path, meta: dict[str, str]) -> None:
     """Module parameters and buffers as safetensors (``save_model``), atomically."""
     with atomic_path(path) as tmp:
@@ -78,14 +89,7 @@ def _resize_buffers(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> No
 
 def load_weights(module: nn.Module, path: Path) -> dict[str, str]:
     """Load weights saved by :func:`save_weights` into ``module``; returns the file's metadata."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            state = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as error:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{path}: damaged checkpoint ({error})") from None
+    state, meta = _read_safetensors(path, "checkpoint")
     _resize_buffers(module, {k: tuple(v.shape) for k, v in state.items()})
     missing, unexpected = module.load_state_dict(state, strict=False)
     # save_model drops tensors that share memory with another; they come back through the tie.
@@ -121,11 +125,7 @@ def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, progress: dict)
 def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> dict:
     """Restore what :func:`save_optimizer` wrote; returns the saved progress fields."""
     info = read_json(_with_ext(path, ".json"), "optimizer state")
-    try:
-        with safe_open(str(_with_ext(path, ".safetensors")), framework="pt") as handle:
-            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as error:
-        raise CheckpointError(f"{_with_ext(path, '.safetensors')}: missing or damaged optimizer state ({error})") from None
+    tensors, _ = _read_safetensors(_with_ext(path, ".safetensors"), "optimizer state")
     state: dict[int, dict] = {}
     for key, value in tensors.items():
         _, idx, name = key.split(".", 2)
@@ -144,14 +144,7 @@ def save_arrays(path: Path, arrays: dict[str, torch.Tensor], meta: dict[str, str
 
 def load_arrays(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata written by :func:`save_arrays`, with a clear error when missing or damaged."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing ({what})")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-            arrays = {key: handle.get_tensor(key) for key in handle.keys()}
-    except Exception as error:  # safetensors raises its own error types for damaged files
-        raise CheckpointError(f"{path}: damaged {what} ({error})") from None
+    arrays, meta = _read_safetensors(path, what)
     if meta.get("format_version") != str(FORMAT_VERSION):
         raise CheckpointError(f"{path}: {what} has format version {meta.get('format_version')}; "
                               f"this asd reads version {FORMAT_VERSION}")

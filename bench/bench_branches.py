@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from asdcli.config import load_config
-from asdcli.data.layout import discover, group_clips
-from asdcli.data.synth import generate
+from common import bench_data
+from asdcli.data.layout import group_clips
 from asdcli.metrics import auc, pauc
 from asdcli.models.registry import canonical_name
 from asdcli.services.branch_scores import score_branches
@@ -57,13 +57,7 @@ def main() -> None:
     if args.epochs is not None:
         config = config.with_overrides(**{"train.epochs": args.epochs})
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data
-        if data is None:
-            data = Path(tmp) / "data"
-            generate(data, config.synth, config.seed)
-        test = [c for c in discover(data) if c.split == "test" and c.label is not None]
-        if not test:
-            sys.exit(f"no labelled test clips under {data}")
+        data, test = bench_data(args.data, config, Path(tmp))
         run, cache = Path(tmp) / "run", Path(tmp) / "cache"
         rows = []
         for name in [canonical_name(b) for b in args.branches]:

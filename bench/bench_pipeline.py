@@ -29,8 +29,7 @@ import numpy as np
 import torch
 
 from asdcli.config import load_config
-from asdcli.data.layout import discover
-from asdcli.data.synth import generate
+from common import bench_data
 from asdcli.services.evaluate import clip_rows, evaluate_rows
 from asdcli.services.fuse import train_fusion
 from asdcli.services.meta import fused_features, load_meta, meta_train, support_rows
@@ -97,13 +96,7 @@ def main() -> None:
     torch.set_num_threads(2)
     config = load_config(args.config).with_overrides(seed=args.seed, **{"branches.pretrained.source": args.ast})
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data
-        if data is None:
-            data = Path(tmp) / "data"
-            generate(data, config.synth, config.seed)
-        test = [c for c in discover(data) if c.split == "test" and c.label is not None]
-        if not test:
-            sys.exit(f"no labelled test clips under {data}")
+        data, test = bench_data(args.data, config, Path(tmp))
         run, cache = Path(tmp) / "run", Path(tmp) / "cache"
         start = time.perf_counter()
         for name in ORDER:

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (ConfigOption, DataOption, RunOption, SeedOption, err, handle_errors, out, progress_bar,
+from asdcli.cli.common import (DataOption, RunOption, SeedOption, err, handle_errors, out, progress_bar,
                                report_failures)
 from asdcli.config import load_config
 from asdcli.services.device import resolve_device

@@ -282,6 +282,63 @@ def _train_step(s: _Setup, optimizer, batch, trainable: set[str], grad_clip: flo
     return {n: float(v.detach()) for n, v in losses.items()}, grads
 
 
+@dataclass
+class _Loop:
+    """The state of a freeze-debug run between steps."""
+
+    s: _Setup
+    config: AsdConfig
+    optimizer: torch.optim.Optimizer
+    trainable: set[str]
+    log: _Log
+    epochs: int
+    steps: int
+    device: torch.device | str
+    on_step: Callable[[int, int, float], None] | None
+    on_trouble: Callable[[Trouble], None] | None
+    detector: TroubleDetector = field(init=False)
+    troubles: list[Trouble] = field(default_factory=list)
+    global_step: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.detector = TroubleDetector(self.config)
+
+    def epoch(self, epoch: int) -> None:
+        """One pass over the training clips in a seeded order, then the epoch's summary row."""
+        seed = self.config.seed * 1_000_003 + epoch
+        torch.manual_seed(seed)
+        order, bs = epoch_order(self.s.clipset, self.config.train.balance, seed), self.config.train.batch_size
+        for name in self.trainable:
+            self.s.modules[name].train()
+            if name in self.s.branches:
+                self.s.branches[name].set_progress((epoch - 1) / self.epochs)
+        lr = self.config.train.lr
+        for step in range(1, self.steps + 1):
+            lr = self.step(epoch, step, order[(step - 1) * bs : step * bs])
+        self.log.epoch_summary(epoch, self.global_step, time.perf_counter() - self.start, lr)
+
+    def step(self, epoch: int, step: int, indices: list[int]) -> float:
+        """One logged and checked step; returns the branches' learning rate."""
+        self.global_step += 1
+        factor = lr_at(self.global_step - 1, self.steps * self.epochs, self.steps * self.config.train.warmup_epochs, 1.0)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base"] * factor
+        batch = with_embeddings(self.s.clipset.batch(indices).to(self.device), self.s.upstream)
+        values, grads = _train_step(self.s, self.optimizer, batch, self.trainable, self.config.train.grad_clip)
+        lr = self.config.train.lr * factor
+        self.log.step(epoch, step, self.global_step, time.perf_counter() - self.start, lr, values, grads)
+        for name in self.s.modules:
+            grad = grads[name] if name in self.trainable else None
+            for trouble in self.detector.check(name, values[name], grad, epoch, self.global_step):
+                self.troubles.append(trouble)
+                if self.on_trouble is not None:
+                    self.on_trouble(trouble)
+        if self.on_step is not None:
+            self.on_step(self.global_step, self.steps * self.epochs, sum(values[n] for n in self.trainable))
+        return lr
+
+
 def freeze_debug(data: Path, config: AsdConfig, frozen: list[str], epochs: int, log_path: Path,
                  run_dir: Path | None = None, device: torch.device | str = "cpu", cache_dir: Path | None = None,
                  on_step: Callable[[int, int, float], None] | None = None,
@@ -294,37 +351,13 @@ def freeze_debug(data: Path, config: AsdConfig, frozen: list[str], epochs: int, 
     optimizer = torch.optim.AdamW([{"params": s.params[n], "lr": _base_lr(config, n), "base": _base_lr(config, n)}
                                    for n in s.modules if s.params[n]], weight_decay=config.train.weight_decay)
     digests = {n: state_digest(s.modules[n]) for n in frozen}
-    bs, detector, troubles = config.train.batch_size, TroubleDetector(config), []
-    steps = max(1, len(s.clipset) // bs)
-    log, start, global_step, lr = _Log(log_path, list(s.modules)), time.perf_counter(), 0, config.train.lr
+    log = _Log(log_path, list(s.modules))
+    loop = _Loop(s, config, optimizer, trainable, log, epochs, max(1, len(s.clipset) // config.train.batch_size),
+                 device, on_step, on_trouble)
     try:
         for epoch in range(1, epochs + 1):
-            seed = config.seed * 1_000_003 + epoch
-            torch.manual_seed(seed)
-            order = epoch_order(s.clipset, config.train.balance, seed)
-            for name in trainable:
-                s.modules[name].train()
-                if name in s.branches:
-                    s.branches[name].set_progress((epoch - 1) / epochs)
-            for step in range(1, steps + 1):
-                global_step += 1
-                factor = lr_at(global_step - 1, steps * epochs, steps * config.train.warmup_epochs, 1.0)
-                for group in optimizer.param_groups:
-                    group["lr"] = group["base"] * factor
-                lr = config.train.lr * factor
-                batch = with_embeddings(s.clipset.batch(order[(step - 1) * bs : step * bs]).to(device), s.upstream)
-                values, grads = _train_step(s, optimizer, batch, trainable, config.train.grad_clip)
-                log.step(epoch, step, global_step, time.perf_counter() - start, lr, values, grads)
-                for name in s.modules:
-                    for trouble in detector.check(name, values[name], grads[name] if name in trainable else None,
-                                                  epoch, global_step):
-                        troubles.append(trouble)
-                        if on_trouble is not None:
-                            on_trouble(trouble)
-                if on_step is not None:
-                    on_step(global_step, steps * epochs, sum(values[n] for n in trainable) if trainable else 0.0)
-            log.epoch_summary(epoch, global_step, time.perf_counter() - start, lr)
+            loop.epoch(epoch)
     finally:
         log.close()
     unchanged = {n: state_digest(s.modules[n]) == d for n, d in digests.items()}
-    return DebugResult(log_path, list(s.modules), frozen, unchanged, global_step, troubles, notices)
+    return DebugResult(log_path, list(s.modules), frozen, unchanged, loop.global_step, loop.troubles, notices)

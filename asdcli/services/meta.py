@@ -93,6 +93,27 @@ def _query_losses(maml, x: Tensor, y: Tensor, examples: Examples, tasks: list[in
     return float(np.mean(before)), float(np.mean(after))
 
 
+def _fit(maml, x: Tensor, y: Tensor, examples: Examples, tasks: list[int], cfg: MetaConfig,
+         rng: np.random.Generator, progress: Callable[[int, int, float], None] | None) -> float:
+    """The outer loop: Adam on the mean query loss of ``tasks_per_step`` adapted tasks; returns the last."""
+    optimizer = torch.optim.Adam(maml.parameters(), lr=cfg.lr)
+    total = float("nan")
+    for step in range(cfg.iterations):
+        optimizer.zero_grad()
+        chosen = rng.choice(tasks, size=cfg.tasks_per_step, replace=len(tasks) < cfg.tasks_per_step)
+        total = 0.0
+        for g in chosen:
+            support, query = sample_task(examples, int(g), cfg, rng)
+            learner = adapted(maml, x[support], y[support], cfg.inner_steps)
+            loss = F.binary_cross_entropy_with_logits(learner(x[query]), y[query]) / len(chosen)
+            loss.backward()
+            total += float(loss.detach())
+        optimizer.step()
+        if progress is not None:
+            progress(step + 1, cfg.iterations, total)
+    return total
+
+
 def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = None,
                progress: Callable[[int, int, float], None] | None = None) -> MetaResult:
     """Meta-train the classifier over the sections of the run's examples (``asd train-fusion``
@@ -107,23 +128,8 @@ def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = Non
     x, y = fused_features(fusion, examples.z), torch.from_numpy(examples.label).float()
     torch.manual_seed(config.seed)
     maml = maml_wrapper(MetaClassifier(x.shape[1], cfg.hidden, len(examples.branches)), cfg.inner_lr, cfg.first_order)
-    optimizer = torch.optim.Adam(maml.parameters(), lr=cfg.lr)
     rng = np.random.default_rng(config.seed)
-    loss_value = float("nan")
-    for step in range(cfg.iterations):
-        optimizer.zero_grad()
-        chosen = rng.choice(tasks, size=cfg.tasks_per_step, replace=len(tasks) < cfg.tasks_per_step)
-        total = 0.0
-        for g in chosen:
-            support, query = sample_task(examples, int(g), cfg, rng)
-            learner = adapted(maml, x[support], y[support], cfg.inner_steps)
-            loss = F.binary_cross_entropy_with_logits(learner(x[query]), y[query]) / len(chosen)
-            loss.backward()
-            total += float(loss.detach())
-        optimizer.step()
-        loss_value = total
-        if progress is not None:
-            progress(step + 1, cfg.iterations, loss_value)
+    loss_value = _fit(maml, x, y, examples, tasks, cfg, rng, progress)
     unadapted, adapted_loss = _query_losses(maml, x, y, examples, tasks, cfg, rng)
     weights_path, meta_path = meta_paths(run)
     save_weights(maml.module, weights_path, {"part": "meta"})

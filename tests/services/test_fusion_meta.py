@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from asdcli.checkpoints import read_json
 from asdcli.data.layout import discover
