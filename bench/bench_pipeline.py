@@ -10,8 +10,8 @@ branch alone (its per-section standardised score), their plain average, the atte
 score and the final meta-learner score. The end-to-end scoring (audio -> features -> five
 branches -> fusion -> adapted meta-learner) runs in a fresh child process (cold feature cache)
 so that its throughput and peak memory are those of `asd score` alone. ``--holdout SECTION``
-also meta-trains without that section and compares the unadapted with the adapted classifier on
-its test clips. Without --data the synthetic dataset of the config is generated into a temporary
+(several, or none for every section) meta-trains without each in turn and compares the unadapted
+with the adapted classifier on its test clips. Without --data the synthetic dataset of the config is generated into a temporary
 folder; b1 uses the config's AST source (offline: ``--ast random``).
 """
 
@@ -30,8 +30,10 @@ import torch
 
 from asdcli.config import load_config
 from common import bench_data
+from asdcli.metrics import auc, pauc
 from asdcli.services.evaluate import clip_rows, evaluate_rows
-from asdcli.services.fuse import train_fusion
+from asdcli.services.examples import Examples
+from asdcli.services.fuse import fusion_paths, load_fusion, train_fusion
 from asdcli.services.meta import fused_features, load_meta, meta_train, support_rows
 from asdcli.services.runs import open_run
 from asdcli.services.score import score_clips
@@ -43,7 +45,6 @@ ORDER = ["b2", "b3", "b4", "b1", "b5"]  # b5 models embeddings of b3, so it come
 def _row(name: str, clips, scores) -> tuple:
     ev = evaluate_rows(clip_rows(clips, scores))
     labels = [c.is_anomaly for c in clips]
-    from asdcli.metrics import auc, pauc
     return (name, auc(labels, scores), pauc(labels, scores), float(np.mean([s.auc for s in ev.sections])),
             float(np.mean([s.pauc for s in ev.sections])), ev.official)
 
@@ -66,23 +67,31 @@ def _timed_scoring(run: Path, test, cache: Path) -> tuple[float, float]:
     return count / seconds, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def _holdout(run: Path, config, section: str, result) -> tuple:
-    """Meta-train without ``section``, then AUC / pAUC on its test clips unadapted vs adapted."""
+def _holdout(run: Path, config, section: str, result) -> tuple[float, float, float, float]:
+    """Meta-train without ``section``; (AUC, pAUC) on its test clips unadapted, then adapted."""
     meta_train(run, config, [section])
-    learner, run_obj = load_meta(open_run(run)), open_run(run)
-    from asdcli.services.examples import Examples
-    from asdcli.services.fuse import fusion_paths, load_fusion
-    fusion, _ = load_fusion(run_obj)
+    run_obj = open_run(run)
+    learner, (fusion, _) = load_meta(run_obj), load_fusion(run_obj)
     examples = Examples.load(fusion_paths(run_obj)[2])
     rows = [i for i, c in enumerate(result.clips) if c.group == section]
     z = np.stack([result.normalized[n][rows] for n in result.branches], axis=1)
     x, ex_x = fused_features(fusion, z), fused_features(fusion, examples.z)
     sup = support_rows(examples, examples.groups.index(section), learner.cfg, learner.seed)
-    ex_y = torch.from_numpy(examples.label).float()
-    clips = [result.clips[i] for i in rows]
-    return (_row(f"{section}: meta-learner, unadapted", clips, learner.scores(x, None, None)),
-            _row(f"{section}: meta-learner, adapted ({learner.cfg.inner_steps} steps)", clips,
-                 learner.scores(x, ex_x[sup], ex_y[sup])))
+    labels = [result.clips[i].is_anomaly for i in rows]
+    before = learner.scores(x, None, None)
+    after = learner.scores(x, ex_x[sup], torch.from_numpy(examples.label).float()[sup])
+    return auc(labels, before), pauc(labels, before), auc(labels, after), pauc(labels, after)
+
+
+def _print_holdouts(holdouts: dict[str, tuple], steps: int) -> None:
+    print(f"\nMeta-learner on sections held out of meta-training: unadapted vs adapted ({steps} inner steps "
+          "on the section's support set of training clips and pseudo-anomalies), test clips of that section\n")
+    print("| held-out section | AUC unadapted | AUC adapted | pAUC unadapted | pAUC adapted |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for section, (a0, p0, a1, p1) in holdouts.items():
+        print(f"| {section} | {a0:.3f} | {a1:.3f} | {p0:.3f} | {p1:.3f} |")
+    m = np.mean(list(holdouts.values()), axis=0)
+    print(f"| mean | {m[0]:.3f} | {m[2]:.3f} | {m[1]:.3f} | {m[3]:.3f} |")
 
 
 def main() -> None:
@@ -90,7 +99,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path)
     parser.add_argument("--config", default="default")
     parser.add_argument("--ast", help="override branches.pretrained.source (e.g. random)")
-    parser.add_argument("--holdout", help="a section to hold out of meta-training")
+    parser.add_argument("--holdout", nargs="*", help="sections to hold out of meta-training one at a time "
+                        "(no names: every section)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -111,14 +121,18 @@ def main() -> None:
         stages.append(_row("average of branches", result.clips, np.mean(list(result.normalized.values()), axis=0)))
         stages.append(_row("attention fusion", result.clips, result.fused))
         stages.append(_row("final (meta-learner)", result.clips, result.score))
-        if args.holdout:
-            stages += _holdout(run, config, args.holdout, result)
+        holdouts = {}
+        if args.holdout is not None:
+            for section in args.holdout or sorted({c.group for c in result.clips}):
+                holdouts[section] = _holdout(run, config, section, result)
     print(f"\nData: {args.data or 'synthetic data of the ' + args.config + ' config'}; config: {args.config}; "
           f"{len(result.clips)} test clips; training everything took {train_s:.0f} s; CPU threads 2\n")
     print("| scores | AUC (pooled) | pAUC (pooled) | AUC (mean over sections) | pAUC (mean) | official score |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, a, p, ma, mp, off in stages:
         print(f"| {name} | {a:.3f} | {p:.3f} | {ma:.3f} | {mp:.3f} | {off:.3f} |")
+    if holdouts:
+        _print_holdouts(holdouts, config.meta.inner_steps)
     print(f"\nEnd-to-end scoring (cold feature cache, child process): {rate:,.1f} clips/s, peak RSS {peak_mb:,.0f} MB")
 
 
