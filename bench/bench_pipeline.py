@@ -33,6 +33,8 @@ from common import bench_data
 from asdcli.metrics import auc, pauc
 from asdcli.services.evaluate import clip_rows, evaluate_rows
 from asdcli.services.examples import Examples
+from asdcli.models.registry import canonical_name
+from asdcli.services.branch_scores import trained_branches
 from asdcli.services.fuse import fusion_paths, load_fusion, train_fusion
 from asdcli.services.meta import fused_features, load_meta, meta_train, support_rows
 from asdcli.services.runs import open_run
@@ -101,17 +103,22 @@ def main() -> None:
     parser.add_argument("--ast", help="override branches.pretrained.source (e.g. random)")
     parser.add_argument("--holdout", nargs="*", help="sections to hold out of meta-training one at a time "
                         "(no names: every section)")
+    parser.add_argument("--run", type=Path, help="a run folder to use (and keep): branches already complete in it "
+                        "are not retrained; fusion and meta-learner always are")
+    parser.add_argument("--cache", type=Path, help="feature cache folder (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)
     config = load_config(args.config).with_overrides(seed=args.seed, **{"branches.pretrained.source": args.ast})
     with tempfile.TemporaryDirectory() as tmp:
         data, test = bench_data(args.data, config, Path(tmp))
-        run, cache = Path(tmp) / "run", Path(tmp) / "cache"
+        run, cache = args.run or Path(tmp) / "run", args.cache or Path(tmp) / "cache"
         start = time.perf_counter()
+        done = set(trained_branches(run)) if (run / "run.json").exists() else set()
         for name in ORDER:
-            train_branch(name, data, run, config, cache_dir=cache)
-            print(f"trained {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+            if canonical_name(name) not in done:
+                train_branch(name, data, run, config, cache_dir=cache)
+                print(f"trained {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
         train_fusion(data, run, config)
         meta_train(run, config)
         train_s = time.perf_counter() - start
@@ -126,7 +133,8 @@ def main() -> None:
             for section in args.holdout or sorted({c.group for c in result.clips}):
                 holdouts[section] = _holdout(run, config, section, result)
     print(f"\nData: {args.data or 'synthetic data of the ' + args.config + ' config'}; config: {args.config}; "
-          f"{len(result.clips)} test clips; training everything took {train_s:.0f} s; CPU threads 2\n")
+          f"{len(result.clips)} test clips; training{' fusion and meta-learner' if done else ' everything'} took "
+          f"{train_s:.0f} s; CPU threads 2\n")
     print("| scores | AUC (pooled) | pAUC (pooled) | AUC (mean over sections) | pAUC (mean) | official score |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, a, p, ma, mp, off in stages:

@@ -62,6 +62,18 @@ def balanced_bce(logit: Tensor, label: Tensor, group: Tensor) -> Tensor:
     return (F.binary_cross_entropy_with_logits(logit, label.float(), reduction="none") * weight).sum()
 
 
+def pairwise_rank_loss(fused: Tensor, label: Tensor, group: Tensor) -> Tensor:
+    """Mean over sections of softplus(normal - anomaly) over every (normal, pseudo-anomaly) pair of
+    the section: a smooth surrogate of 1 - AUC, the quantity DCASE scores a section by."""
+    terms = []
+    for g in torch.unique(group):
+        own = group == g
+        pos, neg = fused[own & (label == 1)], fused[own & (label == 0)]
+        if len(pos) and len(neg):
+            terms.append(F.softplus(neg[:, None] - pos[None, :]).mean())  # (N0, N1) pairs
+    return torch.stack(terms).mean() if terms else fused.sum() * 0.0
+
+
 def uniform_kl(weights: Tensor) -> Tensor:
     """Mean KL divergence of (B, K) attention rows from the uniform distribution (0 when uniform)."""
     k = weights.shape[1]

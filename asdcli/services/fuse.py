@@ -14,7 +14,7 @@ from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, save_wei
 from asdcli.config import AsdConfig
 from asdcli.errors import CheckpointError
 from asdcli.metrics import auc
-from asdcli.models.fusion_attention import AttentionFusion, balanced_bce, uniform_kl
+from asdcli.models.fusion_attention import AttentionFusion, balanced_bce, pairwise_rank_loss, uniform_kl
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
@@ -57,7 +57,7 @@ def section_auc(examples: Examples, score: np.ndarray) -> float:
 
 
 def fit_fusion(examples: Examples, config: AsdConfig) -> tuple[AttentionFusion, float]:
-    """Full-batch AdamW on the class- and section-balanced cross-entropy (deterministic on CPU)."""
+    """Full-batch AdamW on ``fusion.loss`` plus the pull toward uniform attention (deterministic on CPU)."""
     torch.manual_seed(config.seed)
     model = AttentionFusion(len(examples.branches), config.fusion.hidden)
     z = torch.from_numpy(examples.z).float()  # (N, K)
@@ -67,7 +67,9 @@ def fit_fusion(examples: Examples, config: AsdConfig) -> tuple[AttentionFusion, 
     for _ in range(config.fusion.epochs):
         optimizer.zero_grad()
         out = model(z)
-        loss = balanced_bce(out.logit, label, group) + config.fusion.uniform_penalty * uniform_kl(out.weights)
+        fit = (pairwise_rank_loss(out.fused, label, group) if config.fusion.loss == "rank"
+               else balanced_bce(out.logit, label, group))
+        loss = fit + config.fusion.uniform_penalty * uniform_kl(out.weights)
         loss.backward()
         optimizer.step()
     return model.eval(), float(loss.detach())

@@ -6,7 +6,7 @@ import torch
 
 from asdcli.metrics import auc
 from asdcli.data.pseudo_anomalies import PERTURBATIONS, perturb
-from asdcli.models.fusion_attention import AttentionFusion, balanced_bce, uniform_kl
+from asdcli.models.fusion_attention import AttentionFusion, balanced_bce, pairwise_rank_loss, uniform_kl
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
 
 
@@ -19,7 +19,8 @@ def test_untrained_fusion_is_the_average_of_compressed_scores():
     assert float(uniform_kl(out.weights)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_fusion_learns_to_trust_the_informative_branch():
+@pytest.mark.parametrize("loss", ["bce", "rank"])
+def test_fusion_learns_to_trust_the_informative_branch(loss):
     torch.manual_seed(0)
     label = torch.arange(200) % 2
     good = label * 3.0 + torch.randn(200) * 0.5
@@ -29,7 +30,8 @@ def test_fusion_learns_to_trust_the_informative_branch():
     optimizer = torch.optim.Adam(model.parameters(), lr=0.05)
     for _ in range(200):
         optimizer.zero_grad()
-        balanced_bce(model(z).logit, label, torch.zeros(200, dtype=torch.long)).backward()
+        out, group = model(z), torch.zeros(200, dtype=torch.long)
+        (balanced_bce(out.logit, label, group) if loss == "bce" else pairwise_rank_loss(out.fused, label, group)).backward()
         optimizer.step()
     with torch.no_grad():
         out = model(z)
@@ -61,3 +63,11 @@ def test_perturbations_keep_length_are_seeded_and_change_the_clip(kind):
     assert a.shape == wave.shape and torch.isfinite(a).all() and a.abs().max() <= 1.0
     assert torch.equal(a, b)
     assert not torch.allclose(a, wave, atol=1e-4)
+
+
+def test_rank_loss_is_per_section_and_orders_pairs():
+    label, group = torch.tensor([0, 1, 0, 1]), torch.tensor([0, 0, 1, 1])
+    good = pairwise_rank_loss(torch.tensor([0.0, 5.0, 10.0, 15.0]), label, group)
+    # Across sections the anomaly of section 0 (5) is below the normal of section 1 (10): no matter.
+    assert float(good) == pytest.approx(float(torch.nn.functional.softplus(torch.tensor(-5.0))))
+    assert float(pairwise_rank_loss(torch.tensor([5.0, 0.0, 15.0, 10.0]), label, group)) > float(good)
