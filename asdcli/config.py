@@ -230,10 +230,11 @@ class FusionConfig(Section):
     epochs: int = Field(300, ge=1, description="full-batch optimisation steps")
     lr: float = Field(0.01, gt=0)
     weight_decay: float = Field(1e-3, ge=0)
-    loss: Literal["rank", "bce"] = Field("rank", description="rank: pairwise ranking loss within each section (an "
-                                         "AUC surrogate); bce: class- and section-balanced cross-entropy")
-    uniform_penalty: float = Field(0.1, ge=0, description="weight of KL(attention || uniform) in the loss: keeps "
-                                   "the fusion near the plain average unless the pseudo-anomalies say otherwise")
+    loss: Literal["bce", "rank"] = Field("bce", description="bce: class- and section-balanced cross-entropy; rank: "
+                                         "pairwise ranking loss within each section (an AUC surrogate)")
+    prior_temperature: float = Field(0.01, gt=0, description="the attention prior is softmax((AUC_k - max AUC) / this) "
+                                     "of each branch's normal-vs-pseudo-anomaly AUC")
+    prior_penalty: float = Field(1.0, ge=0, description="weight of KL(attention || prior) in the loss")
 
 
 class MetaConfig(Section):

@@ -25,17 +25,17 @@ def _rms(wave: Tensor) -> Tensor:
 
 
 def speed_change(wave: Tensor, sr: int, rng: np.random.Generator) -> Tensor:
-    """Play 2-5 % faster or slower (every frequency moves by that factor), length kept by tiling."""
-    factor = 1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.02, 0.05)
+    """Play 0.5-2 % faster or slower (every frequency moves by that factor), length kept by tiling."""
+    factor = 1.0 + rng.choice([-1.0, 1.0]) * rng.uniform(0.005, 0.02)
     resampled = AF.resample(wave, round(1000 * factor), 1000)  # (samples / factor,)
     return fit_length(resampled, wave.shape[0])
 
 
 def added_tone(wave: Tensor, sr: int, rng: np.random.Generator) -> Tensor:
-    """A steady tone at a random frequency, 14-22 dB below the clip."""
+    """A steady tone at a random frequency, 20-30 dB below the clip."""
     t = torch.arange(wave.shape[0], dtype=wave.dtype) / sr
     freq = rng.uniform(200.0, min(4000.0, 0.45 * sr))
-    level = 10 ** (-rng.uniform(14.0, 22.0) / 20) * math.sqrt(2)
+    level = 10 ** (-rng.uniform(20.0, 30.0) / 20) * math.sqrt(2)
     return wave + level * _rms(wave) * torch.sin(2 * math.pi * freq * t + rng.uniform(0, 2 * math.pi))
 
 
@@ -52,21 +52,21 @@ def knocks(wave: Tensor, sr: int, rng: np.random.Generator) -> Tensor:
 
 
 def wobble(wave: Tensor, sr: int, rng: np.random.Generator) -> Tensor:
-    """Slow amplitude modulation (3-12 Hz, 20-45 % depth)."""
+    """Slow amplitude modulation (3-12 Hz, 10-25 % depth)."""
     t = torch.arange(wave.shape[0], dtype=wave.dtype) / sr
-    depth = rng.uniform(0.2, 0.45)
+    depth = rng.uniform(0.1, 0.25)
     return wave * (1.0 + depth * torch.sin(2 * math.pi * rng.uniform(3.0, 12.0) * t))
 
 
 def muffle(wave: Tensor, sr: int, rng: np.random.Generator) -> Tensor:
-    """Low-pass at 1-3 kHz: a missing high-frequency component, loudness restored."""
-    out = AF.lowpass_biquad(wave, sr, float(rng.uniform(1000.0, min(3000.0, 0.4 * sr))))
+    """Low-pass at 3-6 kHz: a duller sound, loudness restored."""
+    out = AF.lowpass_biquad(wave, sr, float(rng.uniform(min(3000.0, 0.3 * sr), min(6000.0, 0.45 * sr))))
     return out * (_rms(wave) / _rms(out))
 
 
 def brighten(wave: Tensor, sr: int, rng: np.random.Generator) -> Tensor:
-    """Boost above 2-4 kHz by 4-8 dB (a hiss, a worn bearing), loudness restored."""
-    gain = float(rng.uniform(4.0, 8.0))
+    """Boost above 2-4 kHz by 1.5-4 dB (a hiss, a worn bearing), loudness restored."""
+    gain = float(rng.uniform(1.5, 4.0))
     out = AF.treble_biquad(wave, sr, gain, central_freq=float(rng.uniform(2000.0, min(4000.0, 0.4 * sr))))
     return out * (_rms(wave) / _rms(out))
 

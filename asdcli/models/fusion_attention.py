@@ -31,8 +31,9 @@ class AttentionFusion(nn.Module):
 
     weights = softmax(prior + MLP(c)), fused = sum_k weights_k * c_k with c = asinh(z); the fused
     score is a convex combination of branch scores, so it stays on their common scale. The MLP's
-    last layer starts at zero: an untrained head is the plain average of the branches. A scalar
-    slope and bias turn the fused score into the logit trained against pseudo-anomalies.
+    last layer starts at zero: an untrained head attends by its prior alone (uniform until
+    :meth:`set_prior`). A scalar slope and bias turn the fused score into the logit trained
+    against pseudo-anomalies.
     """
 
     def __init__(self, n_branches: int, hidden: int):
@@ -43,6 +44,11 @@ class AttentionFusion(nn.Module):
         self.prior = nn.Parameter(torch.zeros(n_branches))
         self.slope = nn.Parameter(torch.zeros(()))
         self.bias = nn.Parameter(torch.zeros(()))
+
+    def set_prior(self, prior: Tensor) -> None:
+        """Start the attention at the (K,) distribution ``prior``."""
+        with torch.no_grad():
+            self.prior.copy_(prior.clamp_min(1e-6).log())
 
     def forward(self, z: Tensor) -> FusionOutput:
         """(B, K) standardised branch scores -> :class:`FusionOutput`."""
@@ -74,7 +80,12 @@ def pairwise_rank_loss(fused: Tensor, label: Tensor, group: Tensor) -> Tensor:
     return torch.stack(terms).mean() if terms else fused.sum() * 0.0
 
 
-def uniform_kl(weights: Tensor) -> Tensor:
-    """Mean KL divergence of (B, K) attention rows from the uniform distribution (0 when uniform)."""
-    k = weights.shape[1]
-    return (weights * (weights.clamp_min(1e-12) * k).log()).sum(dim=1).mean()
+def prior_kl(weights: Tensor, prior: Tensor) -> Tensor:
+    """Mean KL divergence of (B, K) attention rows from the (K,) prior distribution."""
+    return (weights * (weights.clamp_min(1e-12) / prior.clamp_min(1e-12)).log()).sum(dim=1).mean()
+
+
+def separability_prior(aucs: Tensor, temperature: float) -> Tensor:
+    """(K,) AUCs of each branch for normal vs pseudo-anomalous clips -> (K,) prior attention,
+    sharply favouring the branches that separate them best."""
+    return torch.softmax((aucs - aucs.max()) / temperature, dim=0)

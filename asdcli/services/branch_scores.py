@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from asdcli.config import validate_config
 from asdcli.data.layout import Clip
 from asdcli.models.base import Branch
 from asdcli.errors import CheckpointError
@@ -16,7 +15,7 @@ from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.dataset import ClipSet
 from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
-from asdcli.services.runs import Run, load_branch, open_run, read_branch_meta
+from asdcli.services.runs import Run, load_branch, open_run, read_branch_meta, stored_config
 from asdcli.services.train import model_batches
 
 
@@ -45,7 +44,7 @@ def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir
     """Score ``clips`` with each named branch of the run (features as the run was trained with)."""
     run = open_run(run_dir)
     names = [canonical_name(n) for n in names]
-    config = validate_config(read_branch_meta(run, names[0])["config"], source=str(run.meta_path(names[0])))
+    config = stored_config(read_branch_meta(run, names[0]), run.meta_path(names[0]))
     branches, upstream = load_with_upstream(run, names, device)
     needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
     clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave)

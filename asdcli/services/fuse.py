@@ -14,7 +14,8 @@ from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, save_wei
 from asdcli.config import AsdConfig
 from asdcli.errors import CheckpointError
 from asdcli.metrics import auc
-from asdcli.models.fusion_attention import AttentionFusion, balanced_bce, pairwise_rank_loss, uniform_kl
+from asdcli.models.fusion_attention import (AttentionFusion, balanced_bce, pairwise_rank_loss, prior_kl,
+                                             separability_prior)
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
@@ -57,19 +58,26 @@ def section_auc(examples: Examples, score: np.ndarray) -> float:
 
 
 def fit_fusion(examples: Examples, config: AsdConfig) -> tuple[AttentionFusion, float]:
-    """Full-batch AdamW on ``fusion.loss`` plus the pull toward uniform attention (deterministic on CPU)."""
+    """Full-batch AdamW on ``fusion.loss`` plus a pull toward the separability prior: how well each
+    branch alone tells the normal training clips from the pseudo-anomalies of their section
+    (deterministic on CPU). The prior matters: many pseudo-anomalies are easy for every branch, so
+    the loss alone cannot tell a branch that finds subtle faults from one that finds only the
+    gross ones, and a fusion spread evenly over strong and weak branches falls below the best."""
     torch.manual_seed(config.seed)
-    model = AttentionFusion(len(examples.branches), config.fusion.hidden)
+    cfg = config.fusion
+    model = AttentionFusion(len(examples.branches), cfg.hidden)
+    aucs = torch.tensor([section_auc(examples, examples.z[:, k]) for k in range(len(examples.branches))])
+    prior = separability_prior(torch.nan_to_num(aucs, nan=0.5).float(), cfg.prior_temperature)
+    model.set_prior(prior)
     z = torch.from_numpy(examples.z).float()  # (N, K)
     label, group = torch.from_numpy(examples.label), torch.from_numpy(examples.group)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.fusion.lr, weight_decay=config.fusion.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     loss = torch.tensor(float("nan"))
-    for _ in range(config.fusion.epochs):
+    for _ in range(cfg.epochs):
         optimizer.zero_grad()
         out = model(z)
-        fit = (pairwise_rank_loss(out.fused, label, group) if config.fusion.loss == "rank"
-               else balanced_bce(out.logit, label, group))
-        loss = fit + config.fusion.uniform_penalty * uniform_kl(out.weights)
+        fit = pairwise_rank_loss(out.fused, label, group) if cfg.loss == "rank" else balanced_bce(out.logit, label, group)
+        loss = fit + cfg.prior_penalty * prior_kl(out.weights, prior)
         loss.backward()
         optimizer.step()
     return model.eval(), float(loss.detach())

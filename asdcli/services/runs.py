@@ -92,11 +92,22 @@ def read_branch_meta(run: Run, name: str) -> dict:
     return meta
 
 
+# Settings of the stages after the branches: a branch checkpoint does not depend on them, so a
+# checkpoint written before they changed still loads (they come back at their defaults).
+LATER_STAGES = ("fusion", "meta", "debug")
+
+
+def stored_config(meta: dict, path: Path) -> AsdConfig:
+    """The resolved config stored in a branch's metadata, without the later stages' settings."""
+    data = {k: v for k, v in meta["config"].items() if k not in LATER_STAGES}
+    return validate_config(data, source=str(path))
+
+
 def load_branch(run: Run, name: str, device: torch.device | str = "cpu") -> Branch:
     """A complete trained branch in eval mode, rebuilt from its own resolved config."""
     name = canonical_name(name)
     meta = read_branch_meta(run, name)
-    config = validate_config(meta["config"], source=str(run.meta_path(name)))
+    config = stored_config(meta, run.meta_path(name))
     branch = build_branch(name, config, branch_context(run, config, meta.get("embed_dims")), meta.get("extra") or None)
     load_weights(branch, run.weights(name))
     return branch.to(device).eval()
@@ -112,5 +123,5 @@ def run_config(run: Run, given: AsdConfig | None = None) -> AsdConfig:
         return given
     for meta_path in sorted(run.path.glob("*.json")):
         if meta_path.stem in BRANCHES:
-            return validate_config(read_json(meta_path, "branch metadata")["config"], source=str(meta_path))
+            return stored_config(read_json(meta_path, "branch metadata"), meta_path)
     raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")

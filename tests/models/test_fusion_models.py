@@ -6,7 +6,8 @@ import torch
 
 from asdcli.metrics import auc
 from asdcli.data.pseudo_anomalies import PERTURBATIONS, perturb
-from asdcli.models.fusion_attention import AttentionFusion, balanced_bce, pairwise_rank_loss, uniform_kl
+from asdcli.models.fusion_attention import (AttentionFusion, balanced_bce, pairwise_rank_loss, prior_kl,
+                                             separability_prior)
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
 
 
@@ -16,7 +17,17 @@ def test_untrained_fusion_is_the_average_of_compressed_scores():
         out = AttentionFusion(4, 8)(z)
     assert torch.allclose(out.weights, torch.full((6, 4), 0.25))
     assert torch.allclose(out.fused, torch.asinh(z).mean(dim=1), atol=1e-6)
-    assert float(uniform_kl(out.weights)) == pytest.approx(0.0, abs=1e-6)
+    assert float(prior_kl(out.weights, torch.full((4,), 0.25))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_separability_prior_favours_the_best_branch_and_sets_the_start():
+    prior = separability_prior(torch.tensor([0.70, 0.95, 0.93]), temperature=0.01)
+    assert prior.argmax() == 1 and prior[1] > 0.85 and prior[0] < 1e-6
+    model = AttentionFusion(3, 4)
+    model.set_prior(prior)
+    with torch.no_grad():
+        weights = model(torch.randn(5, 3)).weights
+    assert torch.allclose(weights, prior.expand(5, 3), atol=1e-5)
 
 
 @pytest.mark.parametrize("loss", ["bce", "rank"])
