@@ -241,7 +241,7 @@ class MetaConfig(Section):
     """MAML meta-learner over the fused features; tasks are machine sections."""
 
     hidden: int = Field(32, ge=4)
-    inner_lr: float = Field(0.5, gt=0, description="step size of the inner-loop (adaptation) updates")
+    inner_lr: float = Field(0.05, gt=0, description="step size of the inner-loop (adaptation) updates")
     inner_steps: int = Field(5, ge=1)
     support_normals: int = Field(8, ge=1, description="normal clips a section adapts from")
     support_anomalies: int = Field(8, ge=1, description="pseudo-anomalies a section adapts from")
@@ -250,6 +250,9 @@ class MetaConfig(Section):
     iterations: int = Field(300, ge=1)
     lr: float = Field(0.003, gt=0, description="outer-loop (meta) learning rate")
     first_order: bool = Field(False, description="first-order MAML (no second derivatives)")
+    proximal: float = Field(10.0, ge=0, description="weight of the squared distance of the meta-parameters from "
+                            "their start (the fused score): keeps pseudo-anomalies from pulling the classifier "
+                            "away from the fusion's ranking")
 
 
 class DebugConfig(Section):

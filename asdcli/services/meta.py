@@ -97,9 +97,12 @@ def _fit(maml, x: Tensor, y: Tensor, examples: Examples, tasks: list[int], cfg: 
          rng: np.random.Generator, progress: Callable[[int, int, float], None] | None) -> float:
     """The outer loop: Adam on the mean query loss of ``tasks_per_step`` adapted tasks; returns the last."""
     optimizer = torch.optim.Adam(maml.parameters(), lr=cfg.lr)
+    start = [p.detach().clone() for p in maml.parameters()]
     total = float("nan")
     for step in range(cfg.iterations):
         optimizer.zero_grad()
+        if cfg.proximal > 0:
+            sum(cfg.proximal * (p - p0).pow(2).sum() for p, p0 in zip(maml.parameters(), start)).backward()
         chosen = rng.choice(tasks, size=cfg.tasks_per_step, replace=len(tasks) < cfg.tasks_per_step)
         total = 0.0
         for g in chosen:

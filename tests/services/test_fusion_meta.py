@@ -2,10 +2,12 @@
 
 import numpy as np
 import pytest
+import torch
 
 from asdcli.checkpoints import read_json
 from asdcli.data.layout import discover
 from asdcli.errors import CheckpointError, DataError
+from asdcli.models.fusion_attention import separability_prior
 from asdcli.services.examples import KINDS, Examples
 from asdcli.services.fuse import load_fusion, train_fusion
 from asdcli.services.meta import load_meta, meta_train
@@ -48,14 +50,16 @@ def test_examples_hold_normals_and_every_pseudo_kind(trained, synth_root, cfg):
     assert result.pseudo_auc["fused"] > 0.5
 
 
-def test_fusion_is_deterministic_and_starts_as_the_average(trained, synth_root, cfg):
+def test_fusion_is_deterministic_and_starts_at_the_separability_prior(trained, synth_root, cfg):
     run, _ = trained
     train_fusion(synth_root, run, cfg)
     first = read_json(run / "fusion.json", "fusion")["mean_weights"]
     train_fusion(synth_root, run, cfg)
     assert read_json(run / "fusion.json", "fusion")["mean_weights"] == first
     untrained = train_fusion(synth_root, run, cfg.with_overrides(**{"fusion.epochs": 1, "fusion.lr": 1e-9}))
-    assert all(abs(w - 0.5) < 1e-3 for w in untrained.mean_weights.values())
+    aucs = torch.tensor([untrained.pseudo_auc[n] for n in untrained.branches])
+    prior = separability_prior(aucs, cfg.fusion.prior_temperature)
+    assert np.allclose([untrained.mean_weights[n] for n in untrained.branches], prior.numpy(), atol=1e-3)
     train_fusion(synth_root, run, cfg)
 
 
