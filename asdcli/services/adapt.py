@@ -40,14 +40,17 @@ def _stats(values: np.ndarray) -> dict:
 
 
 def section_support(run: Run, clips: list[Clip], names: list[str], metas: dict[str, dict], config: AsdConfig,
-                    cache_dir: Path | None, device: torch.device | str = "cpu") -> Support:
+                    cache_dir: Path | None, device: torch.device | str = "cpu",
+                    loaded: tuple[dict, dict] | None = None) -> Support:
     """Score the normal clips of sections the run never saw (clips of known sections are ignored)
-    and ``config.meta.support_anomalies`` perturbed copies per section."""
+    and ``config.meta.support_anomalies`` perturbed copies per section. ``loaded``: the branches
+    and upstream branches from :func:`load_with_upstream`, if the caller has them."""
     new = [c for c in clips if c.group not in run.vocab.groups and c.is_anomaly != 1]
     if not new:
         raise DataError("--support: none of these clips is a normal clip of a section the run did not train on "
                         f"(the run knows {', '.join(run.vocab.groups)})")
-    raw = score_branches(run.path, names, new, cache_dir, device)
+    branches, upstream = loaded or load_with_upstream(run, names, device)
+    raw = score_branches(run.path, names, new, cache_dir, device, loaded=(branches, upstream))
     groups = [c.group for c in raw.clips]
     metas = copy.deepcopy(metas)
     for name in names:
@@ -57,7 +60,6 @@ def section_support(run: Run, clips: list[Clip], names: list[str], metas: dict[s
                 raise DataError(f"--support: section {section} needs at least 2 readable normal clips")
             metas[name]["score_stats"][section] = _stats(values)
     support = Support(metas, skipped=list(raw.skipped))
-    branches, upstream = load_with_upstream(run, names, device)
     rng = np.random.default_rng(config.seed)
     for section in sorted(set(groups)):
         own = [c for c in raw.clips if c.group == section]

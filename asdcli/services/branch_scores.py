@@ -40,12 +40,14 @@ def load_with_upstream(run: Run, names: list[str], device) -> tuple[dict[str, Br
 
 
 def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir: Path | None,
-                   device: torch.device | str = "cpu", batch_size: int = 32) -> BranchScores:
-    """Score ``clips`` with each named branch of the run (features as the run was trained with)."""
+                   device: torch.device | str = "cpu", batch_size: int = 32,
+                   loaded: tuple[dict[str, Branch], dict[str, Branch]] | None = None) -> BranchScores:
+    """Score ``clips`` with each named branch of the run (features as the run was trained with);
+    ``loaded``: the branches and upstream branches already loaded by :func:`load_with_upstream`."""
     run = open_run(run_dir)
     names = [canonical_name(n) for n in names]
     config = stored_config(read_branch_meta(run, names[0]), run.meta_path(names[0]))
-    branches, upstream = load_with_upstream(run, names, device)
+    branches, upstream = loaded or load_with_upstream(run, names, device)
     needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
     clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave)
     caches = EmbeddingCaches(cache_dir, {**upstream, **branches})

@@ -155,11 +155,14 @@ class MetaLearner:
     seed: int
     meta: dict
 
+    def adapt(self, support_x: Tensor | None, support_y: Tensor | None) -> torch.nn.Module:
+        """The classifier adapted on the support set (S, F) / (S,), or unadapted without one."""
+        return self.maml if support_x is None else adapted(self.maml, support_x, support_y, self.cfg.inner_steps)
+
     def scores(self, x: Tensor, support_x: Tensor | None, support_y: Tensor | None) -> np.ndarray:
         """(N,) final logits of ``x`` (N, F), adapted on the support set when one is given."""
-        model = self.maml if support_x is None else adapted(self.maml, support_x, support_y, self.cfg.inner_steps)
         with torch.no_grad():
-            return model(x).double().numpy()
+            return self.adapt(support_x, support_y)(x).double().numpy()
 
 
 def load_meta(run: Run) -> MetaLearner:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -14,7 +15,7 @@ from asdcli.data.layout import Clip
 from asdcli.errors import CheckpointError
 from asdcli.metrics import fpr_threshold, gamma_threshold
 from asdcli.models.registry import canonical_name
-from asdcli.services.branch_scores import normalize, score_branches, trained_branches
+from asdcli.services.branch_scores import load_with_upstream, normalize, score_branches, trained_branches
 from asdcli.services.examples import Examples, normal_examples
 from asdcli.services.fuse import fusion_paths, load_fusion
 from asdcli.services.meta import MetaLearner, fused_features, load_meta, support_rows
@@ -56,6 +57,7 @@ class _Pipeline:
     meta: MetaLearner | None = None
     examples: Examples | None = None
     support: Support | None = None
+    learners: dict[str, torch.nn.Module] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
@@ -73,19 +75,34 @@ class _Pipeline:
         if self.meta is None:
             return self.fused(z)[0]
         x = fused_features(self.fusion, z)
-        ex, out = self.examples, np.empty(len(groups))
-        ex_x, ex_y = fused_features(self.fusion, ex.z), torch.from_numpy(ex.label).float()
+        out = np.empty(len(groups))
         for name in sorted(set(groups)):
             rows = [i for i, g in enumerate(groups) if g == name]
-            if name in ex.groups:
-                sup = support_rows(ex, ex.groups.index(name), self.meta.cfg, self.meta.seed)
-                out[rows] = self.meta.scores(x[rows], ex_x[sup], ex_y[sup])
-            elif self.support is not None and name in self.support.z:
-                sx = fused_features(self.fusion, self.support.z[name])
-                out[rows] = self.meta.scores(x[rows], sx, torch.from_numpy(self.support.label[name]).float())
-            else:  # no clip of this section to adapt from: the meta-learned initialisation
-                out[rows] = self.meta.scores(x[rows], None, None)
+            learner = self._learner(name)  # adapting needs gradients: outside no_grad
+            with torch.no_grad():
+                out[rows] = learner(x[rows]).double().numpy()
         return out
+
+    @cached_property
+    def _example_features(self) -> torch.Tensor:
+        """(M, F) meta-learner inputs of the run's stored examples."""
+        return fused_features(self.fusion, self.examples.z)
+
+    def _learner(self, section: str) -> torch.nn.Module:
+        """The meta-learner adapted to ``section`` (once per section: the test clips and the
+        training clips of a section are scored by the same adapted classifier)."""
+        if section not in self.learners:
+            ex = self.examples
+            if section in ex.groups:
+                sup = support_rows(ex, ex.groups.index(section), self.meta.cfg, self.meta.seed)
+                sx, sy = self._example_features[sup], torch.from_numpy(ex.label[sup]).float()
+            elif self.support is not None and section in self.support.z:
+                sx = fused_features(self.fusion, self.support.z[section])
+                sy = torch.from_numpy(self.support.label[section]).float()
+            else:  # no clip of this section to adapt from: the meta-learned initialisation
+                sx = sy = None
+            self.learners[section] = self.meta.adapt(sx, sy)
+        return self.learners[section]
 
 
 def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
@@ -140,10 +157,11 @@ def score_clips(run_dir: Path, clips: list[Clip], cache_dir: Path | None, names:
     run = open_run(run_dir)
     pipe, names = _pipeline(run, [canonical_name(n) for n in names] if names else None)
     metas = {n: read_branch_meta(run, n) for n in names}
+    loaded = load_with_upstream(run, names, device)
     if support:
-        pipe.support = section_support(run, support, names, metas, run_config(run), cache_dir, device)
+        pipe.support = section_support(run, support, names, metas, run_config(run), cache_dir, device, loaded)
         metas = pipe.support.metas
-    raw = score_branches(run_dir, names, clips, cache_dir, device)
+    raw = score_branches(run_dir, names, clips, cache_dir, device, loaded=loaded)
     groups = [c.group for c in raw.clips]
     z = np.stack([normalize(raw.scores[n], groups, metas[n]) for n in names], axis=1)  # (N, K)
     fused, weights = pipe.fused(z)
