@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Optional
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -14,6 +15,8 @@ from rich.text import Text
 
 from asdcli.config import AsdConfig, load_config
 from asdcli.errors import AsdError
+from asdcli.services.device import resolve_device
+from asdcli.services.runs import open_run, run_config
 
 # Results go to stdout; progress, notices and errors to stderr, so `asd score > x.csv` stays clean.
 out = Console(soft_wrap=True)
@@ -27,8 +30,24 @@ RunOption = typer.Option(
     Path("checkpoints/run"), "--run", "--run-dir", "-r",
     help="Run folder for checkpoints and logs (under torchrun write --run-dir: torchrun takes --run for its own --run-path).")
 CacheOption = typer.Option(
-    None, "--cache-dir", help="Feature cache folder [default: $ASD_CACHE_DIR or ~/.cache/asd/features]."
+    None, "--cache-dir", help="Feature cache folder (default: $ASD_CACHE_DIR or ~/.cache/asd/features)."
 )
+
+
+def run_config_option(stage: str):
+    """``--config`` of a command that continues a run: by default the run's own config."""
+    return typer.Option(None, "--config", "-c", help=f"Preset or YAML file for the {stage} settings "
+                        "(default: the config the run's branches were trained with).")
+
+
+def resolve_run_config(run: Path, config: Optional[str], **overrides: object) -> AsdConfig:
+    """The run's config (or ``config``, checked against the run's features) with command-line overrides."""
+    return run_config(open_run(run), load_config(config) if config else None).with_overrides(**overrides)
+
+
+def gpu_or_cpu(gpu: Optional[int]) -> torch.device:
+    """``--gpu N`` -> CUDA device N (an error without CUDA); no flag -> the CPU."""
+    return resolve_device(gpu, None if gpu is not None else "cpu")
 
 
 def resolve_config(config: Optional[str], **overrides: object) -> AsdConfig:

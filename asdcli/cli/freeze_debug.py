@@ -8,11 +8,10 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (CacheOption, ConfigOption, SeedOption, err, handle_errors, out, progress_bar,
-                               resolve_config)
+from asdcli.cli.common import (CacheOption, ConfigOption, SeedOption, err, gpu_or_cpu, handle_errors, out,
+                               progress_bar, resolve_config)
 from asdcli.services.debug import freeze_debug as debug_service
 from asdcli.services.debug import parse_parts, part_id
-from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
 
 
@@ -44,8 +43,8 @@ def freeze_debug(
         def on_trouble(trouble) -> None:
             bar.console.print(f"[bold yellow]trouble:[/] {trouble}", highlight=False)
 
-        result = debug_service(data, cfg, frozen, epochs, log_path, run, resolve_device(gpu, None if gpu is not None
-                               else "cpu"), cache_dir or default_cache_dir(), on_step, on_trouble)
+        result = debug_service(data, cfg, frozen, epochs, log_path, run, gpu_or_cpu(gpu),
+                               cache_dir or default_cache_dir(), on_step, on_trouble)
     for notice in result.notices:
         err.print(f"[yellow]notice:[/] {notice}", highlight=False)
     table = Table(title=f"freeze-debug: {result.steps} steps -> {result.log}")

@@ -8,26 +8,21 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import RunOption, SeedOption, handle_errors, out, progress_bar
-from asdcli.config import load_config
+from asdcli.cli.common import RunOption, SeedOption, handle_errors, out, progress_bar, resolve_run_config, run_config_option
 from asdcli.services.meta import meta_train as meta_service
-from asdcli.services.runs import open_run, run_config
 
 
 @handle_errors
 def meta_train(
     run: Path = RunOption,
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Preset or YAML file for the meta settings "
-                                         "[default: the config the run's branches were trained with]."),
+    config: Optional[str] = run_config_option("meta-learner"),
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", min=1, help="Meta-updates (overrides meta.iterations)."),
     holdout: Optional[List[str]] = typer.Option(None, "--holdout", help="Never use this section as a task "
                                                 "(repeatable), e.g. to measure adaptation to an unseen section."),
     seed: Optional[int] = SeedOption,
 ) -> None:
     """Meta-train the final classifier with MAML over the run's machine sections (needs asd train-fusion)."""
-    run_obj = open_run(run)
-    cfg = run_config(run_obj, load_config(config) if config else None).with_overrides(
-        seed=seed, **{"meta.iterations": iterations})
+    cfg = resolve_run_config(run, config, seed=seed, **{"meta.iterations": iterations})
     with progress_bar(unit="steps") as bar:
         task = bar.add_task("meta-training", total=cfg.meta.iterations)
 

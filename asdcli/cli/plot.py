@@ -22,7 +22,7 @@ def _default_out(path: Path, kind: str) -> Path:
 def plot(
     paths: List[Path] = typer.Argument(..., help="freeze-debug CSVs (overlaid), score CSVs or folders of DCASE score "
                                        "files, per-epoch logs (<run>/logs/*_train.csv), or a run folder."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write [default: beside the first input]."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="PNG to write (default: beside the first input)."),
 ) -> None:
     """Plot logs and results as one PNG: freeze-debug losses and gradient norms per part; ROC curves
     (pAUC region marked) and score histograms by domain and label; training-loss curves of a run."""

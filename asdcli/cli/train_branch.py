@@ -23,7 +23,7 @@ def train_branch(
     config: Optional[str] = ConfigOption,
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=0, help="Epochs (overrides the config)."),
     gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Train on CUDA device N (error if there is none)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto [default: cpu]."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default: cpu)."),
     seed: Optional[int] = SeedOption,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training of this branch."),
     cache_dir: Optional[Path] = CacheOption,

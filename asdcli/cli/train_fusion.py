@@ -8,34 +8,28 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (DataOption, RunOption, SeedOption, err, handle_errors, out, progress_bar,
-                               report_failures)
-from asdcli.config import load_config
-from asdcli.services.device import resolve_device
+from asdcli.cli.common import (DataOption, RunOption, SeedOption, err, gpu_or_cpu, handle_errors, out, progress_bar,
+                               report_failures, resolve_run_config, run_config_option)
 from asdcli.services.fuse import train_fusion as train_service
-from asdcli.services.runs import open_run, run_config
 
 
 @handle_errors
 def train_fusion(
     data: Path = DataOption,
     run: Path = RunOption,
-    config: Optional[str] = typer.Option(None, "--config", "-c", help="Preset or YAML file for the fusion settings "
-                                         "[default: the config the run's branches were trained with]."),
+    config: Optional[str] = run_config_option("fusion"),
     branch: Optional[List[str]] = typer.Option(None, "--branch", "-b", help="Fuse only these branches (repeatable) "
-                                               "[default: every trained branch]."),
+                                               "(default: every trained branch)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Optimisation steps (overrides fusion.epochs)."),
     gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Score the pseudo-anomalies on CUDA device N."),
     seed: Optional[int] = SeedOption,
 ) -> None:
     """Fit the attention fusion head on normal training clips vs pseudo-anomalies (perturbed clips,
     other sections, synthetic machines). Test clips are never read."""
-    run_obj = open_run(run)
-    cfg = run_config(run_obj, load_config(config) if config else None).with_overrides(
-        seed=seed, **{"fusion.epochs": epochs})
+    cfg = resolve_run_config(run, config, seed=seed, **{"fusion.epochs": epochs})
     with progress_bar() as bar:
         task = bar.add_task("scoring pseudo-anomalies", total=None)
-        result = train_service(data, run, cfg, branch, resolve_device(gpu, None if gpu is not None else "cpu"),
+        result = train_service(data, run, cfg, branch, gpu_or_cpu(gpu),
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     report_failures(result.skipped)
     if result.missing:
