@@ -44,7 +44,7 @@ for branch in b2 b3 b4 b1 b5; do  # b5 (flow) models the embeddings of b3
   "$ASD" train-branch "$branch" --data "$DATA" --run "$RUN" --config "$CONFIG" "${DEVICE[@]}" > /dev/null
 done
 "$ASD" train-fusion --data "$DATA" --run "$RUN" "${DEVICE[@]}"
-"$ASD" meta-train --run "$RUN"
+"$ASD" meta-train --data "$DATA" --run "$RUN" "${DEVICE[@]}"
 "$ASD" score "$DATA" --run "$RUN" --decision --out-dir "$OUT/results" > "$OUT/scores.csv"
 if [ "$MODE" = dev ]; then
   "$ASD" evaluate "$OUT/results" --json "$OUT/evaluation.json"

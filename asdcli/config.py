@@ -232,9 +232,10 @@ class FusionConfig(Section):
     weight_decay: float = Field(1e-3, ge=0)
     loss: Literal["bce", "rank"] = Field("bce", description="bce: class- and section-balanced cross-entropy; rank: "
                                          "pairwise ranking loss within each section (an AUC surrogate)")
-    prior_temperature: float = Field(0.01, gt=0, description="the attention prior is softmax((AUC_k - max AUC) / this) "
+    prior_temperature: float = Field(0.02, gt=0, description="the attention prior is softmax((AUC_k - max AUC) / this) "
                                      "of each branch's normal-vs-pseudo-anomaly AUC")
-    prior_penalty: float = Field(1.0, ge=0, description="weight of KL(attention || prior) in the loss")
+    prior_penalty: float = Field(10.0, ge=0, description="weight of KL(attention || prior) in the loss: keeps the "
+                                 "per-clip attention near the prior where pseudo-anomalies would pull it away")
 
 
 class MetaConfig(Section):

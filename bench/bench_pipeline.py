@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -32,11 +33,10 @@ from asdcli.config import load_config
 from common import bench_data
 from asdcli.metrics import auc, pauc
 from asdcli.services.evaluate import clip_rows, evaluate_rows
-from asdcli.services.examples import Examples
 from asdcli.models.registry import canonical_name
 from asdcli.services.branch_scores import trained_branches
-from asdcli.services.fuse import fusion_paths, load_fusion, train_fusion
-from asdcli.services.meta import fused_features, load_meta, meta_train, support_rows
+from asdcli.services.fuse import load_fusion, train_fusion
+from asdcli.services.meta import fused_features, load_meta, meta_examples, meta_train, support_rows
 from asdcli.services.runs import open_run
 from asdcli.services.score import score_clips
 from asdcli.services.train import train_branch
@@ -70,11 +70,12 @@ def _timed_scoring(run: Path, test, cache: Path) -> tuple[float, float]:
 
 
 def _holdout(run: Path, config, section: str, result) -> tuple[float, float, float, float]:
-    """Meta-train without ``section``; (AUC, pAUC) on its test clips unadapted, then adapted."""
+    """Meta-train without ``section`` (in ``run``, a copy of the benchmark's run, on the examples the
+    fusion head was fitted on); (AUC, pAUC) on its test clips unadapted, then adapted."""
     meta_train(run, config, [section])
     run_obj = open_run(run)
     learner, (fusion, _) = load_meta(run_obj), load_fusion(run_obj)
-    examples = Examples.load(fusion_paths(run_obj)[2])
+    examples = meta_examples(run_obj, learner.meta)
     rows = [i for i, c in enumerate(result.clips) if c.group == section]
     z = np.stack([result.normalized[n][rows] for n in result.branches], axis=1)
     x, ex_x = fused_features(fusion, z), fused_features(fusion, examples.z)
@@ -120,7 +121,7 @@ def main() -> None:
                 train_branch(name, data, run, config, cache_dir=cache)
                 print(f"trained {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
         train_fusion(data, run, config)
-        meta_train(run, config)
+        meta_train(run, config, data=data)
         train_s = time.perf_counter() - start
         rate, peak_mb = _timed_scoring(run, test, Path(tmp) / "cold-cache")
         result = score_clips(run, test, cache)
@@ -130,8 +131,9 @@ def main() -> None:
         stages.append(_row("final (meta-learner)", result.clips, result.score))
         holdouts = {}
         if args.holdout is not None:
+            shutil.copytree(run, Path(tmp) / "holdout-run")
             for section in args.holdout or sorted({c.group for c in result.clips}):
-                holdouts[section] = _holdout(run, config, section, result)
+                holdouts[section] = _holdout(Path(tmp) / "holdout-run", config, section, result)
     print(f"\nData: {args.data or 'synthetic data of the ' + args.config + ' config'}; config: {args.config}; "
           f"{len(result.clips)} test clips; training{' fusion and meta-learner' if done else ' everything'} took "
           f"{train_s:.0f} s; CPU threads 2\n")

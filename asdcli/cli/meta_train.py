@@ -8,7 +8,8 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import RunOption, SeedOption, handle_errors, out, progress_bar, resolve_run_config, run_config_option
+from asdcli.cli.common import (RunOption, SeedOption, gpu_or_cpu, handle_errors, out, progress_bar, report_failures,
+                               resolve_run_config, run_config_option)
 from asdcli.services.meta import meta_train as meta_service
 
 
@@ -19,19 +20,27 @@ def meta_train(
     iterations: Optional[int] = typer.Option(None, "--iterations", "-n", min=1, help="Meta-updates (overrides meta.iterations)."),
     holdout: Optional[List[str]] = typer.Option(None, "--holdout", help="Never use this section as a task "
                                                 "(repeatable), e.g. to measure adaptation to an unseen section."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="The training data of the run: make the "
+                                        "meta-learner its own pseudo-anomalies from it (default: reuse the fusion "
+                                        "head's examples)."),
+    gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Score the pseudo-anomalies on CUDA device N."),
     seed: Optional[int] = SeedOption,
 ) -> None:
     """Meta-train the final classifier with MAML over the run's machine sections (needs asd train-fusion)."""
     cfg = resolve_run_config(run, config, seed=seed, **{"meta.iterations": iterations})
     with progress_bar(unit="steps") as bar:
+        made = bar.add_task("scoring pseudo-anomalies", total=None, visible=data is not None)
         task = bar.add_task("meta-training", total=cfg.meta.iterations)
 
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, description=f"meta-training loss {loss:.4f}")
 
-        result = meta_service(run, cfg, holdout, progress)
+        result = meta_service(run, cfg, holdout, progress, data, gpu_or_cpu(gpu),
+                              lambda done, total: bar.update(made, completed=done, total=total))
+    report_failures(result.skipped)
     table = Table(title=f"MAML over {len(result.tasks)} sections -> {run / 'meta.safetensors'}",
-                  caption="query loss: mean over the tasks of a fresh support/query split (lower is better)")
+                  caption=f"tasks from {result.examples}; query loss: mean over the tasks of a fresh support/query "
+                          "split (lower is better)")
     table.add_column("tasks")
     table.add_column("held out")
     table.add_column("query loss, unadapted", justify="right")

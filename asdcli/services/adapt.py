@@ -14,7 +14,7 @@ import torch
 from asdcli.config import AsdConfig
 from asdcli.data.layout import Clip
 from asdcli.errors import DataError
-from asdcli.services.branch_scores import load_with_upstream, normalize, score_branches
+from asdcli.services.branch_scores import DomainShift, load_with_upstream, normalize, score_branches
 from asdcli.services.examples import perturbed, score_pseudo
 from asdcli.services.runs import Run
 
@@ -23,9 +23,11 @@ from asdcli.services.runs import Run
 class Support:
     """Per new section: standardised scores (S, K) of the support set and its labels (S,)
     (0 the given normal clips, 1 their perturbed copies); ``metas`` are the branches' metadata
-    with the new sections' score statistics added."""
+    with the new sections' score statistics added, ``shift`` the target-domain shift of the new
+    sections (from their target-domain normal clips, if any were given)."""
 
     metas: dict[str, dict]
+    shift: DomainShift = field(default_factory=DomainShift)
     z: dict[str, np.ndarray] = field(default_factory=dict)
     label: dict[str, np.ndarray] = field(default_factory=dict)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
@@ -69,6 +71,11 @@ def section_support(run: Run, clips: list[Clip], names: list[str], metas: dict[s
         rows = [i for i, g in enumerate(groups) if g == section]
         z_normal = np.stack([normalize(raw.scores[n][rows], [section] * len(rows), metas[n]) for n in names], axis=1)
         z_pseudo = np.stack([normalize(pseudo_raw[n], [section] * len(items), metas[n]) for n in names], axis=1)
+        domains = [raw.clips[i].domain for i in rows]
+        shift = DomainShift.fit(z_normal, [section] * len(rows), domains)
+        support.shift.update(shift)
+        z_normal = shift.apply(z_normal, [section] * len(rows), domains, fitted=True)
+        z_pseudo = shift.apply(z_pseudo, [section] * len(items), [i.clip.domain for i in items])
         support.z[section] = np.concatenate([z_normal, z_pseudo])
         support.label[section] = np.concatenate([np.zeros(len(rows), dtype=np.int64), np.ones(len(items), dtype=np.int64)])
     return support

@@ -89,3 +89,47 @@ def normalize(values: np.ndarray, groups: list[str], meta: dict) -> np.ndarray:
         mean, std = _stats(meta, group) or _pooled_stats(meta)
         out[i] = (value - mean) / std
     return out
+
+
+@dataclass
+class DomainShift:
+    """Per section, where its target-domain normal training clips sit (K,) among the section's
+    standardised scores. DCASE target domains have a handful of training clips and move some
+    branches' scores by several standard deviations (the training statistics are almost all
+    source clips); subtracting the shift from target-domain clips puts their normals back where
+    the source normals are. The shift is shrunk toward 0 as if one more target clip sat at 0."""
+
+    sums: dict[str, np.ndarray] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, z: np.ndarray, groups: list[str], domains: list[str | None]) -> "DomainShift":
+        """From normal clips' standardised scores ``z`` (N, K), sections and domains."""
+        shift = cls()
+        for row, group, domain in zip(z, groups, domains):
+            if domain == "target":
+                shift.sums[group] = shift.sums.get(group, 0.0) + row
+                shift.counts[group] = shift.counts.get(group, 0) + 1
+        return shift
+
+    def update(self, other: "DomainShift") -> None:
+        """Add the sections of ``other`` (sections given as --support clips)."""
+        self.sums.update(other.sums)
+        self.counts.update(other.counts)
+
+    def of(self, group: str) -> np.ndarray | float:
+        """The shift (K,) subtracted from a target-domain clip of ``group`` (0 when it has none)."""
+        return self.sums[group] / (self.counts[group] + 1) if group in self.sums else 0.0
+
+    def apply(self, z: np.ndarray, groups: list[str], domains: list[str | None], fitted: bool = False) -> np.ndarray:
+        """``z`` (N, K) with target-domain rows shifted; ``fitted``: the rows are the clips the
+        shift was fitted on, each left out of its own shift (as the training scores leave it out)."""
+        out = np.array(z, dtype=float, copy=True)
+        for i, (group, domain) in enumerate(zip(groups, domains)):
+            if domain != "target" or group not in self.sums:
+                continue
+            total, count = self.sums[group], self.counts[group]
+            if fitted:
+                total, count = total - z[i], count - 1
+            out[i] = z[i] - total / (count + 1)
+        return out

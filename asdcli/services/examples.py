@@ -21,12 +21,12 @@ from asdcli.checkpoints import load_arrays, read_json, save_arrays
 from asdcli.config import AsdConfig, SynthConfig
 from asdcli.data.audio import load_audio
 from asdcli.data.features import LogMel
-from asdcli.data.layout import Clip
+from asdcli.data.layout import Clip, parse_clip
 from asdcli.data.pseudo_anomalies import PERTURBATIONS, perturb
 from asdcli.data.synth import ClipSpec, render_clip
 from asdcli.errors import DataError
 from asdcli.models.base import Batch
-from asdcli.services.branch_scores import load_with_upstream, normalize
+from asdcli.services.branch_scores import DomainShift, load_with_upstream, normalize
 from asdcli.services.dataset import clip_key, training_clips
 from asdcli.services.runs import Run, read_branch_meta
 from asdcli.services.train import with_embeddings
@@ -72,16 +72,30 @@ class Examples:
                    arrays["label"].numpy(), arrays["group"].numpy(), arrays["kind"].numpy())
 
 
-def normal_examples(run: Run, names: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
-    """Clip keys, (N, K) standardised leave-one-out scores and sections of the training clips
-    every named branch scored (from ``<branch>.train_scores.json``), in training order."""
+@dataclass
+class Normals:
+    """The normal training clips every named branch scored, in training order: clip keys, (N, K)
+    standardised leave-one-out scores with the target-domain shift taken out (each target clip
+    left out of its own shift), sections, domains, and the shift fitted on them."""
+
+    keys: list[str]
+    z: np.ndarray
+    groups: list[str]
+    domains: list[str | None]
+    shift: DomainShift
+
+
+def normal_examples(run: Run, names: list[str]) -> Normals:
+    """The run's normal training clips, from ``<branch>.train_scores.json``."""
     per_branch = {n: read_json(run.train_scores(n), f"{n} training scores")["scores"] for n in names}
     common = set.intersection(*(set(v) for v in per_branch.values()))
     keys = [k for k in per_branch[names[0]] if k in common]
     groups = [k.split("/", 1)[0] for k in keys]
+    domains = [parse_clip(k.split("/", 1)[1]).domain for k in keys]
     metas = {n: read_branch_meta(run, n) for n in names}
     z = np.stack([normalize(np.array([per_branch[n][k] for k in keys]), groups, metas[n]) for n in names], axis=1)
-    return keys, z, groups
+    shift = DomainShift.fit(z, groups, domains)
+    return Normals(keys, shift.apply(z, groups, domains, fitted=True), groups, domains, shift)
 
 
 @dataclass(frozen=True)
@@ -110,9 +124,11 @@ def perturbed(clips: list[Clip], group: int, section: str, count: int, rng: np.r
     return plan
 
 
-def _plan(run: Run, clips: list[Clip], rows: dict[str, int], config: AsdConfig) -> list[_Pseudo]:
-    """Which pseudo-anomalies to make for every section (seeded, so a rerun makes the same ones)."""
-    cfg, rng = config.fusion, np.random.default_rng(config.seed)
+def _plan(run: Run, clips: list[Clip], rows: dict[str, int], config: AsdConfig, stream: int) -> list[_Pseudo]:
+    """Which pseudo-anomalies to make for every section (seeded, so a rerun makes the same ones;
+    another ``stream`` makes other ones)."""
+    cfg = config.fusion
+    rng = np.random.default_rng(config.seed if stream == 0 else [config.seed, stream])
     plan: list[_Pseudo] = []
     for g, name in enumerate(run.vocab.groups):
         own = [c for c in clips if c.group == name]
@@ -185,22 +201,27 @@ def score_pseudo(plan: list[_Pseudo], branches: dict, upstream: dict, config: As
 
 
 def build_examples(run: Run, data: Path, names: list[str], config: AsdConfig,
-                   device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None) -> Examples:
+                   device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None,
+                   stream: int = 0) -> Examples:
     """Score the normal training clips' stored scores plus freshly made pseudo-anomalies with every
-    named branch; all standardised per section with the branches' training statistics.
-    ``progress(done, total)`` after each batch of pseudo-anomalies."""
-    keys, z_normal, normal_groups = normal_examples(run, names)
+    named branch; all standardised per section with the branches' training statistics and the
+    target-domain shift of the section's training clips taken out (:class:`DomainShift`).
+    ``progress(done, total)`` after each batch of pseudo-anomalies; ``stream``: which seeded set of
+    pseudo-anomalies (the fusion head's is 0, the meta-learner's own is 1)."""
+    normals = normal_examples(run, names)
+    keys, z_normal, normal_groups = normals.keys, normals.z, normals.groups
     rows = {k: i for i, k in enumerate(keys)}
     clips = [c for c in training_clips(str(data)) if clip_key(c) in rows]
     if not clips:
         raise DataError(f"none of the training clips under {data} were scored by the run {run.path}; "
                         "give the --data the branches were trained on")
-    plan = _plan(run, clips, rows, config)
+    plan = _plan(run, clips, rows, config, stream)
     branches, upstream = load_with_upstream(run, names, device)
     metas = {n: read_branch_meta(run, n) for n in names}
     done_items, raw, failures = score_pseudo(plan, branches, upstream, config, device, progress)
     groups = [i.section for i in done_items]
     z_pseudo = np.stack([normalize(raw[n], groups, metas[n]) for n in names], axis=1)
+    z_pseudo = normals.shift.apply(z_pseudo, groups, [i.clip.domain if i.clip else None for i in done_items])
     group_index = {g: i for i, g in enumerate(run.vocab.groups)}
     return Examples(
         names, list(run.vocab.groups), np.concatenate([z_normal, z_pseudo]),

@@ -9,7 +9,8 @@ saw adapts the same way from normal clips given for it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -23,7 +24,7 @@ from asdcli.config import AsdConfig, MetaConfig
 from asdcli.errors import CheckpointError, DataError
 from asdcli.models.fusion_attention import AttentionFusion
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
-from asdcli.services.examples import Examples
+from asdcli.services.examples import Examples, build_examples
 from asdcli.services.fuse import fusion_paths, load_fusion
 from asdcli.services.runs import Run, open_run
 
@@ -31,6 +32,16 @@ from asdcli.services.runs import Run, open_run
 def meta_paths(run: Run) -> tuple[Path, Path]:
     """(weights, metadata) of a run's meta-learner."""
     return run.path / "meta.safetensors", run.path / "meta.json"
+
+
+OWN_EXAMPLES = "meta_examples.safetensors"
+
+
+def meta_examples(run: Run, meta: dict | None = None) -> Examples:
+    """The examples the meta-learner was trained on and adapts from: its own (``meta-train
+    --data``) or else the fusion head's."""
+    name = (meta or {}).get("examples", fusion_paths(run)[2].name)
+    return Examples.load(run.path / name)
 
 
 def fused_features(fusion: AttentionFusion, z: np.ndarray) -> Tensor:
@@ -70,14 +81,17 @@ def task_groups(examples: Examples, cfg: MetaConfig, holdout: list[str]) -> list
 
 @dataclass
 class MetaResult:
-    """Tasks trained on, held-out sections, and the mean query loss over the tasks before and
-    after adaptation (fresh splits after training: adaptation should lower it)."""
+    """Tasks trained on, held-out sections, the mean query loss over the tasks before and after
+    adaptation (fresh splits after training: adaptation should lower it), the examples file the
+    tasks came from and the training clips that could not be read for it."""
 
     tasks: list[str]
     holdout: list[str]
     final_loss: float
     query_loss_unadapted: float
     query_loss_adapted: float
+    examples: str = "examples.safetensors"
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
 
 
 def _query_losses(maml, x: Tensor, y: Tensor, examples: Examples, tasks: list[int], cfg: MetaConfig,
@@ -117,33 +131,56 @@ def _fit(maml, x: Tensor, y: Tensor, examples: Examples, tasks: list[int], cfg: 
     return total
 
 
-def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = None,
-               progress: Callable[[int, int, float], None] | None = None) -> MetaResult:
-    """Meta-train the classifier over the sections of the run's examples (``asd train-fusion``
-    writes them); ``holdout`` sections are never used as tasks. Writes ``meta.safetensors`` + ``meta.json``."""
-    run, cfg, holdout = open_run(run_dir), config.meta, list(holdout or [])
-    fusion, fusion_meta = load_fusion(run)
-    examples = Examples.load(fusion_paths(run)[2])
+def fit_meta(examples: Examples, x: Tensor, config: AsdConfig, holdout: list[str],
+             progress: Callable[[int, int, float], None] | None = None) -> tuple[torch.nn.Module, list[int], float, float, float]:
+    """MAML over the sections of ``examples`` (meta-learner inputs ``x`` (N, F)) but ``holdout``:
+    (the MAML-wrapped classifier, the task sections, the last loss, the mean query loss of fresh
+    tasks unadapted and adapted). Deterministic on CPU for a seed."""
+    cfg = config.meta
     tasks = task_groups(examples, cfg, holdout)
     if not tasks:
-        raise DataError(f"no section of {run_dir} has more than meta.support_normals={cfg.support_normals} normal "
-                        "training clips and 2 pseudo-anomalies to meta-train on; lower meta.support_normals")
-    x, y = fused_features(fusion, examples.z), torch.from_numpy(examples.label).float()
+        raise DataError(f"no section has more than meta.support_normals={cfg.support_normals} normal training clips "
+                        "and 2 pseudo-anomalies to meta-train on; lower meta.support_normals")
+    y = torch.from_numpy(examples.label).float()
     torch.manual_seed(config.seed)
     maml = maml_wrapper(MetaClassifier(x.shape[1], cfg.hidden, len(examples.branches)), cfg.inner_lr, cfg.first_order)
     rng = np.random.default_rng(config.seed)
     loss_value = _fit(maml, x, y, examples, tasks, cfg, rng, progress)
     unadapted, adapted_loss = _query_losses(maml, x, y, examples, tasks, cfg, rng)
+    return maml, tasks, loss_value, unadapted, adapted_loss
+
+
+def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = None,
+               progress: Callable[[int, int, float], None] | None = None, data: Path | None = None,
+               device: torch.device | str = "cpu",
+               example_progress: Callable[[int, int], None] | None = None) -> MetaResult:
+    """Meta-train the classifier over the sections of the run's examples; ``holdout`` sections are
+    never used as tasks. Without ``data`` the tasks come from the examples the fusion head was
+    fitted on (``asd train-fusion`` writes them); with the training ``data`` the meta-learner gets
+    its own, freshly made pseudo-anomalies (``meta_examples.safetensors``), so that it learns and
+    adapts on fused scores of clips the fusion head never fitted. Writes ``meta.safetensors`` + ``meta.json``."""
+    run, holdout = open_run(run_dir), list(holdout or [])
+    fusion, fusion_meta = load_fusion(run)
+    if data is None:
+        examples_name = fusion_paths(run)[2].name
+        examples = Examples.load(run.path / examples_name)
+    else:
+        examples_name = OWN_EXAMPLES
+        examples = build_examples(run, data, fusion_meta["branches"], config, device, example_progress, stream=1)
+        examples.save(run.path / examples_name)
+    x = fused_features(fusion, examples.z)
+    maml, tasks, loss_value, unadapted, adapted_loss = fit_meta(examples, x, config, holdout, progress)
     weights_path, meta_path = meta_paths(run)
     save_weights(maml.module, weights_path, {"part": "meta"})
     names = [examples.groups[g] for g in tasks]
     write_json(meta_path, {
         "format_version": FORMAT_VERSION, "status": "complete", "tasks": names, "holdout": holdout,
-        "in_dim": int(x.shape[1]), "meta": cfg.model_dump(mode="json"), "seed": config.seed,
+        "examples": examples_name, "fusion_digest": hashlib.sha1(fusion_paths(run)[1].read_bytes()).hexdigest(),
+        "in_dim": int(x.shape[1]), "meta": config.meta.model_dump(mode="json"), "seed": config.seed,
         "fusion_loss": fusion_meta["loss"], "final_loss": loss_value, "query_loss_unadapted": unadapted,
         "query_loss_adapted": adapted_loss, "versions": versions(),
     })
-    return MetaResult(names, holdout, loss_value, unadapted, adapted_loss)
+    return MetaResult(names, holdout, loss_value, unadapted, adapted_loss, examples_name, examples.skipped)
 
 
 @dataclass
@@ -161,8 +198,9 @@ class MetaLearner:
 
     def scores(self, x: Tensor, support_x: Tensor | None, support_y: Tensor | None) -> np.ndarray:
         """(N,) final logits of ``x`` (N, F), adapted on the support set when one is given."""
+        learner = self.adapt(support_x, support_y)  # adapting needs gradients: outside no_grad
         with torch.no_grad():
-            return self.adapt(support_x, support_y)(x).double().numpy()
+            return learner(x).double().numpy()
 
 
 def load_meta(run: Run) -> MetaLearner:
@@ -171,6 +209,10 @@ def load_meta(run: Run) -> MetaLearner:
     if not meta_path.exists():
         raise CheckpointError(f"no meta-learner in {run.path}; run: asd meta-train --run {run.path}")
     meta = read_json(meta_path, "meta-learner metadata")
+    fusion_meta = fusion_paths(run)[1]
+    if fusion_meta.exists() and meta["fusion_digest"] != hashlib.sha1(fusion_meta.read_bytes()).hexdigest():
+        raise CheckpointError(f"{meta_path}: the fusion head was retrained after the meta-learner; "
+                              f"rerun: asd meta-train --run {run.path}")
     cfg = MetaConfig.model_validate(meta["meta"])
     model = MetaClassifier(meta["in_dim"], cfg.hidden, (meta["in_dim"] - 1) // 2)
     load_weights(model, weights_path)

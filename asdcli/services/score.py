@@ -16,9 +16,9 @@ from asdcli.errors import CheckpointError
 from asdcli.metrics import fpr_threshold, gamma_threshold
 from asdcli.models.registry import canonical_name
 from asdcli.services.branch_scores import load_with_upstream, normalize, score_branches, trained_branches
-from asdcli.services.examples import Examples, normal_examples
+from asdcli.services.examples import Examples, Normals, normal_examples
 from asdcli.services.fuse import fusion_paths, load_fusion
-from asdcli.services.meta import MetaLearner, fused_features, load_meta, support_rows
+from asdcli.services.meta import MetaLearner, fused_features, load_meta, meta_examples, meta_paths, support_rows
 from asdcli.services.adapt import Support, section_support
 from asdcli.services.runs import Run, open_run, read_branch_meta, run_config
 
@@ -112,10 +112,10 @@ def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
         fusion, meta = load_fusion(run)
         if names is None or names == meta["branches"]:
             pipe.fusion, names = fusion, meta["branches"]
-            pipe.examples = Examples.load(fusion_paths(run)[2])
-            try:
+            if meta_paths(run)[1].exists():
                 pipe.meta = load_meta(run)
-            except CheckpointError:  # not meta-trained: fusion is the last stage
+                pipe.examples = meta_examples(run, pipe.meta.meta)
+            else:  # not meta-trained: fusion is the last stage
                 pipe.meta = None
     if names is None:
         names = trained_branches(run.path)
@@ -124,10 +124,10 @@ def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
     return pipe, names
 
 
-def _train_finals(pipe: _Pipeline, names: list[str]) -> dict[str, np.ndarray]:
+def _train_finals(pipe: _Pipeline, normals: Normals) -> dict[str, np.ndarray]:
     """Final scores of each section's normal training clips (and given support clips)."""
-    _, z_train, train_groups = normal_examples(pipe.run, names)
-    final = pipe.final(z_train, train_groups)
+    train_groups = normals.groups
+    final = pipe.final(normals.z, train_groups)
     out = {g: final[[i for i, x in enumerate(train_groups) if x == g]] for g in sorted(set(train_groups))}
     if pipe.support is not None:
         for section in pipe.support.z:
@@ -163,11 +163,16 @@ def score_clips(run_dir: Path, clips: list[Clip], cache_dir: Path | None, names:
         metas = pipe.support.metas
     raw = score_branches(run_dir, names, clips, cache_dir, device, loaded=loaded)
     groups = [c.group for c in raw.clips]
+    normals = normal_examples(run, names)
+    shift = normals.shift
+    if pipe.support is not None:
+        shift.update(pipe.support.shift)
     z = np.stack([normalize(raw.scores[n], groups, metas[n]) for n in names], axis=1)  # (N, K)
+    z = shift.apply(z, groups, [c.domain for c in raw.clips])
     fused, weights = pipe.fused(z)
     final = pipe.final(z, groups)
     rule: Callable[[np.ndarray], float] = (lambda s: fpr_threshold(s, fpr)) if fpr is not None else gamma_threshold
-    by_group = _train_finals(pipe, names)
+    by_group = _train_finals(pipe, normals)
     thresholds = {g: rule(v) for g, v in by_group.items() if v.size >= 2}
     pooled = rule(np.concatenate([v for g, v in by_group.items() if g in run.vocab.groups]))
     decision = np.array([int(s > thresholds.get(g, pooled)) for s, g in zip(final, groups)], dtype=int)

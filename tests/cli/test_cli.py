@@ -158,8 +158,9 @@ def test_fusion_meta_score_explain_then_evaluate(tmp_path, synth_root):
     fused = runner.invoke(app, ["train-fusion", "--data", str(synth_root), "--run", str(run)])
     assert fused.exit_code == 0, fused.output
     assert "not fused (not trained): pretrained, diffusion, flow" in _plain(fused.output)
-    meta = runner.invoke(app, ["meta-train", "--run", str(run), "--iterations", "5"])
+    meta = runner.invoke(app, ["meta-train", "--data", str(synth_root), "--run", str(run), "--iterations", "5"])
     assert meta.exit_code == 0, meta.output
+    assert "tasks from meta_examples.safetensors" in _plain(meta.output)
     bad = runner.invoke(app, ["meta-train", "--run", str(run), "--holdout", "nope_section_09"])
     assert bad.exit_code == 1 and "not a section of this run" in _plain(bad.output)
     result = runner.invoke(app, ["score", str(synth_root), "--run", str(run), "--explain", "--decision",

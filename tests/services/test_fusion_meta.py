@@ -8,9 +8,13 @@ from asdcli.checkpoints import read_json
 from asdcli.data.layout import discover
 from asdcli.errors import CheckpointError, DataError
 from asdcli.models.fusion_attention import separability_prior
-from asdcli.services.examples import KINDS, Examples
+from asdcli.services.examples import KINDS, Examples, normal_examples
 from asdcli.services.fuse import load_fusion, train_fusion
-from asdcli.services.meta import load_meta, meta_train
+from asdcli.config import load_config
+from asdcli.metrics import auc
+from asdcli.models.fusion_attention import AttentionFusion
+from asdcli.services.meta import MetaLearner, fit_meta, fused_features, load_meta, meta_train, support_rows
+from asdcli.services.branch_scores import DomainShift
 from asdcli.services.runs import open_run
 from asdcli.services.score import score_clips
 from asdcli.services.train import train_branch
@@ -43,9 +47,19 @@ def test_examples_hold_normals_and_every_pseudo_kind(trained, synth_root, cfg):
     per_section = cfg.fusion.perturbed_per_section + cfg.fusion.outliers_per_section
     assert (ex.label == 1).sum() == 2 * per_section
     assert {KINDS[k] for k in ex.kind} >= {"normal", "other_section", "speed_change", "knocks"}
-    # Training normals are standardised by their own statistics: mean 0 per section and branch.
-    for g in range(2):
-        assert np.abs(ex.z[ex.rows(g, 0)].mean(axis=0)).max() < 1e-6
+    # Training normals are standardised by their own statistics (mean 0 per section and branch
+    # before the target-domain shift is taken out of the target clips).
+    normals = normal_examples(open_run(run), result.branches)
+    assert np.allclose(ex.z[ex.label == 0], normals.z)
+    target = np.array([d == "target" for d in normals.domains])
+    assert target.any() and (~target).any()
+    for g, name in enumerate(ex.groups):
+        rows = np.array(normals.groups) == name
+        before = normals.z[rows].copy()
+        n = normals.shift.counts[name]
+        # undo the leave-one-out shift: z_i = c_i + (S - z_i) / n  =>  z_i = (n c_i + S) / (n + 1)
+        before[target[rows]] = (n * before[target[rows]] + normals.shift.sums[name]) / (n + 1)
+        assert np.abs(before.mean(axis=0)).max() < 1e-6
     assert set(result.pseudo_auc) == {"transformer-ae", "contrastive", "fused"}
     assert result.pseudo_auc["fused"] > 0.5
 
@@ -82,6 +96,27 @@ def test_meta_learner_adapts_and_scores_use_every_stage(trained, synth_root, cfg
     assert held.tasks == ["valve_section_00"]
     with pytest.raises(DataError, match="not a section"):
         meta_train(run, cfg, holdout=["pump_section_03"])
+
+
+def test_meta_learner_makes_its_own_examples_and_goes_stale_with_the_fusion(trained, synth_root, cfg):
+    run, cache = trained
+    train_fusion(synth_root, run, cfg)
+    result = meta_train(run, cfg, data=synth_root)
+    assert result.examples == "meta_examples.safetensors" and result.tasks == ["fan_section_00", "valve_section_00"]
+    own, fusions = Examples.load(run / "meta_examples.safetensors"), Examples.load(run / "examples.safetensors")
+    normal = own.label == 0
+    assert np.array_equal(own.z[normal], fusions.z[fusions.label == 0])  # the same training clips
+    assert own.counts() == fusions.counts() and not np.allclose(own.z[~normal], fusions.z[fusions.label == 1])
+    assert read_json(run / "meta.json", "meta")["examples"] == "meta_examples.safetensors"
+    test = [c for c in discover(synth_root) if c.split == "test"]
+    first = score_clips(run, test, cache)
+    assert first.method == "meta" and (score_clips(run, test, cache).score == first.score).all()
+    train_fusion(synth_root, run, cfg.with_overrides(**{"fusion.epochs": 3}))
+    with pytest.raises(CheckpointError, match="fusion head was retrained after the meta-learner"):
+        score_clips(run, test, cache)
+    meta_train(run, cfg)
+    assert read_json(run / "meta.json", "meta")["examples"] == "examples.safetensors"
+    assert score_clips(run, test, cache).method == "meta"
 
 
 def test_retrained_branch_makes_the_fusion_stale(synth_root, cfg, tmp_path):
@@ -142,3 +177,50 @@ def test_unseen_section_adapts_from_given_normal_clips(trained, synth_root, cfg,
     assert "pump_section_00" in adapted.thresholds and not np.allclose(adapted.score, plain.score)
     with pytest.raises(DataError, match="--support: none of these clips"):
         score_clips(run, test, cache, support=[c for c in discover(synth_root) if c.split == "train"])
+
+
+def test_domain_shift_moves_target_clips_back_and_leaves_each_fitted_clip_out():
+    z = np.array([[0.0, 1.0], [2.0, 1.0], [4.0, 4.0], [6.0, -2.0]])
+    groups, domains = ["a"] * 4, ["source", "source", "target", "target"]
+    shift = DomainShift.fit(z, groups, domains)
+    assert np.allclose(shift.of("a"), [10 / 3, 2 / 3])  # two target clips and one pseudo-clip at 0
+    assert np.allclose(shift.of("b"), 0.0)
+    assert np.allclose(shift.apply(z, groups, domains), [[0, 1], [2, 1], [4 - 10 / 3, 4 - 2 / 3], [6 - 10 / 3, -2 - 2 / 3]])
+    # left out of its own shift: (S - z_i) / (n - 1 + 1)
+    assert np.allclose(shift.apply(z, groups, domains, fitted=True), [[0, 1], [2, 1], [4 - 3, 4 + 1], [6 - 2, -2 - 2]])
+    # clips of other sections, of no domain or of the source domain are left as they are
+    assert np.allclose(shift.apply(z[:2], ["b", "a"], ["target", None]), z[:2])
+
+
+def _sections(seed: int, informative: list[int], per_label: int) -> Examples:
+    """Examples of sections whose pseudo-anomalies stand out (+2.5 sd) in one branch of three each."""
+    rng = np.random.default_rng(seed)
+    z, label, group = [], [], []
+    for g, branch in enumerate(informative):
+        normal, anomalous = rng.standard_normal((per_label, 3)), rng.standard_normal((per_label, 3))
+        anomalous[:, branch] += 2.5
+        z += [normal, anomalous]
+        label += [0] * per_label + [1] * per_label
+        group += [g] * (2 * per_label)
+    kind = np.where(np.array(label) == 1, KINDS.index("knocks") + np.arange(len(label)) % 2, 0)
+    return Examples(["a", "b", "c"], [f"s{g}" for g in range(len(informative))], np.concatenate(z),
+                    np.array(label), np.array(group), kind)
+
+
+def test_meta_learner_adapts_to_a_held_out_section_from_its_support_set():
+    # Training sections reward branch a or b; the held-out one only branch c, which no task taught.
+    informative = [0, 1, 0, 1, 0, 1, 2]
+    examples, fresh = _sections(0, informative, 40), _sections(1, informative, 200)
+    fusion = AttentionFusion(3, 8)  # untrained: the average of the branches
+    config = load_config("default").with_overrides(**{"meta.iterations": 100})  # default inner loop
+    maml, tasks, _, unadapted, adapted_loss = fit_meta(examples, fused_features(fusion, examples.z), config, ["s6"])
+    assert [examples.groups[g] for g in tasks] == [f"s{g}" for g in range(6)]
+    assert adapted_loss < unadapted  # on fresh tasks of the training sections
+    learner = MetaLearner(maml, config.meta, config.seed, {})
+    support = support_rows(examples, 6, config.meta, config.seed)
+    rows = fresh.rows(6)
+    x = fused_features(fusion, fresh.z[rows])
+    before = auc(fresh.label[rows], learner.scores(x, None, None))
+    after = auc(fresh.label[rows], learner.scores(x, fused_features(fusion, examples.z[support]),
+                                                  torch.from_numpy(examples.label[support]).float()))
+    assert after > before + 0.03, (before, after)
