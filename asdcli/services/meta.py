@@ -210,7 +210,8 @@ def load_meta(run: Run) -> MetaLearner:
         raise CheckpointError(f"no meta-learner in {run.path}; run: asd meta-train --run {run.path}")
     meta = read_json(meta_path, "meta-learner metadata")
     fusion_meta = fusion_paths(run)[1]
-    if fusion_meta.exists() and meta["fusion_digest"] != hashlib.sha1(fusion_meta.read_bytes()).hexdigest():
+    recorded = meta.get("fusion_digest")  # absent where written before this check existed: not checked
+    if recorded and fusion_meta.exists() and recorded != hashlib.sha1(fusion_meta.read_bytes()).hexdigest():
         raise CheckpointError(f"{meta_path}: the fusion head was retrained after the meta-learner; "
                               f"rerun: asd meta-train --run {run.path}")
     cfg = MetaConfig.model_validate(meta["meta"])
