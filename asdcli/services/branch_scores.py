@@ -126,10 +126,7 @@ class DomainShift:
         shift was fitted on, each left out of its own shift (as the training scores leave it out)."""
         out = np.array(z, dtype=float, copy=True)
         for i, (group, domain) in enumerate(zip(groups, domains)):
-            if domain != "target" or group not in self.sums:
-                continue
-            total, count = self.sums[group], self.counts[group]
-            if fitted:
-                total, count = total - z[i], count - 1
-            out[i] = z[i] - total / (count + 1)
+            if domain == "target" and group in self.sums:
+                # left out: the other count - 1 clips plus the one at 0
+                out[i] -= (self.sums[group] - z[i]) / self.counts[group] if fitted else self.of(group)
         return out

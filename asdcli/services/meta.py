@@ -167,9 +167,10 @@ def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = Non
     else:
         examples_name = OWN_EXAMPLES
         examples = build_examples(run, data, fusion_meta["branches"], config, device, example_progress, stream=1)
-        examples.save(run.path / examples_name)
     x = fused_features(fusion, examples.z)
     maml, tasks, loss_value, unadapted, adapted_loss = fit_meta(examples, x, config, holdout, progress)
+    if data is not None:  # written once the fit succeeded, just before the weights and metadata
+        examples.save(run.path / examples_name)
     weights_path, meta_path = meta_paths(run)
     save_weights(maml.module, weights_path, {"part": "meta"})
     names = [examples.groups[g] for g in tasks]
