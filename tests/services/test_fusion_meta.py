@@ -5,16 +5,15 @@ import pytest
 import torch
 
 from asdcli.checkpoints import read_json
+from asdcli.config import load_config
 from asdcli.data.layout import discover
 from asdcli.errors import CheckpointError, DataError
-from asdcli.models.fusion_attention import separability_prior
+from asdcli.metrics import auc
+from asdcli.models.fusion_attention import AttentionFusion, separability_prior
+from asdcli.services.branch_scores import DomainShift
 from asdcli.services.examples import KINDS, Examples, normal_examples
 from asdcli.services.fuse import load_fusion, train_fusion
-from asdcli.config import load_config
-from asdcli.metrics import auc
-from asdcli.models.fusion_attention import AttentionFusion
 from asdcli.services.meta import MetaLearner, fit_meta, fused_features, load_meta, meta_train, support_rows
-from asdcli.services.branch_scores import DomainShift
 from asdcli.services.runs import open_run
 from asdcli.services.score import score_clips
 from asdcli.services.train import train_branch
