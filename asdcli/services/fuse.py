@@ -27,9 +27,15 @@ def fusion_paths(run: Run) -> tuple[Path, Path, Path]:
     return run.path / "fusion.safetensors", run.path / "fusion.json", run.path / "examples.safetensors"
 
 
+def file_digest(path: Path) -> str:
+    """SHA-1 of a stage's metadata file: it changes whenever the stage is retrained, so a later
+    stage that records it can tell it was built on an older one."""
+    return hashlib.sha1(path.read_bytes()).hexdigest()
+
+
 def branch_digests(run: Run, names: list[str]) -> dict[str, str]:
-    """SHA-1 of each branch's metadata (it changes whenever the branch is retrained)."""
-    return {n: hashlib.sha1(run.meta_path(n).read_bytes()).hexdigest() for n in names}
+    """:func:`file_digest` of each branch's metadata."""
+    return {n: file_digest(run.meta_path(n)) for n in names}
 
 
 @dataclass

@@ -9,7 +9,6 @@ saw adapts the same way from normal clips given for it.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -25,7 +24,7 @@ from asdcli.errors import CheckpointError, DataError
 from asdcli.models.fusion_attention import AttentionFusion
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
 from asdcli.services.examples import Examples, build_examples
-from asdcli.services.fuse import fusion_paths, load_fusion
+from asdcli.services.fuse import file_digest, fusion_paths, load_fusion
 from asdcli.services.runs import Run, open_run
 
 
@@ -37,10 +36,10 @@ def meta_paths(run: Run) -> tuple[Path, Path]:
 OWN_EXAMPLES = "meta_examples.safetensors"
 
 
-def meta_examples(run: Run, meta: dict | None = None) -> Examples:
-    """The examples the meta-learner was trained on and adapts from: its own (``meta-train
-    --data``) or else the fusion head's."""
-    name = (meta or {}).get("examples", fusion_paths(run)[2].name)
+def meta_examples(run: Run, meta: dict) -> Examples:
+    """The examples the meta-learner (metadata ``meta``) was trained on and adapts from: its own
+    (``meta-train --data``) or else the fusion head's."""
+    name = meta.get("examples", fusion_paths(run)[2].name)
     return Examples.load(run.path / name)
 
 
@@ -176,7 +175,7 @@ def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = Non
     names = [examples.groups[g] for g in tasks]
     write_json(meta_path, {
         "format_version": FORMAT_VERSION, "status": "complete", "tasks": names, "holdout": holdout,
-        "examples": examples_name, "fusion_digest": hashlib.sha1(fusion_paths(run)[1].read_bytes()).hexdigest(),
+        "examples": examples_name, "fusion_digest": file_digest(fusion_paths(run)[1]),
         "in_dim": int(x.shape[1]), "meta": config.meta.model_dump(mode="json"), "seed": config.seed,
         "fusion_loss": fusion_meta["loss"], "final_loss": loss_value, "query_loss_unadapted": unadapted,
         "query_loss_adapted": adapted_loss, "versions": versions(),
@@ -212,7 +211,7 @@ def load_meta(run: Run) -> MetaLearner:
     meta = read_json(meta_path, "meta-learner metadata")
     fusion_meta = fusion_paths(run)[1]
     recorded = meta.get("fusion_digest")  # absent where written before this check existed: not checked
-    if recorded and fusion_meta.exists() and recorded != hashlib.sha1(fusion_meta.read_bytes()).hexdigest():
+    if recorded and fusion_meta.exists() and recorded != file_digest(fusion_meta):
         raise CheckpointError(f"{meta_path}: the fusion head was retrained after the meta-learner; "
                               f"rerun: asd meta-train --run {run.path}")
     cfg = MetaConfig.model_validate(meta["meta"])
