@@ -34,7 +34,7 @@ from asdcli.services.dataset import ClipSet, Vocabulary, training_clips
 from asdcli.services.examples import Examples
 from asdcli.services.features import make_extractor
 from asdcli.services.fuse import fusion_paths
-from asdcli.services.meta import sample_task
+from asdcli.services.meta import sample_task, usable_task
 from asdcli.services.runs import Run, branch_context, load_branch, open_run
 from asdcli.services.train import epoch_order, lr_at, model_batches, with_embeddings
 
@@ -146,8 +146,7 @@ class _Heads:
         self.fusion = AttentionFusion(len(examples.branches), config.fusion.hidden)
         self.maml = maml_wrapper(MetaClassifier(2 * len(examples.branches) + 1, config.meta.hidden,
                                                 len(examples.branches)), config.meta.inner_lr, config.meta.first_order)
-        self.tasks = [g for g in range(len(examples.groups)) if len(examples.rows(g, 0)) > config.meta.support_normals
-                      and len(examples.rows(g, 1)) >= 2]
+        self.tasks = [g for g in range(len(examples.groups)) if usable_task(examples, g)]
         self.rng = np.random.default_rng(config.seed)
         self.modules = {"fusion": self.fusion, "meta": self.maml}
 

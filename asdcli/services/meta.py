@@ -49,11 +49,19 @@ def fused_features(fusion: AttentionFusion, z: np.ndarray) -> Tensor:
         return meta_features(fusion(torch.from_numpy(z).float()))
 
 
+def support_sizes(n_normals: int, n_pseudo: int, cfg: MetaConfig) -> tuple[int, int]:
+    """(normal, pseudo-anomalous) support clips of a section with ``n_normals`` normal training clips
+    and ``n_pseudo`` pseudo-anomalies: the configured sizes, at most half of what the section has
+    (at least one each), so that a machine with a handful of clips still leaves a query set."""
+    return (max(1, min(cfg.support_normals, n_normals // 2)), max(1, min(cfg.support_anomalies, n_pseudo // 2)))
+
+
 def support_rows(examples: Examples, group: int, cfg: MetaConfig, seed: int) -> np.ndarray:
     """The fixed support set a section adapts from at scoring time (seeded choice)."""
     rng = np.random.default_rng([seed, group])
     normals, pseudo = examples.rows(group, 0), examples.rows(group, 1)
-    return np.concatenate([rng.permutation(normals)[: cfg.support_normals], rng.permutation(pseudo)[: cfg.support_anomalies]])
+    n_sup, a_sup = support_sizes(len(normals), len(pseudo), cfg)
+    return np.concatenate([rng.permutation(normals)[:n_sup], rng.permutation(pseudo)[:a_sup]])
 
 
 def sample_task(examples: Examples, group: int, cfg: MetaConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -63,19 +71,24 @@ def sample_task(examples: Examples, group: int, cfg: MetaConfig, rng: np.random.
     kinds = np.unique(examples.kind[pseudo])
     chosen = rng.choice(kinds, size=max(1, (len(kinds) + 1) // 2), replace=False)
     pseudo = rng.permutation(pseudo[np.isin(examples.kind[pseudo], chosen)])
-    n_sup, a_sup = cfg.support_normals, min(cfg.support_anomalies, len(pseudo) // 2)
+    n_sup, a_sup = support_sizes(len(normals), len(pseudo), cfg)
     support = np.concatenate([normals[:n_sup], pseudo[:a_sup]])
     query = np.concatenate([normals[n_sup : n_sup + cfg.query], pseudo[a_sup : a_sup + cfg.query]])
     return support, query
 
 
+def usable_task(examples: Examples, group: int) -> bool:
+    """A section can be a task with at least two normal clips and two pseudo-anomalies (one of
+    each for the support set, the rest for the query set)."""
+    return len(examples.rows(group, 0)) >= 2 and len(examples.rows(group, 1)) >= 2
+
+
 def task_groups(examples: Examples, cfg: MetaConfig, holdout: list[str]) -> list[int]:
-    """Sections usable as tasks: not held out, with normal clips left over for a query set."""
+    """Sections usable as tasks: not held out, with clips for a support and a query set."""
     unknown = sorted(set(holdout) - set(examples.groups))
     if unknown:
         raise DataError(f"--holdout {', '.join(unknown)}: not a section of this run (sections: {', '.join(examples.groups)})")
-    return [g for g, name in enumerate(examples.groups) if name not in holdout
-            and len(examples.rows(g, 0)) > cfg.support_normals and len(examples.rows(g, 1)) >= 2]
+    return [g for g, name in enumerate(examples.groups) if name not in holdout and usable_task(examples, g)]
 
 
 @dataclass
@@ -138,8 +151,8 @@ def fit_meta(examples: Examples, x: Tensor, config: AsdConfig, holdout: list[str
     cfg = config.meta
     tasks = task_groups(examples, cfg, holdout)
     if not tasks:
-        raise DataError(f"no section has more than meta.support_normals={cfg.support_normals} normal training clips "
-                        "and 2 pseudo-anomalies to meta-train on; lower meta.support_normals")
+        raise DataError("no section outside --holdout has 2 normal training clips and 2 pseudo-anomalies to "
+                        "meta-train on")
     y = torch.from_numpy(examples.label).float()
     torch.manual_seed(config.seed)
     maml = maml_wrapper(MetaClassifier(x.shape[1], cfg.hidden, len(examples.branches)), cfg.inner_lr, cfg.first_order)

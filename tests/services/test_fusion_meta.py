@@ -142,9 +142,11 @@ def test_single_section_uses_synthetic_machines_as_outliers(tmp_path, cfg):
     result = train_fusion(data, run, cfg)
     assert result.counts["synthetic_machine"] == cfg.fusion.synth_outliers
     assert "other_section" not in result.counts
-    with pytest.raises(DataError, match="meta.support_normals"):
-        meta_train(run, cfg.with_overrides(**{"meta.support_normals": 6}))
+    # 6 normal clips, fewer than support_normals asks for: the support set takes half of them
+    assert meta_train(run, cfg.with_overrides(**{"meta.support_normals": 8})).tasks == ["pump_section_00"]
     assert meta_train(run, cfg).tasks == ["pump_section_00"]
+    with pytest.raises(DataError, match="no section outside --holdout"):
+        meta_train(run, cfg, holdout=["pump_section_00"])
 
 
 def test_fusion_needs_the_training_data(trained, tmp_path, cfg):
@@ -223,3 +225,12 @@ def test_meta_learner_adapts_to_a_held_out_section_from_its_support_set():
     after = auc(fresh.label[rows], learner.scores(x, fused_features(fusion, examples.z[support]),
                                                   torch.from_numpy(examples.label[support]).float()))
     assert after > before + 0.03, (before, after)
+
+
+def test_support_sizes_leave_a_query_set_for_a_handful_of_clips(cfg):
+    from asdcli.services.meta import support_sizes
+
+    meta = cfg.meta.model_copy(update={"support_normals": 8, "support_anomalies": 8})
+    assert support_sizes(100, 100, meta) == (8, 8)
+    assert support_sizes(5, 40, meta) == (2, 8)
+    assert support_sizes(2, 2, meta) == (1, 1)

@@ -1,0 +1,110 @@
+"""Folds of the real recordings in ``../shared/data`` for benchmarks: DCASE 2020 layouts of symlinks.
+
+Every fold puts some normal clips into training and the rest, with every anomalous clip, into
+the test split; an anomaly is never a training clip. Files are renamed to uniform 2020 names
+(``normal_id_00_00000000.wav``) in a temporary folder, so clips moved from one split to another
+never clash; ``manifest.csv`` in the fold maps each link to its source file.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+NAME_2020 = re.compile(r"^(?P<label>normal|anomaly)_id_(?P<id>\d+)_\d+\.wav$")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A real clip: its file, machine, machine ID, label, and whether it may be a training clip."""
+
+    path: Path
+    machine: str
+    mid: str
+    label: str
+    trainable: bool  # a normal clip that folds may put into training
+
+
+@dataclass(frozen=True)
+class RealSet:
+    """A named set of real clips and how many of its movable normals each fold trains on.
+
+    ``train_share``: share of the movable normals of each machine ID put into training per fold;
+    ``fixed_train``: normals that are always training clips (a set's own training split)."""
+
+    name: str
+    description: str
+    clips: tuple[Source, ...]
+    train_share: float
+    fixed_train: tuple[Source, ...] = ()
+
+
+def _dcase2020(folder: Path, machine: str, trainable: bool) -> list[Source]:
+    out = []
+    for path in sorted(folder.glob("*.wav")):
+        match = NAME_2020.match(path.name)
+        if match:
+            out.append(Source(path, machine, match["id"], match["label"], trainable and match["label"] == "normal"))
+    return out
+
+
+def real_sets(root: Path) -> dict[str, RealSet]:
+    """The real sets present under ``root`` (``../shared/data``); absent ones are left out."""
+    sets: dict[str, RealSet] = {}
+    fan = root / "real-dev" / "dcase2020-fan"
+    if fan.is_dir():
+        train = _dcase2020(fan / "train", "fan", False)
+        test = _dcase2020(fan / "test", "fan", True)
+        # id_02 has no training clips of its own: half of its normals train per fold. id_00
+        # keeps its 28 training clips (a second section) and its 2 + 2 test clips.
+        movable = [s if s.mid == "02" else Source(s.path, s.machine, s.mid, s.label, False) for s in test]
+        sets["dcase2020-fan"] = RealSet("dcase2020-fan", "DCASE 2020 fan, id_00 (28 train) + id_02 (half of its "
+                                        "18 normals train per fold; 19 anomalies)", tuple(movable), 0.5, tuple(train))
+    mimii = root / "real-dev" / "mimii-fan-8ch"
+    if mimii.is_dir():
+        clips = [Source(p, "fan", "00", "normal", True) for p in sorted((mimii / "normal").glob("*.wav"))]
+        clips += [Source(p, "fan", "00", "anomaly", False) for p in sorted((mimii / "abnormal").glob("*.wav"))]
+        sets["mimii-fan-8ch"] = RealSet("mimii-fan-8ch", "MIMII fan, raw 8-channel, one machine: 5 of 10 normals "
+                                        "train per fold; 10 anomalies", tuple(clips), 0.5)
+    slider = root / "dcase2020-mini" / "slider"
+    if slider.is_dir():
+        test = _dcase2020(slider / "test", "slider", False)
+        test += [s for s in _dcase2020(root / "real-dev" / "dcase2020-samples" / "slider", "slider", False)
+                 if s.mid == "00"]
+        train = _dcase2020(slider / "train", "slider", True)
+        sets["dcase2020-slider"] = RealSet("dcase2020-slider", "DCASE 2020 slider id_00: 60 of 75 training normals "
+                                           "train per fold, 15 join the 5 test normals; 4 anomalies",
+                                           tuple(train + test), 0.8)
+    return sets
+
+
+def build_fold(real: RealSet, fold: int, out: Path) -> tuple[Path, list[tuple[str, str]]]:
+    """Lay out fold ``fold`` of ``real`` under ``out`` as ``<machine>/{train,test}/`` symlinks; returns
+    the data root and (link, source) pairs. The choice of training normals is seeded by the fold."""
+    rng = np.random.default_rng([fold, 7])
+    chosen: set[Path] = set()
+    for key in sorted({(s.machine, s.mid) for s in real.clips if s.trainable}):
+        movable = [s for s in real.clips if s.trainable and (s.machine, s.mid) == key]
+        count = int(round(real.train_share * len(movable)))
+        chosen |= {movable[i].path for i in rng.permutation(len(movable))[:count]}
+    train = list(real.fixed_train) + [s for s in real.clips if s.path in chosen]
+    test = [s for s in real.clips if s.path not in chosen]
+    root = out / "data"
+    pairs = []
+    counters: dict[tuple, int] = {}
+    for split, items in (("train", train), ("test", test)):
+        for s in items:
+            key = (s.machine, split, s.label, s.mid)
+            index = counters[key] = counters.get(key, -1) + 1
+            link = root / s.machine / split / f"{s.label}_id_{s.mid}_{index:08d}.wav"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.exists():
+                link.symlink_to(s.path.resolve())
+            pairs.append((str(link.relative_to(root)), str(s.path)))
+    with (out / "manifest.csv").open("w", newline="") as handle:
+        csv.writer(handle).writerows([("link", "source"), *pairs])
+    return root, pairs
