@@ -33,14 +33,13 @@ class Source:
 class RealSet:
     """A named set of real clips and how many of its movable normals each fold trains on.
 
-    ``train_share``: share of the movable normals of each machine ID put into training per fold;
-    ``fixed_train``: normals that are always training clips (a set's own training split)."""
+    ``train_share``: share of the movable normals of each machine ID put into training per fold
+    (one share for every ID, or one per ID)."""
 
     name: str
     description: str
     clips: tuple[Source, ...]
-    train_share: float
-    fixed_train: tuple[Source, ...] = ()
+    train_share: float | dict[str, float]
 
 
 def _dcase2020(folder: Path, machine: str, trainable: bool) -> list[Source]:
@@ -57,13 +56,14 @@ def real_sets(root: Path) -> dict[str, RealSet]:
     sets: dict[str, RealSet] = {}
     fan = root / "real-dev" / "dcase2020-fan"
     if fan.is_dir():
-        train = _dcase2020(fan / "train", "fan", False)
+        # id_02 has no training clips of its own: half of its 18 normals train per fold. id_00 is a
+        # second section: a quarter of its 30 normals are test clips per fold (with its 2 anomalies).
+        train = _dcase2020(fan / "train", "fan", True)
         test = _dcase2020(fan / "test", "fan", True)
-        # id_02 has no training clips of its own: half of its normals train per fold. id_00
-        # keeps its 28 training clips (a second section) and its 2 + 2 test clips.
-        movable = [s if s.mid == "02" else Source(s.path, s.machine, s.mid, s.label, False) for s in test]
-        sets["dcase2020-fan"] = RealSet("dcase2020-fan", "DCASE 2020 fan, id_00 (28 train) + id_02 (half of its "
-                                        "18 normals train per fold; 19 anomalies)", tuple(movable), 0.5, tuple(train))
+        share = {"00": 0.75, "02": 0.5}
+        sets["dcase2020-fan"] = RealSet("dcase2020-fan", "DCASE 2020 fan, id_00 (22 of 30 normals train per fold; "
+                                        "8 + 2 test) and id_02 (9 of 18 normals train per fold; 9 + 19 test)",
+                                        tuple(train + test), share)
     mimii = root / "real-dev" / "mimii-fan-8ch"
     if mimii.is_dir():
         clips = [Source(p, "fan", "00", "normal", True) for p in sorted((mimii / "normal").glob("*.wav"))]
@@ -89,9 +89,10 @@ def build_fold(real: RealSet, fold: int, out: Path) -> tuple[Path, list[tuple[st
     chosen: set[Path] = set()
     for key in sorted({(s.machine, s.mid) for s in real.clips if s.trainable}):
         movable = [s for s in real.clips if s.trainable and (s.machine, s.mid) == key]
-        count = int(round(real.train_share * len(movable)))
+        share = real.train_share if isinstance(real.train_share, float) else real.train_share[key[1]]
+        count = int(round(share * len(movable)))
         chosen |= {movable[i].path for i in rng.permutation(len(movable))[:count]}
-    train = list(real.fixed_train) + [s for s in real.clips if s.path in chosen]
+    train = [s for s in real.clips if s.path in chosen]
     test = [s for s in real.clips if s.path not in chosen]
     root = out / "data"
     pairs = []
