@@ -115,6 +115,12 @@ class TrainConfig(Section):
     warmup_epochs: int = Field(1, ge=0, description="linear learning-rate warm-up, then cosine decay")
     balance: bool = Field(True, description="draw every section-and-attribute class equally often (the few "
                           "target-domain clips are otherwise swamped by the source domain)")
+    holdout: float = Field(0.1, ge=0, lt=0.5, description="share of each section's normal training clips that no "
+                           "branch's network trains on (at least one where a section has 3 or more): scored like unseen "
+                           "clips, they show whether a branch generalises from its training clips")
+    heldout_max_z: float = Field(3.0, gt=0, description="a branch whose held-out clips score (median) more than this "
+                                 "many standard deviations above its training clips does not generalise from them: "
+                                 "train-branch says so and the fusion leaves it out")
 
 
 class BranchTrain(Section):

@@ -92,15 +92,18 @@ def run_one(real, fold: int, seed: int, args, unavailable: dict[str, str]) -> di
     test = [c for c in discover(data) if c.split == "test" and c.label is not None]
     result = score_clips(run, test, cache)
     seconds = time.perf_counter() - start
+    # every trained branch's standardised score, including those the fusion left out
+    branches = score_clips(run, result.clips, cache, names=trained_branches(run))
     reference = reference_scores(training_clips(str(data)), result.clips, config, seed)
-    rows = {BRANCHES[n].bid: result.normalized[n] for n in result.branches}
-    rows.update({"average": np.mean(list(result.normalized.values()), axis=0), "fused": result.fused,
+    rows = {BRANCHES[n].bid: branches.normalized[n] for n in branches.branches}
+    rows.update({"average": np.mean(list(branches.normalized.values()), axis=0), "fused": result.fused,
                  "final": result.score, REFERENCES[0]: reference.mse, REFERENCES[1]: reference.mahalanobis})
     groups, labels = [c.group for c in result.clips], np.array([c.is_anomaly for c in result.clips])
     metrics = {name: section_metrics(groups, labels, np.asarray(s)) for name, s in rows.items()}
     record = {"set": real.name, "fold": fold, "seed": seed, "seconds": seconds, "reference_s": reference.train_s,
               "train_clips": len(training_clips(str(data))), "test_clips": len(result.clips),
-              "mean_weights": fusion.mean_weights, "pseudo_auc": fusion.pseudo_auc, "unavailable": dict(unavailable), "notes": notes,
+              "mean_weights": fusion.mean_weights, "pseudo_auc": fusion.pseudo_auc, "left_out": fusion.left_out,
+              "unavailable": dict(unavailable), "notes": notes,
               "metrics": {n: {g: list(v) for g, v in m.items()} for n, m in metrics.items()}}
     (out / "result.json").write_text(json.dumps(record, indent=1))
     np.savez(out / "scores.npz", labels=labels, groups=np.array(groups), **{k: np.asarray(v) for k, v in rows.items()})
@@ -163,7 +166,8 @@ def print_attention(records: list[dict]) -> None:
     for r in records:
         parts = [f"{BRANCHES[n].bid} {w:.2f} ({r['pseudo_auc'].get(n, float('nan')):.2f})"
                  for n, w in r["mean_weights"].items()]
-        print(f"{r['set']} fold {r['fold']} seed {r['seed']}: " + ", ".join(parts))
+        left = [f"{BRANCHES[n].bid} left out" for n in r.get("left_out", {})]
+        print(f"{r['set']} fold {r['fold']} seed {r['seed']}: " + ", ".join(parts + left))
 
 
 def main() -> None:

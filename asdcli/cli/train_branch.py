@@ -15,6 +15,7 @@ from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
 from asdcli.services.train import train_branch as train_service
 
+
 @handle_errors
 def train_branch(
     name: str = typer.Argument(..., help="b1..b5 or pretrained, transformer-ae, contrastive, diffusion, flow."),
@@ -53,7 +54,26 @@ def train_branch(
     for group, st in result.score_stats.items():
         table.add_row(group, str(st["count"]), f"{st['mean']:.4f}", f"{st['std']:.4f}", f"{st['threshold']:.4f}")
     out.print(table)
+    _report_reliability(result, cfg.train.heldout_max_z)
     if result.final_loss is not None:
         err.print(f"final training loss {result.final_loss:.5f}; log: {result.run / 'logs' / (name + '_train.csv')}")
     if result.world_size > 1:
         err.print(f"{result.world_size} processes; replicas identical: {result.replicas_identical}")
+
+
+def _report_reliability(result, max_z: float) -> None:
+    """What the branch says it cannot learn, and how its held-out clips scored."""
+    if result.limitation:
+        err.print(f"[yellow]notice:[/] {result.branch}: {result.limitation}; the fusion leaves it out", highlight=False)
+    z, clips = result.heldout.get("median_z"), result.heldout.get("clips", 0)
+    if z is None:
+        err.print("no held-out clips (train.holdout is 0 or every section has fewer than 3 clips): whether the branch "
+                  "generalises from its training clips is not checked", highlight=False)
+    elif z > max_z:
+        err.print(f"[yellow]notice:[/] {result.branch}: its {clips} held-out normal clip(s) score {z:+.1f} standard "
+                  "deviations above its training clips (median): it does not generalise from them; the fusion leaves "
+                  "it out", highlight=False)
+    else:
+        err.print(f"held-out normal clips: {clips}, median {z:+.2f} standard deviations from the training clips",
+                  highlight=False)
+

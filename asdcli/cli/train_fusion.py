@@ -34,6 +34,8 @@ def train_fusion(
     report_failures(result.skipped)
     if result.missing:
         err.print(f"[yellow]notice:[/] not fused (not trained): {', '.join(result.missing)}", highlight=False)
+    for name, reason in result.left_out.items():
+        err.print(f"[yellow]notice:[/] {name} left out: {reason}", highlight=False)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     table = Table(title=f"fusion of {len(result.branches)} branches -> {run / 'fusion.safetensors'}",
                   caption=f"examples: {counts}; final loss {result.loss:.4f}")

@@ -135,6 +135,11 @@ class Branch(nn.Module, ABC):
         branch scores by distance to the training clips themselves)."""
         return self.score(batch)
 
+    def limitation(self) -> str | None:
+        """Why this branch cannot learn what normal means from its training data (given its
+        context), or None. Stored with the checkpoint; the fusion leaves such a branch out."""
+        return None
+
     def is_trainable(self) -> bool:
         """Whether any parameter receives gradients (a frozen branch only prepares scoring)."""
         return any(p.requires_grad for p in self.parameters())

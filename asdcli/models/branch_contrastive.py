@@ -63,6 +63,12 @@ class ContrastiveBranch(Branch):
         self.register_buffer("prototypes", torch.zeros(context.n_groups, cfg.embed_dim))
         self.progress = 0.0
 
+    def limitation(self) -> str | None:
+        if self.context.n_labels < 2:
+            return ("one section-and-attribute class: its contrastive and ID objectives have no other machine or "
+                    "operating condition to tell the clips from, so its embedding cannot learn what normal means")
+        return None
+
     def set_progress(self, fraction: float) -> None:
         """Training progress in [0, 1]: the classifier joins after ``pretrain_fraction``."""
         self.progress = fraction

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -25,6 +26,23 @@ def label_key(clip: Clip) -> str:
 def clip_key(clip: Clip) -> str:
     """A clip's identity within a run: ``<machine>_section_<XX>/<file name>``."""
     return f"{clip.group}/{clip.name}"
+
+
+def holdout_keys(clips: Sequence[Clip], share: float, seed: int) -> list[str]:
+    """Keys of the normal training clips kept out of every branch's network training: ``share`` of
+    each section's clips (at least one where a section has three or more; never fewer than two
+    left to train on), drawn per section with a generator seeded by ``seed`` and the section name.
+    Scored like unseen normal clips, they tell whether a branch generalises from its training clips."""
+    by_group: dict[str, list[str]] = {}
+    for clip in clips:
+        by_group.setdefault(clip.group, []).append(clip_key(clip))
+    chosen: list[str] = []
+    for group, keys in sorted(by_group.items()):
+        keys, n = sorted(keys), len(keys)
+        count = 0 if share <= 0 or n < 3 else min(n - 2, max(1, round(share * n)))
+        rng = np.random.default_rng([seed, zlib.crc32(group.encode())])
+        chosen += [keys[i] for i in rng.permutation(n)[:count]]
+    return sorted(chosen)
 
 
 def training_clips(data: str) -> list[Clip]:

@@ -19,7 +19,8 @@ from asdcli.models.fusion_attention import (AttentionFusion, balanced_bce, pairw
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
-from asdcli.services.runs import Run, open_run
+from asdcli.services.reliability import left_out_reason
+from asdcli.services.runs import Run, open_run, read_branch_meta
 
 
 def fusion_paths(run: Run) -> tuple[Path, Path, Path]:
@@ -38,14 +39,33 @@ def branch_digests(run: Run, names: list[str]) -> dict[str, str]:
     return {n: file_digest(run.meta_path(n)) for n in names}
 
 
+def usable_branches(run: Run, names: list[str], config: AsdConfig) -> tuple[list[str], dict[str, str]]:
+    """``names`` split into the branches to fuse and those left out, with why
+    (:func:`~asdcli.services.reliability.left_out_reason`). Where every branch would be left out,
+    the one whose held-out clips score lowest is kept (its reason says so)."""
+    metas = {n: read_branch_meta(run, n) for n in {*names, *trained_branches(run.path)}}
+    left_out = {n: r for n in names if (r := left_out_reason(n, metas, config)) is not None}
+    kept = [n for n in names if n not in left_out]
+    if not kept:
+        def gap(name: str) -> float:
+            z = (metas[name].get("heldout") or {}).get("median_z")
+            return float("inf") if metas[name].get("limitation") or z is None else z
+        least = min(names, key=gap)
+        kept = [least]
+        left_out.pop(least)
+    return kept, left_out
+
+
 @dataclass
 class FusionResult:
-    """What train-fusion fitted: the branches used and left out, the examples per kind, the final
-    loss, the mean attention weights and the separability (mean AUC over sections) of normal
-    training clips from pseudo-anomalies, per branch and fused."""
+    """What train-fusion fitted: the branches used, those not trained (``missing``) and those left
+    out with the reason (``left_out``), the examples per kind, the final loss, the mean attention
+    weights and the separability (mean AUC over sections) of normal training clips from
+    pseudo-anomalies, per branch and fused."""
 
     branches: list[str]
     missing: list[str]
+    left_out: dict[str, str]
     counts: dict[str, int]
     loss: float
     mean_weights: dict[str, float]
@@ -98,6 +118,7 @@ def train_fusion(data: Path, run_dir: Path, config: AsdConfig, names: list[str] 
     names = [canonical_name(n) for n in names] if names else trained
     if not names:
         raise CheckpointError(f"no trained branch in {run_dir}; run asd train-branch NAME --run {run_dir} first")
+    names, left_out = usable_branches(run, names, config)
     weights_path, meta_path, examples_path = fusion_paths(run)
     examples = build_examples(run, data, names, config, device, progress)
     examples.save(examples_path)
@@ -109,13 +130,13 @@ def train_fusion(data: Path, run_dir: Path, config: AsdConfig, names: list[str] 
     mean_weights = dict(zip(names, out.weights.mean(0).tolist()))
     save_weights(model, weights_path, {"part": "fusion"})
     write_json(meta_path, {
-        "format_version": FORMAT_VERSION, "status": "complete", "branches": names,
+        "format_version": FORMAT_VERSION, "status": "complete", "branches": names, "left_out": left_out,
         "branch_digests": branch_digests(run, names), "hidden": config.fusion.hidden, "config": config.model_dump(mode="json"),
         "loss": loss, "examples": examples.counts(), "mean_weights": mean_weights, "pseudo_auc": pseudo_auc,
         "versions": versions(),
     })
-    missing = [n for n in BRANCHES if n not in names]
-    return FusionResult(names, missing, examples.counts(), loss, mean_weights, pseudo_auc, examples.skipped)
+    missing = [n for n in BRANCHES if n not in names and n not in left_out]
+    return FusionResult(names, missing, left_out, examples.counts(), loss, mean_weights, pseudo_auc, examples.skipped)
 
 
 def load_fusion(run: Run) -> tuple[AttentionFusion, dict]:

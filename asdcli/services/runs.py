@@ -19,11 +19,13 @@ from asdcli.services.dataset import Vocabulary
 
 @dataclass
 class Run:
-    """A run folder: its sections and classes and the feature settings all its branches share."""
+    """A run folder: its sections and classes, the feature settings all its branches share, and
+    the keys of the normal training clips its branches' networks never train on (held out)."""
 
     path: Path
     vocab: Vocabulary
     features: dict
+    holdout: frozenset[str] = frozenset()
 
     def weights(self, name: str) -> Path:
         return self.path / f"{name}.safetensors"
@@ -45,14 +47,15 @@ def _feature_settings(config: AsdConfig) -> dict:
     return {"audio": config.audio.model_dump(mode="json"), "features": config.features.model_dump(mode="json")}
 
 
-def open_or_create_run(path: Path, vocab: Vocabulary, config: AsdConfig) -> Run:
-    """Create ``path/run.json`` for a new run, or check that the data and features match an existing one."""
+def open_or_create_run(path: Path, vocab: Vocabulary, config: AsdConfig, holdout: list[str]) -> Run:
+    """Create ``path/run.json`` for a new run (with its held-out clips), or check that the data and
+    features match an existing one (whose held-out clips stay as recorded)."""
     info_path = path / "run.json"
     settings = _feature_settings(config)
     if not info_path.exists():
         write_json(info_path, {"format_version": FORMAT_VERSION, "groups": vocab.groups, "labels": vocab.labels,
-                               **settings})
-        return Run(path, vocab, settings)
+                               "holdout": holdout, **settings})
+        return Run(path, vocab, settings, frozenset(holdout))
     run = open_run(path)
     if run.features != settings:
         raise CheckpointError(f"{path}: the run was made with other audio/feature settings than this config; "
@@ -69,7 +72,8 @@ def open_run(path: Path) -> Run:
     if not path.is_dir():
         raise CheckpointError(f"run folder {path} does not exist; train a branch first (asd train-branch NAME --run {path})")
     info = read_json(path / "run.json", "run description")
-    return Run(path, Vocabulary(info["groups"], info["labels"]), {k: info[k] for k in ("audio", "features")})
+    return Run(path, Vocabulary(info["groups"], info["labels"]), {k: info[k] for k in ("audio", "features")},
+               frozenset(info.get("holdout", ())))  # runs made before held-out clips existed have none
 
 
 def branch_context(run: Run, config: AsdConfig, embed_dims: dict[str, int] | None = None) -> BranchContext:

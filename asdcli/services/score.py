@@ -17,7 +17,7 @@ from asdcli.metrics import fpr_threshold, gamma_threshold
 from asdcli.models.registry import canonical_name
 from asdcli.services.branch_scores import load_with_upstream, normalize, score_branches, trained_branches
 from asdcli.services.examples import Examples, Normals, normal_examples
-from asdcli.services.fuse import fusion_paths, load_fusion
+from asdcli.services.fuse import fusion_paths, load_fusion, usable_branches
 from asdcli.services.meta import MetaLearner, fused_features, load_meta, meta_examples, meta_paths, support_rows
 from asdcli.services.adapt import Support, section_support
 from asdcli.services.runs import Run, open_run, read_branch_meta, run_config
@@ -58,6 +58,7 @@ class _Pipeline:
     examples: Examples | None = None
     support: Support | None = None
     learners: dict[str, torch.nn.Module] = field(default_factory=dict)
+    left_out: dict[str, str] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
@@ -119,6 +120,8 @@ def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
                 pipe.meta = None
     if names is None:
         names = trained_branches(run.path)
+        if names:  # no fusion head: average the branches the fusion would use
+            names, pipe.left_out = usable_branches(run, names, run_config(run))
     if not names:
         raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")
     return pipe, names
@@ -144,6 +147,7 @@ def _notices(pipe: _Pipeline, groups: list[str], run_dir: Path) -> list[str]:
                + "; give normal clips of it with --support to adapt" for g in sorted(set(groups) - known)]
     notices += [f"section {g}: statistics from the --support clips" + (", meta-learner adapted to them"
                 if pipe.meta is not None else "") for g in adapted]
+    notices += [f"{name} left out of the average: {reason}" for name, reason in pipe.left_out.items()]
     return notices
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -27,10 +28,11 @@ from asdcli.errors import CheckpointError
 from asdcli.metrics import gamma_threshold
 from asdcli.models.base import Batch, Branch, state_digest
 from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
-from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, training_clips
+from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
 from asdcli.services.device import DistInfo, distributed
 from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
+from asdcli.services.reliability import heldout_check
 from asdcli.services.runs import Run, branch_context, load_branch, open_or_create_run, open_run
 
 LOG_COLUMNS = ["epoch", "loss", "lr", "clips", "seconds", "clips_per_s"]
@@ -62,6 +64,8 @@ class TrainResult:
     world_size: int = 1
     replicas_identical: bool | None = None
     rank: int = 0
+    heldout: dict = field(default_factory=dict)  # held-out clips and their median z (reliability.heldout_check)
+    limitation: str | None = None  # what the branch says it cannot learn from this data
 
 
 class _LossModule(nn.Module):
@@ -96,9 +100,10 @@ def with_embeddings(batch: Batch, upstream: dict[str, Branch]) -> Batch:
 
 
 def model_batches(clipset: ClipSet, batch_size: int, device: torch.device | str, upstream: dict[str, Branch],
-                  caches: EmbeddingCaches | None = None) -> Iterator[Batch]:
-    """The clip set in order as batches on ``device``, with cached and upstream embeddings filled."""
-    for batch in clipset.batches(batch_size):
+                  caches: EmbeddingCaches | None = None, order: list[int] | None = None) -> Iterator[Batch]:
+    """The clip set in ``order`` (default: all, in order) as batches on ``device``, with cached and
+    upstream embeddings filled."""
+    for batch in clipset.batches(batch_size, order):
         batch = batch.to(device)
         if caches is not None:
             batch = caches.attach(batch, [clipset.clips[i] for i in batch.index.tolist()])
@@ -132,6 +137,7 @@ class _Setup:
     embed_dims: dict[str, int]
     epochs: int
     lr: float
+    trained: list[int]  # clip indices the network trains on (the run's held-out clips are not)
     cache_dir: Path | None = None
 
 
@@ -139,7 +145,8 @@ def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: to
              cache_dir: Path | None, info: DistInfo) -> _Setup:
     clips = training_clips(str(data))
     if info.is_main:
-        open_or_create_run(run_dir, Vocabulary.from_clips(clips), config)
+        open_or_create_run(run_dir, Vocabulary.from_clips(clips), config,
+                           holdout_keys(clips, config.train.holdout, config.seed))
     if info.world_size > 1:
         dist.barrier()
     run = open_run(run_dir)
@@ -153,25 +160,28 @@ def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: to
     torch.manual_seed(config.seed)
     branch = build_branch(name, config, branch_context(run, config, embed_dims)).to(device)
     branch.set_input_stats(clipset.mean.to(device), clipset.std.to(device))
-    batch_size = config.train.batch_size
-    branch.prepare_training(model_batches(clipset, batch_size, device, upstream))
+    trained = [i for i, c in enumerate(clipset.clips) if clip_key(c) not in run.holdout]
+    branch.prepare_training(model_batches(clipset, config.train.batch_size, device, upstream, order=trained))
     epochs = bcfg.epochs if bcfg.epochs is not None else config.train.epochs
     lr = bcfg.lr if bcfg.lr is not None else config.train.lr
-    return _Setup(name, device, run, clipset, upstream, branch, embed_dims, epochs, lr, cache_dir)
+    return _Setup(name, device, run, clipset, upstream, branch, embed_dims, epochs, lr, trained, cache_dir)
 
 
-def _metadata(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score_stats: dict) -> dict:
+def _metadata(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score_stats: dict,
+              heldout: dict | None) -> dict:
     return {
         "format_version": FORMAT_VERSION, "branch": s.name, "id": s.branch.bid, "status": status,
         "epochs_done": epochs_done, "epochs": s.epochs, "seed": config.seed, "clips": len(s.clipset),
-        "groups": s.run.vocab.groups, "config": config.model_dump(mode="json"), "embed_dims": s.embed_dims,
-        "extra": s.branch.extra_meta(), "versions": versions(), "score_stats": score_stats,
+        "trained_clips": len(s.trained), "groups": s.run.vocab.groups, "config": config.model_dump(mode="json"),
+        "embed_dims": s.embed_dims, "upstream": list(s.upstream), "extra": s.branch.extra_meta(),
+        "versions": versions(), "score_stats": score_stats, "heldout": heldout, "limitation": s.branch.limitation(),
     }
 
 
-def _save(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score_stats: dict) -> None:
+def _save(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score_stats: dict,
+          heldout: dict | None = None) -> None:
     save_weights(s.branch, s.run.weights(s.name), {"branch": s.name, "status": status, "epoch": str(epochs_done)})
-    write_json(s.run.meta_path(s.name), _metadata(s, config, status, epochs_done, score_stats))
+    write_json(s.run.meta_path(s.name), _metadata(s, config, status, epochs_done, score_stats, heldout))
 
 
 def _resume(s: _Setup, optimizer: torch.optim.Optimizer) -> int:
@@ -191,17 +201,19 @@ def _resume(s: _Setup, optimizer: torch.optim.Optimizer) -> int:
     return int(meta["epochs_done"])
 
 
-def epoch_order(clipset: ClipSet, balance: bool, seed: int) -> list[int]:
-    """The clips of one epoch: a seeded permutation, or with ``balance`` as many draws (with
-    replacement) weighted so that every class is drawn equally often on average."""
+def epoch_order(clipset: ClipSet, balance: bool, seed: int, indices: list[int] | None = None) -> list[int]:
+    """The clips of one epoch, drawn from ``indices`` (default: every clip): a seeded permutation,
+    or with ``balance`` as many draws (with replacement) weighted so that every class is drawn
+    equally often on average."""
     generator = torch.Generator().manual_seed(seed)
-    n = len(clipset)
+    pool = torch.arange(len(clipset)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+    n = len(pool)
     if not balance:
-        return torch.randperm(n, generator=generator).tolist()
-    labels = torch.tensor([clipset.vocab.label_index(c) for c in clipset.clips])
+        return pool[torch.randperm(n, generator=generator)].tolist()
+    labels = torch.tensor([clipset.vocab.label_index(clipset.clips[i]) for i in pool.tolist()])
     _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
     weights = 1.0 / counts[inverse].double()  # (N,)
-    return torch.multinomial(weights, n, replacement=True, generator=generator).tolist()
+    return pool[torch.multinomial(weights, n, replacement=True, generator=generator)].tolist()
 
 
 def _shard(indices: list[int], info: DistInfo) -> list[int]:
@@ -212,7 +224,7 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
                on_step: Callable[[StepInfo], None] | None) -> dict:
     """One pass over the shuffled training clips; returns the epoch's log row."""
     torch.manual_seed(_epoch_seed(config.seed, epoch))
-    order = epoch_order(s.clipset, config.train.balance, _epoch_seed(config.seed, epoch))
+    order = epoch_order(s.clipset, config.train.balance, _epoch_seed(config.seed, epoch), s.trained)
     bs = config.train.batch_size
     # A last partial batch too small to give every process a clip is dropped.
     steps = len(order) // bs + int(len(order) % bs >= info.world_size)
@@ -241,9 +253,10 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
             "seconds": f"{seconds:.3f}", "clips_per_s": f"{seen / seconds:.2f}"}
 
 
-def _finalize(s: _Setup, config: AsdConfig) -> tuple[dict, dict[str, float]]:
-    """Build the scoring state, then score the training clips: per-section statistics and the
-    score of every training clip (the ensemble's thresholds are fitted on them)."""
+def _finalize(s: _Setup, config: AsdConfig) -> tuple[dict, dict[str, float], dict]:
+    """Build the scoring state from every training clip (held-out ones included), then score them:
+    per-section statistics, the score of every clip (the ensemble's thresholds are fitted on
+    them) and how the held-out clips score against the trained ones (:func:`heldout_check`)."""
     s.branch.eval()
     bs = config.train.batch_size
     caches = EmbeddingCaches(s.cache_dir, {s.name: s.branch, **s.upstream})
@@ -264,7 +277,8 @@ def _finalize(s: _Setup, config: AsdConfig) -> tuple[dict, dict[str, float]]:
         stats[name] = {"count": int(values.numel()), "mean": float(values.mean()),
                        "std": float(values.std()) if values.numel() > 1 else 0.0,
                        "threshold": gamma_threshold(values.numpy()) if values.numel() > 1 else float(values[0])}
-    return stats, per_clip
+    held = np.array([clip_key(c) in s.run.holdout for c in s.clipset.clips], dtype=bool)
+    return stats, per_clip, heldout_check(score.numpy(), group.numpy(), held)
 
 
 def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device: torch.device | None = None,
@@ -310,7 +324,7 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
             # DDP's last broadcast: take rank 0's, as its checkpoint does.
             for buffer in s.branch.buffers():
                 dist.broadcast(buffer, src=0)
-        stats, per_clip = _finalize(s, config)
+        stats, per_clip, heldout = _finalize(s, config)
         identical = None
         if info.world_size > 1:
             digests = [None] * info.world_size
@@ -318,6 +332,7 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
             identical = len(set(digests)) == 1
         if info.is_main:
             write_json(s.run.train_scores(name), {"format_version": FORMAT_VERSION, "branch": name, "scores": per_clip})
-            _save(s, config, "complete", s.epochs if trainable else 0, stats)
+            _save(s, config, "complete", s.epochs if trainable else 0, stats, heldout)
         return TrainResult(name, run_dir, s.epochs if trainable else 0, final_loss, len(s.clipset),
-                           s.clipset.report.failures, stats, info.world_size, identical, info.rank)
+                           s.clipset.report.failures, stats, info.world_size, identical, info.rank, heldout,
+                           s.branch.limitation())
