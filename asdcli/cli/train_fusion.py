@@ -38,10 +38,13 @@ def train_fusion(
         err.print(f"[yellow]notice:[/] {name} left out: {reason}", highlight=False)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     table = Table(title=f"fusion of {len(result.branches)} branches -> {run / 'fusion.safetensors'}",
-                  caption=f"examples: {counts}; final loss {result.loss:.4f}")
-    for column in ("branch", "mean attention weight", "pseudo-anomaly AUC (mean over sections)"):
+                  caption=f"examples: {counts}; final loss {result.loss:.4f}; prior temperature "
+                          f"{result.prior_temperature:.3f}. Fair AUC: on the pseudo-anomaly kinds the branch's "
+                          "own training did not already separate; it sets the attention prior.")
+    for column in ("branch", "mean attention weight", "pseudo-anomaly AUC (mean over sections)", "fair AUC"):
         table.add_column(column, justify="left" if column == "branch" else "right")
     for name in result.branches:
-        table.add_row(name, f"{result.mean_weights[name]:.3f}", f"{result.pseudo_auc[name]:.3f}")
-    table.add_row("fused", "", f"{result.pseudo_auc['fused']:.3f}")
+        table.add_row(name, f"{result.mean_weights[name]:.3f}", f"{result.pseudo_auc[name]:.3f}",
+                      f"{result.fair_pseudo_auc[name]:.3f}")
+    table.add_row("fused", "", f"{result.pseudo_auc['fused']:.3f}", "")
     out.print(table)

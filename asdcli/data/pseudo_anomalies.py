@@ -78,6 +78,11 @@ PERTURBATIONS: dict[str, Perturbation] = {
 }
 
 
+OTHER_SECTION = "other_section"  # a clip of another section scored as this one (outlier exposure)
+SYNTHETIC_MACHINE = "synthetic_machine"  # a clip of a built-in synthetic machine
+KINDS = ("normal", *PERTURBATIONS, OTHER_SECTION, SYNTHETIC_MACHINE)  # every kind of fusion example
+
+
 def perturb(wave: Tensor, sr: int, kind: str, seed: int) -> Tensor:
     """Apply perturbation ``kind`` with its own generator seeded by ``seed`` (deterministic)."""
     out = PERTURBATIONS[kind](wave.float(), sr, np.random.default_rng(seed))

@@ -140,6 +140,12 @@ class Branch(nn.Module, ABC):
         context), or None. Stored with the checkpoint; the fusion leaves such a branch out."""
         return None
 
+    def trained_kinds(self) -> tuple[str, ...]:
+        """Pseudo-anomaly kinds (names of :data:`asdcli.data.pseudo_anomalies.KINDS`) that this
+        branch's own training objective already separates from normal clips: telling them apart
+        says nothing about unseen faults, so the fusion does not judge the branch on them."""
+        return ()
+
     def is_trainable(self) -> bool:
         """Whether any parameter receives gradients (a frozen branch only prepares scoring)."""
         return any(p.requires_grad for p in self.parameters())

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from asdcli.config import ContrastiveConfig
 from asdcli.models.base import Batch, Branch, BranchContext
 from asdcli.models.memory_bank import MemoryBank, collect_embeddings
-from asdcli.models.perturb import perturbed_copies
+from asdcli.data.pseudo_anomalies import OTHER_SECTION
+from asdcli.models.perturb import imitated_kinds, perturbed_copies
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -68,6 +69,11 @@ class ContrastiveBranch(Branch):
             return ("one section-and-attribute class: its contrastive and ID objectives have no other machine or "
                     "operating condition to tell the clips from, so its embedding cannot learn what normal means")
         return None
+
+    def trained_kinds(self) -> tuple[str, ...]:
+        """Other sections are the classes it learns to tell apart; its perturbed copies imitate
+        some waveform pseudo-anomalies."""
+        return (OTHER_SECTION, *imitated_kinds(self.cfg.perturbations))
 
     def set_progress(self, fraction: float) -> None:
         """Training progress in [0, 1]: the classifier joins after ``pretrain_fraction``."""

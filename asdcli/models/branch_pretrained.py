@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from asdcli.config import PretrainedConfig
 from asdcli.errors import ConfigError
+from asdcli.data.pseudo_anomalies import OTHER_SECTION
 from asdcli.models.base import Batch, Branch, BranchContext, state_digest
 from asdcli.models.memory_bank import MemoryBank, collect_embeddings
 
@@ -105,6 +106,10 @@ class PretrainedBranch(Branch):
             return None
         settings = json.dumps(self.extractor.to_dict(), sort_keys=True, default=str)
         return f"ast-{state_digest(self.ast, settings)[:16]}", self.ast.config.hidden_size
+
+    def trained_kinds(self) -> tuple[str, ...]:
+        """Fine-tuned, its ID classifier learns to tell the sections apart."""
+        return (OTHER_SECTION,) if self.cfg.finetune_layers else ()
 
     def loss(self, batch: Batch) -> Tensor:
         known = batch.label >= 0

@@ -33,6 +33,14 @@ def wobble(feats: Tensor) -> Tensor:
 
 
 PERTURBATIONS = (shift_frequency, tilt_spectrum, wobble)
+# The waveform pseudo-anomalies (asdcli.data.pseudo_anomalies) each of them imitates: a speed
+# change moves every frequency, a tilt is what muffling or brightening does to the spectrum.
+IMITATES = (("speed_change",), ("muffle", "brighten"), ("wobble",))
+
+
+def imitated_kinds(count: int) -> tuple[str, ...]:
+    """Waveform pseudo-anomaly kinds imitated by the first ``count`` perturbations."""
+    return tuple(kind for kinds in IMITATES[:count] for kind in kinds)
 
 
 def perturbed_copies(feats: Tensor, count: int) -> tuple[Tensor, Tensor]:

@@ -10,6 +10,7 @@ not credited for recognising the clip it was made from.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
@@ -22,25 +23,25 @@ from asdcli.config import AsdConfig, SynthConfig
 from asdcli.data.audio import load_audio
 from asdcli.data.features import LogMel
 from asdcli.data.layout import Clip, parse_clip
-from asdcli.data.pseudo_anomalies import PERTURBATIONS, perturb
+from asdcli.data.pseudo_anomalies import KINDS, OTHER_SECTION, PERTURBATIONS, SYNTHETIC_MACHINE, perturb
 from asdcli.data.synth import ClipSpec, render_clip
 from asdcli.errors import DataError
 from asdcli.models.base import Batch
+from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import DomainShift, load_with_upstream, normalize
 from asdcli.services.dataset import clip_key, training_clips
 from asdcli.services.runs import Run, read_branch_meta
 from asdcli.services.train import with_embeddings
 
-NORMAL = "normal"
-OUTLIER = "other_section"
-SYNTH = "synthetic_machine"
-KINDS = (NORMAL, *PERTURBATIONS, OUTLIER, SYNTH)
+OUTLIER, SYNTH = OTHER_SECTION, SYNTHETIC_MACHINE
 
 
 @dataclass
 class Examples:
     """``z`` (N, K) standardised scores of ``branches``; ``label`` (N,) 0 normal / 1 pseudo-anomaly;
-    ``group`` (N,) index into ``groups``; ``kind`` (N,) index into :data:`KINDS`."""
+    ``group`` (N,) index into ``groups``; ``kind`` (N,) index into :data:`KINDS`; ``trained_kinds``:
+    per branch, the pseudo-anomaly kinds its training objective (or an upstream branch's) already
+    separates (:meth:`~asdcli.models.base.Branch.trained_kinds`)."""
 
     branches: list[str]
     groups: list[str]
@@ -48,7 +49,14 @@ class Examples:
     label: np.ndarray
     group: np.ndarray
     kind: np.ndarray
+    trained_kinds: dict[str, list[str]] = field(default_factory=dict)
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def fair_pseudo(self, branch: int) -> np.ndarray:
+        """(N,) mask of the pseudo-anomalies branch ``branch`` may be judged on: those of the
+        kinds its training did not already separate."""
+        blind = [KINDS.index(k) for k in self.trained_kinds.get(self.branches[branch], [])]
+        return (self.label == 1) & ~np.isin(self.kind, blind)
 
     def rows(self, group: int, label: int | None = None) -> np.ndarray:
         """Indices of the examples of one section (and one label)."""
@@ -63,13 +71,14 @@ class Examples:
         arrays = {"z": torch.from_numpy(self.z).float(), "label": torch.from_numpy(self.label).long(),
                   "group": torch.from_numpy(self.group).long(), "kind": torch.from_numpy(self.kind).long()}
         save_arrays(path, arrays, {"branches": ",".join(self.branches), "groups": ",".join(self.groups),
-                                   "kinds": ",".join(KINDS)})
+                                   "kinds": ",".join(KINDS), "trained_kinds": json.dumps(self.trained_kinds)})
 
     @classmethod
     def load(cls, path: Path) -> "Examples":
         arrays, meta = load_arrays(path, "fusion training examples (asd train-fusion writes them)")
         return cls(meta["branches"].split(","), meta["groups"].split(","), arrays["z"].double().numpy(),
-                   arrays["label"].numpy(), arrays["group"].numpy(), arrays["kind"].numpy())
+                   arrays["label"].numpy(), arrays["group"].numpy(), arrays["kind"].numpy(),
+                   json.loads(meta.get("trained_kinds", "{}")))
 
 
 @dataclass
@@ -200,6 +209,18 @@ def score_pseudo(plan: list[_Pseudo], branches: dict, upstream: dict, config: As
     return done, {n: np.concatenate(v) if v else np.zeros(0) for n, v in raw.items()}, failures
 
 
+def trained_kinds(branches: dict, upstream: dict) -> dict[str, list[str]]:
+    """Per branch, the pseudo-anomaly kinds its own or an upstream branch's training separates."""
+    every = {**upstream, **branches}
+    out = {}
+    for name, branch in branches.items():
+        kinds = set(branch.trained_kinds())
+        for up in BRANCHES[name].upstream(branch.cfg):
+            kinds |= set(every[canonical_name(up)].trained_kinds())
+        out[name] = sorted(kinds)
+    return out
+
+
 def build_examples(run: Run, data: Path, names: list[str], config: AsdConfig,
                    device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None,
                    stream: int = 0) -> Examples:
@@ -227,5 +248,6 @@ def build_examples(run: Run, data: Path, names: list[str], config: AsdConfig,
         names, list(run.vocab.groups), np.concatenate([z_normal, z_pseudo]),
         np.concatenate([np.zeros(len(keys), dtype=np.int64), np.ones(len(done_items), dtype=np.int64)]),
         np.array([group_index[g] for g in normal_groups] + [i.group for i in done_items], dtype=np.int64),
-        np.array([0] * len(keys) + [KINDS.index(i.kind) for i in done_items], dtype=np.int64), failures)
+        np.array([0] * len(keys) + [KINDS.index(i.kind) for i in done_items], dtype=np.int64),
+        trained_kinds(branches, upstream), failures)
 
