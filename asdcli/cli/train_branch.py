@@ -13,6 +13,7 @@ from asdcli.cli.common import (CacheOption, ConfigOption, DataOption, RunOption,
 from asdcli.models.registry import canonical_name
 from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
+from asdcli.services.reliability import heldout_gap, heldout_summary
 from asdcli.services.train import train_branch as train_service
 
 
@@ -66,14 +67,14 @@ def _report_reliability(result, max_z: float) -> None:
     if result.limitation:
         err.print(f"[yellow]notice:[/] {result.branch}: {result.limitation}; the fusion leaves it out", highlight=False)
     z, clips = result.heldout.get("median_z"), result.heldout.get("clips", 0)
+    gap = heldout_gap({"heldout": result.heldout})
     if z is None:
         err.print("no held-out clips (train.holdout is 0 or every section has fewer than 3 clips): whether the branch "
                   "generalises from its training clips is not checked", highlight=False)
-    elif z > max_z:
-        err.print(f"[yellow]notice:[/] {result.branch}: its {clips} held-out normal clip(s) score {z:+.1f} standard "
-                  "deviations above its training clips (median): it does not generalise from them; the fusion leaves "
-                  "it out", highlight=False)
+    elif gap > max_z:
+        err.print(f"[yellow]notice:[/] {result.branch}: {heldout_summary(result.heldout)}: it does not generalise "
+                  "from them; the fusion leaves it out", highlight=False)
     else:
-        err.print(f"held-out normal clips: {clips}, median {z:+.2f} standard deviations from the training clips",
-                  highlight=False)
+        err.print(f"held-out normal clips: {clips}, median {z:+.2f} standard deviations from the training clips "
+                  f"({gap:+.2f} as a normal deviate given how few they are; limit {max_z:g})", highlight=False)
 

@@ -19,7 +19,7 @@ from asdcli.models.fusion_attention import (AttentionFusion, balanced_bce, pairw
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
-from asdcli.services.reliability import left_out_reason
+from asdcli.services.reliability import heldout_gap, left_out_reason
 from asdcli.services.runs import Run, open_run, read_branch_meta
 
 
@@ -48,7 +48,7 @@ def usable_branches(run: Run, names: list[str], config: AsdConfig) -> tuple[list
     kept = [n for n in names if n not in left_out]
     if not kept:
         def gap(name: str) -> float:
-            z = (metas[name].get("heldout") or {}).get("median_z")
+            z = heldout_gap(metas[name])
             return float("inf") if metas[name].get("limitation") or z is None else z
         least = min(names, key=gap)
         kept = [least]

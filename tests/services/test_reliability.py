@@ -4,10 +4,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from asdcli.checkpoints import read_json
+from asdcli.config import ContrastiveConfig
 from asdcli.data.layout import discover, parse_clip
 from asdcli.data.synth import generate
+from asdcli.models.base import BranchContext
+from asdcli.models.branch_contrastive import ContrastiveBranch
 from asdcli.models.branch_transformer_ae import TransformerAEBranch
 from asdcli.services.dataset import clip_key, holdout_keys
 from asdcli.services.fuse import train_fusion
@@ -36,24 +40,46 @@ def test_heldout_check_standardises_each_held_out_clip_with_its_own_section():
     groups = np.array([0, 0, 0, 0, 1, 1, 1, 1, 2])
     held = np.array([False, False, False, True, False, False, False, True, True])
     # section 0: mean 2, std 1 -> z 3; section 1: mean 20, std 10 -> z 2; section 2 has no trained clips
-    assert heldout_check(scores, groups, held) == {"clips": 3, "median_z": 2.5}
-    assert heldout_check(scores, groups, np.zeros(9, dtype=bool)) == {"clips": 0, "median_z": None}
+    check = heldout_check(scores, groups, held)
+    assert check["clips"] == 3 and check["median_z"] == 2.5
+    # 3 trained clips each: z / sqrt(4/3) under a t with 2 degrees of freedom, as a normal deviate
+    tails = [stats.t.sf(z / np.sqrt(4 / 3), df=2) for z in (3.0, 2.0)]
+    assert check["median_normal_z"] == pytest.approx(np.median(stats.norm.isf(tails)))
+    assert check["median_normal_z"] < 1.6  # 3 clips say little of their spread
+    assert heldout_check(scores, groups, np.zeros(9, dtype=bool)) == {"clips": 0, "median_z": None,
+                                                                      "median_normal_z": None}
+
+
+def test_the_held_out_gap_tends_to_the_plain_z_with_many_trained_clips():
+    rng = np.random.default_rng(0)
+    gaps = {}
+    for n in (4, 30, 3000):
+        ref = rng.normal(size=n)
+        scores = np.append(ref, ref.mean() + 6 * ref.std(ddof=1))
+        gaps[n] = heldout_check(scores, np.zeros(n + 1, dtype=int), np.arange(n + 1) == n)["median_normal_z"]
+    assert gaps[4] < 3 < gaps[30] < gaps[3000] < 6  # 4 memorised clips: 6 sd is within reach
+    assert gaps[3000] == pytest.approx(6, abs=0.05)
+    far = np.append(np.array([0.0, 1.0, 0.5, 0.2] * 100), 1e6)
+    assert np.isfinite(heldout_check(far, np.zeros(401, dtype=int), np.arange(401) == 400)["median_normal_z"])
 
 
 def test_left_out_reason_names_limitations_memorising_branches_and_their_dependants(tiny):
     metas = {
         "contrastive": {"limitation": "one section-and-attribute class"},
         "flow": {"upstream": ["contrastive"], "heldout": {"clips": 2, "median_z": 0.1}},
-        "transformer-ae": {"heldout": {"clips": 3, "median_z": 17.5}},
-        "diffusion": {"heldout": {"clips": 3, "median_z": 0.5}},
-        "pretrained": {"heldout": {"clips": 0, "median_z": None}},
+        "transformer-ae": {"heldout": {"clips": 3, "median_z": 17.5, "median_normal_z": 5.2}},
+        "diffusion": {"heldout": {"clips": 3, "median_z": 0.5}},  # written before median_normal_z
+        "pretrained": {"heldout": {"clips": 0, "median_z": None, "median_normal_z": None}},
+        "few": {"heldout": {"clips": 1, "median_z": 12.7, "median_normal_z": 2.9}},
     }
     assert left_out_reason("contrastive", metas, tiny) == "one section-and-attribute class"
     assert "models the embeddings of contrastive" in left_out_reason("flow", metas, tiny)
     assert "+17.5 standard deviations above its training clips" in left_out_reason("transformer-ae", metas, tiny)
     assert left_out_reason("diffusion", metas, tiny) is None
     assert left_out_reason("pretrained", metas, tiny) is None
-    assert left_out_reason("transformer-ae", metas, tiny.with_overrides(**{"train.heldout_max_z": 20.0})) is None
+    assert "as unlikely as +5.2" in left_out_reason("transformer-ae", metas, tiny)
+    assert left_out_reason("few", metas, tiny) is None  # far above 4 memorised clips, yet within their reach
+    assert left_out_reason("transformer-ae", metas, tiny.with_overrides(**{"train.heldout_max_z": 6.0})) is None
 
 
 def test_training_never_sees_the_held_out_clips(synth_root, tiny, tmp_path, monkeypatch):
@@ -82,9 +108,10 @@ def test_training_never_sees_the_held_out_clips(synth_root, tiny, tmp_path, monk
 
 @pytest.fixture(scope="module")
 def single_section(tmp_path_factory, tiny):
-    """One machine section (a single class), with b2 and b3 trained."""
+    """One machine section (a single class), with b2 and b3 (no perturbed copies) trained."""
     root = tmp_path_factory.mktemp("single")
-    cfg = tiny.with_overrides(**{"train.epochs": 1, "train.batch_size": 8, "meta.iterations": 5})
+    cfg = tiny.with_overrides(**{"train.epochs": 1, "train.batch_size": 8, "meta.iterations": 5,
+                                 "branches.contrastive.perturbations": 0})
     generate(root / "data", cfg.synth.model_copy(update={"machines": ["pump"], "sections": 1, "train_source": 8,
                                                          "train_target": 0, "test_per_domain": 2}), seed=2)
     for name in ("b2", "b3"):
@@ -92,7 +119,15 @@ def single_section(tmp_path_factory, tiny):
     return root, cfg, result
 
 
-def test_a_single_class_contrastive_branch_says_so_and_is_left_out(single_section):
+def test_a_single_class_contrastive_branch_learns_from_its_perturbed_copies():
+    one = BranchContext(n_mels=32, frames=40, sample_rate=16000, n_groups=1, n_labels=1)
+    assert ContrastiveBranch(one, ContrastiveConfig(perturbations=3)).limitation() is None
+    assert "perturbations is 0" in ContrastiveBranch(one, ContrastiveConfig(perturbations=0)).limitation()
+    two = BranchContext(n_mels=32, frames=40, sample_rate=16000, n_groups=2, n_labels=2)
+    assert ContrastiveBranch(two, ContrastiveConfig(perturbations=0)).limitation() is None
+
+
+def test_a_single_class_contrastive_branch_without_perturbations_says_so_and_is_left_out(single_section):
     root, cfg, b3 = single_section
     assert "one section-and-attribute class" in b3.limitation
     test = [c for c in discover(root / "data") if c.split == "test"]
