@@ -6,14 +6,16 @@
 #
 # Both modes: features -> the five branches -> fusion -> meta-learner -> scores, for the
 # machines under DATA_ROOT (<machine>/train/*.wav and <machine>/test/*.wav; -r or $ASD_DATA_ROOT).
-# -d (development set): test clips carry labels; ends with the evaluation table (AUC, pAUC,
-#    official score) and OUT/evaluation.json.
+# -d (development set): test clips carry labels; ends with the evaluation tables (AUC, pAUC,
+#    official score), OUT/evaluation.json and the evaluator's results CSV OUT/result.csv.
 # -e (evaluation set): trains on its (additional) training clips, writes the DCASE files
-#    OUT/results/anomaly_score_<machine>_section_<XX>_test.csv and decision_result_..._test.csv.
+#    OUT/results/anomaly_score_<machine>_section_<XX>_test.csv and decision_result_..._test.csv
+#    (2020 data: anomaly_score_<machine>_id_<XX>.csv); evaluate them with the organisers'
+#    ground truth: asd evaluate OUT/results --ground-truth DIR.
 # Run folder OUT/run, feature cache $ASD_CACHE_DIR (default OUT/.cache).
 set -euo pipefail
 
-usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
 MODE="" DATA="${ASD_DATA_ROOT:-}" OUT="results-asd" CONFIG="${ASD_CONFIG:-default}" DEVICE=()
 while [ $# -gt 0 ]; do
@@ -47,7 +49,8 @@ done
 "$ASD" meta-train --data "$DATA" --run "$RUN" "${DEVICE[@]}"
 "$ASD" score "$DATA" --run "$RUN" --decision --out-dir "$OUT/results" > "$OUT/scores.csv"
 if [ "$MODE" = dev ]; then
-  "$ASD" evaluate "$OUT/results" --json "$OUT/evaluation.json"
+  "$ASD" evaluate "$OUT/results" --json "$OUT/evaluation.json" --csv "$OUT/result.csv"
 else
-  echo "evaluation mode: DCASE files in $OUT/results (labels are not in evaluation-set names)" >&2
+  echo "evaluation mode: DCASE files in $OUT/results (labels are not in evaluation-set names; with the" \
+       "organisers' ground truth: $ASD evaluate $OUT/results --ground-truth DIR)" >&2
 fi

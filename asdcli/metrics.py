@@ -47,8 +47,30 @@ def pauc(y_true: Sequence[int], y_score: Sequence[float], max_fpr: float = MAX_F
 
 
 @dataclass(frozen=True)
+class Decisions:
+    """Precision, recall and F1 of the anomalous (1) decisions on a set of clips, as the DCASE
+    2021+ evaluators compute them (each denominator floored at machine epsilon)."""
+
+    precision: float
+    recall: float
+    f1: float
+
+
+def decision_scores(y_true: Sequence[int], decisions: Sequence[int]) -> Decisions:
+    """:class:`Decisions` of 0/1 ``decisions`` against 0/1 labels."""
+    y_true, decided = np.asarray(y_true, dtype=int), np.asarray(decisions, dtype=int)
+    eps = np.finfo(float).eps
+    tp = float(np.sum((decided == 1) & (y_true == 1)))
+    precision = tp / max(float(np.sum(decided == 1)), eps)
+    recall = tp / max(float(np.sum(y_true == 1)), eps)
+    return Decisions(precision, recall, 2.0 * precision * recall / max(precision + recall, eps))
+
+
+@dataclass(frozen=True)
 class SectionScores:
-    """Metrics of one machine section. Domain AUCs are ``None`` where a domain has no normal clip."""
+    """Metrics of one machine section. Domain AUCs are ``None`` where a domain has no normal clip
+    (and for data without domains, DCASE 2020); ``decisions``: per domain ("source", "target", or
+    "all" without domains), where decisions were given."""
 
     machine: str
     section: str
@@ -56,6 +78,18 @@ class SectionScores:
     pauc: float
     auc_source: float | None
     auc_target: float | None
+    decisions: dict[str, Decisions] | None = None
+
+    @property
+    def has_domains(self) -> bool:
+        return self.auc_source is not None or self.auc_target is not None
+
+    def domain_entries(self) -> list[tuple[str, float, Decisions | None]]:
+        """(domain, AUC, decisions) per domain as the evaluators average them: source and target
+        where the section has domains, else ("all", AUC)."""
+        decisions = self.decisions or {}
+        pairs = [(d, a) for d, a in (("source", self.auc_source), ("target", self.auc_target)) if a is not None]
+        return [(d, a, decisions.get(d)) for d, a in (pairs or [("all", self.auc)])]
 
     def official_terms(self) -> list[float]:
         """The values this section contributes to the official harmonic mean."""
@@ -64,15 +98,21 @@ class SectionScores:
 
 
 def section_scores(machine: str, section: str, y_true: Sequence[int], y_score: Sequence[float],
-                   domains: Sequence[str | None]) -> SectionScores:
-    """AUC, pAUC and per-domain AUC of one section, as the DCASE 2022-2025 evaluators define them."""
+                   domains: Sequence[str | None], decisions: Sequence[int] | None = None) -> SectionScores:
+    """AUC, pAUC, per-domain AUC and (given 0/1 ``decisions``) per-domain precision, recall and F1
+    of one section, as the DCASE 2022-2025 evaluators define them."""
     y_true, y_score = _check(y_true, y_score, f"{machine} section {section}")
     domains = np.asarray([d or "" for d in domains])
-    per_domain = {}
+    per_domain, decided = {}, {}
     for domain in ("source", "target"):
         keep = (domains == domain) | (y_true == 1)
         has_normals = np.any((domains == domain) & (y_true == 0))
         per_domain[domain] = float(roc_auc_score(y_true[keep], y_score[keep])) if has_normals else None
+        if decisions is not None and has_normals:
+            own = domains == domain
+            decided[domain] = decision_scores(y_true[own], np.asarray(decisions)[own])
+    if decisions is not None and not decided:
+        decided["all"] = decision_scores(y_true, decisions)
     return SectionScores(
         machine=machine,
         section=section,
@@ -80,7 +120,44 @@ def section_scores(machine: str, section: str, y_true: Sequence[int], y_score: S
         pauc=float(roc_auc_score(y_true, y_score, max_fpr=MAX_FPR)),
         auc_source=per_domain["source"],
         auc_target=per_domain["target"],
+        decisions=decided if decisions is not None else None,
     )
+
+
+@dataclass(frozen=True)
+class Means:
+    """One averaged row of the DCASE 2021+ results: AUC and pAUC, and the decisions' precision,
+    recall and F1 (None where a section has no decisions)."""
+
+    auc: float
+    pauc: float
+    precision: float | None
+    recall: float | None
+    f1: float | None
+
+
+def _mean_row(entries: list[tuple[SectionScores, float, Decisions | None]], harmonic: bool) -> Means:
+    mean = (lambda v: harmonic_mean(v)) if harmonic else (lambda v: float(np.mean(v)))
+    decided = [d for _, _, d in entries]
+    known = all(d is not None for d in decided)
+    return Means(mean([a for _, a, _ in entries]), mean([s.pauc for s, _, _ in entries]),
+                 mean([d.precision for d in decided]) if known else None,
+                 mean([d.recall for d in decided]) if known else None,
+                 mean([d.f1 for d in decided]) if known else None)
+
+
+def section_means(sections: Sequence[SectionScores]) -> dict[str, Means]:
+    """The evaluators' averages over sections: each section contributes its AUC (source) and AUC
+    (target) (its AUC where it has no domains), each with the section's pAUC and that domain's
+    decision figures. Rows: "arithmetic mean", "harmonic mean" and, with domains, "source
+    harmonic mean" and "target harmonic mean" (harmonic means floor zeros at machine epsilon)."""
+    entries = [(s, auc_value, decided) for s in sections for _, auc_value, decided in s.domain_entries()]
+    rows = {"arithmetic mean": _mean_row(entries, False), "harmonic mean": _mean_row(entries, True)}
+    for domain in ("source", "target"):
+        own = [(s, a, d) for s in sections for dom, a, d in s.domain_entries() if dom == domain]
+        if own:
+            rows[f"{domain} harmonic mean"] = _mean_row(own, True)
+    return rows
 
 
 def harmonic_mean(values: Sequence[float]) -> float:
@@ -145,3 +222,36 @@ def fpr_threshold(train_scores: Sequence[float], fpr: float) -> float:
     if scores.size < 1:
         raise DataError("decision threshold: no training scores")
     return float(np.quantile(scores, 1 - fpr))
+
+
+def _trapezoid(y: np.ndarray, x: np.ndarray) -> float:
+    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+
+
+def _roc_areas(y_true: np.ndarray, y_score: np.ndarray, max_fpr: float) -> tuple[float, float]:
+    """(AUC, McClish-standardised pAUC up to ``max_fpr``) of clips already sorted by descending
+    score: the trapezoids of scikit-learn's ``roc_curve`` / ``roc_auc_score``, without its checks."""
+    last = np.r_[np.flatnonzero(np.diff(y_score)), y_true.size - 1]  # the last clip of each tied run
+    tps = np.r_[0.0, np.cumsum(y_true)[last]]
+    fps = np.r_[0.0, (last + 1) - tps[1:]]
+    tpr, fpr = tps / tps[-1], fps / fps[-1]
+    full = _trapezoid(tpr, fpr)
+    stop = int(np.searchsorted(fpr, max_fpr, "right"))
+    head_tpr = np.r_[tpr[:stop], np.interp(max_fpr, fpr[stop - 1:stop + 1], tpr[stop - 1:stop + 1])]
+    partial = _trapezoid(head_tpr, np.r_[fpr[:stop], max_fpr])
+    min_area, max_area = 0.5 * max_fpr ** 2, max_fpr
+    return full, 0.5 * (1 + (partial - min_area) / (max_area - min_area))
+
+
+def jackknife_ci95(y_true: Sequence[int], y_score: Sequence[float], max_fpr: float = MAX_FPR) -> tuple[float, float]:
+    """Half-widths of the 95 % confidence intervals of the AUC and the pAUC of all clips pooled,
+    by jackknife (leave one clip out; Mesaros et al. 2019, section IV), as the DCASE 2023 evaluator
+    reports them ("official score ci95" is their mean). Needs 2 clips of each class."""
+    y_true, y_score = _check(y_true, y_score, "confidence interval")
+    order = np.argsort(-y_score, kind="stable")
+    y_sorted, s_sorted = y_true[order].astype(float), -np.sort(-y_score, kind="stable")
+    n = y_true.size
+    estimates = np.array([_roc_areas(np.delete(y_sorted, i), np.delete(s_sorted, i), max_fpr) for i in range(n)])
+    sigma = np.sqrt(np.sum((estimates - estimates.mean(axis=0)) ** 2, axis=0) / (n * (n - 1)))
+    t_crit = abs(scipy.stats.t.ppf(0.025, n - 1))
+    return float(t_crit * sigma[0]), float(t_crit * sigma[1])

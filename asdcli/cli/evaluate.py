@@ -1,4 +1,4 @@
-"""`asd evaluate`: AUC, pAUC and the official DCASE score from score CSVs."""
+"""`asd evaluate`: the official DCASE evaluators' figures from score and decision CSVs."""
 
 from __future__ import annotations
 
@@ -11,44 +11,89 @@ from rich.table import Table
 
 from asdcli.atomic import write_text
 from asdcli.cli.common import err, handle_errors, out
-from asdcli.services.evaluate import Evaluation, evaluate as evaluate_service
+from asdcli.services.evaluate import Evaluation, evaluate as evaluate_service, results_csv
 
 
 def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def render(result: Evaluation) -> Table:
-    """The evaluation as a rich table: sections, then the DCASE averages."""
-    table = Table(title="DCASE evaluation (pAUC at max FPR 0.1; domain AUC as DCASE 2022-2025)")
-    for column in ("machine", "section", "AUC", "AUC (source)", "AUC (target)", "pAUC"):
+def _decision(s, domain: str) -> str:
+    decided = (s.decisions or {}).get(domain)
+    return "-" if decided is None else f"{decided.f1:.4f}"
+
+
+def section_table(result: Evaluation) -> Table:
+    """One row per section (machine ID in 2020) with the figures its header names."""
+    if result.dcase2020:
+        table = Table(title="DCASE 2020 evaluation (pAUC at max FPR 0.1)")
+        for column in ("machine", "id", "AUC", "pAUC"):
+            table.add_column(column, justify="left" if column in ("machine", "id") else "right")
+        for s in result.sections:
+            table.add_row(s.machine, s.section, _fmt(s.auc), _fmt(s.pauc))
+        return table
+    table = Table(title="DCASE evaluation per section (pAUC at max FPR 0.1; domain AUC: that domain's normal clips "
+                        "against all anomalous clips of the section)")
+    columns = ("machine", "section", "AUC (all)", "AUC (source)", "AUC (target)", "pAUC", "F1 (source)", "F1 (target)")
+    for column in columns:
         table.add_column(column, justify="left" if column in ("machine", "section") else "right")
     for s in result.sections:
-        table.add_row(s.machine, s.section, _fmt(s.auc), _fmt(s.auc_source), _fmt(s.auc_target), _fmt(s.pauc))
-    table.add_section()
-    for machine, m in result.per_machine.items():
-        table.add_row(machine, "mean", _fmt(m["auc"]), "", "", _fmt(m["pauc"]))
-    table.add_section()
-    table.add_row("all", "harmonic mean", "", _fmt(result.harmonic_source), _fmt(result.harmonic_target), "")
-    table.add_row("all", "arithmetic mean (AUCs, pAUC)", _fmt(result.arithmetic), "", "", "")
-    table.add_row("[bold]all", "[bold]official score", f"[bold]{result.official:.4f}", "", "", "")
+        table.add_row(s.machine, s.section, _fmt(s.auc), _fmt(s.auc_source), _fmt(s.auc_target), _fmt(s.pauc),
+                      _decision(s, "source"), _decision(s, "target"))
+    return table
+
+
+SHORT = {"arithmetic mean": "a-mean", "harmonic mean": "h-mean", "source harmonic mean": "h-mean (source)",
+         "target harmonic mean": "h-mean (target)"}
+
+
+def means_table(result: Evaluation) -> Table:
+    """Per machine and over all machines, the means the official evaluator prints, then the score."""
+    table = Table(title="means (AUC: of the sections' AUC (source) and AUC (target); h-mean: harmonic)"
+                  if not result.dcase2020 else "means over machine IDs")
+    for column in ("machine", "mean", "AUC", "pAUC", "precision", "recall", "F1"):
+        table.add_column(column, justify="left" if column in ("machine", "mean") else "right")
+    for machine, rows in [*result.machines.items(), ("all", result.overall)]:
+        for name, m in rows.items():
+            table.add_row(machine, "mean" if result.dcase2020 else SHORT[name], _fmt(m.auc), _fmt(m.pauc), _fmt(m.precision), _fmt(m.recall), _fmt(m.f1))
+        table.add_section()
+    if result.dcase2020:
+        table.add_row("[bold]all", "[bold]score (AUC+pAUC)/2", f"[bold]{result.official:.4f}", "", "", "", "")
+    else:
+        table.add_row("[bold]all", "[bold]official score", f"[bold]{result.official:.4f}", "", "", "", "")
+        if result.official_ci95 is not None:
+            table.add_row("all", "score ci95 (±)", f"{result.official_ci95:.2g}", "", "", "", "")
     return table
 
 
 @handle_errors
 def evaluate(
-    scores: List[Path] = typer.Argument(..., help="Score CSVs, or folders of anomaly_score_<machine>_section_<XX>_test.csv."),
+    scores: List[Path] = typer.Argument(..., help="Score CSVs, or folders of anomaly_score_<machine>_section_<XX>_test.csv "
+                                        "(2020: anomaly_score_<machine>_id_<XX>.csv); decision_result_... files beside "
+                                        "them add precision, recall and F1."),
+    ground_truth: Optional[Path] = typer.Option(None, "--ground-truth", help="Folder with the organisers' "
+                                                "ground_truth_data/ and ground_truth_domain/ (evaluation sets, whose "
+                                                "file names carry no label)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the figures as JSON to this file."),
-    as_json: bool = typer.Option(False, "--as-json", help="Print JSON to stdout instead of the table."),
+    csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write the results CSV in the layout of the DCASE "
+                                           "evaluator (one block per machine, then the totals and the official score)."),
+    as_json: bool = typer.Option(False, "--as-json", help="Print JSON to stdout instead of the tables."),
 ) -> None:
-    """AUC, pAUC, AUC per domain, per machine and section, the means and the official score."""
-    result = evaluate_service(scores)
+    """The official DCASE evaluator's figures: per section AUC (all, source, target), pAUC, precision, recall and F1
+    per domain; their means per machine and overall; the official score (2020 data: AUC and pAUC per ID)."""
+    result = evaluate_service(scores, ground_truth)
     data = json.dumps(result.to_json(), indent=2)
     if json_out is not None:
         write_text(json_out, data + "\n")
+    if csv_out is not None:
+        write_text(csv_out, results_csv(result))
     if as_json:
         out.print(data, markup=False, highlight=False)
     else:
-        out.print(render(result))
+        out.print(section_table(result))
+        out.print(means_table(result))
+    for notice in result.notices:
+        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
     if result.unlabeled:
-        err.print(f"{result.unlabeled} clip(s) without a label in their name were left out")
+        err.print(f"{result.unlabeled} clip(s) without a label (in their name or the ground truth) were left out",
+                  highlight=False)

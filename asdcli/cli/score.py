@@ -28,14 +28,24 @@ def _csv(rows: list[tuple]) -> str:
     return buffer.getvalue()
 
 
+def dcase_file_stem(clips: list) -> str:
+    """``<machine>_section_<XX>_test``, or ``<machine>_id_<XX>`` for clips named as in DCASE 2020."""
+    first = clips[0]
+    if all(c.naming.endswith("2020") for c in clips):
+        return f"{first.machine}_id_{first.section}"
+    return f"{first.group}_test"
+
+
 def write_dcase_files(result: ScoreResult, out_dir: Path) -> list[Path]:
-    """``anomaly_score_<machine>_section_<XX>_test.csv`` and ``decision_result_...`` (no header)."""
+    """``anomaly_score_<machine>_section_<XX>_test.csv`` and ``decision_result_...`` (no header);
+    DCASE 2020 data: ``anomaly_score_<machine>_id_<XX>.csv`` and ``decision_result_...``."""
     written = []
     for group in sorted({c.group for c in result.clips}):
         idx = [i for i, c in enumerate(result.clips) if c.group == group]
+        stem = dcase_file_stem([result.clips[i] for i in idx])
         for kind, values in (("anomaly_score", [f"{result.score[i]:.6f}" for i in idx]),
                              ("decision_result", [str(result.decision[i]) for i in idx])):
-            path = out_dir / f"{kind}_{group}_test.csv"
+            path = out_dir / f"{kind}_{stem}.csv"
             write_text(path, _csv([(result.clips[i].name, v) for i, v in zip(idx, values)]))
             written.append(path)
     return written

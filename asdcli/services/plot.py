@@ -149,7 +149,8 @@ def plot_scores(paths: list[Path], out: Path, size: tuple[int, int] = (16, 5)) -
         if len(set(labels)) < 2:
             continue
         fpr, tpr, _ = roc_curve(labels, scores)
-        name = "all clips" if machine == "all" else f"{machine} {section}"
+        unit = "id_" if all(r.dcase2020 for r in own) else "section "
+        name = "all clips" if machine == "all" else f"{machine} {unit}{section}"
         roc.plot(fpr, tpr, lw=2.5 if machine == "all" else 1, color="black" if machine == "all" else None,
                  label=f"{name}: AUC {auc(labels, scores):.3f}, pAUC {pauc(labels, scores):.3f}")
     roc.plot([0, 1], [0, 1], ":", color="grey")
@@ -161,7 +162,7 @@ def plot_scores(paths: list[Path], out: Path, size: tuple[int, int] = (16, 5)) -
         for label, color, name in ((0, "tab:blue", "normal"), (1, "tab:red", "anomaly")):
             own = [r.score for r in rows if r.label == label and (domain is None or r.domain == domain)]
             ax.hist(np.clip(own, bins[0], bins[-1]), bins=bins, alpha=0.55, color=color, label=f"{name} ({len(own)})")
-        ax.set(title=f"anomaly scores, {domain or 'all'} domain", xlabel="anomaly score (higher = more anomalous)",
+        ax.set(title=f"anomaly scores, {domain} domain" if domain else "anomaly scores, all clips", xlabel="anomaly score (higher = more anomalous)",
                ylabel="clips")
         ax.legend()
     fig.tight_layout()

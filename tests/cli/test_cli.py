@@ -174,3 +174,20 @@ def test_fusion_meta_score_explain_then_evaluate(tmp_path, synth_root):
     (tmp_path / "scores.csv").write_text(result.stdout)
     evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "scores.csv")])
     assert evaluated.exit_code == 0, evaluated.output
+
+
+def test_dcase2020_round_trip_writes_and_reads_2020_names(tmp_path, shared_data):
+    data, run, cache = shared_data / "dcase2020-mini", tmp_path / "run", str(tmp_path / "c")
+    trained = runner.invoke(app, ["train-branch", "b2", "--data", str(data), "--run", str(run), "-c", "tiny",
+                                  "--epochs", "1", "--cache-dir", cache])
+    assert trained.exit_code == 0, trained.output
+    scored = runner.invoke(app, ["score", str(data / "slider"), "--run", str(run), "--out-dir", str(tmp_path / "res"),
+                                 "--cache-dir", cache])
+    assert scored.exit_code == 0, scored.output
+    assert sorted(p.name for p in (tmp_path / "res").iterdir()) == ["anomaly_score_slider_id_00.csv",
+                                                                    "decision_result_slider_id_00.csv"]
+    evaluated = runner.invoke(app, ["evaluate", str(tmp_path / "res"), "--csv", str(tmp_path / "result.csv")])
+    assert evaluated.exit_code == 0, evaluated.output
+    text = _plain(evaluated.output)
+    assert "DCASE 2020 evaluation" in text and "source" not in text and "score (AUC+pAUC)/2" in text
+    assert (tmp_path / "result.csv").read_text().startswith("slider\nid,AUC,pAUC\n00,")

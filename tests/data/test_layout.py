@@ -10,7 +10,7 @@ from asdcli.errors import DataError
     "path, expected",
     [
         ("ToyCar/train/normal_id_01_00000012.wav",
-         dict(machine="ToyCar", section="01", domain="source", split="train", label="normal", naming="dcase2020")),
+         dict(machine="ToyCar", section="01", domain=None, split="train", label="normal", naming="dcase2020")),
         ("fan/test/anomaly_id_06_00000129.wav",
          dict(machine="fan", section="06", split="test", label="anomaly", naming="dcase2020")),
         ("fan/test/id_05_00000000.wav",

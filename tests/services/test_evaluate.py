@@ -8,7 +8,7 @@ import scipy.stats
 from sklearn import metrics
 
 from asdcli.errors import DataError
-from asdcli.services.evaluate import evaluate
+from asdcli.services.evaluate import evaluate, results_csv
 
 # Two machine types, one section each; the second has an AUC of 0 in the target domain.
 CASE = {
@@ -79,3 +79,68 @@ def test_bad_score_files(tmp_path):
     (tmp_path / "eval.csv").write_text("section_00_0000.wav,0.3\n")
     with pytest.raises(DataError, match="no clip with a label"):
         evaluate([tmp_path / "eval.csv"])
+
+
+def test_a_single_class_section_is_named_with_the_reason(score_dir):
+    (score_dir / "anomaly_score_pump_section_00_test.csv").write_text(
+        "section_00_source_test_normal_0000.wav,0.1\nsection_00_source_test_normal_0001.wav,0.2\n")
+    result = evaluate([score_dir])
+    assert [s.machine for s in result.sections] == ["fan", "valve"]
+    assert result.notices == ["pump section 00: only normal clips (2); AUC and pAUC need both, so it is left out "
+                              "of every figure"]
+
+
+def test_decisions_give_precision_recall_and_f1_per_domain(score_dir):
+    (score_dir / "decision_result_fan_section_00_test.csv").write_text(
+        "".join(f"{name},{int(score > 0.42)}\n" for name, score in CASE["fan"]))
+    fan = evaluate([score_dir]).sections[0]
+    # source: normals 0.1, 0.4 -> 0, anomaly 0.9 -> 1; target: normal 0.5 -> 1 (false), anomaly 0.45 -> 1
+    assert (fan.decisions["source"].precision, fan.decisions["source"].recall) == (1.0, 1.0)
+    assert (fan.decisions["target"].precision, fan.decisions["target"].recall) == (0.5, 1.0)
+    assert fan.decisions["target"].f1 == pytest.approx(2 / 3)
+
+
+def _write_ground_truth(root, machine, rows):
+    for folder, column in (("ground_truth_data", 1), ("ground_truth_domain", 2)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        (root / folder / f"ground_truth_{machine}_section_00_test.csv").write_text(
+            "".join(f"{r[0]},{r[column]}\n" for r in rows))
+
+
+def test_evaluation_set_names_take_labels_and_domains_from_the_ground_truth(tmp_path):
+    names = [f"section_00_{i:04d}.wav" for i in range(len(CASE["fan"]))]
+    (tmp_path / "anomaly_score_fan_section_00_test.csv").write_text(
+        "".join(f"{n},{s}\n" for n, (_, s) in zip(names, CASE["fan"])) + "section_00_0099.wav,0.5\n")
+    truth = [(n, int("anomaly" in orig), int("target" in orig)) for n, (orig, _) in zip(names, CASE["fan"])]
+    _write_ground_truth(tmp_path / "gt", "fan", truth + [("section_00_0098.wav", 0, 0)])
+    result = evaluate([tmp_path], ground_truth=tmp_path / "gt")
+    expected = _official(CASE["fan"])
+    s = result.sections[0]
+    assert (s.auc_source, s.auc_target, s.pauc) == pytest.approx((expected["source"], expected["target"], expected["pauc"]))
+    assert result.unlabeled == 1
+    assert any("1 scored clip(s) are not in the ground truth" in n for n in result.notices)
+    assert any("1 clip(s) of the ground truth have no score" in n for n in result.notices)
+    with pytest.raises(DataError, match="no ground_truth_data/ground_truth_"):
+        evaluate([tmp_path], ground_truth=tmp_path)
+    (tmp_path / "gt" / "ground_truth_data" / "ground_truth_fan_section_00_test.csv").write_text("section_00_0000.wav,2\n")
+    with pytest.raises(DataError, match=r"ground_truth_fan_section_00_test.csv, line 1: expected filename,label"):
+        evaluate([tmp_path], ground_truth=tmp_path / "gt")
+
+
+def test_dcase2020_files_give_the_2020_figures_without_domains(tmp_path):
+    rows = {"00": [("normal_id_00_00000000.wav", 0.1), ("normal_id_00_00000001.wav", 0.3),
+                   ("anomaly_id_00_00000000.wav", 0.2), ("anomaly_id_00_00000001.wav", 0.9)],
+            "02": [("normal_id_02_00000000.wav", 0.1), ("anomaly_id_02_00000000.wav", 0.8)]}
+    for section, own in rows.items():
+        (tmp_path / f"anomaly_score_fan_id_{section}.csv").write_text("".join(f"{n},{s}\n" for n, s in own))
+    result = evaluate([tmp_path])
+    assert result.dcase2020 and [s.section for s in result.sections] == ["00", "02"]
+    assert all(s.auc_source is None and s.auc_target is None for s in result.sections)
+    aucs = [metrics.roc_auc_score([int("anomaly" in n) for n, _ in own], [s for _, s in own]) for own in rows.values()]
+    paucs = [metrics.roc_auc_score([int("anomaly" in n) for n, _ in own], [s for _, s in own], max_fpr=0.1)
+             for own in rows.values()]
+    mean = result.machines["fan"]["arithmetic mean"]
+    assert (mean.auc, mean.pauc) == pytest.approx((np.mean(aucs), np.mean(paucs)))
+    assert result.official == pytest.approx((np.mean(aucs) + np.mean(paucs)) / 2)
+    text = results_csv(result)
+    assert text.startswith("fan\nid,AUC,pAUC\n00,0.75,") and "Average," in text and "source" not in text
