@@ -1,6 +1,8 @@
 """Atomic file writes: write to a temporary name in the same folder, fsync, then rename.
 
-An interrupted write leaves either the previous file or nothing, never half a file.
+An interrupted write leaves either the previous file or nothing, never half a file. The file
+gets the permissions a plain ``open`` would give it (0666 less the user's umask), not the 0600 of
+the temporary file, so colleagues on a shared server can read results where the umask allows.
 """
 
 from __future__ import annotations
@@ -10,6 +12,21 @@ import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
+
+
+def file_mode() -> int:
+    """0666 less the process's umask: the mode ``open`` gives a new file."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_file(path: str | Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -23,6 +40,7 @@ def atomic_open(path: str | Path, mode: str = "w", fsync: bool = True, **kwargs)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, file_mode())
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
             handle.flush()
@@ -36,10 +54,11 @@ def atomic_open(path: str | Path, mode: str = "w", fsync: bool = True, **kwargs)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path for a writer that takes a file name (soundfile, safetensors).
 
-    The file is renamed to ``path`` when the block succeeds and removed when it fails.
+    The file is flushed to the disk (``fsync``), given the umask's mode and renamed to ``path``
+    when the block succeeds, and removed when it fails.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -47,6 +66,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
+        if fsync:
+            _fsync_file(tmp)
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
