@@ -13,6 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from asdcli.errors import OutputError, os_error_message
+
 
 def file_mode() -> int:
     """0666 less the process's umask: the mode ``open`` gives a new file."""
@@ -37,8 +39,7 @@ def atomic_open(path: str | Path, mode: str = "w", fsync: bool = True, **kwargs)
     a power cut may cost an entry but never yields a wrong one.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = _temporary(path, f".{path.name}.", ".tmp")
     try:
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, mode, **kwargs) as handle:
@@ -47,9 +48,11 @@ def atomic_open(path: str | Path, mode: str = "w", fsync: bool = True, **kwargs)
             if fsync:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise OutputError(_cannot_write(path, error)) from None
         raise
 
 
@@ -61,8 +64,7 @@ def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     when the block succeeds, and removed when it fails.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    fd, tmp = _temporary(path, f".{path.stem}.", f".tmp{path.suffix}")
     os.close(fd)
     try:
         yield Path(tmp)
@@ -70,10 +72,52 @@ def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
             _fsync_file(tmp)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise OutputError(_cannot_write(path, error)) from None
         raise
+
+
+def _cannot_write(path: Path, error: OSError) -> str:
+    return f"cannot write {path}: {error.strerror or error}"
+
+
+def _temporary(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """Create ``path``'s folder and a temporary file in it; an :class:`OutputError` naming the
+    place when that is impossible (unwritable, read-only, full, or under a file)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+    except OSError as error:
+        if error.filename and Path(error.filename).parent == path.parent and Path(error.filename).name.startswith(prefix):
+            raise OutputError(_cannot_write(path, error)) from None  # the temporary file: name the target
+        raise OutputError(os_error_message(error)) from None
+
+
+def write_texts(texts: dict[Path, str]) -> None:
+    """Write several files so that a failure (a full disk) leaves none of them changed: every
+    temporary file is written and flushed first, then all are renamed (renames need no space)."""
+    done: list[tuple[str, Path]] = []
+    try:
+        for path, text in texts.items():
+            fd, tmp = _temporary(Path(path), f".{Path(path).name}.", ".tmp")
+            done.append((tmp, Path(path)))
+            os.fchmod(fd, file_mode())
+            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+    except BaseException as error:
+        for tmp, _ in done:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise OutputError(_cannot_write(done[-1][1], error) if done else str(error)) from None
+        raise
+    for tmp, path in done:
+        os.replace(tmp, path)
 
 
 def write_text(path: str | Path, text: str) -> None:

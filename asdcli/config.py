@@ -1,4 +1,4 @@
-"""Typed configuration: one pydantic model per concern, loaded from YAML presets in ``configs/``.
+"""Typed configuration: one pydantic model per concern, loaded from YAML presets in ``asdcli/presets/`` (shipped inside the package).
 
 Every model forbids unknown keys, so a typo fails at load time with the file, the field and the
 reason. Defaults live here only; the YAML presets override them.
@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from asdcli.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "presets"
 
 
 class Section(BaseModel):
@@ -331,12 +331,16 @@ def validate_config(data: object, source: str) -> AsdConfig:
 
 
 def resolve_config_path(name_or_path: str | Path) -> Path:
-    """A preset name (``tiny``) maps to ``configs/tiny.yaml``; anything else is a path."""
+    """A preset name (``tiny``) maps to the package's ``presets/tiny.yaml``; a ``.yaml``/``.yml``
+    name or an existing file is a path (a folder that happens to share a preset's name is not)."""
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+    preset = CONFIG_DIR / f"{name_or_path}.yaml"
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():
         path = candidate
+    elif preset.is_file():
+        path = preset
     else:
-        path = CONFIG_DIR / f"{name_or_path}.yaml"
+        path = candidate if candidate.exists() else preset  # named in the error below
     if not path.is_file():
         presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none found"
         raise ConfigError(f"config file not found: {path} (presets: {presets})")
@@ -350,6 +354,10 @@ def load_config(name_or_path: str | Path | None = None) -> AsdConfig:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8") from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read ({error.strerror or error})") from None
     return validate_config(data, source=str(path))
 
 

@@ -19,3 +19,17 @@ class CheckpointError(AsdError):
 
 class NotBuiltError(AsdError):
     """A command of the design card that this version does not provide yet."""
+
+
+class OutputError(AsdError):
+    """A file or folder that cannot be written: unwritable, read-only, full, or under a file."""
+
+
+class TrainingError(AsdError):
+    """Training that cannot give a usable model, such as a loss or weights that are not finite."""
+
+
+def os_error_message(error: OSError, action: str = "cannot write") -> str:
+    """One line for an operating-system error: what could not be done, where, and why."""
+    where = f" {error.filename}" if error.filename else ""
+    return f"{action}{where}: {error.strerror or error}"

@@ -11,4 +11,4 @@ export ASD_CACHE_DIR="${ASD_CACHE_DIR:-$OUT/.cache}"
 
 rm -rf "$OUT/data"
 "$ASD" synth "$OUT/data" --config "$CONFIG"
-ASD="$ASD" bash train_ae.sh -d -r "$OUT/data" -o "$OUT" -c "$CONFIG"
+ASD="$ASD" bash train_ae.sh -d -r "$OUT/data" -o "$OUT" -c "$CONFIG" --force

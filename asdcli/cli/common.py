@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 
 from asdcli.config import AsdConfig, load_config
-from asdcli.errors import AsdError
+from asdcli.errors import AsdError, os_error_message
 from asdcli.services.device import resolve_device
 from asdcli.services.runs import open_run, run_config
 
@@ -22,7 +22,7 @@ from asdcli.services.runs import open_run, run_config
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
-ConfigOption = typer.Option(None, "--config", "-c", help="Preset name in configs/ (default, tiny) or a YAML file.")
+ConfigOption = typer.Option(None, "--config", "-c", help="Preset name (default, tiny, large) or a YAML file.")
 SeedOption = typer.Option(None, "--seed", help="Random seed (overrides the config's seed).")
 WorkersOption = typer.Option(None, "--workers", "-j", min=1, help="Threads decoding audio (overrides loader.workers).")
 DataOption = typer.Option(..., "--data", "-d", help="Dataset root with <machine>/train/*.wav (or one machine folder).")
@@ -56,7 +56,9 @@ def resolve_config(config: Optional[str], **overrides: object) -> AsdConfig:
 
 
 def handle_errors(func: Callable) -> Callable:
-    """Turn an :class:`AsdError` into one line on stderr and exit status 1; bugs keep their traceback."""
+    """Turn an :class:`AsdError` or an operating-system error (a place that cannot be read or
+    written, a full disk) into one line on stderr and exit status 1, and Ctrl-C into a line and
+    exit status 130; bugs keep their traceback."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -65,8 +67,18 @@ def handle_errors(func: Callable) -> Callable:
         except AsdError as error:
             err.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
             raise typer.Exit(1) from None
+        except OSError as error:
+            err.print(f"[bold red]error:[/] {os_error_message(error, 'cannot access')}", markup=True, highlight=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            err.print(f"[yellow]interrupted:[/] every file written so far is complete; {INTERRUPT_HINT}", highlight=False)
+            raise typer.Exit(130) from None
 
     return wrapper
+
+
+INTERRUPT_HINT = ("a branch whose training was cut off continues with `asd train-branch NAME --run RUN --data DIR "
+                  "--resume`; other commands start again")
 
 
 class RateColumn(ProgressColumn):

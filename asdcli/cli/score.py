@@ -10,7 +10,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from asdcli.atomic import write_text
+from asdcli.atomic import write_texts
 from asdcli.cli.common import CacheOption, err, handle_errors, out, progress_bar, report_failures
 from asdcli.data.layout import discover
 from asdcli.services.features import default_cache_dir
@@ -38,17 +38,17 @@ def dcase_file_stem(clips: list) -> str:
 
 def write_dcase_files(result: ScoreResult, out_dir: Path) -> list[Path]:
     """``anomaly_score_<machine>_section_<XX>_test.csv`` and ``decision_result_...`` (no header);
-    DCASE 2020 data: ``anomaly_score_<machine>_id_<XX>.csv`` and ``decision_result_...``."""
-    written = []
+    DCASE 2020 data: ``anomaly_score_<machine>_id_<XX>.csv`` and ``decision_result_...``. All
+    are written before any replaces an older one, so a full disk leaves the folder as it was."""
+    texts = {}
     for group in sorted({c.group for c in result.clips}):
         idx = [i for i, c in enumerate(result.clips) if c.group == group]
         stem = dcase_file_stem([result.clips[i] for i in idx])
         for kind, values in (("anomaly_score", [f"{result.score[i]:.6f}" for i in idx]),
                              ("decision_result", [str(result.decision[i]) for i in idx])):
-            path = out_dir / f"{kind}_{stem}.csv"
-            write_text(path, _csv([(result.clips[i].name, v) for i, v in zip(idx, values)]))
-            written.append(path)
-    return written
+            texts[out_dir / f"{kind}_{stem}.csv"] = _csv([(result.clips[i].name, v) for i, v in zip(idx, values)])
+    write_texts(texts)
+    return list(texts)
 
 
 def _explained(result: ScoreResult, rows: list[tuple], decision: bool) -> list[tuple]:

@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, write_json
-from asdcli.config import AsdConfig, validate_config
+from asdcli.atomic import write_text
+from asdcli.config import AsdConfig, dump_config, load_config, validate_config
 from asdcli.data.features import num_frames
 from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.base import Branch, BranchContext
@@ -42,6 +43,14 @@ class Run:
     def log_path(self, name: str) -> Path:
         return self.path / "logs" / f"{name}_train.csv"
 
+    @property
+    def config_path(self) -> Path:
+        """The resolved config the run was started with; later stages use it."""
+        return self.path / CONFIG_FILE
+
+
+CONFIG_FILE = "config.yaml"
+
 
 def _feature_settings(config: AsdConfig) -> dict:
     return {"audio": config.audio.model_dump(mode="json"), "features": config.features.model_dump(mode="json")}
@@ -53,6 +62,7 @@ def open_or_create_run(path: Path, vocab: Vocabulary, config: AsdConfig, holdout
     info_path = path / "run.json"
     settings = _feature_settings(config)
     if not info_path.exists():
+        write_text(path / CONFIG_FILE, dump_config(config))
         write_json(info_path, {"format_version": FORMAT_VERSION, "groups": vocab.groups, "labels": vocab.labels,
                                "holdout": holdout, **settings})
         return Run(path, vocab, settings, frozenset(holdout))
@@ -118,14 +128,18 @@ def load_branch(run: Run, name: str, device: torch.device | str = "cpu") -> Bran
 
 
 def run_config(run: Run, given: AsdConfig | None = None) -> AsdConfig:
-    """The config of the run's trained branches (the first one found), or ``given`` after checking
-    that it has the run's audio and feature settings."""
+    """The run's config: ``given`` after checking that it has the run's audio and feature
+    settings, else the ``config.yaml`` the run was started with (every stage's settings, the
+    preset's fusion and meta-learner ones included), else, for runs made before it existed, the
+    config stored with its first trained branch."""
     if given is not None:
         if _feature_settings(given) != run.features:
             raise ConfigError(f"{run.path}: the run was made with other audio/feature settings than this config; "
                               "leave --config out to use the run's own")
         return given
+    if run.config_path.is_file():
+        return load_config(run.config_path)
     for meta_path in sorted(run.path.glob("*.json")):
         if meta_path.stem in BRANCHES:
-            return stored_config(read_json(meta_path, "branch metadata"), meta_path)
+            return validate_config(read_json(meta_path, "branch metadata")["config"], source=str(meta_path))
     raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")

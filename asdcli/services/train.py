@@ -33,7 +33,7 @@ from asdcli.services.device import DistInfo, distributed
 from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
 from asdcli.services.reliability import heldout_check
-from asdcli.services.runs import Run, branch_context, load_branch, open_or_create_run, open_run
+from asdcli.services.runs import CONFIG_FILE, Run, branch_context, load_branch, open_or_create_run, open_run
 
 LOG_COLUMNS = ["epoch", "loss", "lr", "clips", "seconds", "clips_per_s"]
 
@@ -294,6 +294,27 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
     name = canonical_name(name)
     device = device or torch.device("cpu")
     torch.use_deterministic_algorithms(True, warn_only=True)
+    new_run = not (run_dir / "run.json").exists()
+    try:
+        return _train_branch(name, data, run_dir, config, device, cache_dir, resume, on_step, on_epoch)
+    except BaseException:
+        if new_run:
+            _forget_new_run(run_dir)
+        raise
+
+
+def _forget_new_run(run_dir: Path) -> None:
+    """After a first training that failed before any branch was saved, remove the run
+    description it wrote, so that the folder is not tied to the sections of data that failed."""
+    if any(run_dir.glob("*.safetensors")):
+        return
+    for name in ("run.json", CONFIG_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+
+
+def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device: torch.device,
+                  cache_dir: Path | None, resume: bool, on_step: Callable[[StepInfo], None] | None,
+                  on_epoch: Callable[[dict], None] | None) -> TrainResult:
     with distributed(device) as info:
         s = _prepare(name, data, run_dir, config, device, cache_dir, info)
         params = [p for p in s.branch.parameters() if p.requires_grad]
