@@ -4,12 +4,15 @@ optimizer state for resuming, each written atomically.
 ```
 <run>/run.json                 format version, machine sections (groups) and classes of the run
 <run>/config.yaml              the fully resolved config of the first command that made the run
-<run>/<branch>.safetensors     weights and buffers (memory banks, statistics)
-<run>/<branch>.json            metadata: status, epochs, seed, config, versions, score statistics
-<run>/<branch>.train.safetensors + .train.json   optimizer state and progress, for --resume
+<run>/<branch>.safetensors     weights and buffers (memory banks, statistics) of a finished branch
+<run>/<branch>.json            its metadata: epochs, seed, config, versions, score statistics, held-out check
+<run>/<branch>.train_scores.json   its score of every training clip (the fusion's normal examples)
+<run>/<branch>.train.safetensors   an unfinished training (weights, optimizer state, progress in
+                               one file), for --resume; removed when the training completes
 <run>/logs/<branch>_train.csv  one row per epoch
 <run>/examples.safetensors     normalised branch scores of training clips and pseudo-anomalies
 <run>/fusion.safetensors + fusion.json   attention fusion head
+<run>/meta_examples.safetensors   the meta-learner's own pseudo-anomaly examples
 <run>/meta.safetensors + meta.json       MAML meta-learner
 ```
 """
@@ -91,7 +94,12 @@ def load_weights(module: nn.Module, path: Path) -> dict[str, str]:
     """Load weights saved by :func:`save_weights` into ``module``; returns the file's metadata."""
     state, meta = _read_safetensors(path, "checkpoint")
     _resize_buffers(module, {k: tuple(v.shape) for k, v in state.items()})
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of other shapes: weights of another config
+        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
+        raise CheckpointError(f"{path}: weights of another configuration than its metadata says ({detail}); "
+                              "retrain this stage") from None
     # save_model drops tensors that share memory with another; they come back through the tie.
     missing = [k for k in missing if not _is_tied(module, k, state)]
     if missing or unexpected:
@@ -104,35 +112,53 @@ def _is_tied(module: nn.Module, key: str, state: dict) -> bool:
     return any(module.state_dict()[k].data_ptr() == target.data_ptr() for k in state if k in module.state_dict())
 
 
-def _with_ext(path: Path, ext: str) -> Path:
-    """``run/contrastive.train`` -> ``run/contrastive.train.safetensors`` (suffix appended, not replaced)."""
-    return path.with_name(path.name + ext)
-
-
-def save_optimizer(optimizer: torch.optim.Optimizer, path: Path, progress: dict) -> None:
-    """Optimizer state as safetensors tensors + its JSON structure, for ``--resume``."""
+def save_training_state(module: nn.Module, optimizer: torch.optim.Optimizer, path: Path, progress: dict) -> None:
+    """An unfinished training in one safetensors file, written atomically: the module's weights
+    (``model.*``), the optimizer state (``optim.*``) and ``progress`` (JSON in the metadata). One
+    file, so an interruption leaves the previous checkpoint or this one, never a mix."""
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in module.state_dict().items()}
     state = optimizer.state_dict()
-    tensors = {}
     for idx, entry in state["state"].items():
         for key, value in entry.items():
-            tensors[f"state.{idx}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
-    with atomic_path(_with_ext(path, ".safetensors")) as tmp:
-        save_file(tensors, str(tmp), metadata={"format_version": str(FORMAT_VERSION)})
-    write_json(_with_ext(path, ".json"), {"format_version": FORMAT_VERSION, "param_groups": state["param_groups"],
-                                           **progress})
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
+    meta = {"format_version": str(FORMAT_VERSION),
+            "progress": json.dumps({**progress, "param_groups": state["param_groups"]})}
+    with atomic_path(path) as tmp:
+        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
 
 
-def load_optimizer(optimizer: torch.optim.Optimizer, path: Path) -> dict:
-    """Restore what :func:`save_optimizer` wrote; returns the saved progress fields."""
-    info = read_json(_with_ext(path, ".json"), "optimizer state")
-    tensors, _ = _read_safetensors(_with_ext(path, ".safetensors"), "optimizer state")
+def training_progress(path: Path) -> dict | None:
+    """The progress stored with an unfinished training (:func:`save_training_state`), read from
+    the file's header only; None where there is no such file or it is not one."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            progress = (handle.metadata() or {}).get("progress")
+        return json.loads(progress) if progress else None
+    except Exception:  # damaged or another format: reported when it is loaded
+        return None
+
+
+def load_training_state(module: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> dict:
+    """Restore what :func:`save_training_state` wrote; returns its progress."""
+    tensors, meta = _read_safetensors(path, "interrupted training")
+    if "progress" not in meta:
+        raise CheckpointError(f"{path}: an interrupted training in an older format; start again without --resume")
+    progress = json.loads(meta["progress"])
+    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    _resize_buffers(module, {k: tuple(v.shape) for k, v in model.items()})
+    try:
+        module.load_state_dict(model)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: does not match this branch ({str(error).splitlines()[0]})") from None
     state: dict[int, dict] = {}
     for key, value in tensors.items():
-        _, idx, name = key.split(".", 2)
-        state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": info.pop("param_groups")})
-    info.pop("format_version")
-    return info
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": progress.pop("param_groups")})
+    return progress
 
 
 def save_arrays(path: Path, arrays: dict[str, torch.Tensor], meta: dict[str, str]) -> None:

@@ -14,6 +14,7 @@ from asdcli.models.registry import canonical_name
 from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
 from asdcli.services.reliability import heldout_gap, heldout_summary
+from asdcli.services.runs import CONFIG_FILE
 from asdcli.services.train import train_branch as train_service
 
 
@@ -34,8 +35,13 @@ def train_branch(
     """Train one branch on the normal training clips of every machine section under --data."""
     name = canonical_name(name)
     key = f"branches.{name.replace('-', '_')}.epochs"
+    if config is None and (run / CONFIG_FILE).is_file():  # a later branch of a run: the run's own config
+        config = str(run / CONFIG_FILE)
     cfg = resolve_config(config, seed=seed, **{key: epochs, "loader.workers": workers})
     torch_device = resolve_device(gpu, device if device or gpu is not None else "cpu")
+    if not resume and (run / f"{name}.json").is_file():
+        err.print(f"[yellow]notice:[/] {run} has a finished {name}; this training replaces it when it completes "
+                  "(until then, and if it fails, the finished one stays)", highlight=False)
     with progress_bar(unit="steps") as bar:
         task = bar.add_task(f"{name}", total=None)
 

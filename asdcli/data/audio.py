@@ -19,12 +19,16 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     Raises :class:`DataError` naming the file when it is empty, corrupt or not audio.
     """
     path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path}: a folder that cannot be listed (permissions); the clips in it are left out")
     try:
         size = path.stat().st_size
     except OSError as error:
-        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+        what = "a link whose target is missing" if path.is_symlink() else "cannot read"
+        raise DataError(f"{path}: {what} ({error.strerror})") from None
     if size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
+    _check_wav_length(path, size)
     try:
         with sf.SoundFile(str(path)) as handle:
             rate = handle.samplerate
@@ -39,6 +43,30 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     if data.shape[0] == 0:
         raise DataError(f"{path}: audio file holds no samples")
     return data, int(rate)
+
+
+def _check_wav_length(path: Path, size: int) -> None:
+    """A WAV whose data chunk declares more bytes than the file holds was cut short (an
+    interrupted copy or download); libsndfile would silently read what is there."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return
+            offset = 12
+            while offset + 8 <= size:
+                handle.seek(offset)
+                chunk = handle.read(8)
+                declared = int.from_bytes(chunk[4:8], "little")
+                if chunk[:4] == b"data":
+                    available = size - offset - 8
+                    if declared != 0xFFFFFFFF and declared > available:  # 0xFFFFFFFF: a stream of unknown length
+                        raise DataError(f"{path}: truncated WAV (its header declares {declared} bytes of audio, the "
+                                        f"file holds {available})")
+                    return
+                offset += 8 + declared + (declared & 1)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
 
 
 def select_channel(data: np.ndarray, channel: int | str, path: Path) -> np.ndarray:

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from asdcli.atomic import atomic_open, write_text
 from asdcli.config import AudioConfig, FeatureConfig, settings_digest
 from asdcli.data.audio import load_audio
+from asdcli.errors import DataError
 
 # Same floor as the DCASE baselines: 20 / power * log10(mel + float epsilon).
 LOG_EPS = sys.float_info.epsilon
@@ -141,7 +142,12 @@ class FeatureExtractor:
         """Decode and transform one file: ``(n_mels, frames)`` float32 (raises ``DataError``)."""
         wave = load_audio(path, self.audio)
         with torch.no_grad():
-            return self.logmel(wave).numpy()
+            feats = self.logmel(wave).numpy()
+        if not np.isfinite(feats).all():
+            peak = float(wave.abs().max())
+            raise DataError(f"{path}: samples up to {peak:.3g} in magnitude give non-finite log-mel features "
+                            "(audio samples are expected within about [-1, 1])")
+        return feats
 
     def lookup(self, path: str | Path) -> np.ndarray | None:
         """Cached features of one file, or ``None`` (no cache, not cached, or file unreadable)."""

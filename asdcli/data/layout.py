@@ -13,6 +13,8 @@ Any other name is still a clip (for scoring), just without labels.
 
 from __future__ import annotations
 
+import os
+
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,10 +111,6 @@ def parse_clip(path: str | Path, machine: str | None = None) -> Clip:
     return Clip(path=path, machine=machine or "unknown", split=folder_split)
 
 
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(".") for part in path.relative_to(root).parts)
-
-
 def discover(root: str | Path, split: str | None = None) -> list[Clip]:
     """All audio clips under ``root``, sorted by path.
 
@@ -127,11 +125,10 @@ def discover(root: str | Path, split: str | None = None) -> list[Clip]:
             raise DataError(f"{root}: not an audio file (expected {', '.join(AUDIO_SUFFIXES)})")
         files = [root]
     else:
-        files = sorted(
-            p for p in root.rglob("*")
-            if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file() and not _is_hidden(p, root)
-        )
+        files, unreadable = _audio_files(root)
     clips = [parse_clip(p) for p in files]
+    if not root.is_file():
+        clips += [_unreadable_folder(folder) for folder in unreadable]
     if split is not None:
         clips = [c for c in clips if c.split == split]
     if not clips:
@@ -140,6 +137,38 @@ def discover(root: str | Path, split: str | None = None) -> list[Clip]:
             f"no .wav or .flac files{where} under {root}; expected <machine>/train/*.wav and <machine>/test/*.wav"
         )
     return clips
+
+
+def _audio_files(root: Path) -> tuple[list[Path], list[Path]]:
+    """Audio files under ``root`` (hidden ones left out; a link whose target is gone is kept, so
+    that loading it names it) and the folders that could not be listed."""
+    files, unreadable = [], []
+
+    def failed(error: OSError) -> None:
+        unreadable.append(Path(error.filename))
+
+    seen: set[str] = set()
+    for folder, dirs, names in os.walk(root, onerror=failed, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a link back to a folder already listed
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        base = Path(folder)
+        for name in names:
+            path = base / name
+            if path.suffix.lower() in AUDIO_SUFFIXES and not name.startswith(".") and (path.is_file() or path.is_symlink()):
+                files.append(path)
+    return sorted(files), sorted(u for u in unreadable if u != root)
+
+
+def _unreadable_folder(folder: Path) -> Clip:
+    """A folder that could not be listed, as an entry that fails to load (and is reported with
+    the skipped clips) under the split its path names."""
+    split = next((SPLIT_DIRS[part] for part in reversed(folder.parts) if part in SPLIT_DIRS), None)
+    machine = folder.parent.name if folder.name in SPLIT_DIRS else folder.name
+    return Clip(path=folder, machine=machine, split=split)
 
 
 def group_clips(clips: list[Clip]) -> dict[str, list[Clip]]:

@@ -10,6 +10,7 @@ default the transformer is frozen; ``finetune_layers`` trains its top layers wit
 from __future__ import annotations
 
 import json
+import socket
 from pathlib import Path
 
 import torch.nn.functional as F
@@ -24,6 +25,36 @@ from asdcli.models.memory_bank import MemoryBank, collect_embeddings
 
 def _looks_like_path(source: str) -> bool:
     return source.startswith((".", "/", "~")) or Path(source).exists()
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection within ``timeout`` seconds (one try,
+    instead of the hub client's minute of retries on a machine without network)."""
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(cls, location: str, remote: bool):
+    """``cls.from_pretrained(location)``: for a model id, the local Hugging Face cache first, then
+    the Hub only when it can be reached (an ``OSError`` at once when it cannot)."""
+    if not remote:
+        return cls.from_pretrained(location)
+    try:
+        return cls.from_pretrained(location, local_files_only=True)
+    except (OSError, ValueError):
+        if not hub_reachable():
+            raise OSError("not in the local Hugging Face cache, and the Hub cannot be reached") from None
+        return cls.from_pretrained(location)
 
 
 def load_ast(cfg: PretrainedConfig, saved: dict | None = None):
@@ -46,7 +77,7 @@ def load_ast(cfg: PretrainedConfig, saved: dict | None = None):
         raise ConfigError(f"branches.pretrained.source: folder {cfg.source} does not exist")
     location = str(Path(cfg.source).expanduser()) if _looks_like_path(cfg.source) else cfg.source
     try:
-        model = ASTModel.from_pretrained(location)
+        model = _from_pretrained(ASTModel, location, remote=not _looks_like_path(cfg.source))
     except (OSError, ValueError) as error:
         raise ConfigError(
             f"branches.pretrained.source: cannot load AST weights '{cfg.source}' ({str(error).splitlines()[0]}). "
@@ -55,7 +86,7 @@ def load_ast(cfg: PretrainedConfig, saved: dict | None = None):
             "branches.pretrained.source to it; or set it to 'random' for an untrained model."
         ) from None
     try:
-        extractor = ASTFeatureExtractor.from_pretrained(location)
+        extractor = ASTFeatureExtractor.from_pretrained(location, local_files_only=True)
     except (OSError, ValueError):
         extractor = ASTFeatureExtractor(max_length=model.config.max_length)
     return model, extractor

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, write_json
+from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, training_progress, write_json
 from asdcli.atomic import write_text
 from asdcli.config import AsdConfig, dump_config, load_config, validate_config
 from asdcli.data.features import num_frames
@@ -35,7 +35,8 @@ class Run:
         return self.path / f"{name}.json"
 
     def train_state(self, name: str) -> Path:
-        return self.path / f"{name}.train"
+        """An unfinished training of ``name`` (weights, optimizer state, progress), for --resume."""
+        return self.path / f"{name}.train.safetensors"
 
     def train_scores(self, name: str) -> Path:
         return self.path / f"{name}.train_scores.json"
@@ -93,13 +94,36 @@ def branch_context(run: Run, config: AsdConfig, embed_dims: dict[str, int] | Non
                          n_labels=len(run.vocab.labels), embed_dims=embed_dims or {})
 
 
+BRANCH_META_FIELDS = {"status": str, "config": dict, "groups": list, "score_stats": dict}
+
+
+def _check_branch_meta(meta: dict, path: Path) -> None:
+    """The fields every stage reads from a branch's metadata, with their types (a hand-edited or
+    foreign file is named here rather than failing later)."""
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{path}: not branch metadata (a JSON object is expected)")
+    for key, kind in BRANCH_META_FIELDS.items():
+        if not isinstance(meta.get(key), kind):
+            raise CheckpointError(f"{path}: field '{key}' is missing or not a {kind.__name__}; the file was edited or "
+                                  "is not a branch's metadata: retrain the branch")
+    for group, stats in meta["score_stats"].items():
+        if not isinstance(stats, dict) or not all(isinstance(stats.get(k), (int, float)) for k in ("mean", "std")):
+            raise CheckpointError(f"{path}: score_stats of '{group}' lack a numeric mean and std; retrain the branch")
+
+
 def read_branch_meta(run: Run, name: str) -> dict:
     """A trained branch's metadata; errors say what to run when it is missing or unfinished."""
     name = canonical_name(name)
     if not run.meta_path(name).exists():
+        progress = training_progress(run.train_state(name))
+        if progress is not None:
+            raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {progress.get('epochs_done')}/"
+                                  f"{progress.get('epochs')}; finish it with: asd train-branch {name} --run {run.path} "
+                                  "--data DIR --resume")
         raise CheckpointError(f"branch '{name}' is not trained in {run.path}; run: asd train-branch {name} "
                               f"--run {run.path} --data DIR")
     meta = read_json(run.meta_path(name), f"{name} metadata")
+    _check_branch_meta(meta, run.meta_path(name))
     if meta.get("status") != "complete":
         raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {meta.get('epochs_done')}/"
                               f"{meta.get('epochs')}; finish it with: asd train-branch {name} --run {run.path} --resume")

@@ -175,12 +175,22 @@ def score_clips(run_dir: Path, clips: list[Clip], cache_dir: Path | None, names:
     z = shift.apply(z, groups, [c.domain for c in raw.clips])
     fused, weights = pipe.fused(z)
     final = pipe.final(z, groups)
+    clips, skipped = raw.clips, raw.skipped + (pipe.support.skipped if pipe.support else [])
+    finite = np.isfinite(final) & np.isfinite(z).all(axis=1)
+    if not finite.all():  # never decided normal: reported with the skipped clips instead
+        for i in np.flatnonzero(~finite):
+            bad = [n for k, n in enumerate(names) if not np.isfinite(z[i, k])] or ["the final stage"]
+            skipped.append((clips[i].path, f"{clips[i].path}: its anomaly score is not finite ({', '.join(bad)}); "
+                                           "left out rather than decided normal"))
+        clips, groups, z, final = [c for c, ok in zip(clips, finite) if ok], [g for g, ok in zip(groups, finite) if ok], \
+            z[finite], final[finite]
+        fused = None if fused is None else fused[finite]
+        weights = None if weights is None else weights[finite]
     rule: Callable[[np.ndarray], float] = (lambda s: fpr_threshold(s, fpr)) if fpr is not None else gamma_threshold
     by_group = _train_finals(pipe, normals)
     thresholds = {g: rule(v) for g, v in by_group.items() if v.size >= 2}
     pooled = rule(np.concatenate([v for g, v in by_group.items() if g in run.vocab.groups]))
     decision = np.array([int(s > thresholds.get(g, pooled)) for s, g in zip(final, groups)], dtype=int)
-    skipped = raw.skipped + (pipe.support.skipped if pipe.support else [])
-    return ScoreResult(raw.clips, final, decision, {n: z[:, k] for k, n in enumerate(names)},
+    return ScoreResult(clips, final, decision, {n: z[:, k] for k, n in enumerate(names)},
                        fused if pipe.fusion is not None else None, weights, thresholds, names, pipe.method,
                        skipped, _notices(pipe, groups, run_dir))

@@ -8,6 +8,7 @@ process takes its share of every batch and DDP averages the gradients; rank 0 wr
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import math
 import time
@@ -22,9 +23,10 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from asdcli.atomic import write_text
-from asdcli.checkpoints import FORMAT_VERSION, load_optimizer, load_weights, read_json, save_optimizer, save_weights, versions, write_json
+from asdcli.checkpoints import (FORMAT_VERSION, load_training_state, read_json, save_training_state, save_weights,
+                                versions, write_json)
 from asdcli.config import AsdConfig
-from asdcli.errors import CheckpointError
+from asdcli.errors import CheckpointError, TrainingError
 from asdcli.metrics import gamma_threshold
 from asdcli.models.base import Batch, Branch, state_digest
 from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
@@ -178,27 +180,70 @@ def _metadata(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score
     }
 
 
-def _save(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score_stats: dict,
+def _save(s: _Setup, config: AsdConfig, epochs_done: int, score_stats: dict, per_clip: dict[str, float],
           heldout: dict | None = None) -> None:
-    save_weights(s.branch, s.run.weights(s.name), {"branch": s.name, "status": status, "epoch": str(epochs_done)})
-    write_json(s.run.meta_path(s.name), _metadata(s, config, status, epochs_done, score_stats, heldout))
+    """The finished branch: weights, training scores, then the metadata that names it complete."""
+    save_weights(s.branch, s.run.weights(s.name), {"branch": s.name, "status": "complete", "epoch": str(epochs_done)})
+    write_json(s.run.train_scores(s.name), {"format_version": FORMAT_VERSION, "branch": s.name, "scores": per_clip})
+    write_json(s.run.meta_path(s.name), _metadata(s, config, "complete", epochs_done, score_stats, heldout))
 
 
-def _resume(s: _Setup, optimizer: torch.optim.Optimizer) -> int:
-    """Load weights and optimizer state of an interrupted run; returns the next epoch."""
-    if not s.run.meta_path(s.name).exists():
+def _progress(s: _Setup, config: AsdConfig, epochs_done: int) -> dict:
+    """What an unfinished training records, so that --resume can tell it continues the same one."""
+    keys = sorted(clip_key(c) for c in s.clipset.clips)
+    return {"epochs_done": epochs_done, "epochs": s.epochs, "seed": config.seed,
+            "clips": len(keys), "clips_digest": hashlib.sha1("\n".join(keys).encode()).hexdigest(),
+            "config": config.model_dump(mode="json")}
+
+
+def _differences(before: dict, now: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields where two config dumps differ."""
+    out = []
+    for key in sorted(set(before) | set(now)):
+        a, b = before.get(key), now.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} {a!r} (now {b!r})")
+    return out
+
+
+def _resume(s: _Setup, optimizer: torch.optim.Optimizer, config: AsdConfig) -> int:
+    """Load the weights and optimizer state of an interrupted training; returns the next epoch.
+    Refuses, naming the difference, when the epochs, seed, data or config are not those of the
+    interrupted training."""
+    path = s.run.train_state(s.name)
+    if not path.is_file():
+        if s.run.meta_path(s.name).exists():
+            raise CheckpointError(f"{s.run.meta_path(s.name)}: training already finished; nothing to resume")
         raise CheckpointError(f"{s.run.path}: no interrupted training of '{s.name}' to resume; run without --resume")
-    meta = read_json(s.run.meta_path(s.name), f"{s.name} metadata")
-    if meta["status"] == "complete":
-        raise CheckpointError(f"{s.run.meta_path(s.name)}: training already finished; nothing to resume")
-    load_weights(s.branch, s.run.weights(s.name))
-    if meta["epochs_done"] == 0:
-        return 0
-    progress = load_optimizer(optimizer, s.run.train_state(s.name))
-    if progress.get("epochs_done") != meta["epochs_done"]:
-        raise CheckpointError(f"{s.run.path}: weights (epoch {meta['epochs_done']}) and optimizer state "
-                              f"(epoch {progress.get('epochs_done')}) disagree; start again without --resume")
-    return int(meta["epochs_done"])
+    progress = load_training_state(s.branch, optimizer, path)
+    now = _progress(s, config, progress["epochs_done"])
+    differ = [f"{key} {progress.get(key)!r} (now {now[key]!r})" for key in ("epochs", "seed", "clips")
+              if progress.get(key) != now[key]]
+    if progress.get("clips_digest") != now["clips_digest"] and progress.get("clips") == now["clips"]:
+        differ.append("the training clips (same count, other files)")
+    differ += [d for d in _differences(progress.get("config", {}), now["config"])
+               if not d.startswith(("seed ", "train.epochs ", "branches.", "fusion.", "meta.", "debug."))
+               or d.startswith(f"branches.{s.name.replace('-', '_')}.")]
+    if differ:
+        raise CheckpointError(f"{path}: cannot resume: the interrupted training had " + "; ".join(differ[:4])
+                              + ("; ..." if len(differ) > 4 else "") + ". Give the same settings and data, or start "
+                              "again without --resume")
+    return int(progress["epochs_done"])
+
+
+def _check_finite(s: _Setup, row: dict) -> None:
+    """Stop a training whose loss or weights are no longer finite (a diverging learning rate,
+    clips of absurd amplitude): nothing of it is saved and the run stays as it was."""
+    bad = [n for n, p in s.branch.named_parameters() if not torch.isfinite(p).all()]
+    if math.isfinite(float(row["loss"])) and not bad:
+        return
+    what = f"loss {row['loss']}" + (f", {len(bad)} of {len(list(s.branch.parameters()))} weight tensors not finite"
+                                    if bad else "")
+    raise TrainingError(f"{s.name} diverged in epoch {row['epoch']} ({what}): lower its learning rate (now {s.lr:g}; "
+                        f"train.lr or branches.{s.name.replace('-', '_')}.lr) or check the training clips. Nothing of this "
+                        "training was saved; the run is as it was before")
 
 
 def epoch_order(clipset: ClipSet, balance: bool, seed: int, indices: list[int] | None = None) -> list[int]:
@@ -287,9 +332,11 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
                  on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
     """Train branch ``name`` on the normal training clips under ``data`` into ``run_dir``.
 
-    Writes ``<branch>.safetensors`` + ``<branch>.json`` after every epoch (status "training",
-    with the optimizer state for ``resume``) and when done (status "complete", with the memory
-    bank and per-section score statistics), and ``logs/<branch>_train.csv``.
+    After every epoch writes ``<branch>.train.safetensors`` (weights, optimizer state and progress
+    in one file, for ``resume``) and ``logs/<branch>_train.csv``; when done, ``<branch>.safetensors``
+    + ``<branch>.json`` (with the memory bank and per-section score statistics) replace any earlier
+    training of the branch, and the unfinished-training file is removed. A loss or weights that
+    stop being finite end the training with a :class:`TrainingError`, nothing of it saved.
     """
     name = canonical_name(name)
     device = device or torch.device("cpu")
@@ -320,7 +367,7 @@ def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, devic
         params = [p for p in s.branch.parameters() if p.requires_grad]
         trainable = bool(params) and s.epochs > 0
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=config.train.weight_decay) if params else None
-        start = _resume(s, optimizer) if resume else 0
+        start = _resume(s, optimizer, config) if resume else 0
         rows = _read_log(s.run.log_path(name), start) if resume else []
         model: nn.Module = _LossModule(s.branch)
         if info.world_size > 1 and trainable:
@@ -329,12 +376,12 @@ def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, devic
         final_loss = None
         for epoch in range(start, s.epochs if trainable else 0):
             row = _run_epoch(s, model, optimizer, config, epoch, info, on_step)
+            _check_finite(s, row)
             rows.append(row)
             final_loss = float(row["loss"])
             if info.is_main:
                 _write_log(s.run.log_path(name), rows)
-                save_optimizer(optimizer, s.run.train_state(name), {"epochs_done": epoch + 1})
-                _save(s, config, "training", epoch + 1, {})
+                save_training_state(s.branch, optimizer, s.run.train_state(name), _progress(s, config, epoch + 1))
             if on_epoch is not None:
                 on_epoch(row)
         # Release DDP's reducer while the process group is alive; destroying it after
@@ -352,8 +399,9 @@ def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, devic
             dist.all_gather_object(digests, state_digest(s.branch))
             identical = len(set(digests)) == 1
         if info.is_main:
-            write_json(s.run.train_scores(name), {"format_version": FORMAT_VERSION, "branch": name, "scores": per_clip})
-            _save(s, config, "complete", s.epochs if trainable else 0, stats, heldout)
+            _save(s, config, s.epochs if trainable else 0, stats, per_clip, heldout)
+            s.run.train_state(name).unlink(missing_ok=True)
+            s.run.train_state(name).with_name(f"{name}.train.json").unlink(missing_ok=True)  # older runs' optimizer state
         return TrainResult(name, run_dir, s.epochs if trainable else 0, final_loss, len(s.clipset),
                            s.clipset.report.failures, stats, info.world_size, identical, info.rank, heldout,
                            s.branch.limitation())

@@ -7,8 +7,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from asdcli.checkpoints import read_json
-from asdcli.errors import CheckpointError, ConfigError
+from asdcli.checkpoints import read_json, training_progress
+from asdcli.errors import CheckpointError, ConfigError, TrainingError
 from asdcli.services.device import resolve_device
 from asdcli.services.runs import load_branch, open_run
 from asdcli.services.branch_scores import score_branches
@@ -59,11 +59,17 @@ def test_resume_after_interruption_matches_uninterrupted(synth_root, cfg, tmp_pa
 
     with pytest.raises(KeyboardInterrupt):
         train_branch("b3", synth_root, tmp_path / "cut", cfg3, cache_dir=cache, on_epoch=stop_after_first)
-    meta = read_json(tmp_path / "cut" / "contrastive.json", "meta")
-    assert (meta["status"], meta["epochs_done"]) == ("training", 1)
+    assert not (tmp_path / "cut" / "contrastive.json").exists()  # only the unfinished-training file
+    assert training_progress(tmp_path / "cut" / "contrastive.train.safetensors")["epochs_done"] == 1
     with pytest.raises(CheckpointError, match="stopped at epoch 1/3.*--resume"):
         load_branch(open_run(tmp_path / "cut"), "contrastive")
+    for change, reason in ((cfg3.with_overrides(**{"train.epochs": 5}), "epochs 3 \\(now 5\\)"),
+                           (cfg3.with_overrides(seed=4), "seed 0 \\(now 4\\)"),
+                           (cfg3.with_overrides(**{"train.lr": 0.01}), "train.lr 0.002 \\(now 0.01\\)")):
+        with pytest.raises(CheckpointError, match="cannot resume: the interrupted training had " + reason):
+            train_branch("b3", synth_root, tmp_path / "cut", change, cache_dir=cache, resume=True)
     train_branch("b3", synth_root, tmp_path / "cut", cfg3, cache_dir=cache, resume=True)
+    assert not (tmp_path / "cut" / "contrastive.train.safetensors").exists()
     _assert_same_weights(_weights(tmp_path / "whole", "contrastive"), _weights(tmp_path / "cut", "contrastive"))
     log = (tmp_path / "cut" / "logs" / "contrastive_train.csv").read_text().splitlines()
     assert log[0] == "epoch,loss,lr,clips,seconds,clips_per_s" and [r.split(",")[0] for r in log[1:]] == ["1", "2", "3"]
@@ -148,3 +154,14 @@ def test_frozen_ast_embeddings_are_cached_on_disk(synth_root, cfg, tmp_path, mon
     monkeypatch.setattr(ASTModel, "forward", no_model)
     again = score_branches(run, ["b1"], test, cache).scores["pretrained"]
     assert (first == again).all()
+
+
+def test_a_diverging_training_fails_and_leaves_the_complete_branch(synth_root, cfg, tmp_path):
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    train_branch("b2", synth_root, run, cfg.with_overrides(**{"train.epochs": 1}), cache_dir=cache)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(TrainingError, match=r"transformer-ae diverged in epoch 1 \(loss (nan|inf).*lower its learning rate"):
+        train_branch("b2", synth_root, run, cfg.with_overrides(**{"train.lr": 1e30, "train.grad_clip": 1e30}),
+                     cache_dir=cache)
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == before
