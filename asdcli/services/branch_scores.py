@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from asdcli.checkpoints import training_progress
 from asdcli.data.layout import Clip
-from asdcli.models.base import Branch
 from asdcli.errors import CheckpointError
+from asdcli.models.base import Branch
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.dataset import ClipSet
 from asdcli.services.embeddings import EmbeddingCaches
@@ -60,16 +61,34 @@ def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir
 
 
 def trained_branches(run_dir: Path) -> list[str]:
-    """Names of the branches whose training finished in the run, in registry order."""
+    """Names of the branches whose training finished in the run, in registry order. A branch
+    whose metadata is damaged or edited is an error, not a branch left out."""
     run = open_run(run_dir)
     done = []
     for name in BRANCHES:
+        if not run.meta_path(name).exists():
+            continue
         try:
             read_branch_meta(run, name)
-        except CheckpointError:  # missing or unfinished: not usable for scoring
-            continue
+        except CheckpointError as error:
+            if "stopped at epoch" in str(error):  # written by an older version while training
+                continue
+            raise
         done.append(name)
     return done
+
+
+def unfinished_branches(run_dir: Path) -> dict[str, str]:
+    """Branches with an interrupted training and no finished version: name -> why they are not
+    used (a notice for the commands that score)."""
+    run = open_run(run_dir)
+    out = {}
+    for name in BRANCHES:
+        progress = training_progress(run.train_state(name))
+        if progress is not None and not run.meta_path(name).exists():
+            out[name] = (f"{name}: its training stopped at epoch {progress.get('epochs_done')}/{progress.get('epochs')} "
+                         f"and is not used; finish it with asd train-branch {name} --run {run.path} --data DIR --resume")
+    return out
 
 
 def _stats(meta: dict, group: str) -> tuple[float, float] | None:

@@ -15,7 +15,7 @@ from asdcli.data.layout import Clip
 from asdcli.errors import CheckpointError
 from asdcli.metrics import fpr_threshold, gamma_threshold
 from asdcli.models.registry import canonical_name
-from asdcli.services.branch_scores import load_with_upstream, normalize, score_branches, trained_branches
+from asdcli.services.branch_scores import load_with_upstream, normalize, score_branches, trained_branches, unfinished_branches
 from asdcli.services.examples import Examples, Normals, normal_examples
 from asdcli.services.fuse import fusion_paths, load_fusion, usable_branches
 from asdcli.services.meta import MetaLearner, fused_features, load_meta, meta_examples, meta_paths, support_rows
@@ -148,6 +148,7 @@ def _notices(pipe: _Pipeline, groups: list[str], run_dir: Path) -> list[str]:
     notices += [f"section {g}: statistics from the --support clips" + (", meta-learner adapted to them"
                 if pipe.meta is not None else "") for g in adapted]
     notices += [f"{name} left out of the average: {reason}" for name, reason in pipe.left_out.items()]
+    notices += list(unfinished_branches(run_dir).values())
     return notices
 
 
