@@ -78,6 +78,7 @@ class Branch(nn.Module, ABC):
 
     name: ClassVar[str]
     bid: ClassVar[str]
+    loss_name: ClassVar[str] = "training loss"  # what its loss measures, for plots
     needs_wave: ClassVar[bool] = False
 
     def __init__(self, context: BranchContext):

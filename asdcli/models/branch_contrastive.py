@@ -50,6 +50,7 @@ class ContrastiveBranch(Branch):
 
     name = "contrastive"
     bid = "b3"
+    loss_name = "supervised contrastive loss (+ ID cross-entropy after the switch)"
 
     def __init__(self, context: BranchContext, cfg: ContrastiveConfig):
         super().__init__(context)

@@ -73,6 +73,7 @@ class DiffusionBranch(ReconstructionScoring, Branch):
 
     name = "diffusion"
     bid = "b4"
+    loss_name = "noise-prediction MSE"
 
     def __init__(self, context: BranchContext, cfg: DiffusionConfig):
         super().__init__(context)

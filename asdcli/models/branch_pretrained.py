@@ -97,6 +97,7 @@ class PretrainedBranch(Branch):
 
     name = "pretrained"
     bid = "b1"
+    loss_name = "section/attribute cross-entropy (fine-tuned top layers)"
     needs_wave = True
 
     def __init__(self, context: BranchContext, cfg: PretrainedConfig, saved: dict | None = None):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -11,11 +13,13 @@ import matplotlib
 matplotlib.use("Agg")  # headless: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from asdcli.atomic import atomic_path  # noqa: E402
 from asdcli.errors import DataError  # noqa: E402
 from asdcli.metrics import MAX_FPR, auc, pauc  # noqa: E402
+from asdcli.models.registry import BRANCHES  # noqa: E402
 from asdcli.services.evaluate import ScoreRow, read_scores, score_files  # noqa: E402
 
 DPI = 100
@@ -70,6 +74,15 @@ def _debug_label(path: Path) -> str:
     return "frozen " + path.stem.removeprefix("debug_freeze_").replace("_", "+")
 
 
+def _loss_name(part: str) -> str:
+    """What a part's loss in a freeze-debug log measures."""
+    by_id = {cls.bid: cls for cls in BRANCHES.values()}
+    if part in by_id:
+        return by_id[part].loss_name
+    return {"fusion": "fusion head loss (fusion.loss: pairwise rank or balanced BCE)",
+            "meta": "meta-learner loss on its query clips"}.get(part, "loss")
+
+
 def plot_debug(paths: list[Path], out: Path, size: tuple[int, int] = (16, 8)) -> Path:
     """One loss panel per part and one panel of every part's gradient norm (log scale); several
     logs overlay (solid, dashed, dotted, ...) for comparison."""
@@ -80,7 +93,8 @@ def plot_debug(paths: list[Path], out: Path, size: tuple[int, int] = (16, 8)) ->
             raise DataError(f"{path}: no step rows to plot")
         parts = [c.removeprefix("loss_") for c in rows[0] if c.startswith("loss_") and c != "loss_total"]
         logs.append((path, rows, parts))
-    parts = list(dict.fromkeys(p for _, _, ps in logs for p in ps))
+    order = list(PART_NAMES)
+    parts = sorted(dict.fromkeys(p for _, _, ps in logs for p in ps), key=lambda p: (order.index(p) if p in order else len(order), p))
     cols = math.ceil((len(parts) + 1) / 2)
     fig, axes = plt.subplots(2, cols, figsize=(size[0], size[1]), squeeze=False)
     styles, colors = ["-", "--", ":", "-."], plt.get_cmap("tab10")
@@ -96,12 +110,13 @@ def plot_debug(paths: list[Path], out: Path, size: tuple[int, int] = (16, 8)) ->
             if (grad > 0).any():  # a frozen part's norm is 0: nothing to draw on a log scale
                 grad_ax.semilogy(step[grad > 0], grad[grad > 0], styles[f % 4], color=colors(k), label=label)
     for k, part in enumerate(parts):
-        axes.flat[k].set(title=f"{PART_NAMES.get(part, part)}: training loss", xlabel="training step", ylabel="loss")
-        axes.flat[k].legend(fontsize=7)
+        axes.flat[k].set(title=f"{PART_NAMES.get(part, part)}: training loss", xlabel="training step",
+                         ylabel=textwrap.fill(_loss_name(part), 34))
+        axes.flat[k].legend(fontsize=8)
         axes.flat[k].grid(alpha=0.3)
     grad_ax.set(title="gradient norms (frozen: 0, not drawn)", xlabel="training step",
                 ylabel="gradient L2 norm (log scale)")
-    grad_ax.legend(fontsize=6)
+    grad_ax.legend(fontsize=8)
     grad_ax.grid(alpha=0.3, which="both")
     for ax in axes.flat[len(parts) + 1 :]:
         ax.axis("off")
@@ -110,20 +125,56 @@ def plot_debug(paths: list[Path], out: Path, size: tuple[int, int] = (16, 8)) ->
     return _save(fig, out)
 
 
-def plot_epochs(paths: list[Path], out: Path, size: tuple[int, int] = (12, 7)) -> Path:
-    """Training loss per epoch of a run's branches (``<run>/logs/<branch>_train.csv``), one panel each."""
+def _branch_of_log(path: Path) -> str:
+    return path.stem.removesuffix("_train")
+
+
+def _contrastive_switch(log: Path) -> float | None:
+    """The epoch boundary where the contrastive branch's classifier joins its loss (the loss then
+    jumps by design), from the finished branch's metadata beside the log; None when unknown."""
+    meta_path = log.parent.parent / "contrastive.json"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        fraction = float(meta["config"]["branches"]["contrastive"]["pretrain_fraction"])
+        epochs = int(meta["epochs"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    first = math.ceil(fraction * epochs)  # the first epoch (0-based) trained with the classifier
+    return first + 0.5 if 0 < first < epochs else None
+
+
+def plot_epochs(paths: list[Path], out: Path, size: tuple[int, int] = (13, 7)) -> Path:
+    """Training loss per epoch of a run's branches (``<run>/logs/<branch>_train.csv``), one panel
+    each in the order b1..b5, the loss named on its axis; the contrastive branch's switch to
+    its second objective is marked."""
+    order = {name: i for i, name in enumerate(BRANCHES)}
+    paths = sorted(paths, key=lambda p: (order.get(_branch_of_log(p), len(order)), p.name))
     cols = min(3, len(paths))
     rows_n = math.ceil(len(paths) / cols)
     fig, axes = plt.subplots(rows_n, cols, figsize=size, squeeze=False)
     for ax, path in zip(axes.flat, paths):
         rows = read_table(path, ["epoch", "loss"])
+        name = _branch_of_log(path)
+        cls = BRANCHES.get(name)
         ax.plot(_floats(path, rows, "epoch"), _floats(path, rows, "loss"), "o-")
-        ax.set(title=f"{path.stem.removesuffix('_train')}: training loss", xlabel="epoch", ylabel="mean loss per epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set(title=f"{cls.bid} {name}" if cls else name, xlabel="epoch",
+               ylabel=textwrap.fill(cls.loss_name if cls else "mean training loss", 34))
+        switch = _contrastive_switch(path) if name == "contrastive" else None
+        if switch is not None:
+            ax.axvline(switch, color="grey", ls="--")
+            ax.annotate("classifier joins:\nthe loss jumps by design", (switch, 0.95), xycoords=("data", "axes fraction"),
+                        ha="left", va="top", fontsize=9, color="dimgrey", xytext=(4, 0), textcoords="offset points")
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(paths) :]:
         ax.axis("off")
+    fig.suptitle(f"training loss per epoch (mean over the epoch's batches): {_where(paths[0].parent.parent)}")
     fig.tight_layout()
     return _save(fig, out)
+
+
+def _where(path: Path) -> str:
+    return str(path.resolve())
 
 
 def _labelled(paths: list[Path]) -> list[ScoreRow]:
@@ -134,36 +185,61 @@ def _labelled(paths: list[Path]) -> list[ScoreRow]:
     return labelled
 
 
-def plot_scores(paths: list[Path], out: Path, size: tuple[int, int] = (16, 5)) -> Path:
-    """ROC curve of each section and of all clips (pAUC region shaded) and score histograms by
-    domain and label, from score CSVs (``asd score`` output or DCASE files)."""
+def _threshold(rows: list[ScoreRow]) -> float | None:
+    """Where a section's decisions switch from normal to anomalous (between the highest score
+    decided normal and the lowest decided anomalous); None without decisions."""
+    normal = [r.score for r in rows if r.decision == 0]
+    anomalous = [r.score for r in rows if r.decision == 1]
+    if not normal or not anomalous or any(r.decision is None for r in rows):
+        return None
+    return (max(normal) + min(anomalous)) / 2 if max(normal) < min(anomalous) else None
+
+
+def plot_scores(paths: list[Path], out: Path) -> Path:
+    """ROC curve of each section (pAUC region shaded) and, per section, the histogram of its
+    scores by label (and domain), with the decision threshold where decisions were given. Each
+    section has its own panel: scores of different sections are on different scales."""
     rows = _labelled(paths)
-    domains = sorted({r.domain for r in rows if r.domain}) or [None]
-    fig, axes = plt.subplots(1, 1 + len(domains), figsize=size, squeeze=False)
-    roc = axes[0, 0]
-    roc.axvspan(0, MAX_FPR, color="orange", alpha=0.15, label=f"pAUC region (FPR <= {MAX_FPR})")
     sections = sorted({(r.machine, r.section) for r in rows})
-    for machine, section in sections + [("all", "")]:
-        own = [r for r in rows if machine == "all" or (r.machine, r.section) == (machine, section)]
+    panels = 1 + len(sections)
+    cols = min(4, panels)
+    n_rows = math.ceil(panels / cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3.6 * n_rows), squeeze=False)
+    roc = axes.flat[0]
+    roc.axvspan(0, MAX_FPR, color="orange", alpha=0.15, label=f"pAUC region (FPR <= {MAX_FPR})")
+    for machine, section in sections:
+        own = [r for r in rows if (r.machine, r.section) == (machine, section)]
         labels, scores = [r.label for r in own], [r.score for r in own]
         if len(set(labels)) < 2:
             continue
         fpr, tpr, _ = roc_curve(labels, scores)
         unit = "id_" if all(r.dcase2020 for r in own) else "section "
-        name = "all clips" if machine == "all" else f"{machine} {unit}{section}"
-        roc.plot(fpr, tpr, lw=2.5 if machine == "all" else 1, color="black" if machine == "all" else None,
-                 label=f"{name}: AUC {auc(labels, scores):.3f}, pAUC {pauc(labels, scores):.3f}")
+        roc.plot(fpr, tpr, lw=1.5, label=f"{machine} {unit}{section}: AUC {auc(labels, scores):.3f}, "
+                                            f"pAUC {pauc(labels, scores):.3f}")
     roc.plot([0, 1], [0, 1], ":", color="grey")
-    roc.set(title="ROC curves", xlabel="false-positive rate", ylabel="true-positive rate", xlim=(0, 1), ylim=(0, 1.01))
-    roc.legend(fontsize=6, loc="lower right")
-    values = np.array([r.score for r in rows])
-    bins = np.linspace(np.percentile(values, 0.5), np.percentile(values, 99.5), 40)
-    for ax, domain in zip(axes[0, 1:], domains):
-        for label, color, name in ((0, "tab:blue", "normal"), (1, "tab:red", "anomaly")):
-            own = [r.score for r in rows if r.label == label and (domain is None or r.domain == domain)]
-            ax.hist(np.clip(own, bins[0], bins[-1]), bins=bins, alpha=0.55, color=color, label=f"{name} ({len(own)})")
-        ax.set(title=f"anomaly scores, {domain} domain" if domain else "anomaly scores, all clips", xlabel="anomaly score (higher = more anomalous)",
+    roc.set(title="ROC curve per section", xlabel="false-positive rate", ylabel="true-positive rate",
+            xlim=(-0.01, 1.01), ylim=(-0.01, 1.02))
+    roc.legend(fontsize=8, loc="lower right")
+    for ax, (machine, section) in zip(axes.flat[1:], sections):
+        own = [r for r in rows if (r.machine, r.section) == (machine, section)]
+        values = np.array([r.score for r in own])
+        bins = np.linspace(values.min(), values.max(), 25) if np.ptp(values) > 0 else 10
+        domains = sorted({r.domain for r in own if r.domain}) or [None]
+        for label, color, name in ((0, "tab:blue", "normal"), (1, "tab:red", "anomalous")):
+            for domain, style in zip(domains, ("stepfilled", "step")):
+                chosen = [r.score for r in own if r.label == label and (domain is None or r.domain == domain)]
+                tag = f"{name}{', ' + domain if domain else ''} ({len(chosen)})"
+                ax.hist(chosen, bins=bins, histtype=style, alpha=0.5 if style == "stepfilled" else 1.0, lw=1.5,
+                        color=color, label=tag)
+        threshold = _threshold(own)
+        if threshold is not None:
+            ax.axvline(threshold, color="black", ls="--", lw=1, label="decision threshold")
+        unit = "id_" if all(r.dcase2020 for r in own) else "section "
+        ax.set(title=f"{machine} {unit}{section}: anomaly scores", xlabel="anomaly score (higher = more anomalous)",
                ylabel="clips")
-        ax.legend()
+        ax.legend(fontsize=8)
+    for ax in axes.flat[panels:]:
+        ax.axis("off")
+    fig.suptitle("scores of " + ", ".join(_where(p) for p in paths))
     fig.tight_layout()
     return _save(fig, out)
