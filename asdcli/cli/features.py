@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from asdcli.cli.common import CacheOption, ConfigOption, WorkersOption, err, handle_errors, progress_bar, report_failures, resolve_config
+from asdcli.data.audio import length_notice
 from asdcli.data.layout import discover
 from asdcli.errors import DataError
 from asdcli.services.features import default_cache_dir, extract_features
@@ -32,5 +33,8 @@ def features(
         f"{len(report.failures)} skipped; cache {cache}"
     )
     report_failures(report.failures)
+    notice = length_notice([c.path for c in clips], cfg.audio)
+    if notice:
+        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
     if report.failures and len(report.failures) == report.total:
         raise DataError(f"no clip under {data} could be read")

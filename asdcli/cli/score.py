@@ -12,9 +12,12 @@ import typer
 
 from asdcli.atomic import write_texts
 from asdcli.cli.common import CacheOption, err, handle_errors, out, progress_bar, report_failures
+from asdcli.config import AudioConfig
+from asdcli.data.audio import length_notice
 from asdcli.data.layout import discover
-from asdcli.services.features import default_cache_dir
 from asdcli.models.registry import BRANCHES
+from asdcli.services.features import default_cache_dir
+from asdcli.services.runs import open_run
 from asdcli.services.score import METHODS, ScoreResult, score_clips
 
 
@@ -103,3 +106,6 @@ def score(
         written = write_dcase_files(result, out_dir)
         err.print(f"wrote {len(written)} DCASE files to {out_dir}")
     report_failures(result.skipped)
+    notice = length_notice([c.path for c in result.clips], AudioConfig(**open_run(run).features["audio"]))
+    if notice:
+        err.print(f"[yellow]notice:[/] {notice}", highlight=False)

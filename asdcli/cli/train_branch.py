@@ -10,7 +10,9 @@ from rich.table import Table
 
 from asdcli.cli.common import (CacheOption, ConfigOption, DataOption, RunOption, SeedOption, WorkersOption, err, handle_errors, out,
                                progress_bar, report_failures, resolve_config)
+from asdcli.data.audio import length_notice
 from asdcli.models.registry import canonical_name
+from asdcli.services.dataset import training_clips
 from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
 from asdcli.services.reliability import heldout_gap, heldout_summary
@@ -55,6 +57,9 @@ def train_branch(
     if result.rank != 0:  # under torchrun, the first process reports for all
         return
     report_failures(result.skipped)
+    notice = length_notice([c.path for c in training_clips(str(data))], cfg.audio)
+    if notice:
+        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
     table = Table(title=f"{name}: {result.clips} training clips, {result.epochs} epochs -> {result.run}")
     for column in ("section", "clips", "train score mean", "std", "decision threshold"):
         table.add_column(column, justify="right" if column != "section" else "left")

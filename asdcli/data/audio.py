@@ -112,3 +112,26 @@ def load_audio(path: str | Path, cfg: AudioConfig) -> torch.Tensor:
     if rate != cfg.sample_rate:
         wave = AF.resample(wave, rate, cfg.sample_rate)
     return fit_length(wave, cfg.num_samples)
+
+
+def length_notice(paths: list[Path], cfg: AudioConfig) -> str | None:
+    """A line saying how many clips are cut to ``audio.duration_s`` or tiled up to it (from the
+    files' headers; unreadable files are left to the loader to report), or None when all fit."""
+    longer, shorter, longest, shortest = 0, 0, 0.0, float("inf")
+    for path in paths:
+        try:
+            info = sf.info(str(path))
+        except (sf.LibsndfileError, RuntimeError, OSError):
+            continue
+        seconds = info.frames / info.samplerate if info.samplerate else 0.0
+        if seconds > cfg.duration_s + 1e-3:
+            longer, longest = longer + 1, max(longest, seconds)
+        elif seconds < cfg.duration_s - 1e-3:
+            shorter, shortest = shorter + 1, min(shortest, seconds)
+    parts = []
+    if longer:
+        parts.append(f"{longer} clip(s) longer than audio.duration_s={cfg.duration_s:g} s (up to {longest:.1f} s) "
+                     f"use their first {cfg.duration_s:g} s")
+    if shorter:
+        parts.append(f"{shorter} shorter one(s) (from {shortest:.1f} s) are repeated up to it")
+    return "; ".join(parts) or None
