@@ -109,8 +109,10 @@ def plot_debug(paths: list[Path], out: Path, size: tuple[int, int] = (16, 8)) ->
             grad = _floats(path, rows, f"grad_norm_{part}")
             if (grad > 0).any():  # a frozen part's norm is 0: nothing to draw on a log scale
                 grad_ax.semilogy(step[grad > 0], grad[grad > 0], styles[f % 4], color=colors(k), label=label)
+    frozen_everywhere = set.intersection(*(set(path.stem.removeprefix("debug_freeze_").split("_")) for path, _, _ in logs))
     for k, part in enumerate(parts):
-        axes.flat[k].set(title=f"{PART_NAMES.get(part, part)}: training loss", xlabel="training step",
+        state = " (frozen: evaluated, not trained)" if part in frozen_everywhere else ""
+        axes.flat[k].set(title=f"{PART_NAMES.get(part, part)}: loss{state}", xlabel="training step",
                          ylabel=textwrap.fill(_loss_name(part), 34))
         axes.flat[k].legend(fontsize=8)
         axes.flat[k].grid(alpha=0.3)
@@ -120,7 +122,7 @@ def plot_debug(paths: list[Path], out: Path, size: tuple[int, int] = (16, 8)) ->
     grad_ax.grid(alpha=0.3, which="both")
     for ax in axes.flat[len(parts) + 1 :]:
         ax.axis("off")
-    fig.suptitle("freeze-debug: " + " vs ".join(_debug_label(p) for p in paths))
+    fig.suptitle("freeze-debug: " + " vs ".join(f"{_debug_label(p)} ({_where(p)})" for p in paths))
     fig.tight_layout()
     return _save(fig, out)
 
@@ -163,8 +165,10 @@ def plot_epochs(paths: list[Path], out: Path, size: tuple[int, int] = (13, 7)) -
         switch = _contrastive_switch(path) if name == "contrastive" else None
         if switch is not None:
             ax.axvline(switch, color="grey", ls="--")
+            right = switch > np.mean(ax.get_xlim())  # write on the side with room
             ax.annotate("classifier joins:\nthe loss jumps by design", (switch, 0.95), xycoords=("data", "axes fraction"),
-                        ha="left", va="top", fontsize=9, color="dimgrey", xytext=(4, 0), textcoords="offset points")
+                        ha="right" if right else "left", va="top", fontsize=9, color="dimgrey",
+                        xytext=(-4 if right else 4, 0), textcoords="offset points")
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(paths) :]:
         ax.axis("off")
@@ -219,7 +223,7 @@ def plot_scores(paths: list[Path], out: Path) -> Path:
     roc.plot([0, 1], [0, 1], ":", color="grey")
     roc.set(title="ROC curve per section", xlabel="false-positive rate", ylabel="true-positive rate",
             xlim=(-0.01, 1.01), ylim=(-0.01, 1.02))
-    roc.legend(fontsize=8, loc="lower right")
+    roc.legend(fontsize=8, loc="lower right", framealpha=0.85)
     for ax, (machine, section) in zip(axes.flat[1:], sections):
         own = [r for r in rows if (r.machine, r.section) == (machine, section)]
         values = np.array([r.score for r in own])
@@ -237,6 +241,7 @@ def plot_scores(paths: list[Path], out: Path) -> Path:
         unit = "id_" if all(r.dcase2020 for r in own) else "section "
         ax.set(title=f"{machine} {unit}{section}: anomaly scores", xlabel="anomaly score (higher = more anomalous)",
                ylabel="clips")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend(fontsize=8)
     for ax in axes.flat[panels:]:
         ax.axis("off")
