@@ -108,13 +108,13 @@ def test_plots_are_pngs_and_bad_logs_get_clear_errors(synth_root, cfg, run_with_
     freeze_debug(synth_root, cfg, ["b3"], 1, a, run_with_examples)
     freeze_debug(synth_root, cfg, ["b2"], 1, b, run_with_examples)
     assert _png_size(plot_debug([a, b], tmp_path / "cmp.png")) == (1600, 800)
-    assert _png_size(plot_epochs(sorted((run_with_examples / "logs").glob("*_train.csv")), tmp_path / "ep.png")) == (1200, 700)
+    assert _png_size(plot_epochs(sorted((run_with_examples / "logs").glob("*_train.csv")), tmp_path / "ep.png")) == (1300, 700)
     scores = tmp_path / "scores.csv"
     scores.write_text("fan/test/section_00_source_test_normal_0000_x_1.wav,0.1\n"
                       "fan/test/section_00_source_test_anomaly_0000_x_1.wav,0.9\n"
                       "fan/test/section_00_target_test_normal_0001_x_1.wav,0.3\n"
                       "fan/test/section_00_target_test_anomaly_0001_x_1.wav,0.2\n")
-    assert _png_size(plot_scores([scores], tmp_path / "roc.png")) == (1600, 500)
+    assert _png_size(plot_scores([scores], tmp_path / "roc.png")) == (840, 360)  # ROC + one section's histogram
     broken = tmp_path / "debug_freeze_b4.csv"
     header, first = a.read_text().splitlines()[:2]
     cells = first.split(",")
