@@ -127,6 +127,21 @@ def test_a_full_disk_while_writing_the_dcase_files_leaves_the_old_ones(tmp_path,
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
 
 
+def test_a_full_disk_while_training_keeps_the_finished_branch(tmp_path, synth_root, monkeypatch):
+    run, cache = tmp_path / "run", str(tmp_path / "c")
+    args = ["train-branch", "b2", "--data", str(synth_root), "--run", str(run), "-c", "tiny", "--epochs", "2",
+            "--cache-dir", cache]
+    assert runner.invoke(app, args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+
+    def full_disk(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full_disk)
+    _one_line_error(runner.invoke(app, args), "cannot write", str(run), "No space left")
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+
+
 def test_config_that_is_not_utf8_and_a_folder_named_like_a_preset(tmp_path, monkeypatch, synth_root):
     latin = tmp_path / "mine.yaml"
     latin.write_bytes("# r\xe9glages\nseed: 3\n".encode("latin-1"))

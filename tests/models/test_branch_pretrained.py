@@ -48,3 +48,20 @@ def test_missing_folder_and_unreachable_hub_give_actionable_errors(tmp_path, mon
     with pytest.raises(ConfigError, match=r"cannot load AST weights 'MIT/ast-finetuned-audioset-10-10-0.4593'.*"
                                           r"--local-dir.*'random'"):
         PretrainedBranch(CONTEXT, PretrainedConfig())
+
+
+def test_an_unreachable_hub_is_one_error_without_retries(monkeypatch):
+    import asdcli.models.branch_pretrained as module
+
+    calls = []
+
+    def from_pretrained(location, **kwargs):
+        calls.append(kwargs)
+        raise OSError("not cached")
+
+    monkeypatch.setattr(ASTModel, "from_pretrained", staticmethod(from_pretrained))
+    monkeypatch.setattr(module, "hub_reachable", lambda timeout=3.0: False)
+    cfg = PretrainedConfig(source="MIT/ast-finetuned-audioset-10-10-0.4593")
+    with pytest.raises(ConfigError, match="not in the local Hugging Face cache, and the Hub cannot be reached"):
+        module.load_ast(cfg)
+    assert calls == [{"local_files_only": True}]  # the cache only: no download with its retries
