@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from asdcli import __version__
-from asdcli.cli import evaluate, features, freeze_debug, meta_train, plot, score, synth, train_branch, train_fusion
+from asdcli.cli import evaluate, features, freeze_debug, info, meta_train, plot, score, synth, train_branch, train_fusion
 
 app = typer.Typer(
     name="asd",
@@ -38,6 +38,7 @@ app.command("evaluate")(evaluate.evaluate)
 app.command("freeze-debug")(freeze_debug.freeze_debug)
 app.command("plot")(plot.plot)
 app.command("score")(score.score)
+app.command("info")(info.info)
 
 
 def main() -> None:

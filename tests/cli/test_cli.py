@@ -6,7 +6,7 @@ from typer.testing import CliRunner
 from asdcli.cli import app
 
 runner = CliRunner()
-COMMANDS = ["synth", "features", "train-branch", "train-fusion", "meta-train", "score", "evaluate", "freeze-debug", "plot"]
+COMMANDS = ["synth", "features", "train-branch", "train-fusion", "meta-train", "score", "evaluate", "freeze-debug", "plot", "info"]
 
 
 def _plain(text: str) -> str:

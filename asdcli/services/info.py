@@ -1,0 +1,126 @@
+"""`asd info RUN`: what a run holds: its sections, each stage, whether it is finished, unfinished or
+stale, and the settings it was made with."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asdcli.checkpoints import read_json, training_progress
+from asdcli.errors import CheckpointError
+from asdcli.models.registry import BRANCHES, branch_config
+from asdcli.services.fuse import branch_digests, file_digest, fusion_paths
+from asdcli.services.meta import meta_paths
+from asdcli.services.reliability import heldout_gap
+from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
+
+
+@dataclass
+class Stage:
+    """One stage of a run: ``state`` is finished, unfinished, stale, damaged or missing; ``detail``
+    says why or what it holds; ``settings`` the values it was made with."""
+
+    name: str
+    state: str
+    detail: str = ""
+    settings: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class RunInfo:
+    path: Path
+    sections: dict[str, int]  # section -> normal training clips
+    classes: int
+    holdout: int
+    config: str
+    stages: list[Stage]
+
+
+def _branch_stage(run: Run, name: str) -> Stage:
+    cls = BRANCHES[name]
+    label = f"{cls.bid} {name}"
+    if not run.meta_path(name).exists():
+        progress = training_progress(run.train_state(name))
+        if progress is None:
+            return Stage(label, "missing", "not trained")
+        return Stage(label, "unfinished", f"stopped at epoch {progress.get('epochs_done')}/{progress.get('epochs')}; "
+                                          "finish it with --resume")
+    try:
+        meta = read_branch_meta(run, name)
+        config = stored_config(meta, run.meta_path(name))
+    except CheckpointError as error:
+        return Stage(label, "damaged", str(error))
+    bcfg = branch_config(config, name)
+    epochs = bcfg.epochs if bcfg.epochs is not None else config.train.epochs
+    lr = bcfg.lr if bcfg.lr is not None else config.train.lr
+    notes = []
+    if meta.get("limitation"):
+        notes.append(meta["limitation"])
+    gap = heldout_gap(meta)
+    if gap is not None:
+        notes.append(f"held-out clips {gap:+.2f} (normal deviate; limit train.heldout_max_z {config.train.heldout_max_z:g})")
+    pending = training_progress(run.train_state(name))
+    if pending is not None:
+        notes.append(f"a retraining stopped at epoch {pending.get('epochs_done')}/{pending.get('epochs')} (not used)")
+    return Stage(label, "finished", "; ".join(notes),
+                 {"epochs": meta.get("epochs_done", epochs), "lr": lr, "seed": meta.get("seed"),
+                  "trained clips": meta.get("trained_clips"), "upstream": ",".join(meta.get("upstream", [])) or "-"})
+
+
+def _fusion_stage(run: Run) -> Stage:
+    _, meta_path, _ = fusion_paths(run)
+    if not meta_path.exists():
+        return Stage("fusion head", "missing", "run asd train-fusion")
+    try:
+        meta = read_json(meta_path, "fusion metadata")
+        stale = [n for n, d in branch_digests(run, meta["branches"]).items() if d != meta["branch_digests"][n]]
+    except (CheckpointError, KeyError, OSError) as error:
+        return Stage("fusion head", "damaged", str(error))
+    weights = ", ".join(f"{BRANCHES[n].bid} {w:.2f}" for n, w in meta.get("mean_weights", {}).items())
+    detail = f"mean attention {weights}"
+    if meta.get("left_out"):
+        detail += "; left out: " + ", ".join(meta["left_out"])
+    settings = {"hidden": meta.get("hidden"), "epochs": meta.get("config", {}).get("fusion", {}).get("epochs"),
+                "prior T": round(meta["prior_temperature"], 3) if "prior_temperature" in meta else "-"}
+    if stale:
+        return Stage("fusion head", "stale", f"{', '.join(stale)} retrained after it: rerun asd train-fusion", settings)
+    return Stage("fusion head", "finished", detail, settings)
+
+
+def _meta_stage(run: Run) -> Stage:
+    _, meta_path = meta_paths(run)
+    if not meta_path.exists():
+        return Stage("meta-learner", "missing", "run asd meta-train")
+    try:
+        meta = read_json(meta_path, "meta-learner metadata")
+        cfg = meta["meta"]
+    except (CheckpointError, KeyError) as error:
+        return Stage("meta-learner", "damaged", str(error))
+    settings = {"iterations": cfg.get("iterations"), "inner steps": cfg.get("inner_steps"), "hidden": cfg.get("hidden"),
+                "seed": meta.get("seed")}
+    fusion_meta = fusion_paths(run)[1]
+    recorded = meta.get("fusion_digest")
+    if recorded and fusion_meta.exists() and recorded != file_digest(fusion_meta):
+        return Stage("meta-learner", "stale", "the fusion head was retrained after it: rerun asd meta-train", settings)
+    return Stage("meta-learner", "finished", f"{len(meta.get('tasks', []))} training sections", settings)
+
+
+def run_info(run_dir: Path) -> RunInfo:
+    """Everything :class:`RunInfo` says of the run folder ``run_dir``."""
+    run = open_run(run_dir)
+    stages = [_branch_stage(run, name) for name in BRANCHES] + [_fusion_stage(run), _meta_stage(run)]
+    sections = {g: 0 for g in run.vocab.groups}
+    for name in BRANCHES:
+        if run.meta_path(name).exists():
+            try:
+                stats = read_branch_meta(run, name)["score_stats"]
+            except CheckpointError:
+                continue
+            sections.update({g: int(s.get("count", 0)) for g, s in stats.items()})
+            break
+    config = "config.yaml" if run.config_path.is_file() else "the first branch's stored config (no config.yaml)"
+    try:
+        run_config(run)
+    except CheckpointError:
+        config = "none yet"
+    return RunInfo(run.path, sections, len(run.vocab.labels), len(run.holdout), config, stages)
