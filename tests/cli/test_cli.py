@@ -191,3 +191,16 @@ def test_dcase2020_round_trip_writes_and_reads_2020_names(tmp_path, shared_data)
     text = _plain(evaluated.output)
     assert "DCASE 2020 evaluation" in text and "source" not in text and "score (AUC+pAUC)/2" in text
     assert (tmp_path / "result.csv").read_text().startswith("slider\nid,AUC,pAUC\n00,")
+
+
+def test_asd_help_lists_every_command_without_loading_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom asdcli.cli import main, COMMANDS\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n"
+            "    assert e.code == 0\nprint('torch' in sys.modules, sorted(COMMANDS))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].startswith("False")
+    for name in COMMANDS:
+        assert f"  {name} " in result.stdout
