@@ -89,9 +89,10 @@ def score(
     if not clips:
         clips = discover(data)
     with progress_bar() as bar:
-        bar.add_task("scoring", total=None)
+        task = bar.add_task("scoring (features: first half; branches: second)", total=len(clips))
         support_clips = discover(support) if support is not None else None
-        result = score_clips(run, clips, cache_dir or default_cache_dir(), branch, fpr, support=support_clips)
+        result = score_clips(run, clips, cache_dir or default_cache_dir(), branch, fpr, support=support_clips,
+                             progress=lambda n: bar.advance(task, n / 2))  # each clip: features, then scoring
     for notice in result.notices:
         err.print(f"[yellow]notice:[/] {notice}", highlight=False)
     err.print(f"{len(result.clips)} clips scored with {', '.join(result.branches)}: {METHODS[result.method]}",

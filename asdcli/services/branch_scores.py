@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -42,21 +43,29 @@ def load_with_upstream(run: Run, names: list[str], device) -> tuple[dict[str, Br
 
 def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir: Path | None,
                    device: torch.device | str = "cpu", batch_size: int = 32,
-                   loaded: tuple[dict[str, Branch], dict[str, Branch]] | None = None) -> BranchScores:
+                   loaded: tuple[dict[str, Branch], dict[str, Branch]] | None = None,
+                   progress: Callable[[int], None] | None = None) -> BranchScores:
     """Score ``clips`` with each named branch of the run (features as the run was trained with);
-    ``loaded``: the branches and upstream branches already loaded by :func:`load_with_upstream`."""
+    ``loaded``: the branches and upstream branches already loaded by :func:`load_with_upstream`;
+    ``progress(n)`` after each clip's features and after each scored batch of n clips (2 x the
+    clips in all)."""
     run = open_run(run_dir)
     names = [canonical_name(n) for n in names]
     config = stored_config(read_branch_meta(run, names[0]), run.meta_path(names[0]))
     branches, upstream = loaded or load_with_upstream(run, names, device)
     needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
-    clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave)
+    clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave,
+                      on_item=None if progress is None else lambda: progress(1))
+    if progress is not None:
+        progress(len(clips) - len(clipset))  # the skipped clips are not scored
     caches = EmbeddingCaches(cache_dir, {**upstream, **branches})
     scores: dict[str, list] = {n: [] for n in names}
     with torch.no_grad():
         for batch in model_batches(clipset, batch_size, device, upstream, caches):
             for name, branch in branches.items():
                 scores[name].append(branch.score(batch).cpu().numpy())
+            if progress is not None:
+                progress(len(batch))
     return BranchScores(clipset.clips, {n: np.concatenate(v) for n, v in scores.items()}, clipset.report.failures)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ class ClipSet:
     """
 
     def __init__(self, clips: Sequence[Clip], config: AsdConfig, extractor: FeatureExtractor,
-                 vocab: Vocabulary, with_wave: bool = False):
+                 vocab: Vocabulary, with_wave: bool = False, on_item: Callable[[], None] | None = None):
         self.config, self.extractor, self.vocab, self.with_wave = config, extractor, vocab, with_wave
         self.report = FeatureReport()
         total = sq = None
@@ -93,6 +93,8 @@ class ClipSet:
         frames = 0
         for item in iter_features(clips, extractor, config.loader.workers):
             self.report.add(item)
+            if on_item is not None:
+                on_item()
             if item.error is not None:
                 continue
             f = item.features.astype(np.float64)  # (n_mels, frames)

@@ -154,7 +154,7 @@ def _notices(pipe: _Pipeline, groups: list[str], run_dir: Path) -> list[str]:
 
 def score_clips(run_dir: Path, clips: list[Clip], cache_dir: Path | None, names: list[str] | None = None,
                 fpr: float | None = None, device: torch.device | str = "cpu",
-                support: list[Clip] | None = None) -> ScoreResult:
+                support: list[Clip] | None = None, progress: Callable[[int], None] | None = None) -> ScoreResult:
     """Score clips with every stage the run has (see :data:`METHODS`); decisions from a gamma fit
     (90th percentile, as the DCASE baselines) or at false-positive rate ``fpr``, both fitted on
     the final scores of the section's normal training clips. ``support``: normal clips of
@@ -166,7 +166,7 @@ def score_clips(run_dir: Path, clips: list[Clip], cache_dir: Path | None, names:
     if support:
         pipe.support = section_support(run, support, names, metas, run_config(run), cache_dir, device, loaded)
         metas = pipe.support.metas
-    raw = score_branches(run_dir, names, clips, cache_dir, device, loaded=loaded)
+    raw = score_branches(run_dir, names, clips, cache_dir, device, loaded=loaded, progress=progress)
     groups = [c.group for c in raw.clips]
     normals = normal_examples(run, names)
     shift = normals.shift
