@@ -100,15 +100,18 @@ def load_audio(path: str | Path, cfg: AudioConfig) -> torch.Tensor:
     """
     path = Path(path)
     data, rate = read_audio(path)
-    mono = select_channel(data, cfg.channel, path)
+    return prepare_wave(select_channel(data, cfg.channel, path), rate, cfg, str(path))
+
+
+def prepare_wave(mono: np.ndarray, rate: int, cfg: AudioConfig, what: str) -> torch.Tensor:
+    """A mono waveform (samples,) at ``rate`` -> float32 at ``cfg.sample_rate``, cropped or tiled
+    to ``cfg.duration_s``; a :class:`DataError` naming ``what`` when it is unusable."""
     if not np.isfinite(mono).all():
-        raise DataError(f"{path}: contains NaN or infinite samples")
+        raise DataError(f"{what}: contains NaN or infinite samples")
     duration = mono.shape[0] / rate
     if duration < cfg.min_duration_s:
-        raise DataError(
-            f"{path}: too short ({duration:.3f} s; audio.min_duration_s is {cfg.min_duration_s} s)"
-        )
-    wave = torch.from_numpy(np.ascontiguousarray(mono))
+        raise DataError(f"{what}: too short ({duration:.3f} s; audio.min_duration_s is {cfg.min_duration_s} s)")
+    wave = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
     if rate != cfg.sample_rate:
         wave = AF.resample(wave, rate, cfg.sample_rate)
     return fit_length(wave, cfg.num_samples)

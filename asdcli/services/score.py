@@ -11,16 +11,20 @@ from typing import Callable
 import numpy as np
 import torch
 
-from asdcli.data.layout import Clip
-from asdcli.errors import CheckpointError
+from asdcli.data.audio import prepare_wave, select_channel
+from asdcli.data.features import LogMel
+from asdcli.data.layout import Clip, parse_clip
+from asdcli.errors import CheckpointError, DataError
 from asdcli.metrics import fpr_threshold, gamma_threshold
+from asdcli.models.base import Batch
 from asdcli.models.registry import canonical_name
 from asdcli.services.branch_scores import load_with_upstream, normalize, score_branches, trained_branches, unfinished_branches
 from asdcli.services.examples import Examples, Normals, normal_examples
 from asdcli.services.fuse import fusion_paths, load_fusion, usable_branches
 from asdcli.services.meta import MetaLearner, fused_features, load_meta, meta_examples, meta_paths, support_rows
 from asdcli.services.adapt import Support, section_support
-from asdcli.services.runs import Run, open_run, read_branch_meta, run_config
+from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
+from asdcli.services.train import with_embeddings
 
 METHODS = {
     "meta": "meta-learner adapted per section over the attention-fused scores",
@@ -152,46 +156,133 @@ def _notices(pipe: _Pipeline, groups: list[str], run_dir: Path) -> list[str]:
     return notices
 
 
+@dataclass
+class ClipScore:
+    """One scored waveform: the final score and decision, the fused score, and per branch its
+    standardised score and attention weight (weights None without a fusion head)."""
+
+    score: float
+    decision: int
+    fused: float
+    normalized: dict[str, float]
+    weights: dict[str, float] | None
+    threshold: float
+    method: str
+
+
+class Detector:
+    """A run loaded once for scoring: its branches, fusion head, meta-learner and the statistics
+    of its training clips. ``Detector.load(run)``, then :meth:`score` (files) or
+    :meth:`score_waveform` (audio already in memory) as often as needed."""
+
+    def __init__(self, run: Run, pipe: _Pipeline, names: list[str], metas: dict[str, dict], loaded, normals: Normals,
+                 device: torch.device | str, cache_dir: Path | None):
+        self.run, self.pipe, self.names, self.metas, self.loaded = run, pipe, names, metas, loaded
+        self.normals, self.device, self.cache_dir = normals, device, cache_dir
+        self.shift = normals.shift
+        if pipe.support is not None:
+            self.shift.update(pipe.support.shift)
+        self._thresholds: dict[float | None, tuple[dict[str, float], float]] = {}
+
+    @classmethod
+    def load(cls, run_dir: str | Path, device: torch.device | str = "cpu", cache_dir: Path | None = None,
+             names: list[str] | None = None, support: list[Clip] | None = None) -> "Detector":
+        """Load every stage of the run (``names``: only these branches, averaged); ``support``:
+        normal clips of sections the run never saw, which those sections are standardised by and
+        adapted to."""
+        run = open_run(Path(run_dir))
+        pipe, names = _pipeline(run, [canonical_name(n) for n in names] if names else None)
+        metas = {n: read_branch_meta(run, n) for n in names}
+        loaded = load_with_upstream(run, names, device)
+        if support:
+            pipe.support = section_support(run, support, names, metas, run_config(run), cache_dir, device, loaded)
+            metas = pipe.support.metas
+        return cls(run, pipe, names, metas, loaded, normal_examples(run, names), device, cache_dir)
+
+    @property
+    def method(self) -> str:
+        return self.pipe.method
+
+    def thresholds(self, fpr: float | None = None) -> tuple[dict[str, float], float]:
+        """Per-section decision thresholds and the pooled one (for sections without their own):
+        a gamma fit (90th percentile, as the DCASE baselines) or false-positive rate ``fpr``, on
+        the final scores of the sections' normal training clips."""
+        if fpr not in self._thresholds:
+            rule: Callable[[np.ndarray], float] = (lambda v: fpr_threshold(v, fpr)) if fpr is not None else gamma_threshold
+            by_group = _train_finals(self.pipe, self.normals)
+            own = {g: rule(v) for g, v in by_group.items() if v.size >= 2}
+            pooled = rule(np.concatenate([v for g, v in by_group.items() if g in self.run.vocab.groups]))
+            self._thresholds[fpr] = (own, pooled)
+        return self._thresholds[fpr]
+
+    def _stages(self, raw: dict[str, np.ndarray], groups: list[str], domains: list[str | None]):
+        z = np.stack([normalize(raw[n], groups, self.metas[n]) for n in self.names], axis=1)  # (N, K)
+        z = self.shift.apply(z, groups, domains)
+        fused, weights = self.pipe.fused(z)
+        return z, fused, weights, self.pipe.final(z, groups)
+
+    def score(self, clips: list[Clip] | list[str | Path], fpr: float | None = None,
+              progress: Callable[[int], None] | None = None) -> ScoreResult:
+        """Score clips (or paths of audio files) with every stage the run has (see :data:`METHODS`)."""
+        clips = [c if isinstance(c, Clip) else parse_clip(Path(c)) for c in clips]
+        raw = score_branches(self.run.path, self.names, clips, self.cache_dir, self.device, loaded=self.loaded,
+                             progress=progress)
+        groups = [c.group for c in raw.clips]
+        z, fused, weights, final = self._stages(raw.scores, groups, [c.domain for c in raw.clips])
+        clips, skipped = raw.clips, raw.skipped + (self.pipe.support.skipped if self.pipe.support else [])
+        finite = np.isfinite(final) & np.isfinite(z).all(axis=1)
+        if not finite.all():  # never decided normal: reported with the skipped clips instead
+            for i in np.flatnonzero(~finite):
+                bad = [n for k, n in enumerate(self.names) if not np.isfinite(z[i, k])] or ["the final stage"]
+                skipped.append((clips[i].path, f"{clips[i].path}: its anomaly score is not finite ({', '.join(bad)}); "
+                                               "left out rather than decided normal"))
+            clips, groups = [c for c, ok in zip(clips, finite) if ok], [g for g, ok in zip(groups, finite) if ok]
+            z, final = z[finite], final[finite]
+            fused = None if fused is None else fused[finite]
+            weights = None if weights is None else weights[finite]
+        own, pooled = self.thresholds(fpr)
+        decision = np.array([int(s > own.get(g, pooled)) for s, g in zip(final, groups)], dtype=int)
+        return ScoreResult(clips, final, decision, {n: z[:, k] for k, n in enumerate(self.names)},
+                           fused if self.pipe.fusion is not None else None, weights, own, self.names, self.method,
+                           skipped, _notices(self.pipe, groups, self.run.path))
+
+    def score_waveform(self, wave: np.ndarray, sample_rate: int, machine: str, section: str | int,
+                       domain: str | None = None, fpr: float | None = None) -> ClipScore:
+        """Score one clip already in memory: ``wave`` (samples,) or (samples, channels) float
+        audio at ``sample_rate``, of ``machine`` section ``section`` (``domain`` "source" or
+        "target" where known). It is prepared as a file would be (channel, resampling, length)."""
+        config = stored_config(self.metas[self.names[0]], self.run.meta_path(self.names[0]))
+        what = f"waveform of {machine} section {section}"
+        data = np.asarray(wave, dtype=np.float32)
+        data = data[:, None] if data.ndim == 1 else data
+        if data.ndim != 2 or data.shape[0] == 0:
+            raise DataError(f"{what}: expected (samples,) or (samples, channels) audio, got shape {np.shape(wave)}")
+        audio = prepare_wave(select_channel(data, config.audio.channel, Path(what)), int(sample_rate), config.audio, what)
+        feats = LogMel(config.audio, config.features)(audio)
+        if not torch.isfinite(feats).all():
+            raise DataError(f"{what}: gives non-finite log-mel features (samples are expected within about [-1, 1])")
+        clip = Clip(path=Path(what), machine=machine, section=f"{int(section):02d}", domain=domain)
+        branches, upstream = self.loaded
+        needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
+        batch = Batch(feats=feats[None], group=torch.tensor([self.run.vocab.group_index(clip)]),
+                      domain=torch.tensor([int(domain == "target")]), label=torch.tensor([-1]),
+                      wave=audio[None] if needs_wave else None, index=torch.tensor([-1]))
+        with torch.no_grad():
+            batch = with_embeddings(batch.to(self.device), upstream)
+            raw = {n: branch.score(batch).double().cpu().numpy() for n, branch in branches.items()}
+        z, fused, weights, final = self._stages(raw, [clip.group], [domain])
+        if not np.isfinite(final[0]):
+            raise DataError(f"{what}: its anomaly score is not finite")
+        own, pooled = self.thresholds(fpr)
+        threshold = own.get(clip.group, pooled)
+        return ClipScore(float(final[0]), int(final[0] > threshold), float(fused[0]),
+                         {n: float(z[0, k]) for k, n in enumerate(self.names)},
+                         None if weights is None else {n: float(weights[0, k]) for k, n in enumerate(self.names)},
+                         float(threshold), self.method)
+
+
 def score_clips(run_dir: Path, clips: list[Clip], cache_dir: Path | None, names: list[str] | None = None,
                 fpr: float | None = None, device: torch.device | str = "cpu",
                 support: list[Clip] | None = None, progress: Callable[[int], None] | None = None) -> ScoreResult:
-    """Score clips with every stage the run has (see :data:`METHODS`); decisions from a gamma fit
-    (90th percentile, as the DCASE baselines) or at false-positive rate ``fpr``, both fitted on
-    the final scores of the section's normal training clips. ``support``: normal clips of
-    sections the run never saw, which those sections are standardised by and adapted to."""
-    run = open_run(run_dir)
-    pipe, names = _pipeline(run, [canonical_name(n) for n in names] if names else None)
-    metas = {n: read_branch_meta(run, n) for n in names}
-    loaded = load_with_upstream(run, names, device)
-    if support:
-        pipe.support = section_support(run, support, names, metas, run_config(run), cache_dir, device, loaded)
-        metas = pipe.support.metas
-    raw = score_branches(run_dir, names, clips, cache_dir, device, loaded=loaded, progress=progress)
-    groups = [c.group for c in raw.clips]
-    normals = normal_examples(run, names)
-    shift = normals.shift
-    if pipe.support is not None:
-        shift.update(pipe.support.shift)
-    z = np.stack([normalize(raw.scores[n], groups, metas[n]) for n in names], axis=1)  # (N, K)
-    z = shift.apply(z, groups, [c.domain for c in raw.clips])
-    fused, weights = pipe.fused(z)
-    final = pipe.final(z, groups)
-    clips, skipped = raw.clips, raw.skipped + (pipe.support.skipped if pipe.support else [])
-    finite = np.isfinite(final) & np.isfinite(z).all(axis=1)
-    if not finite.all():  # never decided normal: reported with the skipped clips instead
-        for i in np.flatnonzero(~finite):
-            bad = [n for k, n in enumerate(names) if not np.isfinite(z[i, k])] or ["the final stage"]
-            skipped.append((clips[i].path, f"{clips[i].path}: its anomaly score is not finite ({', '.join(bad)}); "
-                                           "left out rather than decided normal"))
-        clips, groups, z, final = [c for c, ok in zip(clips, finite) if ok], [g for g, ok in zip(groups, finite) if ok], \
-            z[finite], final[finite]
-        fused = None if fused is None else fused[finite]
-        weights = None if weights is None else weights[finite]
-    rule: Callable[[np.ndarray], float] = (lambda s: fpr_threshold(s, fpr)) if fpr is not None else gamma_threshold
-    by_group = _train_finals(pipe, normals)
-    thresholds = {g: rule(v) for g, v in by_group.items() if v.size >= 2}
-    pooled = rule(np.concatenate([v for g, v in by_group.items() if g in run.vocab.groups]))
-    decision = np.array([int(s > thresholds.get(g, pooled)) for s, g in zip(final, groups)], dtype=int)
-    return ScoreResult(clips, final, decision, {n: z[:, k] for k, n in enumerate(names)},
-                       fused if pipe.fusion is not None else None, weights, thresholds, names, pipe.method,
-                       skipped, _notices(pipe, groups, run_dir))
+    """Load the run (:class:`Detector`) and score clips with every stage it has."""
+    return Detector.load(run_dir, device, cache_dir, names, support).score(clips, fpr, progress)

@@ -1,0 +1,53 @@
+"""The Python API: a run loaded once scores files and waveforms in memory as `asd score` does."""
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from asdcli import Detector
+from asdcli.data.layout import discover
+from asdcli.errors import DataError
+from asdcli.services.fuse import train_fusion
+from asdcli.services.meta import meta_train
+from asdcli.services.score import score_clips
+from asdcli.services.train import train_branch
+
+
+@pytest.fixture(scope="module")
+def run(synth_root, tiny, tmp_path_factory):
+    root = tmp_path_factory.mktemp("detector")
+    cfg = tiny.with_overrides(**{"train.epochs": 1, "meta.iterations": 5})
+    for name in ("b2", "b3"):
+        train_branch(name, synth_root, root / "run", cfg, cache_dir=root / "cache")
+    train_fusion(synth_root, root / "run", cfg)
+    meta_train(root / "run", cfg, data=synth_root)
+    return root / "run", root / "cache"
+
+
+def test_a_loaded_detector_scores_files_and_waveforms_as_asd_score(run, synth_root):
+    run_dir, cache = run
+    test = discover(synth_root / "fan" / "test")
+    detector = Detector.load(run_dir, cache_dir=cache)
+    assert detector.method == "meta"
+    result = detector.score([c.path for c in test])
+    reference = score_clips(run_dir, test, cache)
+    np.testing.assert_array_equal(result.score, reference.score)
+    np.testing.assert_array_equal(result.decision, reference.decision)
+    for i in (0, len(test) - 1):
+        clip = test[i]
+        alone = detector.score([clip.path])  # one clip per batch, as a waveform is scored (batches of other
+        wave, rate = sf.read(str(clip.path), dtype="float32")  # sizes round convolutions differently, ~1e-4)
+        one = detector.score_waveform(wave, rate, machine=clip.machine, section=clip.section, domain=clip.domain)
+        assert one.score == pytest.approx(alone.score[0], abs=1e-9)
+        assert one.decision == alone.decision[0] and one.method == "meta"
+        assert one.normalized == pytest.approx({n: float(v[0]) for n, v in alone.normalized.items()}, abs=1e-9)
+        assert one.score == pytest.approx(result.score[i], abs=1e-3)
+        assert sum(one.weights.values()) == pytest.approx(1.0, abs=1e-5)
+    wave, rate = sf.read(str(test[0].path), dtype="float32")
+    stereo = np.stack([wave, wave], axis=1)
+    assert detector.score_waveform(stereo, rate, "fan", 0).score == pytest.approx(
+        detector.score_waveform(wave, rate, "fan", 0).score)
+    with pytest.raises(DataError, match="waveform of fan section 0: contains NaN"):
+        detector.score_waveform(np.full(rate, np.nan, dtype=np.float32), rate, "fan", 0)
+    with pytest.raises(DataError, match="too short"):
+        detector.score_waveform(wave[:10], rate, "fan", 0)
