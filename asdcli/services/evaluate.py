@@ -98,15 +98,6 @@ def decision_path(score_path: Path) -> Path:
     return score_path.with_name("decision_result_" + score_path.name[len("anomaly_score_"):])
 
 
-def _decisions(path: Path) -> dict[str, int]:
-    out = {}
-    for number, row in enumerate(_read_rows(path), start=1):
-        if len(row) < 2 or row[1].strip() not in ("0", "1"):
-            raise DataError(f"{path}, line {number}: expected filename,0|1")
-        out[row[0]] = int(row[1])
-    return out
-
-
 def read_scores(path: Path) -> list[ScoreRow]:
     """Rows of one CSV: a DCASE ``anomaly_score_<machine>_section_<XX>_test.csv`` or 2020
     ``anomaly_score_<machine>_id_<XX>.csv`` (file names only; decisions from the
@@ -114,7 +105,7 @@ def read_scores(path: Path) -> list[ScoreRow]:
     (``filename,score[,decision]``, paths relative to the scored folder, so the machine comes from
     the path; the header of ``--explain`` output is skipped)."""
     match = DCASE_SCORE_FILE.match(path.name)
-    decided = _decisions(decision_path(path)) if match and decision_path(path).is_file() else {}
+    decided = _binary(decision_path(path), "decision") if match and decision_path(path).is_file() else {}
     out = []
     rows = _read_rows(path)
     has_decision = bool(rows) and rows[0][:3] == ["filename", "score", "decision"]
