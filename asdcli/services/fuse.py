@@ -20,7 +20,7 @@ from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.reliability import heldout_gap, left_out_reason
-from asdcli.services.runs import Run, open_run, read_branch_meta
+from asdcli.services.runs import Run, commit_stage, open_run, read_branch_meta
 
 
 def fusion_paths(run: Run) -> tuple[Path, Path, Path]:
@@ -164,7 +164,6 @@ def train_fusion(data: Path, run_dir: Path, config: AsdConfig, names: list[str] 
     names, left_out = usable_branches(run, names, config)
     weights_path, meta_path, examples_path = fusion_paths(run)
     examples = build_examples(run, data, names, config, device, progress)
-    examples.save(examples_path)
     model, loss = fit_fusion(examples, config)
     with torch.no_grad():
         out = model(torch.from_numpy(examples.z).float())
@@ -172,14 +171,16 @@ def train_fusion(data: Path, run_dir: Path, config: AsdConfig, names: list[str] 
     pseudo_auc["fused"] = section_auc(examples, out.fused.double().numpy())
     _, temperature, fair_auc = fusion_prior(examples, config)
     mean_weights = dict(zip(names, out.weights.mean(0).tolist()))
-    save_weights(model, weights_path, {"part": "fusion"})
-    write_json(meta_path, {
-        "format_version": FORMAT_VERSION, "status": "complete", "branches": names, "left_out": left_out,
-        "branch_digests": branch_digests(run, names), "hidden": config.fusion.hidden, "config": config.model_dump(mode="json"),
-        "loss": loss, "examples": examples.counts(), "mean_weights": mean_weights, "pseudo_auc": pseudo_auc,
-        "fair_pseudo_auc": dict(zip(names, fair_auc)), "trained_kinds": examples.trained_kinds,
-        "prior_temperature": temperature, "versions": versions(),
-    })
+    with commit_stage(run.path) as place:  # examples, head and metadata as one unit
+        examples.save(place(examples_path))
+        save_weights(model, place(weights_path), {"part": "fusion"})
+        write_json(place(meta_path), {
+            "format_version": FORMAT_VERSION, "status": "complete", "branches": names, "left_out": left_out,
+            "branch_digests": branch_digests(run, names), "hidden": config.fusion.hidden,
+            "config": config.model_dump(mode="json"), "loss": loss, "examples": examples.counts(),
+            "mean_weights": mean_weights, "pseudo_auc": pseudo_auc, "fair_pseudo_auc": dict(zip(names, fair_auc)),
+            "trained_kinds": examples.trained_kinds, "prior_temperature": temperature, "versions": versions(),
+        })
     missing = [n for n in BRANCHES if n not in names and n not in left_out]
     return FusionResult(names, missing, left_out, examples.counts(), loss, mean_weights, pseudo_auc,
                         dict(zip(names, fair_auc)), temperature, examples.skipped)

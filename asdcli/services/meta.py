@@ -25,7 +25,7 @@ from asdcli.models.fusion_attention import AttentionFusion
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.fuse import file_digest, fusion_paths, load_fusion
-from asdcli.services.runs import Run, open_run
+from asdcli.services.runs import Run, commit_stage, open_run
 
 
 def meta_paths(run: Run) -> tuple[Path, Path]:
@@ -181,18 +181,19 @@ def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = Non
         examples = build_examples(run, data, fusion_meta["branches"], config, device, example_progress, stream=1)
     x = fused_features(fusion, examples.z)
     maml, tasks, loss_value, unadapted, adapted_loss = fit_meta(examples, x, config, holdout, progress)
-    if data is not None:  # written once the fit succeeded, just before the weights and metadata
-        examples.save(run.path / examples_name)
     weights_path, meta_path = meta_paths(run)
-    save_weights(maml.module, weights_path, {"part": "meta"})
     names = [examples.groups[g] for g in tasks]
-    write_json(meta_path, {
-        "format_version": FORMAT_VERSION, "status": "complete", "tasks": names, "holdout": holdout,
-        "examples": examples_name, "fusion_digest": file_digest(fusion_paths(run)[1]),
-        "in_dim": int(x.shape[1]), "meta": config.meta.model_dump(mode="json"), "seed": config.seed,
-        "fusion_loss": fusion_meta["loss"], "final_loss": loss_value, "query_loss_unadapted": unadapted,
-        "query_loss_adapted": adapted_loss, "versions": versions(),
-    })
+    with commit_stage(run.path) as place:  # its own examples, weights and metadata as one unit
+        if data is not None:
+            examples.save(place(run.path / examples_name))
+        save_weights(maml.module, place(weights_path), {"part": "meta"})
+        write_json(place(meta_path), {
+            "format_version": FORMAT_VERSION, "status": "complete", "tasks": names, "holdout": holdout,
+            "examples": examples_name, "fusion_digest": file_digest(fusion_paths(run)[1]),
+            "in_dim": int(x.shape[1]), "meta": config.meta.model_dump(mode="json"), "seed": config.seed,
+            "fusion_loss": fusion_meta["loss"], "final_loss": loss_value, "query_loss_unadapted": unadapted,
+            "query_loss_adapted": adapted_loss, "versions": versions(),
+        })
     return MetaResult(names, holdout, loss_value, unadapted, adapted_loss, examples_name, examples.skipped)
 
 

@@ -3,8 +3,12 @@ branches loaded back from their checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 
@@ -78,10 +82,92 @@ def open_or_create_run(path: Path, vocab: Vocabulary, config: AsdConfig, holdout
     return run
 
 
+STAGING_PREFIX, JOURNAL_PREFIX = ".staging-", ".commit-"
+
+
+@contextlib.contextmanager
+def commit_stage(run_dir: Path) -> Iterator[Callable[[Path], Path]]:
+    """Write a stage's files (weights, metadata, examples, training scores) as one unit: the block
+    writes each to the path ``place(target)`` gives, in a staging folder of the run; when it ends,
+    a journal naming them is written (the commit point) and they are renamed over their targets.
+    An interruption before the journal leaves the run as it was (the staging folder is ignored);
+    after it, the next :func:`open_run` completes the renames. So the run scores as before the
+    command or as after it, never a mix."""
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = run_dir / f"{STAGING_PREFIX}{token}"
+    placed: list[str] = []
+
+    def place(target: Path) -> Path:
+        if Path(target).parent.resolve() != run_dir.resolve():
+            raise ValueError(f"{target} is not a file of the run {run_dir}")
+        placed.append(Path(target).name)
+        return staging / Path(target).name
+
+    _forget_abandoned(run_dir)
+    try:
+        yield place
+    except BaseException:
+        _remove_tree(staging)
+        raise
+    journal = run_dir / f"{JOURNAL_PREFIX}{token}.json"
+    write_json(journal, {"format_version": FORMAT_VERSION, "staging": staging.name, "files": placed})
+    _complete(run_dir, journal)
+
+
+def _move(source: Path, target: Path) -> None:
+    os.replace(source, target)
+
+
+def _complete(run_dir: Path, journal: Path) -> None:
+    """Rename a committed stage's staged files over their targets (again, where some already
+    were), then drop the journal and the staging folder."""
+    record = read_json(journal, "stage commit journal")
+    staging = run_dir / record["staging"]
+    for name in record["files"]:
+        if (staging / name).exists():
+            _move(staging / name, run_dir / name)
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    journal.unlink()
+    _remove_tree(staging)
+
+
+def _remove_tree(folder: Path) -> None:
+    if folder.is_dir():
+        for item in folder.iterdir():
+            item.unlink(missing_ok=True)
+        folder.rmdir()
+
+
+def _forget_abandoned(run_dir: Path) -> None:
+    """Staging folders of commands that died before their commit point (their process is gone)."""
+    for folder in run_dir.glob(f"{STAGING_PREFIX}*"):
+        pid = folder.name[len(STAGING_PREFIX):].split("-")[0]
+        if (run_dir / f"{JOURNAL_PREFIX}{folder.name[len(STAGING_PREFIX):]}.json").exists() or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _remove_tree(folder)
+        except PermissionError:  # alive, another user's
+            continue
+
+
+def recover(run_dir: Path) -> None:
+    """Complete every stage committed but not yet in place (a command interrupted after its
+    commit point)."""
+    for journal in sorted(run_dir.glob(f"{JOURNAL_PREFIX}*.json")):
+        _complete(run_dir, journal)
+
+
 def open_run(path: Path) -> Run:
-    """An existing run folder."""
+    """An existing run folder (stages committed by an interrupted command are completed first)."""
     if not path.is_dir():
         raise CheckpointError(f"run folder {path} does not exist; train a branch first (asd train-branch NAME --run {path})")
+    recover(path)
     info = read_json(path / "run.json", "run description")
     return Run(path, Vocabulary(info["groups"], info["labels"]), {k: info[k] for k in ("audio", "features")},
                frozenset(info.get("holdout", ())))  # runs made before held-out clips existed have none

@@ -35,7 +35,8 @@ from asdcli.services.device import DistInfo, distributed
 from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
 from asdcli.services.reliability import heldout_check
-from asdcli.services.runs import CONFIG_FILE, Run, branch_context, load_branch, open_or_create_run, open_run
+from asdcli.services.runs import (CONFIG_FILE, Run, branch_context, commit_stage, load_branch, open_or_create_run,
+                                 open_run)
 
 LOG_COLUMNS = ["epoch", "loss", "lr", "clips", "seconds", "clips_per_s"]
 
@@ -182,10 +183,13 @@ def _metadata(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score
 
 def _save(s: _Setup, config: AsdConfig, epochs_done: int, score_stats: dict, per_clip: dict[str, float],
           heldout: dict | None = None) -> None:
-    """The finished branch: weights, training scores, then the metadata that names it complete."""
-    save_weights(s.branch, s.run.weights(s.name), {"branch": s.name, "status": "complete", "epoch": str(epochs_done)})
-    write_json(s.run.train_scores(s.name), {"format_version": FORMAT_VERSION, "branch": s.name, "scores": per_clip})
-    write_json(s.run.meta_path(s.name), _metadata(s, config, "complete", epochs_done, score_stats, heldout))
+    """The finished branch, committed as one unit: weights, training scores and metadata."""
+    with commit_stage(s.run.path) as place:
+        save_weights(s.branch, place(s.run.weights(s.name)), {"branch": s.name, "status": "complete",
+                                                               "epoch": str(epochs_done)})
+        write_json(place(s.run.train_scores(s.name)), {"format_version": FORMAT_VERSION, "branch": s.name,
+                                                        "scores": per_clip})
+        write_json(place(s.run.meta_path(s.name)), _metadata(s, config, "complete", epochs_done, score_stats, heldout))
 
 
 def _progress(s: _Setup, config: AsdConfig, epochs_done: int) -> dict:
