@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
@@ -16,6 +17,7 @@ from asdcli.config import AudioConfig
 from asdcli.data.audio import length_notice
 from asdcli.data.layout import discover
 from asdcli.models.registry import BRANCHES
+from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
 from asdcli.services.runs import open_run
 from asdcli.services.score import METHODS, ScoreResult, score_clips
@@ -81,6 +83,12 @@ def score(
                                            "sections the run never saw: the run adapts to them."),
     explain: bool = typer.Option(False, "--explain", help="Add each branch's standardised score (z_<id>), its "
                                  "attention weight (w_<id>) and the fused score; the CSV then has a header."),
+    machine: Optional[str] = typer.Option(None, "--machine", help="The machine type of every clip, for files whose "
+                                          "path does not say it (default: the folder above test/ or the clips)."),
+    section: Optional[int] = typer.Option(None, "--section", min=0, max=99, help="The section (2020: machine ID) of "
+                                          "every clip, for files whose names do not say it."),
+    gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Score on CUDA device N (error if there is none)."),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default: cpu)."),
     cache_dir: Optional[Path] = CacheOption,
 ) -> None:
     """Anomaly score per clip (higher = more anomalous) as CSV on stdout: filename,score[,decision]
@@ -88,10 +96,14 @@ def score(
     clips = [c for c in discover(data) if c.split != "train" or data.is_file()]
     if not clips:
         clips = discover(data)
+    if machine is not None or section is not None:
+        clips = [replace(c, machine=machine or c.machine, section=f"{section:02d}" if section is not None else c.section)
+                 for c in clips]
+    torch_device = resolve_device(gpu, device if device or gpu is not None else "cpu")
     with progress_bar() as bar:
         task = bar.add_task("scoring (features: first half; branches: second)", total=len(clips))
         support_clips = discover(support) if support is not None else None
-        result = score_clips(run, clips, cache_dir or default_cache_dir(), branch, fpr, support=support_clips,
+        result = score_clips(run, clips, cache_dir or default_cache_dir(), branch, fpr, torch_device, support_clips,
                              progress=lambda n: bar.advance(task, n / 2))  # each clip: features, then scoring
     for notice in result.notices:
         err.print(f"[yellow]notice:[/] {notice}", highlight=False)

@@ -27,7 +27,7 @@ def resolve_device(gpu: int | None = None, device: str | None = None) -> torch.d
         raise ConfigError(f"--device {device}: expected cpu, cuda, cuda:N or auto")
     if not torch.cuda.is_available():
         raise ConfigError(f"{device}: no CUDA device is available on this machine; leave out --gpu/--device "
-                          "to train on the CPU")
+                          "to run on the CPU")
     index = int(device.split(":")[1]) if ":" in device else 0
     if index >= torch.cuda.device_count():
         raise ConfigError(f"{device}: this machine has {torch.cuda.device_count()} CUDA device(s)")

@@ -204,3 +204,22 @@ def test_asd_help_lists_every_command_without_loading_torch():
     assert result.stdout.splitlines()[-1].startswith("False")
     for name in COMMANDS:
         assert f"  {name} " in result.stdout
+
+
+def test_score_takes_the_machine_and_section_of_clips_whose_names_say_neither(tmp_path, synth_root):
+    import shutil
+
+    run, cache = tmp_path / "run", str(tmp_path / "c")
+    assert runner.invoke(app, ["train-branch", "b2", "--data", str(synth_root), "--run", str(run), "-c", "tiny",
+                               "--epochs", "1", "--cache-dir", cache]).exit_code == 0
+    odd = tmp_path / "recordings"
+    odd.mkdir()
+    source = sorted((synth_root / "fan" / "test").glob("*.wav"))[0]
+    shutil.copy(source, odd / "monday.wav")
+    guessed = runner.invoke(app, ["score", str(odd), "--run", str(run), "--cache-dir", cache])
+    assert "section recordings_section_00 was not in the training data" in _plain(guessed.stderr)
+    told = runner.invoke(app, ["score", str(odd), "--run", str(run), "--cache-dir", cache, "--machine", "fan",
+                               "--section", "0"])
+    assert told.exit_code == 0 and "was not in the training data" not in _plain(told.stderr)
+    named = runner.invoke(app, ["score", str(source), "--run", str(run), "--cache-dir", cache])
+    assert told.stdout.split(",")[1] == named.stdout.split(",")[1]  # the same clip, told or named
