@@ -13,7 +13,8 @@ fi
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
 "${PIP[@]}" install --upgrade pip "setuptools<82" wheel cython numpy
 
-"${PIP[@]}" install "torch==2.11.*" "torchaudio==2.11.*" "torchvision==0.26.*"
+# torchaudio 2.11.1 accepts torch 2.11.0 but its library does not load with it: pin 2.11.0.
+"${PIP[@]}" install "torch==2.11.*" "torchaudio==2.11.0" "torchvision==0.26.*"
 
 # learn2learn 0.2.0's sdist ships Cython output that includes longintrepr.h, which Python 3.11
 # removed; regenerate the C from the .pyx sources before building. Its runtime imports need
