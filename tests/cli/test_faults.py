@@ -264,3 +264,23 @@ def test_train_ae_sh_takes_paths_from_the_caller_refuses_to_overwrite_and_keeps_
     assert (work / "out" / "run").is_dir()
     forced = subprocess.run([*cmd, "--force"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
     assert forced.returncode == 0, forced.stderr
+
+
+def test_an_unlistable_folder_is_named_with_the_skipped_clips(tmp_path, synth_root, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(synth_root, data)
+    locked = data / "fan" / "train" / "more"
+    locked.mkdir()
+    walk = os.walk
+
+    def walk_without_permission(top, onerror=None, followlinks=False):
+        for folder, dirs, names in walk(top, onerror=onerror, followlinks=followlinks):
+            if Path(folder) == locked:  # as os.walk reports a folder it may not list (root may list any)
+                onerror(PermissionError(errno.EACCES, "Permission denied", str(locked)))
+                continue
+            yield folder, dirs, names
+
+    monkeypatch.setattr(os, "walk", walk_without_permission)
+    result = runner.invoke(app, ["features", str(data), "-c", "tiny", "--cache-dir", str(tmp_path / "c")])
+    assert result.exit_code == 0, _plain(result.output)
+    assert f"{locked}: a folder that cannot be listed" in _plain(result.output).replace("\n", "")
