@@ -20,6 +20,7 @@ optimizer state for resuming, each written atomically.
 from __future__ import annotations
 
 import json
+import os
 import platform
 from pathlib import Path
 
@@ -48,10 +49,30 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: Path, what: str) -> dict:
-    """Parse a JSON file of a run, with a clear error when it is missing or damaged."""
+_READ: dict[str, tuple[tuple[int, int, int], bytes]] = {}
+
+
+def read_bytes(path: Path) -> bytes:
+    """A run file's bytes, read from the disk once while it is unchanged (same inode, size and
+    modification time): one command's stages all consult a branch's metadata, and each reads it
+    only once."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        stat = os.stat(path)
+    except FileNotFoundError:
+        raise
+    key, stamp = os.path.abspath(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    cached = _READ.get(key)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, Path(path).read_bytes())
+        _READ[key] = cached
+    return cached[1]
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Parse a JSON file of a run, with a clear error when it is missing or damaged (each call
+    gets its own copy; the file is read once while it is unchanged, :func:`read_bytes`)."""
+    try:
+        data = json.loads(read_bytes(path).decode("utf-8"))
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing ({what})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:

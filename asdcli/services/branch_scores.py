@@ -11,7 +11,7 @@ import torch
 
 from asdcli.checkpoints import training_progress
 from asdcli.data.layout import Clip
-from asdcli.errors import CheckpointError
+from asdcli.errors import CheckpointError, DataError
 from asdcli.models.base import Branch
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.dataset import ClipSet
@@ -41,6 +41,9 @@ def load_with_upstream(run: Run, names: list[str], device) -> tuple[dict[str, Br
     return branches, upstream
 
 
+CHUNK = 256  # clips whose features are held in memory at once while scoring
+
+
 def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir: Path | None,
                    device: torch.device | str = "cpu", batch_size: int = 32,
                    loaded: tuple[dict[str, Branch], dict[str, Branch]] | None = None,
@@ -54,19 +57,28 @@ def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir
     config = stored_config(read_branch_meta(run, names[0]), run.meta_path(names[0]))
     branches, upstream = loaded or load_with_upstream(run, names, device)
     needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
-    clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave,
-                      on_item=None if progress is None else lambda: progress(1))
-    if progress is not None:
-        progress(len(clips) - len(clipset))  # the skipped clips are not scored
+    extractor = make_extractor(config, cache_dir)
     caches = EmbeddingCaches(cache_dir, {**upstream, **branches})
     scores: dict[str, list] = {n: [] for n in names}
-    with torch.no_grad():
-        for batch in model_batches(clipset, batch_size, device, upstream, caches):
-            for name, branch in branches.items():
-                scores[name].append(branch.score(batch).cpu().numpy())
-            if progress is not None:
-                progress(len(batch))
-    return BranchScores(clipset.clips, {n: np.concatenate(v) for n, v in scores.items()}, clipset.report.failures)
+    scored: list[Clip] = []
+    failures: list = []
+    for start in range(0, len(clips), CHUNK):  # a chunk's features are read once and then dropped
+        part = clips[start : start + CHUNK]
+        clipset = ClipSet(part, config, extractor, run.vocab, with_wave=needs_wave, keep_features=True,
+                          require_any=False, on_item=None if progress is None else lambda: progress(1))
+        failures += clipset.report.failures
+        if progress is not None:
+            progress(len(part) - len(clipset))  # the skipped clips are not scored
+        with torch.no_grad():
+            for batch in model_batches(clipset, batch_size, device, upstream, caches):
+                for name, branch in branches.items():
+                    scores[name].append(branch.score(batch).cpu().numpy())
+                if progress is not None:
+                    progress(len(batch))
+        scored += clipset.clips
+    if not scored:
+        raise DataError("none of the clips could be read: " + "; ".join(m for _, m in failures[:3]))
+    return BranchScores(scored, {n: np.concatenate(v) for n, v in scores.items()}, failures)
 
 
 def trained_branches(run_dir: Path) -> list[str]:

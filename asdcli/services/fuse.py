@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, save_weights, versions, write_json
+from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_bytes, read_json, save_weights, versions, write_json
 from asdcli.config import AsdConfig
 from asdcli.errors import CheckpointError
 from asdcli.metrics import auc
@@ -31,7 +31,7 @@ def fusion_paths(run: Run) -> tuple[Path, Path, Path]:
 def file_digest(path: Path) -> str:
     """SHA-1 of a stage's metadata file: it changes whenever the stage is retrained, so a later
     stage that records it can tell it was built on an older one."""
-    return hashlib.sha1(path.read_bytes()).hexdigest()
+    return hashlib.sha1(read_bytes(path)).hexdigest()
 
 
 def branch_digests(run: Run, names: list[str]) -> dict[str, str]:
