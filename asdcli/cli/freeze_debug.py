@@ -13,7 +13,7 @@ from asdcli.cli.common import (CacheOption, ConfigOption, SeedOption, err, gpu_o
 from asdcli.services.debug import freeze_debug as debug_service
 from asdcli.services.debug import parse_parts, part_id
 from asdcli.services.features import default_cache_dir
-from asdcli.services.runs import CONFIG_FILE
+from asdcli.services.runs import saved_config
 
 
 @handle_errors
@@ -32,8 +32,7 @@ def freeze_debug(
 ) -> None:
     """Train all branches, the fusion head and the meta-learner with some parts frozen; one CSV row
     per step with every part's loss and gradient norm; trouble is reported as it begins."""
-    if config is None and run is not None and (run / CONFIG_FILE).is_file():
-        config = str(run / CONFIG_FILE)  # the run's own config
+    config = config or saved_config(run)  # the run's own config
     cfg = resolve_config(config, seed=seed)
     frozen = parse_parts(branch)
     log_path = log_dir / f"debug_freeze_{'_'.join(part_id(p) for p in frozen)}.csv"

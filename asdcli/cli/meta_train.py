@@ -38,7 +38,7 @@ def meta_train(
         result = meta_service(run, cfg, holdout, progress, data, gpu_or_cpu(gpu),
                               lambda done, total: bar.update(made, completed=done, total=total))
     report_failures(result.skipped)
-    table = Table(title=f"MAML over {len(result.tasks)} sections -> {run / 'meta.safetensors'}",
+    table = Table(title=f"MAML over {len(result.tasks)} sections -> {run}",
                   caption=f"tasks from {result.examples}; query loss: mean over the tasks of a fresh support/query "
                           "split (lower is better)")
     table.add_column("tasks")

@@ -16,7 +16,7 @@ from asdcli.services.dataset import training_clips
 from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
 from asdcli.services.reliability import heldout_gap, heldout_summary
-from asdcli.services.runs import CONFIG_FILE
+from asdcli.services.runs import has_finished, saved_config
 from asdcli.services.train import train_branch as train_service
 
 
@@ -37,11 +37,10 @@ def train_branch(
     """Train one branch on the normal training clips of every machine section under --data."""
     name = canonical_name(name)
     key = f"branches.{name.replace('-', '_')}.epochs"
-    if config is None and (run / CONFIG_FILE).is_file():  # a later branch of a run: the run's own config
-        config = str(run / CONFIG_FILE)
+    config = config or saved_config(run)  # a later branch of a run: the run's own config
     cfg = resolve_config(config, seed=seed, **{key: epochs, "loader.workers": workers})
     torch_device = resolve_device(gpu, device if device or gpu is not None else "cpu")
-    if not resume and (run / f"{name}.json").is_file():
+    if not resume and has_finished(run, name):
         err.print(f"[yellow]notice:[/] {run} has a finished {name}; this training replaces it when it completes "
                   "(until then, and if it fails, the finished one stays)", highlight=False)
     with progress_bar(unit="steps") as bar:
@@ -68,7 +67,7 @@ def train_branch(
     out.print(table)
     _report_reliability(result, cfg.train.heldout_max_z)
     if result.final_loss is not None:
-        err.print(f"final training loss {result.final_loss:.5f}; log: {result.run / 'logs' / (name + '_train.csv')}")
+        err.print(f"final training loss {result.final_loss:.5f}; log: {result.log}")
     if result.world_size > 1:
         err.print(f"{result.world_size} processes; replicas identical: {result.replicas_identical}")
 

@@ -37,7 +37,7 @@ def train_fusion(
     for name, reason in result.left_out.items():
         err.print(f"[yellow]notice:[/] {name} left out: {reason}", highlight=False)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
-    table = Table(title=f"fusion of {len(result.branches)} branches -> {run / 'fusion.safetensors'}",
+    table = Table(title=f"fusion of {len(result.branches)} branches -> {run}",
                   caption=f"examples: {counts}; final loss {result.loss:.4f}; prior temperature "
                           f"{result.prior_temperature:.3f}. Fair AUC: on the pseudo-anomaly kinds the branch's "
                           "own training did not already separate; it sets the attention prior.")

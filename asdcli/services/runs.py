@@ -57,6 +57,18 @@ class Run:
 CONFIG_FILE = "config.yaml"
 
 
+def saved_config(run_dir: Path | None) -> str | None:
+    """The ``config.yaml`` of the run folder ``run_dir`` as a config argument, or None (no run
+    folder yet, or one made before runs kept their config)."""
+    path = None if run_dir is None else Path(run_dir) / CONFIG_FILE
+    return str(path) if path is not None and path.is_file() else None
+
+
+def has_finished(run_dir: Path, name: str) -> bool:
+    """Whether the run folder holds a finished training of branch ``name``."""
+    return (Path(run_dir) / f"{canonical_name(name)}.json").is_file()
+
+
 def _feature_settings(config: AsdConfig) -> dict:
     return {"audio": config.audio.model_dump(mode="json"), "features": config.features.model_dump(mode="json")}
 

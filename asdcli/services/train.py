@@ -69,6 +69,7 @@ class TrainResult:
     rank: int = 0
     heldout: dict = field(default_factory=dict)  # held-out clips and their median z (reliability.heldout_check)
     limitation: str | None = None  # what the branch says it cannot learn from this data
+    log: Path | None = None  # the per-epoch log
 
 
 class _LossModule(nn.Module):
@@ -408,4 +409,4 @@ def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, devic
             s.run.train_state(name).with_name(f"{name}.train.json").unlink(missing_ok=True)  # older runs' optimizer state
         return TrainResult(name, run_dir, s.epochs if trainable else 0, final_loss, len(s.clipset),
                            s.clipset.report.failures, stats, info.world_size, identical, info.rank, heldout,
-                           s.branch.limitation())
+                           s.branch.limitation(), s.run.log_path(name))
