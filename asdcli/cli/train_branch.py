@@ -51,8 +51,13 @@ def train_branch(
                        description=f"{name} epoch {info.epoch}/{info.epochs} loss {info.loss:.4f} "
                                    f"{info.clips_per_s:,.1f} clips/s")
 
+        scoring = bar.add_task("scoring the training clips", total=None, visible=False)
+
+        def on_score(done: int, total: int) -> None:
+            bar.update(scoring, completed=done, total=total, visible=True)
+
         result = train_service(name, data, run, cfg, torch_device, cache_dir or default_cache_dir(), resume,
-                               on_step=on_step)
+                               on_step=on_step, on_score=on_score)
     if result.rank != 0:  # under torchrun, the first process reports for all
         return
     report_failures(result.skipped)

@@ -303,7 +303,8 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
             "seconds": f"{seconds:.3f}", "clips_per_s": f"{seen / seconds:.2f}"}
 
 
-def _finalize(s: _Setup, config: AsdConfig) -> tuple[dict, dict[str, float], dict]:
+def _finalize(s: _Setup, config: AsdConfig,
+              on_score: Callable[[int, int], None] | None = None) -> tuple[dict, dict[str, float], dict]:
     """Build the scoring state from every training clip (held-out ones included), then score them:
     per-section statistics, the score of every clip (the ensemble's thresholds are fitted on
     them) and how the held-out clips score against the trained ones (:func:`heldout_check`)."""
@@ -316,6 +317,8 @@ def _finalize(s: _Setup, config: AsdConfig) -> tuple[dict, dict[str, float], dic
         for batch in model_batches(s.clipset, bs, s.device, s.upstream, caches):
             scores.append(s.branch.train_scores(batch).cpu())
             groups.append(batch.group.cpu())
+            if on_score is not None:
+                on_score(sum(len(g) for g in groups), len(s.clipset))
     score, group = torch.cat(scores).double(), torch.cat(groups)
     per_clip = {clip_key(c): float(v) for c, v in zip(s.clipset.clips, score.tolist())}
     stats = {}
@@ -334,7 +337,8 @@ def _finalize(s: _Setup, config: AsdConfig) -> tuple[dict, dict[str, float], dic
 def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device: torch.device | None = None,
                  cache_dir: Path | None = None, resume: bool = False,
                  on_step: Callable[[StepInfo], None] | None = None,
-                 on_epoch: Callable[[dict], None] | None = None) -> TrainResult:
+                 on_epoch: Callable[[dict], None] | None = None,
+                 on_score: Callable[[int, int], None] | None = None) -> TrainResult:
     """Train branch ``name`` on the normal training clips under ``data`` into ``run_dir``.
 
     After every epoch writes ``<branch>.train.safetensors`` (weights, optimizer state and progress
@@ -348,7 +352,7 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
     torch.use_deterministic_algorithms(True, warn_only=True)
     new_run = not (run_dir / "run.json").exists()
     try:
-        return _train_branch(name, data, run_dir, config, device, cache_dir, resume, on_step, on_epoch)
+        return _train_branch(name, data, run_dir, config, device, cache_dir, resume, on_step, on_epoch, on_score)
     except BaseException:
         if new_run:
             _forget_new_run(run_dir)
@@ -366,7 +370,8 @@ def _forget_new_run(run_dir: Path) -> None:
 
 def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device: torch.device,
                   cache_dir: Path | None, resume: bool, on_step: Callable[[StepInfo], None] | None,
-                  on_epoch: Callable[[dict], None] | None) -> TrainResult:
+                  on_epoch: Callable[[dict], None] | None,
+                  on_score: Callable[[int, int], None] | None = None) -> TrainResult:
     with distributed(device) as info:
         s = _prepare(name, data, run_dir, config, device, cache_dir, info)
         params = [p for p in s.branch.parameters() if p.requires_grad]
@@ -397,7 +402,7 @@ def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, devic
             # DDP's last broadcast: take rank 0's, as its checkpoint does.
             for buffer in s.branch.buffers():
                 dist.broadcast(buffer, src=0)
-        stats, per_clip, heldout = _finalize(s, config)
+        stats, per_clip, heldout = _finalize(s, config, on_score)
         identical = None
         if info.world_size > 1:
             digests = [None] * info.world_size
