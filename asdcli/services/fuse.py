@@ -20,6 +20,7 @@ from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.reliability import heldout_gap, left_out_reason
+from asdcli.services.run_meta import FusionMeta, validated
 from asdcli.services.runs import Run, commit_stage, open_run, read_branch_meta
 
 
@@ -191,8 +192,8 @@ def load_fusion(run: Run) -> tuple[AttentionFusion, dict]:
     weights_path, meta_path, _ = fusion_paths(run)
     if not meta_path.exists():
         raise CheckpointError(f"no fusion head in {run.path}; run: asd train-fusion --run {run.path} --data DIR")
-    meta = read_json(meta_path, "fusion metadata")
-    stale = [n for n, d in branch_digests(run, meta["branches"]).items() if d != meta["branch_digests"][n]]
+    meta = validated(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
+    stale = [n for n, d in branch_digests(run, meta["branches"]).items() if d != meta["branch_digests"].get(n)]
     if stale:
         raise CheckpointError(f"{meta_path}: branch(es) {', '.join(stale)} were retrained after the fusion head; "
                               f"rerun: asd train-fusion --run {run.path} --data DIR")

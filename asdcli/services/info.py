@@ -12,6 +12,7 @@ from asdcli.models.registry import BRANCHES, branch_config
 from asdcli.services.fuse import branch_digests, file_digest, fusion_paths
 from asdcli.services.meta import meta_paths
 from asdcli.services.reliability import heldout_gap
+from asdcli.services.run_meta import FusionMeta, MetaMeta, validated
 from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
 
 
@@ -72,8 +73,8 @@ def _fusion_stage(run: Run) -> Stage:
     if not meta_path.exists():
         return Stage("fusion head", "missing", "run asd train-fusion")
     try:
-        meta = read_json(meta_path, "fusion metadata")
-        stale = [n for n, d in branch_digests(run, meta["branches"]).items() if d != meta["branch_digests"][n]]
+        meta = validated(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
+        stale = [n for n, d in branch_digests(run, meta["branches"]).items() if d != meta["branch_digests"].get(n)]
     except (CheckpointError, KeyError, OSError) as error:
         return Stage("fusion head", "damaged", str(error))
     weights = ", ".join(f"{BRANCHES[n].bid} {w:.2f}" for n, w in meta.get("mean_weights", {}).items())
@@ -92,7 +93,7 @@ def _meta_stage(run: Run) -> Stage:
     if not meta_path.exists():
         return Stage("meta-learner", "missing", "run asd meta-train")
     try:
-        meta = read_json(meta_path, "meta-learner metadata")
+        meta = validated(MetaMeta, read_json(meta_path, "meta-learner metadata"), meta_path)
         cfg = meta["meta"]
     except (CheckpointError, KeyError) as error:
         return Stage("meta-learner", "damaged", str(error))

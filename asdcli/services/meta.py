@@ -25,6 +25,7 @@ from asdcli.models.fusion_attention import AttentionFusion
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.fuse import file_digest, fusion_paths, load_fusion
+from asdcli.services.run_meta import MetaMeta, validated
 from asdcli.services.runs import Run, commit_stage, open_run
 
 
@@ -222,7 +223,7 @@ def load_meta(run: Run) -> MetaLearner:
     weights_path, meta_path = meta_paths(run)
     if not meta_path.exists():
         raise CheckpointError(f"no meta-learner in {run.path}; run: asd meta-train --run {run.path}")
-    meta = read_json(meta_path, "meta-learner metadata")
+    meta = validated(MetaMeta, read_json(meta_path, "meta-learner metadata"), meta_path)
     fusion_meta = fusion_paths(run)[1]
     recorded = meta.get("fusion_digest")  # absent where written before this check existed: not checked
     if recorded and fusion_meta.exists() and recorded != file_digest(fusion_meta):

@@ -20,6 +20,7 @@ from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.base import Branch, BranchContext
 from asdcli.models.registry import BRANCHES, build_branch, canonical_name
 from asdcli.services.dataset import Vocabulary
+from asdcli.services.run_meta import BranchMeta, validated
 
 
 @dataclass
@@ -192,23 +193,6 @@ def branch_context(run: Run, config: AsdConfig, embed_dims: dict[str, int] | Non
                          n_labels=len(run.vocab.labels), embed_dims=embed_dims or {})
 
 
-BRANCH_META_FIELDS = {"status": str, "config": dict, "groups": list, "score_stats": dict}
-
-
-def _check_branch_meta(meta: dict, path: Path) -> None:
-    """The fields every stage reads from a branch's metadata, with their types (a hand-edited or
-    foreign file is named here rather than failing later)."""
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{path}: not branch metadata (a JSON object is expected)")
-    for key, kind in BRANCH_META_FIELDS.items():
-        if not isinstance(meta.get(key), kind):
-            raise CheckpointError(f"{path}: field '{key}' is missing or not a {kind.__name__}; the file was edited or "
-                                  "is not a branch's metadata: retrain the branch")
-    for group, stats in meta["score_stats"].items():
-        if not isinstance(stats, dict) or not all(isinstance(stats.get(k), (int, float)) for k in ("mean", "std")):
-            raise CheckpointError(f"{path}: score_stats of '{group}' lack a numeric mean and std; retrain the branch")
-
-
 def read_branch_meta(run: Run, name: str) -> dict:
     """A trained branch's metadata; errors say what to run when it is missing or unfinished."""
     name = canonical_name(name)
@@ -220,8 +204,7 @@ def read_branch_meta(run: Run, name: str) -> dict:
                                   "--data DIR --resume")
         raise CheckpointError(f"branch '{name}' is not trained in {run.path}; run: asd train-branch {name} "
                               f"--run {run.path} --data DIR")
-    meta = read_json(run.meta_path(name), f"{name} metadata")
-    _check_branch_meta(meta, run.meta_path(name))
+    meta = validated(BranchMeta, read_json(run.meta_path(name), f"{name} metadata"), run.meta_path(name))
     if meta.get("status") != "complete":
         raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {meta.get('epochs_done')}/"
                               f"{meta.get('epochs')}; finish it with: asd train-branch {name} --run {run.path} --resume")

@@ -6,7 +6,7 @@ import soundfile as sf
 
 from asdcli import Detector
 from asdcli.data.layout import discover
-from asdcli.errors import DataError
+from asdcli.errors import CheckpointError, DataError
 from asdcli.services.fuse import train_fusion
 from asdcli.services.meta import meta_train
 from asdcli.services.score import score_clips
@@ -51,3 +51,19 @@ def test_a_loaded_detector_scores_files_and_waveforms_as_asd_score(run, synth_ro
         detector.score_waveform(np.full(rate, np.nan, dtype=np.float32), rate, "fan", 0)
     with pytest.raises(DataError, match="too short"):
         detector.score_waveform(wave[:10], rate, "fan", 0)
+
+
+def test_edited_fusion_and_meta_metadata_are_one_error_each(run, tmp_path):
+    import json
+    import shutil
+
+    run_dir, cache = run
+    for name, field, change in (("fusion.json", "branch_digests", lambda m: m.pop("branch_digests")),
+                                ("meta.json", "in_dim", lambda m: m.update(in_dim="wide"))):
+        copy = tmp_path / name
+        shutil.copytree(run_dir, copy)
+        meta = json.loads((copy / name).read_text())
+        change(meta)
+        (copy / name).write_text(json.dumps(meta))
+        with pytest.raises(CheckpointError, match=rf"{name}: field '{field}' is (missing|not valid)"):
+            Detector.load(copy, cache_dir=cache)

@@ -1,0 +1,80 @@
+"""Typed schemas of the metadata a run's stages write: a branch's, the fusion head's and the
+meta-learner's. Every stage's metadata is validated when it is read, so that a hand-edited or
+foreign file is one error naming the file and the field, not a failure deep in scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from asdcli.errors import CheckpointError
+
+
+class _Meta(BaseModel):
+    model_config = ConfigDict(extra="allow")  # fields added by later versions are kept
+
+
+class ScoreStats(_Meta):
+    count: int
+    mean: float
+    std: float
+    threshold: float | None = None
+
+
+class BranchMeta(_Meta):
+    """``<branch>.json``."""
+
+    branch: str
+    status: str
+    epochs_done: int
+    epochs: int
+    seed: int
+    config: dict
+    groups: list[str]
+    score_stats: dict[str, ScoreStats]
+    embed_dims: dict[str, int] = {}
+    upstream: list[str] = []
+    extra: dict | None = None
+    heldout: dict | None = None
+    limitation: str | None = None
+
+
+class FusionMeta(_Meta):
+    """``fusion.json``."""
+
+    branches: list[str]
+    branch_digests: dict[str, str]
+    hidden: int
+    loss: float
+    left_out: dict[str, str] = {}
+    mean_weights: dict[str, float] = {}
+
+
+class MetaMeta(_Meta):
+    """``meta.json``."""
+
+    tasks: list[str]
+    in_dim: int
+    meta: dict
+    seed: int
+    examples: str = "examples.safetensors"
+    fusion_digest: str | None = None
+
+
+Model = TypeVar("Model", bound=_Meta)
+
+
+def validated(schema: type[Model], data: dict, path: Path) -> dict:
+    """``data`` checked against ``schema`` (returned as read); a :class:`CheckpointError` naming
+    the file and the first bad field otherwise."""
+    try:
+        schema.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        reason = "is missing" if first["type"] == "missing" else f"is not valid ({first['msg']})"
+        raise CheckpointError(f"{path}: field '{field}' {reason}; the file was edited or is not this stage's "
+                              "metadata: train the stage again") from None
+    return data
