@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +107,7 @@ def commit_stage(run_dir: Path) -> Iterator[Callable[[Path], Path]]:
     An interruption before the journal leaves the run as it was (the staging folder is ignored);
     after it, the next :func:`open_run` completes the renames. So the run scores as before the
     command or as after it, never a mix."""
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    token = f"{os.getpid()}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     staging = run_dir / f"{STAGING_PREFIX}{token}"
     placed: list[str] = []
 
@@ -134,32 +135,40 @@ def _move(source: Path, target: Path) -> None:
 def _complete(run_dir: Path, journal: Path) -> None:
     """Rename a committed stage's staged files over their targets (again, where some already
     were), then drop the journal and the staging folder."""
-    record = read_json(journal, "stage commit journal")
+    try:
+        record = read_json(journal, "stage commit journal")
+    except CheckpointError:
+        if not journal.exists():  # another process completed it meanwhile
+            return
+        raise
     staging = run_dir / record["staging"]
     for name in record["files"]:
-        if (staging / name).exists():
+        with contextlib.suppress(FileNotFoundError):  # moved already (an earlier try, or another process)
             _move(staging / name, run_dir / name)
     fd = os.open(run_dir, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
-    journal.unlink()
+    journal.unlink(missing_ok=True)
     _remove_tree(staging)
 
 
 def _remove_tree(folder: Path) -> None:
-    if folder.is_dir():
+    with contextlib.suppress(FileNotFoundError):
         for item in folder.iterdir():
             item.unlink(missing_ok=True)
         folder.rmdir()
 
 
 def _forget_abandoned(run_dir: Path) -> None:
-    """Staging folders of commands that died before their commit point (their process is gone)."""
+    """Staging folders of commands of this machine that died before their commit point (their
+    process is gone); another machine's (a run folder on a shared disk) are left to it."""
     for folder in run_dir.glob(f"{STAGING_PREFIX}*"):
-        pid = folder.name[len(STAGING_PREFIX):].split("-")[0]
-        if (run_dir / f"{JOURNAL_PREFIX}{folder.name[len(STAGING_PREFIX):]}.json").exists() or not pid.isdigit():
+        pid, _, rest = folder.name[len(STAGING_PREFIX):].partition("-")
+        host = rest.rpartition("-")[0]
+        if (run_dir / f"{JOURNAL_PREFIX}{folder.name[len(STAGING_PREFIX):]}.json").exists() or not pid.isdigit() \
+                or host != socket.gethostname():
             continue
         try:
             os.kill(int(pid), 0)

@@ -115,3 +115,22 @@ def test_an_interrupted_fusion_and_meta_training_score_as_before_or_after(tmp_pa
     shutil.copytree(base, fused)
     train_fusion(synth_root, fused, cfg)
     _check_every_interruption(tmp_path / "meta", monkeypatch, fused, lambda run: meta_train(run, cfg), test, cache)
+
+
+def test_staging_left_by_a_dead_command_is_removed_and_others_are_kept(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    host = socket.gethostname()
+    dead = tmp_path / f"{runs.STAGING_PREFIX}{gone.pid}-{host}-0000aaaa"
+    alive = tmp_path / f"{runs.STAGING_PREFIX}{os.getpid()}-{host}-0000bbbb"
+    elsewhere = tmp_path / f"{runs.STAGING_PREFIX}{gone.pid}-another-machine-0000cccc"
+    for folder in (dead, alive, elsewhere):
+        folder.mkdir()
+        (folder / "fusion.json").write_text("{}")
+    runs._forget_abandoned(tmp_path)
+    assert not dead.exists() and alive.exists() and elsewhere.exists()
