@@ -79,6 +79,9 @@ class Branch(nn.Module, ABC):
     name: ClassVar[str]
     bid: ClassVar[str]
     loss_name: ClassVar[str] = "training loss"  # what its loss measures, for plots
+    # the config field (of its branch section) giving the share of epochs after which its loss
+    # changes by design (a second objective joins), for plots; None: it never does
+    switch_field: ClassVar[str | None] = None
     needs_wave: ClassVar[bool] = False
 
     def __init__(self, context: BranchContext):

@@ -51,6 +51,7 @@ class ContrastiveBranch(Branch):
     name = "contrastive"
     bid = "b3"
     loss_name = "supervised contrastive loss (+ ID cross-entropy after the switch)"
+    switch_field = "pretrain_fraction"
 
     def __init__(self, context: BranchContext, cfg: ContrastiveConfig):
         super().__init__(context)

@@ -131,13 +131,17 @@ def _branch_of_log(path: Path) -> str:
     return path.stem.removesuffix("_train")
 
 
-def _contrastive_switch(log: Path) -> float | None:
-    """The epoch boundary where the contrastive branch's classifier joins its loss (the loss then
-    jumps by design), from the finished branch's metadata beside the log; None when unknown."""
-    meta_path = log.parent.parent / "contrastive.json"
+def _objective_switch(log: Path) -> float | None:
+    """The epoch boundary where a branch's second objective joins its loss (the loss then jumps by
+    design; :attr:`Branch.switch_field`), from the finished branch's metadata beside the log;
+    None when the branch has none or it is unknown."""
+    name = _branch_of_log(log)
+    field = getattr(BRANCHES.get(name), "switch_field", None)
+    if field is None:
+        return None
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        fraction = float(meta["config"]["branches"]["contrastive"]["pretrain_fraction"])
+        meta = json.loads((log.parent.parent / f"{name}.json").read_text(encoding="utf-8"))
+        fraction = float(meta["config"]["branches"][name.replace("-", "_")][field])
         epochs = int(meta["epochs"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -147,8 +151,8 @@ def _contrastive_switch(log: Path) -> float | None:
 
 def plot_epochs(paths: list[Path], out: Path, size: tuple[int, int] = (13, 7)) -> Path:
     """Training loss per epoch of a run's branches (``<run>/logs/<branch>_train.csv``), one panel
-    each in the order b1..b5, the loss named on its axis; the contrastive branch's switch to
-    its second objective is marked."""
+    each in the order b1..b5, the loss named on its axis; where a branch's second objective
+    joins (the contrastive branch's classifier) is marked."""
     order = {name: i for i, name in enumerate(BRANCHES)}
     paths = sorted(paths, key=lambda p: (order.get(_branch_of_log(p), len(order)), p.name))
     cols = min(3, len(paths))
@@ -162,7 +166,7 @@ def plot_epochs(paths: list[Path], out: Path, size: tuple[int, int] = (13, 7)) -
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set(title=f"{cls.bid} {name}" if cls else name, xlabel="epoch",
                ylabel=textwrap.fill(cls.loss_name if cls else "mean training loss", 34))
-        switch = _contrastive_switch(path) if name == "contrastive" else None
+        switch = _objective_switch(path)
         if switch is not None:
             ax.axvline(switch, color="grey", ls="--")
             right = switch > np.mean(ax.get_xlim())  # write on the side with room
