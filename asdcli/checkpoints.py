@@ -56,10 +56,7 @@ def read_bytes(path: Path) -> bytes:
     """A run file's bytes, read from the disk once while it is unchanged (same inode, size and
     modification time): one command's stages all consult a branch's metadata, and each reads it
     only once."""
-    try:
-        stat = os.stat(path)
-    except FileNotFoundError:
-        raise
+    stat = os.stat(path)
     key, stamp = os.path.abspath(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns)
     cached = _READ.get(key)
     if cached is None or cached[0] != stamp:

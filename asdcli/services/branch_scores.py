@@ -9,9 +9,9 @@ from typing import Callable
 import numpy as np
 import torch
 
-from asdcli.checkpoints import training_progress
+from asdcli.checkpoints import read_json, training_progress
 from asdcli.data.layout import Clip
-from asdcli.errors import CheckpointError, DataError
+from asdcli.errors import DataError
 from asdcli.models.base import Branch
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.dataset import ClipSet
@@ -89,12 +89,9 @@ def trained_branches(run_dir: Path) -> list[str]:
     for name in BRANCHES:
         if not run.meta_path(name).exists():
             continue
-        try:
-            read_branch_meta(run, name)
-        except CheckpointError as error:
-            if "stopped at epoch" in str(error):  # written by an older version while training
-                continue
-            raise
+        if read_json(run.meta_path(name), f"{name} metadata").get("status") != "complete":
+            continue  # written by an older version while training
+        read_branch_meta(run, name)  # a damaged or edited file is an error
         done.append(name)
     return done
 

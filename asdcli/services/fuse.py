@@ -121,7 +121,8 @@ def fusion_prior(examples: Examples, config: AsdConfig) -> tuple[torch.Tensor, f
     return separability_prior(values, temperature), temperature, list(aucs)
 
 
-def fit_fusion(examples: Examples, config: AsdConfig) -> tuple[AttentionFusion, float]:
+def fit_fusion(examples: Examples, config: AsdConfig,
+               prior: torch.Tensor | None = None) -> tuple[AttentionFusion, float]:
     """Full-batch AdamW on ``fusion.loss`` plus a pull toward the separability prior
     (:func:`fusion_prior`; deterministic on CPU). The prior matters: many pseudo-anomalies are
     easy for every branch, so the loss alone cannot tell a branch that finds subtle faults from
@@ -130,7 +131,7 @@ def fit_fusion(examples: Examples, config: AsdConfig) -> tuple[AttentionFusion, 
     torch.manual_seed(config.seed)
     cfg = config.fusion
     model = AttentionFusion(len(examples.branches), cfg.hidden)
-    prior = fusion_prior(examples, config)[0]
+    prior = fusion_prior(examples, config)[0] if prior is None else prior
     model.set_prior(prior)
     fair = np.logical_and.reduce([examples.fair_pseudo(k) for k in range(len(examples.branches))])
     rows = torch.from_numpy(np.flatnonzero((examples.label == 0) | fair))
@@ -165,12 +166,12 @@ def train_fusion(data: Path, run_dir: Path, config: AsdConfig, names: list[str] 
     names, left_out = usable_branches(run, names, config)
     weights_path, meta_path, examples_path = fusion_paths(run)
     examples = build_examples(run, data, names, config, device, progress)
-    model, loss = fit_fusion(examples, config)
+    prior, temperature, fair_auc = fusion_prior(examples, config)
+    model, loss = fit_fusion(examples, config, prior)
     with torch.no_grad():
         out = model(torch.from_numpy(examples.z).float())
     pseudo_auc = {n: section_auc(examples, examples.z[:, k]) for k, n in enumerate(names)}
     pseudo_auc["fused"] = section_auc(examples, out.fused.double().numpy())
-    _, temperature, fair_auc = fusion_prior(examples, config)
     mean_weights = dict(zip(names, out.weights.mean(0).tolist()))
     with commit_stage(run.path) as place:  # examples, head and metadata as one unit
         examples.save(place(examples_path))
@@ -187,13 +188,18 @@ def train_fusion(data: Path, run_dir: Path, config: AsdConfig, names: list[str] 
                         dict(zip(names, fair_auc)), temperature, examples.skipped)
 
 
+def stale_branches(run: Run, meta: dict) -> list[str]:
+    """The fused branches (fusion metadata ``meta``) retrained after the fusion head."""
+    return [n for n, d in branch_digests(run, meta["branches"]).items() if d != meta["branch_digests"].get(n)]
+
+
 def load_fusion(run: Run) -> tuple[AttentionFusion, dict]:
     """The run's fusion head and metadata; an error when it is missing or older than a branch."""
     weights_path, meta_path, _ = fusion_paths(run)
     if not meta_path.exists():
         raise CheckpointError(f"no fusion head in {run.path}; run: asd train-fusion --run {run.path} --data DIR")
     meta = validated(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
-    stale = [n for n, d in branch_digests(run, meta["branches"]).items() if d != meta["branch_digests"].get(n)]
+    stale = stale_branches(run, meta)
     if stale:
         raise CheckpointError(f"{meta_path}: branch(es) {', '.join(stale)} were retrained after the fusion head; "
                               f"rerun: asd train-fusion --run {run.path} --data DIR")

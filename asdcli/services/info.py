@@ -9,8 +9,8 @@ from pathlib import Path
 from asdcli.checkpoints import read_json, training_progress
 from asdcli.errors import CheckpointError
 from asdcli.models.registry import BRANCHES, branch_config
-from asdcli.services.fuse import branch_digests, file_digest, fusion_paths
-from asdcli.services.meta import meta_paths
+from asdcli.services.fuse import fusion_paths, stale_branches
+from asdcli.services.meta import fusion_changed, meta_paths
 from asdcli.services.reliability import heldout_gap
 from asdcli.services.run_meta import FusionMeta, MetaMeta, validated
 from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
@@ -74,7 +74,7 @@ def _fusion_stage(run: Run) -> Stage:
         return Stage("fusion head", "missing", "run asd train-fusion")
     try:
         meta = validated(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
-        stale = [n for n, d in branch_digests(run, meta["branches"]).items() if d != meta["branch_digests"].get(n)]
+        stale = stale_branches(run, meta)
     except (CheckpointError, KeyError, OSError) as error:
         return Stage("fusion head", "damaged", str(error))
     weights = ", ".join(f"{BRANCHES[n].bid} {w:.2f}" for n, w in meta.get("mean_weights", {}).items())
@@ -99,9 +99,7 @@ def _meta_stage(run: Run) -> Stage:
         return Stage("meta-learner", "damaged", str(error))
     settings = {"iterations": cfg.get("iterations"), "inner steps": cfg.get("inner_steps"), "hidden": cfg.get("hidden"),
                 "seed": meta.get("seed")}
-    fusion_meta = fusion_paths(run)[1]
-    recorded = meta.get("fusion_digest")
-    if recorded and fusion_meta.exists() and recorded != file_digest(fusion_meta):
+    if fusion_changed(run, meta):
         return Stage("meta-learner", "stale", "the fusion head was retrained after it: rerun asd meta-train", settings)
     return Stage("meta-learner", "finished", f"{len(meta.get('tasks', []))} training sections", settings)
 

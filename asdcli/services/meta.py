@@ -218,15 +218,20 @@ class MetaLearner:
             return learner(x).double().numpy()
 
 
+def fusion_changed(run: Run, meta: dict) -> bool:
+    """Whether the fusion head was retrained after the meta-learner (metadata ``meta``)."""
+    fusion_meta = fusion_paths(run)[1]
+    recorded = meta.get("fusion_digest")  # absent where written before this check existed: not checked
+    return bool(recorded) and fusion_meta.exists() and recorded != file_digest(fusion_meta)
+
+
 def load_meta(run: Run) -> MetaLearner:
     """The run's meta-learner; an error when it is missing."""
     weights_path, meta_path = meta_paths(run)
     if not meta_path.exists():
         raise CheckpointError(f"no meta-learner in {run.path}; run: asd meta-train --run {run.path}")
     meta = validated(MetaMeta, read_json(meta_path, "meta-learner metadata"), meta_path)
-    fusion_meta = fusion_paths(run)[1]
-    recorded = meta.get("fusion_digest")  # absent where written before this check existed: not checked
-    if recorded and fusion_meta.exists() and recorded != file_digest(fusion_meta):
+    if fusion_changed(run, meta):
         raise CheckpointError(f"{meta_path}: the fusion head was retrained after the meta-learner; "
                               f"rerun: asd meta-train --run {run.path}")
     cfg = MetaConfig.model_validate(meta["meta"])
