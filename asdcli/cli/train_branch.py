@@ -70,14 +70,14 @@ def train_branch(
     for group, st in result.score_stats.items():
         table.add_row(group, str(st["count"]), f"{st['mean']:.4f}", f"{st['std']:.4f}", f"{st['threshold']:.4f}")
     out.print(table)
-    _report_reliability(result, cfg.train.heldout_max_z)
+    _report_reliability(result, cfg.train.heldout_max_z, cfg.train.heldout_min_clips)
     if result.final_loss is not None:
         err.print(f"final training loss {result.final_loss:.5f}; log: {result.log}")
     if result.world_size > 1:
         err.print(f"{result.world_size} processes; replicas identical: {result.replicas_identical}")
 
 
-def _report_reliability(result, max_z: float) -> None:
+def _report_reliability(result, max_z: float, min_clips: int) -> None:
     """What the branch says it cannot learn, and how its held-out clips scored."""
     if result.limitation:
         err.print(f"[yellow]notice:[/] {result.branch}: {result.limitation}; the fusion leaves it out", highlight=False)
@@ -86,6 +86,9 @@ def _report_reliability(result, max_z: float) -> None:
     if z is None:
         err.print("no held-out clips (train.holdout is 0 or every section has fewer than 3 clips): whether the branch "
                   "generalises from its training clips is not checked", highlight=False)
+    elif gap > max_z and clips < min_clips:
+        err.print(f"[yellow]notice:[/] {result.branch}: {heldout_summary(result.heldout)}; too few held-out clips "
+                  f"(fewer than train.heldout_min_clips={min_clips}) to leave it out of the fusion", highlight=False)
     elif gap > max_z:
         err.print(f"[yellow]notice:[/] {result.branch}: {heldout_summary(result.heldout)}: it does not generalise "
                   "from them; the fusion leaves it out", highlight=False)

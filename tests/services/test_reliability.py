@@ -71,6 +71,7 @@ def test_left_out_reason_names_limitations_memorising_branches_and_their_dependa
         "diffusion": {"heldout": {"clips": 3, "median_z": 0.5}},  # written before median_normal_z
         "pretrained": {"heldout": {"clips": 0, "median_z": None, "median_normal_z": None}},
         "few": {"heldout": {"clips": 1, "median_z": 12.7, "median_normal_z": 2.9}},
+        "one": {"heldout": {"clips": 1, "median_z": 40.0, "median_normal_z": 4.5}},
     }
     assert left_out_reason("contrastive", metas, tiny) == "one section-and-attribute class"
     assert "models the embeddings of contrastive" in left_out_reason("flow", metas, tiny)
@@ -80,6 +81,10 @@ def test_left_out_reason_names_limitations_memorising_branches_and_their_dependa
     assert "as unlikely as +5.2" in left_out_reason("transformer-ae", metas, tiny)
     assert left_out_reason("few", metas, tiny) is None  # far above 4 memorised clips, yet within their reach
     assert left_out_reason("transformer-ae", metas, tiny.with_overrides(**{"train.heldout_max_z": 6.0})) is None
+    assert left_out_reason("one", metas, tiny) is None  # a single held-out clip is reported, never decisive
+    assert "+40.0" in left_out_reason("one", metas, tiny.with_overrides(**{"train.heldout_min_clips": 1}))
+    assert "+17.5" in left_out_reason("transformer-ae", metas, tiny.with_overrides(**{"train.heldout_min_clips": 3}))
+    assert left_out_reason("transformer-ae", metas, tiny.with_overrides(**{"train.heldout_min_clips": 4})) is None
 
 
 def test_training_never_sees_the_held_out_clips(synth_root, tiny, tmp_path, monkeypatch):
