@@ -66,8 +66,13 @@ class Clip:
 
     @property
     def group(self) -> str:
-        """``<machine>_section_<XX>``: the unit DCASE scores, trains statistics and writes CSVs for."""
-        return f"{self.machine}_section_{self.section or '00'}"
+        """``<machine>_section_<XX>``, or ``<machine>_id_<XX>`` for a clip named as in DCASE 2020:
+        the unit DCASE scores, trains statistics and writes CSVs for. A 2020 machine ID and a
+        2021+ section of the same number are different machines and never share a group."""
+        return f"{self.machine}_{'id' if self.naming in NAMINGS_2020 else 'section'}_{self.section or '00'}"
+
+
+NAMINGS_2020 = ("dcase2020", "eval2020")
 
 
 def parse_attributes(raw: str) -> tuple[tuple[str, str], ...]:

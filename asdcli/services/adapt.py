@@ -47,7 +47,7 @@ def section_support(run: Run, clips: list[Clip], names: list[str], metas: dict[s
     """Score the normal clips of sections the run never saw (clips of known sections are ignored)
     and ``config.meta.support_anomalies`` perturbed copies per section. ``loaded``: the branches
     and upstream branches from :func:`load_with_upstream`, if the caller has them."""
-    new = [c for c in clips if c.group not in run.vocab.groups and c.is_anomaly != 1]
+    new = [c for c in clips if run.vocab.group_index(c) < 0 and c.is_anomaly != 1]
     if not new:
         raise DataError("--support: none of these clips is a normal clip of a section the run did not train on "
                         f"(the run knows {', '.join(run.vocab.groups)})")

@@ -12,7 +12,7 @@ import torch
 from asdcli.config import AsdConfig
 from asdcli.data.audio import load_audio
 from asdcli.data.features import FeatureExtractor
-from asdcli.data.layout import Clip, discover
+from asdcli.data.layout import NAMINGS_2020, Clip, discover
 from asdcli.errors import DataError
 from asdcli.models.base import Batch
 from asdcli.services.features import FeatureReport, iter_features
@@ -24,7 +24,7 @@ def label_key(clip: Clip) -> str:
 
 
 def clip_key(clip: Clip) -> str:
-    """A clip's identity within a run: ``<machine>_section_<XX>/<file name>``."""
+    """A clip's identity within a run: ``<group>/<file name>``."""
     return f"{clip.group}/{clip.name}"
 
 
@@ -55,10 +55,13 @@ def training_clips(data: str) -> list[Clip]:
 
 @dataclass
 class Vocabulary:
-    """Machine sections (groups) and classes of a run, in a fixed order."""
+    """Machine sections (groups) and classes of a run, in a fixed order. ``legacy_2020``: the run
+    was made before DCASE 2020 machine IDs got groups of their own (``<machine>_id_<XX>``), so its
+    2020 IDs are named ``<machine>_section_<XX>``."""
 
     groups: list[str]
     labels: list[str]
+    legacy_2020: bool = False
 
     @classmethod
     def from_clips(cls, clips: Sequence[Clip]) -> "Vocabulary":
@@ -68,13 +71,29 @@ class Vocabulary:
         self._groups = {g: i for i, g in enumerate(self.groups)}
         self._labels = {k: i for i, k in enumerate(self.labels)}
 
+    def group_name(self, clip: Clip) -> str:
+        """The run's name for the clip's section: its own group where the run has it; for a clip
+        whose name follows no DCASE scheme (its machine and section given on the command line),
+        the same machine and number under whichever scheme the run has; for a 2020 clip and a run
+        made before 2020 IDs had groups of their own, the old name."""
+        if clip.group in self._groups:
+            return clip.group
+        machine, number = clip.machine, clip.section or "00"
+        if clip.naming == "unknown":
+            alternatives = [f"{machine}_section_{number}", f"{machine}_id_{number}"]
+        elif self.legacy_2020 and clip.naming in NAMINGS_2020:
+            alternatives = [f"{machine}_section_{number}"]
+        else:
+            alternatives = []
+        return next((g for g in alternatives if g in self._groups), clip.group)
+
     def group_index(self, clip: Clip) -> int:
         """Index of the clip's section in the run, -1 if the run never saw it."""
-        return self._groups.get(clip.group, -1)
+        return self._groups.get(self.group_name(clip), -1)
 
     def label_index(self, clip: Clip) -> int:
         """Index of the clip's section-and-attributes class, -1 if unknown."""
-        return self._labels.get(label_key(clip), -1)
+        return self._labels.get(f"{self.group_name(clip)}|{clip.attributes_raw}", -1)
 
 
 class ClipSet:

@@ -1,5 +1,5 @@
-"""Typed schemas of the metadata a run's stages write: a branch's, the fusion head's and the
-meta-learner's. Every stage's metadata is validated when it is read, so that a hand-edited or
+"""Typed schemas of the metadata a run's stages write: the run description, a branch's, the
+fusion head's and the meta-learner's. Every stage's metadata is validated when it is read, so that a hand-edited or
 foreign file is one error naming the file and the field, not a failure deep in scoring."""
 
 from __future__ import annotations
@@ -14,6 +14,19 @@ from asdcli.errors import CheckpointError
 
 class _Meta(BaseModel):
     model_config = ConfigDict(extra="allow")  # fields added by later versions are kept
+
+
+class RunInfo(_Meta):
+    """``run.json``: the run's sections (groups) and classes, its held-out clips and the audio and
+    feature settings every branch shares. ``group_names`` 2: DCASE 2020 machine IDs have groups of
+    their own (``<machine>_id_<XX>``); absent in runs made before, which name them as sections."""
+
+    groups: list[str]
+    labels: list[str]
+    audio: dict
+    features: dict
+    holdout: list[str] = []
+    group_names: int = 1
 
 
 class ScoreStats(_Meta):

@@ -21,7 +21,7 @@ from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.base import Branch, BranchContext
 from asdcli.models.registry import BRANCHES, build_branch, canonical_name
 from asdcli.services.dataset import Vocabulary
-from asdcli.services.run_meta import BranchMeta, validated
+from asdcli.services.run_meta import BranchMeta, RunInfo, validated
 
 
 @dataclass
@@ -57,6 +57,7 @@ class Run:
 
 
 CONFIG_FILE = "config.yaml"
+GROUP_NAMES = 2  # run.json "group_names": DCASE 2020 IDs are groups <machine>_id_<XX> (RunInfo)
 
 
 def saved_config(run_dir: Path | None) -> str | None:
@@ -83,13 +84,16 @@ def open_or_create_run(path: Path, vocab: Vocabulary, config: AsdConfig, holdout
     if not info_path.exists():
         write_text(path / CONFIG_FILE, dump_config(config))
         write_json(info_path, {"format_version": FORMAT_VERSION, "groups": vocab.groups, "labels": vocab.labels,
-                               "holdout": holdout, **settings})
+                               "holdout": holdout, "group_names": GROUP_NAMES, **settings})
         return Run(path, vocab, settings, frozenset(holdout))
     run = open_run(path)
     if run.features != settings:
         raise CheckpointError(f"{path}: the run was made with other audio/feature settings than this config; "
                               "use the run's config or a new --run folder")
     missing = sorted(set(vocab.groups) - set(run.vocab.groups))
+    if missing and run.vocab.legacy_2020 and any("_id_" in g for g in missing):
+        raise CheckpointError(f"{path}: the run was made before DCASE 2020 machine IDs had groups of their own "
+                              f"(it names them {run.vocab.groups}); it still scores, but train in a new --run folder")
     if missing:
         raise CheckpointError(f"{path}: the run was made for sections {run.vocab.groups}; the data adds {missing}. "
                               "Use a new --run folder")
@@ -190,9 +194,10 @@ def open_run(path: Path) -> Run:
     if not path.is_dir():
         raise CheckpointError(f"run folder {path} does not exist; train a branch first (asd train-branch NAME --run {path})")
     recover(path)
-    info = read_json(path / "run.json", "run description")
-    return Run(path, Vocabulary(info["groups"], info["labels"]), {k: info[k] for k in ("audio", "features")},
-               frozenset(info.get("holdout", ())))  # runs made before held-out clips existed have none
+    info_path = path / "run.json"
+    info = RunInfo.model_validate(validated(RunInfo, read_json(info_path, "run description"), info_path))
+    return Run(path, Vocabulary(info.groups, info.labels, legacy_2020=info.group_names < GROUP_NAMES),
+               {"audio": info.audio, "features": info.features}, frozenset(info.holdout))
 
 
 def branch_context(run: Run, config: AsdConfig, embed_dims: dict[str, int] | None = None) -> BranchContext:

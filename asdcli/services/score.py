@@ -227,7 +227,7 @@ class Detector:
         clips = [c if isinstance(c, Clip) else parse_clip(Path(c)) for c in clips]
         raw = score_branches(self.run.path, self.names, clips, self.cache_dir, self.device, loaded=self.loaded,
                              progress=progress)
-        groups = [c.group for c in raw.clips]
+        groups = [self.run.vocab.group_name(c) for c in raw.clips]
         z, fused, weights, final = self._stages(raw.scores, groups, [c.domain for c in raw.clips])
         clips, skipped = raw.clips, raw.skipped + (self.pipe.support.skipped if self.pipe.support else [])
         finite = np.isfinite(final) & np.isfinite(z).all(axis=1)
@@ -270,11 +270,12 @@ class Detector:
         with torch.no_grad():
             batch = with_embeddings(batch.to(self.device), upstream)
             raw = {n: branch.score(batch).double().cpu().numpy() for n, branch in branches.items()}
-        z, fused, weights, final = self._stages(raw, [clip.group], [domain])
+        group = self.run.vocab.group_name(clip)
+        z, fused, weights, final = self._stages(raw, [group], [domain])
         if not np.isfinite(final[0]):
             raise DataError(f"{what}: its anomaly score is not finite")
         own, pooled = self.thresholds(fpr)
-        threshold = own.get(clip.group, pooled)
+        threshold = own.get(group, pooled)
         return ClipScore(float(final[0]), int(final[0] > threshold), float(fused[0]),
                          {n: float(z[0, k]) for k, n in enumerate(self.names)},
                          None if weights is None else {n: float(weights[0, k]) for k, n in enumerate(self.names)},

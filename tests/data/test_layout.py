@@ -90,3 +90,11 @@ def test_hidden_folders_are_ignored(tmp_path, synth_root):
     hidden.write_bytes((synth_root / "fan" / "train").glob("*.wav").__next__().read_bytes())
     with pytest.raises(DataError):
         discover(tmp_path)
+
+
+def test_dcase2020_ids_and_2021_sections_never_share_a_group(tmp_path):
+    old = parse_clip(tmp_path / "fan" / "train" / "normal_id_00_00000000.wav")
+    new = parse_clip(tmp_path / "fan" / "train" / "section_00_source_train_normal_0000_a_1.wav")
+    bare = parse_clip(tmp_path / "fan" / "clip.wav")
+    assert (old.group, new.group, bare.group) == ("fan_id_00", "fan_section_00", "fan_section_00")
+    assert parse_clip(tmp_path / "fan" / "test" / "id_02_00000001.wav").group == "fan_id_02"
