@@ -27,12 +27,12 @@ def _clips(counts: dict[str, int]) -> list:
 def test_holdout_keys_take_a_share_of_each_section_and_leave_two_to_train_on():
     clips = _clips({"00": 30, "01": 5, "02": 3, "03": 2})
     keys = holdout_keys(clips, 0.1, seed=0)
-    per_section = {s: sum(k.startswith(f"fan_section_{s}/") for k in keys) for s in ("00", "01", "02", "03")}
+    per_section = {s: sum(k.startswith(f"fan_id_{s}/") for k in keys) for s in ("00", "01", "02", "03")}
     assert per_section == {"00": 3, "01": 1, "02": 1, "03": 0}
     assert keys == holdout_keys(list(reversed(clips)), 0.1, seed=0)  # seeded, not order-dependent
     assert keys != holdout_keys(clips, 0.1, seed=1)
     assert holdout_keys(clips, 0.0, seed=0) == []
-    assert sum(k.startswith("fan_section_01/") for k in holdout_keys(clips, 0.45, seed=0)) == 2
+    assert sum(k.startswith("fan_id_01/") for k in holdout_keys(clips, 0.45, seed=0)) == 2
 
 
 def test_heldout_check_standardises_each_held_out_clip_with_its_own_section():
