@@ -215,6 +215,8 @@ class FlowConfig(BranchTrain):
     couplings: int = Field(6, ge=2)
     hidden: int = Field(128, ge=8)
     max_dims: int = Field(32, ge=2, description="embeddings are projected (PCA) to at most this many dims")
+    min_clips: int = Field(20, ge=0, description="a section (median over the run's) with fewer training clips is "
+                           "too few for a density: the flow says so and the fusion leaves it out (0: never)")
 
 
 class BranchesConfig(Section):
@@ -257,6 +259,8 @@ class MetaConfig(Section):
     support_anomalies: int = Field(8, ge=1, description="pseudo-anomalies a section adapts from")
     query: int = Field(16, ge=1, description="clips per class in a meta-training query set")
     tasks_per_step: int = Field(4, ge=1)
+    min_tasks: int = Field(3, ge=1, description="with fewer sections to meta-train on, there is nothing to learn "
+                           "across machines: the meta-learner keeps its start, the fused score, and does not adapt")
     iterations: int = Field(300, ge=1)
     lr: float = Field(0.003, gt=0, description="outer-loop (meta) learning rate")
     first_order: bool = Field(False, description="first-order MAML (no second derivatives)")

@@ -101,7 +101,10 @@ def _meta_stage(run: Run) -> Stage:
                 "seed": meta.get("seed")}
     if fusion_changed(run, meta):
         return Stage("meta-learner", "stale", "the fusion head was retrained after it: rerun asd meta-train", settings)
-    return Stage("meta-learner", "finished", f"{len(meta.get('tasks', []))} training sections", settings)
+    note = f"{len(meta.get('tasks', []))} training sections"
+    if meta.get("abstained"):
+        note += f"; {meta['abstained']}"
+    return Stage("meta-learner", "finished", note, settings)
 
 
 def run_info(run_dir: Path) -> RunInfo:

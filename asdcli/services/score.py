@@ -152,6 +152,8 @@ def _notices(pipe: _Pipeline, groups: list[str], run_dir: Path) -> list[str]:
     notices += [f"section {g}: statistics from the --support clips" + (", meta-learner adapted to them"
                 if pipe.meta is not None else "") for g in adapted]
     notices += [f"{name} left out of the average: {reason}" for name, reason in pipe.left_out.items()]
+    if pipe.meta is not None and pipe.meta.meta.get("abstained"):
+        notices.append(f"meta-learner: {pipe.meta.meta['abstained']}")
     notices += list(unfinished_branches(run_dir).values())
     return notices
 

@@ -39,3 +39,20 @@ def test_a_flow_fitted_on_a_handful_of_clips_does_not_blow_up_new_normal_clips()
 
 def test_with_many_clips_new_normal_clips_score_like_the_training_clips():
     assert abs(_heldout_z(2000)) < 0.5
+
+
+def test_a_flow_with_too_few_clips_per_section_says_so():
+    cfg = load_config("tiny").with_overrides(**{"branches.flow.max_dims": 8, "branches.flow.couplings": 2})
+    context = BranchContext(n_mels=8, frames=4, sample_rate=16000, n_groups=2, n_labels=2, embed_dims={"contrastive": 8})
+    flow = build_branch("flow", cfg, context)
+
+    def prepared(per_section: list[int]):
+        groups = torch.cat([torch.full((n,), g) for g, n in enumerate(per_section)])
+        batch = _batch(torch.randn(len(groups), 8))
+        flow.prepare_training([Batch(batch.feats, groups, batch.domain, batch.label, embeddings=batch.embeddings)])
+        return flow.limitation()
+
+    assert "9 training clips (median), fewer than branches.flow.min_clips=20" in prepared([9, 9])
+    assert prepared([25, 30]) is None
+    flow.cfg = cfg.branches.flow.model_copy(update={"min_clips": 0})
+    assert prepared([5, 5]) is None

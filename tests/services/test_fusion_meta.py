@@ -98,6 +98,21 @@ def test_meta_learner_adapts_and_scores_use_every_stage(trained, synth_root, cfg
         meta_train(run, cfg, holdout=["pump_section_03"])
 
 
+def test_with_too_few_sections_the_meta_learner_keeps_the_fused_score(trained, synth_root, cfg):
+    run, cache = trained
+    train_fusion(synth_root, run, cfg)
+    strict = cfg.with_overrides(**{"meta.min_tasks": 3})
+    result = meta_train(run, strict)
+    assert "2 section(s) to meta-train on, fewer than meta.min_tasks=3" in result.abstained
+    assert read_json(run / "meta.json", "meta")["abstained"] == result.abstained
+    test = [c for c in discover(synth_root) if c.split == "test"]
+    scored = score_clips(run, test, cache)
+    assert scored.method == "meta" and np.allclose(scored.score, scored.fused, atol=1e-5)
+    assert any("meta-learner: 2 section(s)" in n for n in scored.notices)
+    learned = meta_train(run, cfg)  # min_tasks 1 in the tiny preset: it learns and adapts
+    assert learned.abstained is None and not np.allclose(score_clips(run, test, cache).score, scored.fused, atol=1e-3)
+
+
 def test_meta_learner_makes_its_own_examples_and_goes_stale_with_the_fusion(trained, synth_root, cfg):
     run, cache = trained
     train_fusion(synth_root, run, cfg)
