@@ -11,7 +11,7 @@ from rich.table import Table
 from asdcli.cli.common import (CacheOption, ConfigOption, SeedOption, err, gpu_or_cpu, handle_errors, out,
                                progress_bar, resolve_config)
 from asdcli.services.debug import freeze_debug as debug_service
-from asdcli.services.debug import parse_parts, part_id
+from asdcli.services.debug import debug_log_path, parse_parts
 from asdcli.services.features import default_cache_dir
 from asdcli.services.runs import saved_config
 
@@ -35,7 +35,7 @@ def freeze_debug(
     config = config or saved_config(run)  # the run's own config
     cfg = resolve_config(config, seed=seed)
     frozen = parse_parts(branch)
-    log_path = log_dir / f"debug_freeze_{'_'.join(part_id(p) for p in frozen)}.csv"
+    log_path = debug_log_path(log_dir, frozen)
     with progress_bar(unit="steps") as bar:
         task = bar.add_task("freeze-debug", total=None)
 

@@ -9,13 +9,7 @@ import typer
 
 from asdcli.cli.common import err, handle_errors
 from asdcli.errors import DataError
-from asdcli.services.plot import log_kind, plot_debug, plot_epochs, plot_scores
-
-
-def _default_out(path: Path, kind: str) -> Path:
-    if kind == "run":
-        return path / "logs" / "training_loss.png"
-    return path / "scores.png" if path.is_dir() else path.with_suffix(".png")
+from asdcli.services.plot import log_kind, plot_debug, plot_epochs, plot_scores, run_logs
 
 
 @handle_errors
@@ -33,14 +27,15 @@ def plot(
     if len(kinds) > 1:
         raise DataError(f"cannot plot different kinds of input together ({', '.join(sorted(kinds))})")
     kind = kinds.pop()
-    target = out or _default_out(paths[0], kind)
+    first = paths[0]
+    beside = first / "scores.png" if first.is_dir() else first.with_suffix(".png")
     if kind == "debug":
-        written = plot_debug(paths, target)
-    elif kind in ("run", "epochs"):
-        logs = sorted((paths[0] / "logs").glob("*_train.csv")) if kind == "run" else paths
-        if not logs:
-            raise DataError(f"{paths[0]}: no training logs (logs/<branch>_train.csv) in this run")
-        written = plot_epochs(logs, target)
+        written = plot_debug(paths, out or beside)
+    elif kind == "run":
+        logs, default = run_logs(first)
+        written = plot_epochs(logs, out or default)
+    elif kind == "epochs":
+        written = plot_epochs(paths, out or beside)
     else:
-        written = plot_scores(paths, target)
+        written = plot_scores(paths, out or beside)
     err.print(f"wrote {written}", highlight=False)

@@ -33,12 +33,16 @@ from asdcli.models.registry import BRANCHES, branch_config, build_branch, canoni
 from asdcli.services.dataset import ClipSet, Vocabulary, training_clips
 from asdcli.services.examples import Examples
 from asdcli.services.features import make_extractor
-from asdcli.services.fuse import fusion_paths
 from asdcli.services.meta import sample_task, usable_task
-from asdcli.services.runs import Run, branch_context, load_branch, open_run
+from asdcli.services.runs import Run, branch_context, is_run, load_branch, open_run
 from asdcli.services.train import epoch_order, lr_at, model_batches, with_embeddings
 
 HEADS = ("fusion", "meta")
+
+
+def debug_log_path(log_dir: Path, frozen: list[str]) -> Path:
+    """``<log_dir>/debug_freeze_<frozen parts>.csv``."""
+    return log_dir / f"debug_freeze_{'_'.join(part_id(p) for p in frozen)}.csv"
 
 
 def part_id(name: str) -> str:
@@ -230,14 +234,14 @@ def _base_lr(config: AsdConfig, part: str) -> float:
 def _prepare(data: Path, run_dir: Path | None, config: AsdConfig, frozen: list[str], device,
              cache_dir: Path | None, notices: list[str]) -> _Setup:
     clips = training_clips(str(data))
-    run = open_run(run_dir) if run_dir is not None and (run_dir / "run.json").exists() else None
+    run = open_run(run_dir) if run_dir is not None and is_run(run_dir) else None
     vocab = run.vocab if run is not None else Vocabulary.from_clips(clips)
     clipset = ClipSet(clips, config, make_extractor(config, cache_dir), vocab,
                       with_wave=any(cls.needs_wave for cls in BRANCHES.values()))
     branches = _build_branches(clipset, run, config, frozen, device, vocab)
     heads = None
-    if run is not None and fusion_paths(run)[2].exists():
-        heads = _Heads(Examples.load(fusion_paths(run)[2]), config)
+    if run is not None and run.examples.exists():
+        heads = _Heads(Examples.load(run.examples), config)
     else:
         notices.append("fusion and meta-learner not logged: the run has no examples (run asd train-fusion first)")
     modules: dict[str, nn.Module] = {**branches, **(heads.modules if heads else {})}

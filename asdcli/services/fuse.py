@@ -24,11 +24,6 @@ from asdcli.services.run_meta import FusionMeta, validated
 from asdcli.services.runs import Run, commit_stage, open_run, read_branch_meta
 
 
-def fusion_paths(run: Run) -> tuple[Path, Path, Path]:
-    """(weights, metadata, training examples) of a run's fusion head."""
-    return run.path / "fusion.safetensors", run.path / "fusion.json", run.path / "examples.safetensors"
-
-
 def file_digest(path: Path) -> str:
     """SHA-1 of a stage's metadata file: it changes whenever the stage is retrained, so a later
     stage that records it can tell it was built on an older one."""
@@ -164,7 +159,7 @@ def train_fusion(data: Path, run_dir: Path, config: AsdConfig, names: list[str] 
     if not names:
         raise CheckpointError(f"no trained branch in {run_dir}; run asd train-branch NAME --run {run_dir} first")
     names, left_out = usable_branches(run, names, config)
-    weights_path, meta_path, examples_path = fusion_paths(run)
+    weights_path, meta_path, examples_path = run.fusion_weights, run.fusion_meta, run.examples
     examples = build_examples(run, data, names, config, device, progress)
     prior, temperature, fair_auc = fusion_prior(examples, config)
     model, loss = fit_fusion(examples, config, prior)
@@ -195,7 +190,7 @@ def stale_branches(run: Run, meta: dict) -> list[str]:
 
 def load_fusion(run: Run) -> tuple[AttentionFusion, dict]:
     """The run's fusion head and metadata; an error when it is missing or older than a branch."""
-    weights_path, meta_path, _ = fusion_paths(run)
+    weights_path, meta_path = run.fusion_weights, run.fusion_meta
     if not meta_path.exists():
         raise CheckpointError(f"no fusion head in {run.path}; run: asd train-fusion --run {run.path} --data DIR")
     meta = validated(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)

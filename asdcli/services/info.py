@@ -9,8 +9,8 @@ from pathlib import Path
 from asdcli.checkpoints import read_json, training_progress
 from asdcli.errors import CheckpointError
 from asdcli.models.registry import BRANCHES, branch_config
-from asdcli.services.fuse import fusion_paths, stale_branches
-from asdcli.services.meta import fusion_changed, meta_paths
+from asdcli.services.fuse import stale_branches
+from asdcli.services.meta import fusion_changed
 from asdcli.services.reliability import heldout_gap
 from asdcli.services.run_meta import FusionMeta, MetaMeta, validated
 from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
@@ -69,7 +69,7 @@ def _branch_stage(run: Run, name: str) -> Stage:
 
 
 def _fusion_stage(run: Run) -> Stage:
-    _, meta_path, _ = fusion_paths(run)
+    meta_path = run.fusion_meta
     if not meta_path.exists():
         return Stage("fusion head", "missing", "run asd train-fusion")
     try:
@@ -89,7 +89,7 @@ def _fusion_stage(run: Run) -> Stage:
 
 
 def _meta_stage(run: Run) -> Stage:
-    _, meta_path = meta_paths(run)
+    meta_path = run.meta_meta
     if not meta_path.exists():
         return Stage("meta-learner", "missing", "run asd meta-train")
     try:

@@ -24,23 +24,15 @@ from asdcli.errors import CheckpointError, DataError
 from asdcli.models.fusion_attention import AttentionFusion
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
 from asdcli.services.examples import Examples, build_examples
-from asdcli.services.fuse import file_digest, fusion_paths, load_fusion
+from asdcli.services.fuse import file_digest, load_fusion
 from asdcli.services.run_meta import MetaMeta, validated
 from asdcli.services.runs import Run, commit_stage, open_run
-
-
-def meta_paths(run: Run) -> tuple[Path, Path]:
-    """(weights, metadata) of a run's meta-learner."""
-    return run.path / "meta.safetensors", run.path / "meta.json"
-
-
-OWN_EXAMPLES = "meta_examples.safetensors"
 
 
 def meta_examples(run: Run, meta: dict) -> Examples:
     """The examples the meta-learner (metadata ``meta``) was trained on and adapts from: its own
     (``meta-train --data``) or else the fusion head's."""
-    name = meta.get("examples", fusion_paths(run)[2].name)
+    name = meta.get("examples", run.examples.name)
     return Examples.load(run.path / name)
 
 
@@ -194,14 +186,14 @@ def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = Non
     run, holdout = open_run(run_dir), list(holdout or [])
     fusion, fusion_meta = load_fusion(run)
     if data is None:
-        examples_name = fusion_paths(run)[2].name
+        examples_name = run.examples.name
         examples = Examples.load(run.path / examples_name)
     else:
-        examples_name = OWN_EXAMPLES
+        examples_name = run.meta_examples.name
         examples = build_examples(run, data, fusion_meta["branches"], config, device, example_progress, stream=1)
     x = fused_features(fusion, examples.z)
     maml, tasks, loss_value, unadapted, adapted_loss = fit_meta(examples, x, config, holdout, progress)
-    weights_path, meta_path = meta_paths(run)
+    weights_path, meta_path = run.meta_weights, run.meta_meta
     names = [examples.groups[g] for g in tasks]
     abstained = abstain_reason(len(tasks), config.meta)
     with commit_stage(run.path) as place:  # its own examples, weights and metadata as one unit
@@ -210,7 +202,7 @@ def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = Non
         save_weights(maml.module, place(weights_path), {"part": "meta"})
         write_json(place(meta_path), {
             "format_version": FORMAT_VERSION, "status": "complete", "tasks": names, "holdout": holdout,
-            "examples": examples_name, "fusion_digest": file_digest(fusion_paths(run)[1]),
+            "examples": examples_name, "fusion_digest": file_digest(run.fusion_meta),
             "in_dim": int(x.shape[1]), "meta": config.meta.model_dump(mode="json"), "seed": config.seed,
             "fusion_loss": fusion_meta["loss"], "final_loss": _finite(loss_value),
             "query_loss_unadapted": _finite(unadapted), "query_loss_adapted": _finite(adapted_loss),
@@ -249,14 +241,14 @@ class MetaLearner:
 
 def fusion_changed(run: Run, meta: dict) -> bool:
     """Whether the fusion head was retrained after the meta-learner (metadata ``meta``)."""
-    fusion_meta = fusion_paths(run)[1]
+    fusion_meta = run.fusion_meta
     recorded = meta.get("fusion_digest")  # absent where written before this check existed: not checked
     return bool(recorded) and fusion_meta.exists() and recorded != file_digest(fusion_meta)
 
 
 def load_meta(run: Run) -> MetaLearner:
     """The run's meta-learner; an error when it is missing."""
-    weights_path, meta_path = meta_paths(run)
+    weights_path, meta_path = run.meta_weights, run.meta_meta
     if not meta_path.exists():
         raise CheckpointError(f"no meta-learner in {run.path}; run: asd meta-train --run {run.path}")
     meta = validated(MetaMeta, read_json(meta_path, "meta-learner metadata"), meta_path)

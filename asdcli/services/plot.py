@@ -20,6 +20,7 @@ from asdcli.atomic import atomic_path  # noqa: E402
 from asdcli.errors import DataError  # noqa: E402
 from asdcli.metrics import MAX_FPR, auc, pauc  # noqa: E402
 from asdcli.models.registry import BRANCHES  # noqa: E402
+from asdcli.services.runs import is_run, open_run  # noqa: E402
 from asdcli.services.evaluate import ScoreRow, read_scores, score_files  # noqa: E402
 
 DPI = 100
@@ -57,10 +58,19 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
+def run_logs(path: Path) -> tuple[list[Path], Path]:
+    """A run folder's per-epoch training logs and where its loss plot goes by default."""
+    run = open_run(path)
+    logs = sorted(run.logs.glob("*_train.csv"))
+    if not logs:
+        raise DataError(f"{path}: no training logs (logs/<branch>_train.csv) in this run")
+    return logs, run.logs / "training_loss.png"
+
+
 def log_kind(path: Path) -> str:
     """``debug`` (freeze-debug CSV), ``epochs`` (a run's per-epoch log) or ``scores``."""
     if path.is_dir():
-        return "run" if (path / "run.json").exists() else "scores"
+        return "run" if is_run(path) else "scores"
     with path.open(encoding="utf-8", errors="replace") as handle:
         header = handle.readline().strip().split(",")
     if header[:1] == ["kind"] and "loss_total" in header:

@@ -24,15 +24,62 @@ from asdcli.services.dataset import Vocabulary
 from asdcli.services.run_meta import BranchMeta, RunInfo, validated
 
 
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+GROUP_NAMES = 2  # run.json "group_names": DCASE 2020 IDs are groups <machine>_id_<XX> (RunInfo)
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is a run folder (it holds a run description)."""
+    return (Path(path) / RUN_FILE).is_file()
+
+
 @dataclass
 class Run:
     """A run folder: its sections and classes, the feature settings all its branches share, and
-    the keys of the normal training clips its branches' networks never train on (held out)."""
+    the keys of the normal training clips its branches' networks never train on (held out).
+    Every file of a run is named here."""
 
     path: Path
     vocab: Vocabulary
     features: dict
     holdout: frozenset[str] = frozenset()
+
+    @property
+    def info_path(self) -> Path:
+        """``run.json``: sections, classes, held-out clips, feature settings."""
+        return self.path / RUN_FILE
+
+    @property
+    def fusion_weights(self) -> Path:
+        return self.path / "fusion.safetensors"
+
+    @property
+    def fusion_meta(self) -> Path:
+        return self.path / "fusion.json"
+
+    @property
+    def examples(self) -> Path:
+        """The fusion head's training examples (normal clips and pseudo-anomalies)."""
+        return self.path / "examples.safetensors"
+
+    @property
+    def meta_weights(self) -> Path:
+        return self.path / "meta.safetensors"
+
+    @property
+    def meta_meta(self) -> Path:
+        return self.path / "meta.json"
+
+    @property
+    def meta_examples(self) -> Path:
+        """The meta-learner's own examples (``meta-train --data``)."""
+        return self.path / "meta_examples.safetensors"
+
+    @property
+    def logs(self) -> Path:
+        """Per-epoch training logs (``<branch>_train.csv``) and the loss plot."""
+        return self.path / "logs"
 
     def weights(self, name: str) -> Path:
         return self.path / f"{name}.safetensors"
@@ -48,16 +95,12 @@ class Run:
         return self.path / f"{name}.train_scores.json"
 
     def log_path(self, name: str) -> Path:
-        return self.path / "logs" / f"{name}_train.csv"
+        return self.logs / f"{name}_train.csv"
 
     @property
     def config_path(self) -> Path:
         """The resolved config the run was started with; later stages use it."""
         return self.path / CONFIG_FILE
-
-
-CONFIG_FILE = "config.yaml"
-GROUP_NAMES = 2  # run.json "group_names": DCASE 2020 IDs are groups <machine>_id_<XX> (RunInfo)
 
 
 def saved_config(run_dir: Path | None) -> str | None:
@@ -79,7 +122,7 @@ def _feature_settings(config: AsdConfig) -> dict:
 def open_or_create_run(path: Path, vocab: Vocabulary, config: AsdConfig, holdout: list[str]) -> Run:
     """Create ``path/run.json`` for a new run (with its held-out clips), or check that the data and
     features match an existing one (whose held-out clips stay as recorded)."""
-    info_path = path / "run.json"
+    info_path = path / RUN_FILE
     settings = _feature_settings(config)
     if not info_path.exists():
         write_text(path / CONFIG_FILE, dump_config(config))
@@ -194,7 +237,7 @@ def open_run(path: Path) -> Run:
     if not path.is_dir():
         raise CheckpointError(f"run folder {path} does not exist; train a branch first (asd train-branch NAME --run {path})")
     recover(path)
-    info_path = path / "run.json"
+    info_path = path / RUN_FILE
     info = RunInfo.model_validate(validated(RunInfo, read_json(info_path, "run description"), info_path))
     return Run(path, Vocabulary(info.groups, info.labels, legacy_2020=info.group_names < GROUP_NAMES),
                {"audio": info.audio, "features": info.features}, frozenset(info.holdout))

@@ -20,8 +20,8 @@ from asdcli.models.base import Batch
 from asdcli.models.registry import canonical_name
 from asdcli.services.branch_scores import load_with_upstream, normalize, score_branches, trained_branches, unfinished_branches
 from asdcli.services.examples import Examples, Normals, normal_examples
-from asdcli.services.fuse import fusion_paths, load_fusion, usable_branches
-from asdcli.services.meta import MetaLearner, fused_features, load_meta, meta_examples, meta_paths, support_rows
+from asdcli.services.fuse import load_fusion, usable_branches
+from asdcli.services.meta import MetaLearner, fused_features, load_meta, meta_examples, support_rows
 from asdcli.services.adapt import Support, section_support
 from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
 from asdcli.services.train import with_embeddings
@@ -113,11 +113,11 @@ class _Pipeline:
 def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
     """The stages the run has: fusion and meta-learner when trained (and not narrowed by ``names``)."""
     pipe = _Pipeline(run)
-    if fusion_paths(run)[1].exists():
+    if run.fusion_meta.exists():
         fusion, meta = load_fusion(run)
         if names is None or names == meta["branches"]:
             pipe.fusion, names = fusion, meta["branches"]
-            if meta_paths(run)[1].exists():
+            if run.meta_meta.exists():
                 pipe.meta = load_meta(run)
                 pipe.examples = meta_examples(run, pipe.meta.meta)
             else:  # not meta-trained: fusion is the last stage

@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from asdcli.atomic import write_text
-from asdcli.checkpoints import (FORMAT_VERSION, load_training_state, read_json, save_training_state, save_weights,
+from asdcli.checkpoints import (FORMAT_VERSION, load_training_state, save_training_state, save_weights,
                                 versions, write_json)
 from asdcli.config import AsdConfig
 from asdcli.errors import CheckpointError, TrainingError
@@ -35,8 +35,8 @@ from asdcli.services.device import DistInfo, distributed
 from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
 from asdcli.services.reliability import heldout_check
-from asdcli.services.runs import (CONFIG_FILE, Run, branch_context, commit_stage, load_branch, open_or_create_run,
-                                 open_run)
+from asdcli.services.runs import (CONFIG_FILE, RUN_FILE, Run, branch_context, commit_stage, is_run, load_branch,
+                                 open_or_create_run, open_run)
 
 LOG_COLUMNS = ["epoch", "loss", "lr", "clips", "seconds", "clips_per_s"]
 
@@ -350,7 +350,7 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
     name = canonical_name(name)
     device = device or torch.device("cpu")
     torch.use_deterministic_algorithms(True, warn_only=True)
-    new_run = not (run_dir / "run.json").exists()
+    new_run = not is_run(run_dir)
     try:
         return _train_branch(name, data, run_dir, config, device, cache_dir, resume, on_step, on_epoch, on_score)
     except BaseException:
@@ -364,7 +364,7 @@ def _forget_new_run(run_dir: Path) -> None:
     description it wrote, so that the folder is not tied to the sections of data that failed."""
     if any(run_dir.glob("*.safetensors")):
         return
-    for name in ("run.json", CONFIG_FILE):
+    for name in (RUN_FILE, CONFIG_FILE):
         (run_dir / name).unlink(missing_ok=True)
 
 
