@@ -1,0 +1,54 @@
+"""Leave-one-out Mahalanobis distances of the reconstruction branches, in closed form."""
+
+import numpy as np
+import torch
+
+from asdcli.models.error_profile import ProfileScorer
+
+
+def _refitted(scorer: ProfileScorer, profiles, group, exclude):
+    """The definition: each clip's section Gaussian refitted without the excluded training row."""
+    out = scorer(profiles, group)
+    for i in torch.nonzero(exclude >= 0).flatten().tolist():
+        keep = (scorer.train_group == group[i]) & (torch.arange(len(scorer.train_group)) != exclude[i])
+        mean, precision = scorer._fit_one(scorer.train_profiles[keep])
+        diff = profiles[i] - mean
+        out[i] = (diff @ precision @ diff).clamp_min(0).sqrt()
+    return out
+
+
+def _scorer(sizes: list[int], dim: int = 24, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    scale = torch.logspace(0, -1.5, dim)  # quiet and loud bins
+    profiles = torch.cat([torch.randn(n, dim, generator=g) * scale + k for k, n in enumerate(sizes)])
+    profiles[::7] *= 3  # outliers: their share of the shrinkage target matters most
+    group = torch.cat([torch.full((n,), k) for k, n in enumerate(sizes)])
+    scorer = ProfileScorer(len(sizes), dim)
+    scorer.fit(profiles, group)
+    return scorer, profiles, group
+
+
+def test_leave_one_out_matches_refitting_each_clip_out():
+    scorer, profiles, group = _scorer([10, 40, 200])
+    own = torch.arange(len(group))
+    fast, slow = scorer.leave_one_out(profiles, group, own), _refitted(scorer, profiles, group, own)
+    assert (fast > scorer(profiles, group)).all()  # a clip left out is further from its section
+    for k, n in enumerate([10, 40, 200]):
+        rows = group == k
+        rel = ((fast[rows] - slow[rows]) / slow[rows]).abs()
+        assert float(rel.max()) < 1e-5, (n, float(rel.max()))
+
+
+def test_a_perturbed_copy_leaves_its_clean_original_out_and_others_stay_whole():
+    scorer, profiles, group = _scorer([12, 12], seed=1)
+    copies = profiles[[0, 5, 15]] + 0.05
+    copy_group = torch.tensor([0, 0, 1])
+    exclude = torch.tensor([0, -1, 15])
+    fast = scorer.leave_one_out(copies, copy_group, exclude)
+    slow = _refitted(scorer, copies, copy_group, exclude)
+    assert np.allclose(fast.numpy(), slow.numpy(), rtol=1e-5)
+    assert float(fast[1]) == float(scorer(copies[1:2], copy_group[1:2])[0])  # nothing to leave out
+    tiny = ProfileScorer(1, 4)
+    tiny.fit(torch.randn(2, 4), torch.zeros(2, dtype=torch.long))  # two clips: nothing left to refit on
+    assert torch.equal(tiny.leave_one_out(tiny.train_profiles, torch.zeros(2, dtype=torch.long), torch.arange(2)),
+                       tiny(tiny.train_profiles, torch.zeros(2, dtype=torch.long)))
