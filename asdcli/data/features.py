@@ -140,7 +140,10 @@ class FeatureExtractor:
 
     def compute(self, path: str | Path) -> np.ndarray:
         """Decode and transform one file: ``(n_mels, frames)`` float32 (raises ``DataError``)."""
-        wave = load_audio(path, self.audio)
+        return self.transform(load_audio(path, self.audio), path)
+
+    def transform(self, wave: torch.Tensor, path: str | Path) -> np.ndarray:
+        """The features of one decoded file (``path`` names it in errors)."""
         with torch.no_grad():
             feats = self.logmel(wave).numpy()
         if not np.isfinite(feats).all():
@@ -153,9 +156,10 @@ class FeatureExtractor:
         """Cached features of one file, or ``None`` (no cache, not cached, or file unreadable)."""
         return None if self.cache is None else self.cache.load(path)
 
-    def compute_and_store(self, path: str | Path) -> np.ndarray:
-        """Compute one file's features and store them in the cache (if any)."""
-        feats = self.compute(path)
+    def compute_and_store(self, path: str | Path, wave: torch.Tensor | None = None) -> np.ndarray:
+        """Compute one file's features (from its ``wave`` when already decoded) and store them in
+        the cache (if any)."""
+        feats = self.compute(path) if wave is None else self.transform(wave, path)
         if self.cache is not None:
             self.cache.save(path, feats)
         return feats

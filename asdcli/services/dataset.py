@@ -111,8 +111,9 @@ class ClipSet:
         total = sq = None
         self.clips: list[Clip] = []
         self._kept: list[np.ndarray] | None = [] if keep_features else None  # batches then read no file again
+        self._waves: list[torch.Tensor] | None = [] if keep_features and with_wave else None  # nor decode one
         frames = 0
-        for item in iter_features(clips, extractor, config.loader.workers):
+        for item in iter_features(clips, extractor, config.loader.workers, with_wave=self._waves is not None):
             self.report.add(item)
             if on_item is not None:
                 on_item()
@@ -125,6 +126,8 @@ class ClipSet:
             self.clips.append(item.clip)
             if self._kept is not None:
                 self._kept.append(item.features)
+            if self._waves is not None:
+                self._waves.append(item.wave)
         if not self.clips:
             if require_any:
                 raise DataError("none of the clips could be read: " + "; ".join(m for _, m in self.report.failures[:3]))
@@ -142,7 +145,9 @@ class ClipSet:
         feats = np.stack([self._kept[i] if self._kept is not None else self.extractor(c.path)[0]
                           for i, c in zip(indices, clips)])  # (B, n_mels, frames)
         wave = None
-        if self.with_wave:
+        if self._waves is not None:
+            wave = torch.stack([self._waves[i] for i in indices])  # (B, samples)
+        elif self.with_wave:
             wave = torch.stack([load_audio(c.path, self.config.audio) for c in clips])  # (B, samples)
         return Batch(
             feats=torch.from_numpy(feats),

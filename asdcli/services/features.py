@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from asdcli.config import AsdConfig
+from asdcli.data.audio import load_audio
 from asdcli.data.features import FeatureCache, FeatureExtractor
 from asdcli.data.layout import Clip
 from asdcli.errors import DataError
@@ -35,6 +36,7 @@ class FeatureItem:
     features: np.ndarray | None
     cached: bool = False
     error: str | None = None
+    wave: torch.Tensor | None = None  # (samples,) the decoded clip, when asked for
 
 
 @dataclass
@@ -78,26 +80,36 @@ def torch_threads(count: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _compute(extractor: FeatureExtractor, clip: Clip) -> FeatureItem:
+def _compute(extractor: FeatureExtractor, clip: Clip, with_wave: bool = False,
+             cached: np.ndarray | None = None) -> FeatureItem:
     try:
-        return FeatureItem(clip, extractor.compute_and_store(clip.path))
+        if not with_wave:
+            return FeatureItem(clip, extractor.compute_and_store(clip.path))
+        wave = load_audio(clip.path, extractor.audio)  # decoded once, for the features and the caller
+        feats = cached if cached is not None else extractor.compute_and_store(clip.path, wave)
+        return FeatureItem(clip, feats, cached=cached is not None, wave=wave)
     except DataError as error:
         return FeatureItem(clip, None, error=str(error))
 
 
-def iter_features(clips: Iterable[Clip], extractor: FeatureExtractor, workers: int = 2) -> Iterator[FeatureItem]:
+def iter_features(clips: Iterable[Clip], extractor: FeatureExtractor, workers: int = 2,
+                  with_wave: bool = False) -> Iterator[FeatureItem]:
     """Features of each clip, in input order; cache misses are computed by ``workers`` threads.
 
     Cache hits are read on the calling thread (a thread hop costs more than the read). At most
     ``2 * workers`` clips are in flight, so memory stays flat however many clips there are. A
-    bad clip yields an item with ``error`` set instead of raising.
+    bad clip yields an item with ``error`` set instead of raising. ``with_wave``: each item also
+    carries the decoded clip (decoded once: a cache miss computes its features from it).
     """
     window: deque[FeatureItem | Future] = deque()
     with torch_threads(1 if workers > 1 else None), \
             ThreadPoolExecutor(max_workers=workers, thread_name_prefix="asd-features") as pool:
         for clip in clips:
             cached = extractor.lookup(clip.path)
-            if cached is not None:
+            if with_wave:
+                window.append(pool.submit(_compute, extractor, clip, True, cached) if workers > 1
+                              else _compute(extractor, clip, True, cached))
+            elif cached is not None:
                 window.append(FeatureItem(clip, cached, cached=True))
             elif workers <= 1:
                 window.append(_compute(extractor, clip))

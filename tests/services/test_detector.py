@@ -67,3 +67,29 @@ def test_edited_fusion_and_meta_metadata_are_one_error_each(run, tmp_path):
         (copy / name).write_text(json.dumps(meta))
         with pytest.raises(CheckpointError, match=rf"{name}: field '{field}' is (missing|not valid)"):
             Detector.load(copy, cache_dir=cache)
+
+
+def test_scoring_with_the_pretrained_branch_decodes_each_clip_once(synth_root, tiny, tmp_path, monkeypatch):
+    import asdcli.data.audio as audio
+    import asdcli.data.features as features
+    import asdcli.services.dataset as dataset
+    import asdcli.services.features as service
+
+    cfg = tiny.with_overrides(**{"train.epochs": 1})
+    train_branch("b1", synth_root, tmp_path / "run", cfg, cache_dir=tmp_path / "cache")
+    test = discover(synth_root / "fan" / "test")
+    warm = score_clips(tmp_path / "run", test, tmp_path / "cache")  # the test clips' features are now cached
+    decoded: list[str] = []
+    real = audio.load_audio
+
+    def counting(path, config):
+        decoded.append(str(path))
+        return real(path, config)
+
+    for module in (features, dataset, service):
+        monkeypatch.setattr(module, "load_audio", counting, raising=False)
+    for cache in (tmp_path / "cold", tmp_path / "cache"):  # cache misses, then hits
+        decoded.clear()
+        again = score_clips(tmp_path / "run", test, cache)
+        assert sorted(decoded) == sorted(str(c.path) for c in test)  # once each, for features and b1 alike
+        np.testing.assert_allclose(again.score, warm.score, rtol=1e-5)
