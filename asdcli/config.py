@@ -121,6 +121,9 @@ class TrainConfig(Section):
     heldout_max_z: float = Field(3.0, gt=0, description="a branch whose held-out clips score (median) more than this "
                                  "many standard deviations above its training clips does not generalise from them: "
                                  "train-branch says so and the fusion leaves it out")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="mixed precision of the branches' "
+                                                       "training steps: bf16 (CPU or GPU) or fp16 (CUDA only, with "
+                                                       "loss scaling); weights and optimizer stay fp32")
     heldout_min_clips: int = Field(2, ge=1, description="the fewest held-out clips on which the fusion leaves a branch "
                                    "out by train.heldout_max_z: one clip's deviate cannot tell a branch that learnt its "
                                    "clips by heart from one unusual clip, so with fewer it is reported only")

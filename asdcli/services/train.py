@@ -26,7 +26,7 @@ from asdcli.atomic import write_text
 from asdcli.checkpoints import (FORMAT_VERSION, load_training_state, save_training_state, save_weights,
                                 versions, write_json)
 from asdcli.config import AsdConfig
-from asdcli.errors import CheckpointError, TrainingError
+from asdcli.errors import CheckpointError, ConfigError, TrainingError
 from asdcli.metrics import gamma_threshold
 from asdcli.models.base import Batch, Branch, state_digest
 from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
@@ -270,8 +270,30 @@ def _shard(indices: list[int], info: DistInfo) -> list[int]:
     return indices[info.rank :: info.world_size]
 
 
+@dataclass
+class Precision:
+    """The training steps' arithmetic (``train.precision``): an autocast context and a gradient
+    scaler (active for fp16 only, whose small gradients would otherwise underflow)."""
+
+    device: torch.device
+    dtype: torch.dtype | None
+
+    @classmethod
+    def of(cls, config: AsdConfig, device: torch.device) -> "Precision":
+        name = config.train.precision
+        if name == "fp16" and device.type != "cuda":
+            raise ConfigError(f"train.precision: fp16 needs a CUDA device (training on {device}); use bf16 or fp32")
+        return cls(device, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name])
+
+    def __post_init__(self) -> None:
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+
 def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch: int, info: DistInfo,
-               on_step: Callable[[StepInfo], None] | None) -> dict:
+               on_step: Callable[[StepInfo], None] | None, precision: Precision) -> dict:
     """One pass over the shuffled training clips; returns the epoch's log row."""
     torch.manual_seed(_epoch_seed(config.seed, epoch))
     order = epoch_order(s.clipset, config.train.balance, _epoch_seed(config.seed, epoch), s.trained)
@@ -289,11 +311,14 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
             group["lr"] = lr
         indices = _shard(order[step * bs : (step + 1) * bs], info)
         batch = with_embeddings(s.clipset.batch(indices).to(s.device), s.upstream)
-        loss = model(batch)
+        with precision.autocast():
+            loss = model(batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        precision.scaler.scale(loss).backward()
+        precision.scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip)
-        optimizer.step()
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
         losses.append(float(loss.detach()))
         seen += len(indices) * info.world_size
         if on_step is not None:
@@ -384,8 +409,9 @@ def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, devic
             model = DistributedDataParallel(model, find_unused_parameters=True,
                                             device_ids=[device.index] if device.type == "cuda" else None)
         final_loss = None
+        precision = Precision.of(config, torch.device(s.device))
         for epoch in range(start, s.epochs if trainable else 0):
-            row = _run_epoch(s, model, optimizer, config, epoch, info, on_step)
+            row = _run_epoch(s, model, optimizer, config, epoch, info, on_step, precision)
             _check_finite(s, row)
             rows.append(row)
             final_loss = float(row["loss"])

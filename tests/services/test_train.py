@@ -165,3 +165,17 @@ def test_a_diverging_training_fails_and_leaves_the_complete_branch(synth_root, c
                      cache_dir=cache)
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before
+
+
+def test_mixed_precision_trains_in_bf16_and_refuses_fp16_without_cuda(synth_root, cfg, tmp_path):
+    cache = tmp_path / "cache"
+    train_branch("b2", synth_root, tmp_path / "fp32", cfg, cache_dir=cache)
+    half = cfg.with_overrides(**{"train.precision": "bf16"})
+    result = train_branch("b2", synth_root, tmp_path / "bf16", half, cache_dir=cache)
+    assert result.final_loss is not None and result.final_loss == result.final_loss  # finite, not NaN
+    a, b = _weights(tmp_path / "fp32", "transformer-ae"), _weights(tmp_path / "bf16", "transformer-ae")
+    assert {k: t.dtype for k, t in b.items()} == {k: t.dtype for k, t in a.items()}  # weights stay fp32
+    assert not torch.equal(a["proj.weight"], b["proj.weight"])  # the steps did run in bf16
+    with pytest.raises(ConfigError, match="train.precision: fp16 needs a CUDA device"):
+        train_branch("b2", synth_root, tmp_path / "fp16", cfg.with_overrides(**{"train.precision": "fp16"}),
+                     cache_dir=cache)
