@@ -45,9 +45,13 @@ def resolve_run_config(run: Path, config: Optional[str], **overrides: object) ->
     return run_config(open_run(run), load_config(config) if config else None).with_overrides(**overrides)
 
 
-def gpu_or_cpu(gpu: Optional[int]) -> torch.device:
-    """``--gpu N`` -> CUDA device N (an error without CUDA); no flag -> the CPU."""
-    return resolve_device(gpu, None if gpu is not None else "cpu")
+def gpu_or_cpu(gpu: Optional[int], device: Optional[str] = None) -> torch.device:
+    """``--gpu N`` -> CUDA device N (an error without CUDA); ``--device`` cpu, cuda, cuda:N or
+    auto; neither -> the CPU."""
+    return resolve_device(gpu, device if device or gpu is not None else "cpu")
+
+
+DeviceOption = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default: cpu; --gpu N is cuda:N).")
 
 
 def resolve_config(config: Optional[str], **overrides: object) -> AsdConfig:

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (CacheOption, ConfigOption, SeedOption, err, gpu_or_cpu, handle_errors, out,
+from asdcli.cli.common import (DeviceOption, CacheOption, ConfigOption, SeedOption, err, gpu_or_cpu, handle_errors, out,
                                progress_bar, resolve_config)
 from asdcli.services.debug import freeze_debug as debug_service
 from asdcli.services.debug import debug_log_path, parse_parts
@@ -27,6 +27,7 @@ def freeze_debug(
     log_dir: Path = typer.Option(Path("logs"), "--log-dir", help="Folder of debug_freeze_<parts>.csv."),
     config: Optional[str] = ConfigOption,
     gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Train on CUDA device N."),
+    device: Optional[str] = DeviceOption,
     seed: Optional[int] = SeedOption,
     cache_dir: Optional[Path] = CacheOption,
 ) -> None:
@@ -45,7 +46,7 @@ def freeze_debug(
         def on_trouble(trouble) -> None:
             bar.console.print(f"[bold yellow]trouble:[/] {trouble}", highlight=False)
 
-        result = debug_service(data, cfg, frozen, epochs, log_path, run, gpu_or_cpu(gpu),
+        result = debug_service(data, cfg, frozen, epochs, log_path, run, gpu_or_cpu(gpu, device),
                                cache_dir or default_cache_dir(), on_step, on_trouble)
     for notice in result.notices:
         err.print(f"[yellow]notice:[/] {notice}", highlight=False)

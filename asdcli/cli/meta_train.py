@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (RunOption, SeedOption, gpu_or_cpu, err, handle_errors, out, progress_bar, report_failures,
+from asdcli.cli.common import (DeviceOption, RunOption, SeedOption, gpu_or_cpu, err, handle_errors, out, progress_bar, report_failures,
                                resolve_run_config, run_config_option)
 from asdcli.services.meta import meta_train as meta_service
 
@@ -24,6 +24,7 @@ def meta_train(
                                         "meta-learner its own pseudo-anomalies from it (default: reuse the fusion "
                                         "head's examples)."),
     gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Score the pseudo-anomalies on CUDA device N."),
+    device: Optional[str] = DeviceOption,
     seed: Optional[int] = SeedOption,
 ) -> None:
     """Meta-train the final classifier with MAML over the run's machine sections (needs asd train-fusion)."""
@@ -35,7 +36,7 @@ def meta_train(
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, description=f"meta-training loss {loss:.4f}")
 
-        result = meta_service(run, cfg, holdout, progress, data, gpu_or_cpu(gpu),
+        result = meta_service(run, cfg, holdout, progress, data, gpu_or_cpu(gpu, device),
                               lambda done, total: bar.update(made, completed=done, total=total))
     report_failures(result.skipped)
     if result.abstained:

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (DataOption, RunOption, SeedOption, err, gpu_or_cpu, handle_errors, out, progress_bar,
+from asdcli.cli.common import (DeviceOption, DataOption, RunOption, SeedOption, err, gpu_or_cpu, handle_errors, out, progress_bar,
                                report_failures, resolve_run_config, run_config_option)
 from asdcli.services.fuse import train_fusion as train_service
 
@@ -22,6 +22,7 @@ def train_fusion(
                                                "(default: every trained branch)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Optimisation steps (overrides fusion.epochs)."),
     gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Score the pseudo-anomalies on CUDA device N."),
+    device: Optional[str] = DeviceOption,
     seed: Optional[int] = SeedOption,
 ) -> None:
     """Fit the attention fusion head on normal training clips vs pseudo-anomalies (perturbed clips,
@@ -29,7 +30,7 @@ def train_fusion(
     cfg = resolve_run_config(run, config, seed=seed, **{"fusion.epochs": epochs})
     with progress_bar() as bar:
         task = bar.add_task("scoring pseudo-anomalies", total=None)
-        result = train_service(data, run, cfg, branch, gpu_or_cpu(gpu),
+        result = train_service(data, run, cfg, branch, gpu_or_cpu(gpu, device),
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     report_failures(result.skipped)
     if result.missing:
