@@ -16,6 +16,7 @@ from asdcli.services.dataset import training_clips
 from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
 from asdcli.services.reliability import heldout_gap, heldout_summary
+from asdcli.services.run_meta import HeldOut
 from asdcli.services.runs import has_finished, saved_config
 from asdcli.services.train import train_branch as train_service
 
@@ -82,15 +83,16 @@ def _report_reliability(result, max_z: float, min_clips: int) -> None:
     if result.limitation:
         err.print(f"[yellow]notice:[/] {result.branch}: {result.limitation}; the fusion leaves it out", highlight=False)
     z, clips = result.heldout.get("median_z"), result.heldout.get("clips", 0)
-    gap = heldout_gap({"heldout": result.heldout})
+    held = HeldOut.model_validate(result.heldout) if result.heldout else None
+    gap = heldout_gap(held)
     if z is None:
         err.print("no held-out clips (train.holdout is 0 or every section has fewer than 3 clips): whether the branch "
                   "generalises from its training clips is not checked", highlight=False)
     elif gap > max_z and clips < min_clips:
-        err.print(f"[yellow]notice:[/] {result.branch}: {heldout_summary(result.heldout)}; too few held-out clips "
+        err.print(f"[yellow]notice:[/] {result.branch}: {heldout_summary(held)}; too few held-out clips "
                   f"(fewer than train.heldout_min_clips={min_clips}) to leave it out of the fusion", highlight=False)
     elif gap > max_z:
-        err.print(f"[yellow]notice:[/] {result.branch}: {heldout_summary(result.heldout)}: it does not generalise "
+        err.print(f"[yellow]notice:[/] {result.branch}: {heldout_summary(held)}: it does not generalise "
                   "from them; the fusion leaves it out", highlight=False)
     else:
         err.print(f"held-out normal clips: {clips}, median {z:+.2f} standard deviations from the training clips "

@@ -18,6 +18,7 @@ from asdcli.services.dataset import ClipSet
 from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
 from asdcli.services.runs import Run, load_branch, open_run, read_branch_meta, stored_config
+from asdcli.services.run_meta import BranchMeta
 from asdcli.services.train import model_batches
 
 
@@ -109,17 +110,17 @@ def unfinished_branches(run_dir: Path) -> dict[str, str]:
     return out
 
 
-def _stats(meta: dict, group: str) -> tuple[float, float] | None:
-    entry = meta["score_stats"].get(group)
-    return None if entry is None else (entry["mean"], max(entry["std"], 1e-6))
+def _stats(meta: BranchMeta, group: str) -> tuple[float, float] | None:
+    entry = meta.score_stats.get(group)
+    return None if entry is None else (entry.mean, max(entry.std, 1e-6))
 
 
-def _pooled_stats(meta: dict) -> tuple[float, float]:
-    entries = list(meta["score_stats"].values())
-    return float(np.median([e["mean"] for e in entries])), float(max(np.median([e["std"] for e in entries]), 1e-6))
+def _pooled_stats(meta: BranchMeta) -> tuple[float, float]:
+    entries = list(meta.score_stats.values())
+    return float(np.median([e.mean for e in entries])), float(max(np.median([e.std for e in entries]), 1e-6))
 
 
-def normalize(values: np.ndarray, groups: list[str], meta: dict) -> np.ndarray:
+def normalize(values: np.ndarray, groups: list[str], meta: BranchMeta) -> np.ndarray:
     """Standardise a branch's raw scores with its training statistics of each clip's section."""
     out = np.empty_like(values, dtype=float)
     for i, (value, group) in enumerate(zip(values, groups)):

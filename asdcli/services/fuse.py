@@ -44,8 +44,8 @@ def usable_branches(run: Run, names: list[str], config: AsdConfig) -> tuple[list
     kept = [n for n in names if n not in left_out]
     if not kept:
         def gap(name: str) -> float:
-            z = heldout_gap(metas[name])
-            return float("inf") if metas[name].get("limitation") or z is None else z
+            z = heldout_gap(metas[name].heldout)
+            return float("inf") if metas[name].limitation or z is None else z
         least = min(names, key=gap)
         kept = [least]
         left_out.pop(least)

@@ -52,20 +52,19 @@ def _branch_stage(run: Run, name: str) -> Stage:
     except CheckpointError as error:
         return Stage(label, "damaged", str(error))
     bcfg = branch_config(config, name)
-    epochs = bcfg.epochs if bcfg.epochs is not None else config.train.epochs
     lr = bcfg.lr if bcfg.lr is not None else config.train.lr
     notes = []
-    if meta.get("limitation"):
-        notes.append(meta["limitation"])
-    gap = heldout_gap(meta)
+    if meta.limitation:
+        notes.append(meta.limitation)
+    gap = heldout_gap(meta.heldout)
     if gap is not None:
         notes.append(f"held-out clips {gap:+.2f} (normal deviate; limit train.heldout_max_z {config.train.heldout_max_z:g})")
     pending = training_progress(run.train_state(name))
     if pending is not None:
         notes.append(f"a retraining stopped at epoch {pending.get('epochs_done')}/{pending.get('epochs')} (not used)")
     return Stage(label, "finished", "; ".join(notes),
-                 {"epochs": meta.get("epochs_done", epochs), "lr": lr, "seed": meta.get("seed"),
-                  "trained clips": meta.get("trained_clips"), "upstream": ",".join(meta.get("upstream", [])) or "-"})
+                 {"epochs": meta.epochs_done, "lr": lr, "seed": meta.seed, "trained clips": meta.trained_clips,
+                  "upstream": ",".join(meta.upstream) or "-"})
 
 
 def _fusion_stage(run: Run) -> Stage:
@@ -115,10 +114,10 @@ def run_info(run_dir: Path) -> RunInfo:
     for name in BRANCHES:
         if run.meta_path(name).exists():
             try:
-                stats = read_branch_meta(run, name)["score_stats"]
+                stats = read_branch_meta(run, name).score_stats
             except CheckpointError:
                 continue
-            sections.update({g: int(s.get("count", 0)) for g, s in stats.items()})
+            sections.update({g: s.count for g, s in stats.items()})
             break
     config = "config.yaml" if run.config_path.is_file() else "the first branch's stored config (no config.yaml)"
     try:

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import stats
 
 from asdcli.config import AsdConfig
+from asdcli.services.run_meta import BranchMeta, HeldOut
 
 
 def heldout_check(scores: np.ndarray, groups: np.ndarray, held: np.ndarray) -> dict:
@@ -46,15 +47,16 @@ def heldout_check(scores: np.ndarray, groups: np.ndarray, held: np.ndarray) -> d
     return {"clips": int(held.sum()), "median_z": float(np.median(zs)), "median_normal_z": float(np.median(normal))}
 
 
-def heldout_gap(meta: dict) -> float | None:
+def heldout_gap(held: HeldOut | None) -> float | None:
     """How far a branch's held-out clips lie above its training clips, in standard normal
     deviates of the same tail probability (:func:`heldout_check`; metadata written before that
     measure existed gives its plain median z)."""
-    held = meta.get("heldout") or {}
-    return held.get("median_normal_z", held.get("median_z"))
+    if held is None:
+        return None
+    return held.median_normal_z if held.median_normal_z is not None else held.median_z
 
 
-def left_out_reason(name: str, metas: dict[str, dict], config: AsdConfig) -> str | None:
+def left_out_reason(name: str, metas: dict[str, BranchMeta], config: AsdConfig) -> str | None:
     """Why the fusion must not use branch ``name`` (metadata in ``metas``, with its input
     branches'), or None: a limitation the branch stated at training, held-out clips that score
     more than ``train.heldout_max_z`` above its training clips (judged on at least
@@ -66,21 +68,21 @@ def left_out_reason(name: str, metas: dict[str, dict], config: AsdConfig) -> str
     a network is always somewhat closer to the clips it trained on, and one clip cannot tell that
     from learning them by heart."""
     meta = metas[name]
-    if meta.get("limitation"):
-        return meta["limitation"]
-    held, gap = meta.get("heldout") or {}, heldout_gap(meta)
-    if gap is not None and gap > config.train.heldout_max_z and held.get("clips", 0) >= config.train.heldout_min_clips:
+    if meta.limitation:
+        return meta.limitation
+    held, gap = meta.heldout, heldout_gap(meta.heldout)
+    if gap is not None and gap > config.train.heldout_max_z and held.clips >= config.train.heldout_min_clips:
         return (f"{heldout_summary(held)} (limit train.heldout_max_z={config.train.heldout_max_z:g}): it does not "
                 "generalise from its training clips")
-    for up in meta.get("upstream", []):
+    for up in meta.upstream:
         if up in metas and left_out_reason(up, metas, config):
             return f"it models the embeddings of {up}, which is left out"
     return None
 
 
-def heldout_summary(held: dict) -> str:
+def heldout_summary(held: HeldOut) -> str:
     """One phrase on how a branch's held-out clips scored (:func:`heldout_check`)."""
-    text = f"its {held['clips']} held-out normal clip(s) score {held['median_z']:+.1f} standard deviations above its training clips"
-    if held.get("median_normal_z") is not None:
-        text += f" (median; as unlikely as {held['median_normal_z']:+.1f} for a normal variable, given how few they are)"
+    text = f"its {held.clips} held-out normal clip(s) score {held.median_z:+.1f} standard deviations above its training clips"
+    if held.median_normal_z is not None:
+        text += f" (median; as unlikely as {held.median_normal_z:+.1f} for a normal variable, given how few they are)"
     return text

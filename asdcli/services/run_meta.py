@@ -36,6 +36,15 @@ class ScoreStats(_Meta):
     threshold: float | None = None
 
 
+class HeldOut(_Meta):
+    """How a branch's held-out normal clips scored against its training clips
+    (:func:`asdcli.services.reliability.heldout_check`)."""
+
+    clips: int
+    median_z: float | None = None
+    median_normal_z: float | None = None
+
+
 class BranchMeta(_Meta):
     """``<branch>.json``."""
 
@@ -50,8 +59,9 @@ class BranchMeta(_Meta):
     embed_dims: dict[str, int] = {}
     upstream: list[str] = []
     extra: dict | None = None
-    heldout: dict | None = None
+    heldout: HeldOut | None = None
     limitation: str | None = None
+    trained_clips: int | None = None
 
 
 class FusionMeta(_Meta):

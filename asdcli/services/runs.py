@@ -250,7 +250,7 @@ def branch_context(run: Run, config: AsdConfig, embed_dims: dict[str, int] | Non
                          n_labels=len(run.vocab.labels), embed_dims=embed_dims or {})
 
 
-def read_branch_meta(run: Run, name: str) -> dict:
+def read_branch_meta(run: Run, name: str) -> BranchMeta:
     """A trained branch's metadata; errors say what to run when it is missing or unfinished."""
     name = canonical_name(name)
     if not run.meta_path(name).exists():
@@ -261,10 +261,11 @@ def read_branch_meta(run: Run, name: str) -> dict:
                                   "--data DIR --resume")
         raise CheckpointError(f"branch '{name}' is not trained in {run.path}; run: asd train-branch {name} "
                               f"--run {run.path} --data DIR")
-    meta = validated(BranchMeta, read_json(run.meta_path(name), f"{name} metadata"), run.meta_path(name))
-    if meta.get("status") != "complete":
-        raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {meta.get('epochs_done')}/"
-                              f"{meta.get('epochs')}; finish it with: asd train-branch {name} --run {run.path} --resume")
+    meta = BranchMeta.model_validate(validated(BranchMeta, read_json(run.meta_path(name), f"{name} metadata"),
+                                               run.meta_path(name)))
+    if meta.status != "complete":
+        raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {meta.epochs_done}/{meta.epochs}; "
+                              f"finish it with: asd train-branch {name} --run {run.path} --resume")
     return meta
 
 
@@ -273,9 +274,9 @@ def read_branch_meta(run: Run, name: str) -> dict:
 LATER_STAGES = ("fusion", "meta", "debug")
 
 
-def stored_config(meta: dict, path: Path) -> AsdConfig:
+def stored_config(meta: BranchMeta, path: Path) -> AsdConfig:
     """The resolved config stored in a branch's metadata, without the later stages' settings."""
-    data = {k: v for k, v in meta["config"].items() if k not in LATER_STAGES}
+    data = {k: v for k, v in meta.config.items() if k not in LATER_STAGES}
     return validate_config(data, source=str(path))
 
 
@@ -284,7 +285,7 @@ def load_branch(run: Run, name: str, device: torch.device | str = "cpu") -> Bran
     name = canonical_name(name)
     meta = read_branch_meta(run, name)
     config = stored_config(meta, run.meta_path(name))
-    branch = build_branch(name, config, branch_context(run, config, meta.get("embed_dims")), meta.get("extra") or None)
+    branch = build_branch(name, config, branch_context(run, config, meta.embed_dims), meta.extra or None)
     load_weights(branch, run.weights(name))
     return branch.to(device).eval()
 

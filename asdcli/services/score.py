@@ -23,6 +23,7 @@ from asdcli.services.examples import Examples, Normals, normal_examples
 from asdcli.services.fuse import load_fusion, usable_branches
 from asdcli.services.meta import MetaLearner, fused_features, load_meta, meta_examples, support_rows
 from asdcli.services.adapt import Support, section_support
+from asdcli.services.run_meta import BranchMeta
 from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
 from asdcli.services.train import with_embeddings
 
@@ -177,7 +178,7 @@ class Detector:
     of its training clips. ``Detector.load(run)``, then :meth:`score` (files) or
     :meth:`score_waveform` (audio already in memory) as often as needed."""
 
-    def __init__(self, run: Run, pipe: _Pipeline, names: list[str], metas: dict[str, dict], loaded, normals: Normals,
+    def __init__(self, run: Run, pipe: _Pipeline, names: list[str], metas: dict[str, BranchMeta], loaded, normals: Normals,
                  device: torch.device | str, cache_dir: Path | None):
         self.run, self.pipe, self.names, self.metas, self.loaded = run, pipe, names, metas, loaded
         self.normals, self.device, self.cache_dir = normals, device, cache_dir

@@ -16,6 +16,7 @@ from asdcli.models.branch_transformer_ae import TransformerAEBranch
 from asdcli.services.dataset import clip_key, holdout_keys
 from asdcli.services.fuse import train_fusion
 from asdcli.services.reliability import heldout_check, left_out_reason
+from asdcli.services.run_meta import BranchMeta
 from asdcli.services.score import score_clips
 from asdcli.services.train import train_branch
 
@@ -64,14 +65,18 @@ def test_the_held_out_gap_tends_to_the_plain_z_with_many_trained_clips():
 
 
 def test_left_out_reason_names_limitations_memorising_branches_and_their_dependants(tiny):
+    def meta(**fields) -> BranchMeta:
+        return BranchMeta(branch="b", status="complete", epochs_done=1, epochs=1, seed=0, config={}, groups=[],
+                          score_stats={}, **fields)
+
     metas = {
-        "contrastive": {"limitation": "one section-and-attribute class"},
-        "flow": {"upstream": ["contrastive"], "heldout": {"clips": 2, "median_z": 0.1}},
-        "transformer-ae": {"heldout": {"clips": 3, "median_z": 17.5, "median_normal_z": 5.2}},
-        "diffusion": {"heldout": {"clips": 3, "median_z": 0.5}},  # written before median_normal_z
-        "pretrained": {"heldout": {"clips": 0, "median_z": None, "median_normal_z": None}},
-        "few": {"heldout": {"clips": 1, "median_z": 12.7, "median_normal_z": 2.9}},
-        "one": {"heldout": {"clips": 1, "median_z": 40.0, "median_normal_z": 4.5}},
+        "contrastive": meta(limitation="one section-and-attribute class"),
+        "flow": meta(upstream=["contrastive"], heldout={"clips": 2, "median_z": 0.1}),
+        "transformer-ae": meta(heldout={"clips": 3, "median_z": 17.5, "median_normal_z": 5.2}),
+        "diffusion": meta(heldout={"clips": 3, "median_z": 0.5}),  # written before median_normal_z
+        "pretrained": meta(heldout={"clips": 0, "median_z": None, "median_normal_z": None}),
+        "few": meta(heldout={"clips": 1, "median_z": 12.7, "median_normal_z": 2.9}),
+        "one": meta(heldout={"clips": 1, "median_z": 40.0, "median_normal_z": 4.5}),
     }
     assert left_out_reason("contrastive", metas, tiny) == "one section-and-attribute class"
     assert "models the embeddings of contrastive" in left_out_reason("flow", metas, tiny)
