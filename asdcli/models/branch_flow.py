@@ -82,7 +82,7 @@ class FlowBranch(Branch):
         (N = 475, 32 dims: shrinkage 0.07)."""
         inputs, groups = zip(*((self._inputs(b), b.group) for b in batches))
         z = torch.cat(inputs).double()  # (N, in_dim)
-        self.section_clips = float(torch.unique(torch.cat(groups), return_counts=True)[1].double().median())
+        self.section_clips = float(torch.unique(torch.cat(groups), return_counts=True)[1].double().median())  # the lower median
         n = z.shape[0]
         mean = z.mean(dim=0)
         _, svals, vh = torch.linalg.svd(z - mean, full_matrices=False)
