@@ -33,6 +33,7 @@ class ProfileScorer(nn.Module):
         # The training profiles themselves, for leave-one-out distances of the training clips.
         self.register_buffer("train_profiles", torch.zeros(0, dim))
         self.register_buffer("train_group", torch.zeros(0, dtype=torch.long))
+        self._loo: dict[int, tuple] = {}  # per section: what leave_one_out needs, computed once
 
     def _fit_one(self, profiles: Tensor) -> tuple[Tensor, Tensor]:
         x = profiles.double()
@@ -52,6 +53,7 @@ class ProfileScorer(nn.Module):
     def fit(self, profiles: Tensor, group: Tensor) -> None:
         """(N, D) training profiles with (N,) section indices."""
         self.train_profiles, self.train_group = profiles.detach().float().clone(), group.detach().long().clone()
+        self._loo.clear()
         rows = self.mean.shape[0] - 1
         pooled = self._fit_one(profiles)
         self.mean[rows], self.precision[rows] = pooled
@@ -84,24 +86,38 @@ class ProfileScorer(nn.Module):
         positive definite; each step costs O(D^2) per clip. It matches refitting to 1e-6."""
         out = self(profiles, group)
         for g in torch.unique(group[exclude >= 0]).tolist():
-            members = torch.nonzero(self.train_group == g).flatten()
-            n = len(members)
-            if n < 3:  # two clips left at least, as when refitting
+            if g not in self._loo:  # once per section, not per batch: scoring stays linear in the clips
+                self._loo[g] = self._section_downdate(g)
+            if self._loo[g] is None:  # two clips left at least, as when refitting
                 continue
-            slot = torch.full((len(self.train_group),), -1, dtype=torch.long, device=group.device)
-            slot[members] = torch.arange(n, device=group.device)
+            slot, mean, centred, inv, n, b = self._loo[g]
             rows = torch.nonzero((group == g) & (exclude >= 0)).flatten()
             rows = rows[slot[exclude[rows]] >= 0]  # a row of another section leaves this one whole
-            x = self.train_profiles[members].double()
-            mean = x.mean(dim=0)
-            centred = x - mean
-            scatter = centred.T @ centred / (n - 1)
-            a, b = (n - 1) / (n - 2), n / ((n - 1) * (n - 2))
-            inv = torch.linalg.inv(self._regularised(a * scatter, a * torch.diag(scatter)))  # A^-1
             d = centred[slot[exclude[rows]]]  # (R, D) the excluded rows, centred
             e = profiles[rows].double() - (mean - d / (n - 1))  # (R, D) from the mean without them
             out[rows] = _downdated_distance(inv, (1 - self.shrink) * b, d, e, b, self.shrink).to(out.dtype)
         return out
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        self._loo.clear()  # loaded training profiles: the per-section downdates are recomputed
+        super()._load_from_state_dict(*args, **kwargs)
+
+    def _section_downdate(self, g: int) -> tuple | None:
+        """Section ``g``'s row slots, mean, centred profiles, A^-1, clip count and b
+        (:meth:`leave_one_out`); None with fewer than 3 clips."""
+        members = torch.nonzero(self.train_group == g).flatten()
+        n = len(members)
+        if n < 3:
+            return None
+        slot = torch.full((len(self.train_group),), -1, dtype=torch.long, device=self.train_group.device)
+        slot[members] = torch.arange(n, device=self.train_group.device)
+        x = self.train_profiles[members].double()
+        mean = x.mean(dim=0)
+        centred = x - mean
+        scatter = centred.T @ centred / (n - 1)
+        a, b = (n - 1) / (n - 2), n / ((n - 1) * (n - 2))
+        inv = torch.linalg.inv(self._regularised(a * scatter, a * torch.diag(scatter)))  # A^-1
+        return slot, mean, centred, inv, n, b
 
     def _regularised(self, cov: Tensor, variances: Tensor) -> Tensor:
         """Shrink ``cov`` toward the diagonal of ``variances`` (few clips, many bins) and add a

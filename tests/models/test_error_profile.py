@@ -52,3 +52,16 @@ def test_a_perturbed_copy_leaves_its_clean_original_out_and_others_stay_whole():
     tiny.fit(torch.randn(2, 4), torch.zeros(2, dtype=torch.long))  # two clips: nothing left to refit on
     assert torch.equal(tiny.leave_one_out(tiny.train_profiles, torch.zeros(2, dtype=torch.long), torch.arange(2)),
                        tiny(tiny.train_profiles, torch.zeros(2, dtype=torch.long)))
+
+
+def test_the_per_section_downdate_is_computed_once_and_dropped_with_new_profiles():
+    scorer, profiles, group = _scorer([30, 30], seed=2)
+    own = torch.arange(len(group))
+    whole = scorer.leave_one_out(profiles, group, own)
+    halves = torch.cat([scorer.leave_one_out(profiles[:30], group[:30], own[:30]),
+                        scorer.leave_one_out(profiles[30:], group[30:], own[30:])])
+    assert torch.allclose(whole, halves) and set(scorer._loo) == {0, 1}  # batches share one downdate each
+    other, _, _ = _scorer([30, 30], seed=3)
+    scorer.load_state_dict(other.state_dict())
+    assert scorer._loo == {}
+    assert torch.allclose(scorer.leave_one_out(profiles, group, own), other.leave_one_out(profiles, group, own))
