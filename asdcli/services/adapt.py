@@ -53,7 +53,7 @@ def section_support(run: Run, clips: list[Clip], names: list[str], metas: dict[s
         raise DataError("--support: none of these clips is a normal clip of a section the run did not train on "
                         f"(the run knows {', '.join(run.vocab.groups)})")
     branches, upstream = loaded or load_with_upstream(run, names, device)
-    raw = score_branches(run.path, names, new, cache_dir, device, loaded=(branches, upstream))
+    raw = score_branches(run, names, new, cache_dir, device, loaded=(branches, upstream))
     groups = [c.group for c in raw.clips]
     metas = copy.deepcopy(metas)
     for name in names:

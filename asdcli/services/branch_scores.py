@@ -45,7 +45,7 @@ def load_with_upstream(run: Run, names: list[str], device) -> tuple[dict[str, Br
 CHUNK = 256  # clips whose features are held in memory at once while scoring
 
 
-def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir: Path | None,
+def score_branches(run_dir: Path | Run, names: list[str], clips: list[Clip], cache_dir: Path | None,
                    device: torch.device | str = "cpu", batch_size: int = 32,
                    loaded: tuple[dict[str, Branch], dict[str, Branch]] | None = None,
                    progress: Callable[[int], None] | None = None) -> BranchScores:
@@ -82,7 +82,7 @@ def score_branches(run_dir: Path, names: list[str], clips: list[Clip], cache_dir
     return BranchScores(scored, {n: np.concatenate(v) for n, v in scores.items()}, failures)
 
 
-def trained_branches(run_dir: Path) -> list[str]:
+def trained_branches(run_dir: Path | Run) -> list[str]:
     """Names of the branches whose training finished in the run, in registry order. A branch
     whose metadata is damaged or edited is an error, not a branch left out."""
     run = open_run(run_dir)
@@ -97,7 +97,7 @@ def trained_branches(run_dir: Path) -> list[str]:
     return done
 
 
-def unfinished_branches(run_dir: Path) -> dict[str, str]:
+def unfinished_branches(run_dir: Path | Run) -> dict[str, str]:
     """Branches with an interrupted training and no finished version: name -> why they are not
     used (a notice for the commands that score)."""
     run = open_run(run_dir)

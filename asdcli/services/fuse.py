@@ -39,7 +39,7 @@ def usable_branches(run: Run, names: list[str], config: AsdConfig) -> tuple[list
     """``names`` split into the branches to fuse and those left out, with why
     (:func:`~asdcli.services.reliability.left_out_reason`). Where every branch would be left out,
     the one whose held-out clips score lowest is kept (its reason says so)."""
-    metas = {n: read_branch_meta(run, n) for n in {*names, *trained_branches(run.path)}}
+    metas = {n: read_branch_meta(run, n) for n in {*names, *trained_branches(run)}}
     left_out = {n: r for n in names if (r := left_out_reason(n, metas, config)) is not None}
     kept = [n for n in names if n not in left_out]
     if not kept:
@@ -154,10 +154,10 @@ def train_fusion(data: Path, run_dir: Path, config: AsdConfig, names: list[str] 
     """Make the examples (``examples.safetensors``), fit the head and write ``fusion.safetensors``
     + ``fusion.json``. Branches that are not trained are left out (listed in ``missing``)."""
     run = open_run(run_dir)
-    trained = trained_branches(run_dir)
+    trained = trained_branches(run)
     names = [canonical_name(n) for n in names] if names else trained
     if not names:
-        raise CheckpointError(f"no trained branch in {run_dir}; run asd train-branch NAME --run {run_dir} first")
+        raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")
     names, left_out = usable_branches(run, names, config)
     weights_path, meta_path, examples_path = run.fusion_weights, run.fusion_meta, run.examples
     examples = build_examples(run, data, names, config, device, progress)

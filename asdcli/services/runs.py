@@ -232,8 +232,13 @@ def recover(run_dir: Path) -> None:
         _complete(run_dir, journal)
 
 
-def open_run(path: Path) -> Run:
-    """An existing run folder (stages committed by an interrupted command are completed first)."""
+def open_run(path: Path | Run) -> Run:
+    """An existing run folder (stages committed by an interrupted command are completed first);
+    a :class:`Run` already opened is handed back as it is, so that a command opens its run once
+    and passes it to every service it calls."""
+    if isinstance(path, Run):
+        return path
+    path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"run folder {path} does not exist; train a branch first (asd train-branch NAME --run {path})")
     recover(path)

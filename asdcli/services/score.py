@@ -124,7 +124,7 @@ def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
             else:  # not meta-trained: fusion is the last stage
                 pipe.meta = None
     if names is None:
-        names = trained_branches(run.path)
+        names = trained_branches(run)
         if names:  # no fusion head: average the branches the fusion would use
             names, pipe.left_out = usable_branches(run, names, run_config(run))
     if not names:
@@ -144,10 +144,10 @@ def _train_finals(pipe: _Pipeline, normals: Normals) -> dict[str, np.ndarray]:
     return out
 
 
-def _notices(pipe: _Pipeline, groups: list[str], run_dir: Path) -> list[str]:
+def _notices(pipe: _Pipeline, groups: list[str], run: Run) -> list[str]:
     known = set(pipe.run.vocab.groups) | set(pipe.support.z if pipe.support else ())
     adapted = sorted(set(groups) & set(pipe.support.z)) if pipe.support else []
-    notices = [f"section {g} was not in the training data of {run_dir}: scored against all sections' statistics"
+    notices = [f"section {g} was not in the training data of {run.path}: scored against all sections' statistics"
                + (" with the unadapted meta-learner" if pipe.meta is not None else "")
                + "; give normal clips of it with --support to adapt" for g in sorted(set(groups) - known)]
     notices += [f"section {g}: statistics from the --support clips" + (", meta-learner adapted to them"
@@ -155,7 +155,7 @@ def _notices(pipe: _Pipeline, groups: list[str], run_dir: Path) -> list[str]:
     notices += [f"{name} left out of the average: {reason}" for name, reason in pipe.left_out.items()]
     if pipe.meta is not None and pipe.meta.meta.get("abstained"):
         notices.append(f"meta-learner: {pipe.meta.meta['abstained']}")
-    notices += list(unfinished_branches(run_dir).values())
+    notices += list(unfinished_branches(run).values())
     return notices
 
 
@@ -188,12 +188,12 @@ class Detector:
         self._thresholds: dict[float | None, tuple[dict[str, float], float]] = {}
 
     @classmethod
-    def load(cls, run_dir: str | Path, device: torch.device | str = "cpu", cache_dir: Path | None = None,
+    def load(cls, run_dir: str | Path | Run, device: torch.device | str = "cpu", cache_dir: Path | None = None,
              names: list[str] | None = None, support: list[Clip] | None = None) -> "Detector":
         """Load every stage of the run (``names``: only these branches, averaged); ``support``:
         normal clips of sections the run never saw, which those sections are standardised by and
         adapted to."""
-        run = open_run(Path(run_dir))
+        run = open_run(run_dir if isinstance(run_dir, Run) else Path(run_dir))
         pipe, names = _pipeline(run, [canonical_name(n) for n in names] if names else None)
         metas = {n: read_branch_meta(run, n) for n in names}
         loaded = load_with_upstream(run, names, device)
@@ -228,7 +228,7 @@ class Detector:
               progress: Callable[[int], None] | None = None) -> ScoreResult:
         """Score clips (or paths of audio files) with every stage the run has (see :data:`METHODS`)."""
         clips = [c if isinstance(c, Clip) else parse_clip(Path(c)) for c in clips]
-        raw = score_branches(self.run.path, self.names, clips, self.cache_dir, self.device, loaded=self.loaded,
+        raw = score_branches(self.run, self.names, clips, self.cache_dir, self.device, loaded=self.loaded,
                              progress=progress)
         groups = [self.run.vocab.group_name(c) for c in raw.clips]
         z, fused, weights, final = self._stages(raw.scores, groups, [c.domain for c in raw.clips])
@@ -247,7 +247,7 @@ class Detector:
         decision = np.array([int(s > own.get(g, pooled)) for s, g in zip(final, groups)], dtype=int)
         return ScoreResult(clips, final, decision, {n: z[:, k] for k, n in enumerate(self.names)},
                            fused if self.pipe.fusion is not None else None, weights, own, self.names, self.method,
-                           skipped, _notices(self.pipe, groups, self.run.path))
+                           skipped, _notices(self.pipe, groups, self.run))
 
     def score_waveform(self, wave: np.ndarray, sample_rate: int, machine: str, section: str | int,
                        domain: str | None = None, fpr: float | None = None) -> ClipScore:
