@@ -20,7 +20,7 @@ from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.reliability import heldout_gap, left_out_reason
-from asdcli.services.run_meta import FusionMeta, validated
+from asdcli.services.run_meta import FusionMeta, read_typed
 from asdcli.services.runs import Run, commit_stage, open_run, read_branch_meta
 
 
@@ -183,21 +183,21 @@ def train_fusion(data: Path, run_dir: Path, config: AsdConfig, names: list[str] 
                         dict(zip(names, fair_auc)), temperature, examples.skipped)
 
 
-def stale_branches(run: Run, meta: dict) -> list[str]:
+def stale_branches(run: Run, meta: FusionMeta) -> list[str]:
     """The fused branches (fusion metadata ``meta``) retrained after the fusion head."""
-    return [n for n, d in branch_digests(run, meta["branches"]).items() if d != meta["branch_digests"].get(n)]
+    return [n for n, d in branch_digests(run, meta.branches).items() if d != meta.branch_digests.get(n)]
 
 
-def load_fusion(run: Run) -> tuple[AttentionFusion, dict]:
+def load_fusion(run: Run) -> tuple[AttentionFusion, FusionMeta]:
     """The run's fusion head and metadata; an error when it is missing or older than a branch."""
     weights_path, meta_path = run.fusion_weights, run.fusion_meta
     if not meta_path.exists():
         raise CheckpointError(f"no fusion head in {run.path}; run: asd train-fusion --run {run.path} --data DIR")
-    meta = validated(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
+    meta = read_typed(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
     stale = stale_branches(run, meta)
     if stale:
         raise CheckpointError(f"{meta_path}: branch(es) {', '.join(stale)} were retrained after the fusion head; "
                               f"rerun: asd train-fusion --run {run.path} --data DIR")
-    model = AttentionFusion(len(meta["branches"]), meta["hidden"])
+    model = AttentionFusion(len(meta.branches), meta.hidden)
     load_weights(model, weights_path)
     return model.eval(), meta

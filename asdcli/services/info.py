@@ -12,7 +12,7 @@ from asdcli.models.registry import BRANCHES, branch_config
 from asdcli.services.fuse import stale_branches
 from asdcli.services.meta import fusion_changed
 from asdcli.services.reliability import heldout_gap
-from asdcli.services.run_meta import FusionMeta, MetaMeta, validated
+from asdcli.services.run_meta import FusionMeta, MetaMeta, read_typed
 from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
 
 
@@ -72,16 +72,16 @@ def _fusion_stage(run: Run) -> Stage:
     if not meta_path.exists():
         return Stage("fusion head", "missing", "run asd train-fusion")
     try:
-        meta = validated(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
+        meta = read_typed(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
         stale = stale_branches(run, meta)
     except (CheckpointError, KeyError, OSError) as error:
         return Stage("fusion head", "damaged", str(error))
-    weights = ", ".join(f"{BRANCHES[n].bid} {w:.2f}" for n, w in meta.get("mean_weights", {}).items())
+    weights = ", ".join(f"{BRANCHES[n].bid} {w:.2f}" for n, w in meta.mean_weights.items())
     detail = f"mean attention {weights}"
-    if meta.get("left_out"):
-        detail += "; left out: " + ", ".join(meta["left_out"])
-    settings = {"hidden": meta.get("hidden"), "epochs": meta.get("config", {}).get("fusion", {}).get("epochs"),
-                "prior T": round(meta["prior_temperature"], 3) if "prior_temperature" in meta else "-"}
+    if meta.left_out:
+        detail += "; left out: " + ", ".join(meta.left_out)
+    settings = {"hidden": meta.hidden, "epochs": meta.config.get("fusion", {}).get("epochs"),
+                "prior T": round(meta.prior_temperature, 3) if meta.prior_temperature is not None else "-"}
     if stale:
         return Stage("fusion head", "stale", f"{', '.join(stale)} retrained after it: rerun asd train-fusion", settings)
     return Stage("fusion head", "finished", detail, settings)
@@ -92,17 +92,17 @@ def _meta_stage(run: Run) -> Stage:
     if not meta_path.exists():
         return Stage("meta-learner", "missing", "run asd meta-train")
     try:
-        meta = validated(MetaMeta, read_json(meta_path, "meta-learner metadata"), meta_path)
-        cfg = meta["meta"]
+        meta = read_typed(MetaMeta, read_json(meta_path, "meta-learner metadata"), meta_path)
+        cfg = meta.meta
     except (CheckpointError, KeyError) as error:
         return Stage("meta-learner", "damaged", str(error))
     settings = {"iterations": cfg.get("iterations"), "inner steps": cfg.get("inner_steps"), "hidden": cfg.get("hidden"),
-                "seed": meta.get("seed")}
+                "seed": meta.seed}
     if fusion_changed(run, meta):
         return Stage("meta-learner", "stale", "the fusion head was retrained after it: rerun asd meta-train", settings)
-    note = f"{len(meta.get('tasks', []))} training sections"
-    if meta.get("abstained"):
-        note += f"; {meta['abstained']}"
+    note = f"{len(meta.tasks)} training sections"
+    if meta.abstained:
+        note += f"; {meta.abstained}"
     return Stage("meta-learner", "finished", note, settings)
 
 

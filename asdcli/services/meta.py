@@ -25,14 +25,14 @@ from asdcli.models.fusion_attention import AttentionFusion
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.fuse import file_digest, load_fusion
-from asdcli.services.run_meta import MetaMeta, validated
+from asdcli.services.run_meta import MetaMeta, read_typed
 from asdcli.services.runs import Run, commit_stage, open_run
 
 
-def meta_examples(run: Run, meta: dict) -> Examples:
+def meta_examples(run: Run, meta: MetaMeta) -> Examples:
     """The examples the meta-learner (metadata ``meta``) was trained on and adapts from: its own
     (``meta-train --data``) or else the fusion head's."""
-    name = meta.get("examples", run.examples.name)
+    name = meta.examples
     return Examples.load(run.path / name)
 
 
@@ -190,7 +190,7 @@ def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = Non
         examples = Examples.load(run.path / examples_name)
     else:
         examples_name = run.meta_examples.name
-        examples = build_examples(run, data, fusion_meta["branches"], config, device, example_progress, stream=1)
+        examples = build_examples(run, data, fusion_meta.branches, config, device, example_progress, stream=1)
     x = fused_features(fusion, examples.z)
     maml, tasks, loss_value, unadapted, adapted_loss = fit_meta(examples, x, config, holdout, progress)
     weights_path, meta_path = run.meta_weights, run.meta_meta
@@ -204,7 +204,7 @@ def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = Non
             "format_version": FORMAT_VERSION, "status": "complete", "tasks": names, "holdout": holdout,
             "examples": examples_name, "fusion_digest": file_digest(run.fusion_meta),
             "in_dim": int(x.shape[1]), "meta": config.meta.model_dump(mode="json"), "seed": config.seed,
-            "fusion_loss": fusion_meta["loss"], "final_loss": _finite(loss_value),
+            "fusion_loss": fusion_meta.loss, "final_loss": _finite(loss_value),
             "query_loss_unadapted": _finite(unadapted), "query_loss_adapted": _finite(adapted_loss),
             "abstained": abstained, "versions": versions(),
         })
@@ -223,12 +223,12 @@ class MetaLearner:
     maml: torch.nn.Module
     cfg: MetaConfig
     seed: int
-    meta: dict
+    meta: MetaMeta
 
     def adapt(self, support_x: Tensor | None, support_y: Tensor | None) -> torch.nn.Module:
         """The classifier adapted on the support set (S, F) / (S,), or unadapted without one or
         when it abstained (too few sections to meta-learn from: it ranks as the fused score)."""
-        if support_x is None or self.meta.get("abstained"):
+        if support_x is None or self.meta.abstained:
             return self.maml
         return adapted(self.maml, support_x, support_y, self.cfg.inner_steps)
 
@@ -239,10 +239,10 @@ class MetaLearner:
             return learner(x).double().numpy()
 
 
-def fusion_changed(run: Run, meta: dict) -> bool:
+def fusion_changed(run: Run, meta: MetaMeta) -> bool:
     """Whether the fusion head was retrained after the meta-learner (metadata ``meta``)."""
     fusion_meta = run.fusion_meta
-    recorded = meta.get("fusion_digest")  # absent where written before this check existed: not checked
+    recorded = meta.fusion_digest  # absent where written before this check existed: not checked
     return bool(recorded) and fusion_meta.exists() and recorded != file_digest(fusion_meta)
 
 
@@ -251,11 +251,11 @@ def load_meta(run: Run) -> MetaLearner:
     weights_path, meta_path = run.meta_weights, run.meta_meta
     if not meta_path.exists():
         raise CheckpointError(f"no meta-learner in {run.path}; run: asd meta-train --run {run.path}")
-    meta = validated(MetaMeta, read_json(meta_path, "meta-learner metadata"), meta_path)
+    meta = read_typed(MetaMeta, read_json(meta_path, "meta-learner metadata"), meta_path)
     if fusion_changed(run, meta):
         raise CheckpointError(f"{meta_path}: the fusion head was retrained after the meta-learner; "
                               f"rerun: asd meta-train --run {run.path}")
-    cfg = MetaConfig.model_validate(meta["meta"])
-    model = MetaClassifier(meta["in_dim"], cfg.hidden, (meta["in_dim"] - 1) // 2)
+    cfg = MetaConfig.model_validate(meta.meta)
+    model = MetaClassifier(meta.in_dim, cfg.hidden, (meta.in_dim - 1) // 2)
     load_weights(model, weights_path)
-    return MetaLearner(maml_wrapper(model, cfg.inner_lr, cfg.first_order), cfg, meta["seed"], meta)
+    return MetaLearner(maml_wrapper(model, cfg.inner_lr, cfg.first_order), cfg, meta.seed, meta)

@@ -73,6 +73,8 @@ class FusionMeta(_Meta):
     loss: float
     left_out: dict[str, str] = {}
     mean_weights: dict[str, float] = {}
+    config: dict = {}
+    prior_temperature: float | None = None
 
 
 class MetaMeta(_Meta):
@@ -84,9 +86,16 @@ class MetaMeta(_Meta):
     seed: int
     examples: str = "examples.safetensors"
     fusion_digest: str | None = None
+    holdout: list[str] = []
+    abstained: str | None = None  # why it keeps the fused score (too few sections), or None
 
 
 Model = TypeVar("Model", bound=_Meta)
+
+
+def read_typed(schema: type[Model], data: dict, path: Path) -> Model:
+    """``data`` as a ``schema`` object (:func:`validated`)."""
+    return schema.model_validate(validated(schema, data, path))
 
 
 def validated(schema: type[Model], data: dict, path: Path) -> dict:

@@ -116,8 +116,8 @@ def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
     pipe = _Pipeline(run)
     if run.fusion_meta.exists():
         fusion, meta = load_fusion(run)
-        if names is None or names == meta["branches"]:
-            pipe.fusion, names = fusion, meta["branches"]
+        if names is None or names == meta.branches:
+            pipe.fusion, names = fusion, meta.branches
             if run.meta_meta.exists():
                 pipe.meta = load_meta(run)
                 pipe.examples = meta_examples(run, pipe.meta.meta)
@@ -153,8 +153,8 @@ def _notices(pipe: _Pipeline, groups: list[str], run: Run) -> list[str]:
     notices += [f"section {g}: statistics from the --support clips" + (", meta-learner adapted to them"
                 if pipe.meta is not None else "") for g in adapted]
     notices += [f"{name} left out of the average: {reason}" for name, reason in pipe.left_out.items()]
-    if pipe.meta is not None and pipe.meta.meta.get("abstained"):
-        notices.append(f"meta-learner: {pipe.meta.meta['abstained']}")
+    if pipe.meta is not None and pipe.meta.meta.abstained:
+        notices.append(f"meta-learner: {pipe.meta.meta.abstained}")
     notices += list(unfinished_branches(run).values())
     return notices
 

@@ -13,6 +13,7 @@ from asdcli.models.fusion_attention import AttentionFusion, separability_prior
 from asdcli.services.branch_scores import DomainShift
 from asdcli.services.examples import KINDS, Examples, normal_examples
 from asdcli.services.fuse import load_fusion, train_fusion
+from asdcli.services.run_meta import MetaMeta
 from asdcli.services.meta import MetaLearner, fit_meta, fused_features, load_meta, meta_train, support_rows
 from asdcli.services.runs import open_run
 from asdcli.services.score import score_clips
@@ -84,7 +85,7 @@ def test_meta_learner_adapts_and_scores_use_every_stage(trained, synth_root, cfg
     assert result.tasks == ["fan_section_00", "valve_section_00"]
     assert np.isfinite([result.query_loss_adapted, result.query_loss_unadapted]).all()
     learner = load_meta(open_run(run))
-    assert learner.meta["holdout"] == []
+    assert learner.meta.holdout == []
     test = [c for c in discover(synth_root) if c.split == "test"]
     scored = score_clips(run, test, cache)
     assert scored.method == "meta" and scored.weights.shape == (16, 2)
@@ -233,7 +234,7 @@ def test_meta_learner_adapts_to_a_held_out_section_from_its_support_set():
     maml, tasks, _, unadapted, adapted_loss = fit_meta(examples, fused_features(fusion, examples.z), config, ["s6"])
     assert [examples.groups[g] for g in tasks] == [f"s{g}" for g in range(6)]
     assert adapted_loss < unadapted  # on fresh tasks of the training sections
-    learner = MetaLearner(maml, config.meta, config.seed, {})
+    learner = MetaLearner(maml, config.meta, config.seed, MetaMeta(tasks=[], in_dim=0, meta={}, seed=config.seed))
     support = support_rows(examples, 6, config.meta, config.seed)
     rows = fresh.rows(6)
     x = fused_features(fusion, fresh.z[rows])
