@@ -16,7 +16,7 @@ from rich.text import Text
 from asdcli.config import AsdConfig, load_config
 from asdcli.errors import AsdError, os_error_message
 from asdcli.services.device import resolve_device
-from asdcli.services.runs import open_run, run_config
+from asdcli.services.runs import Run, open_run, run_config
 
 # Results go to stdout; progress, notices and errors to stderr, so `asd score > x.csv` stays clean.
 out = Console(soft_wrap=True)
@@ -40,9 +40,11 @@ def run_config_option(stage: str):
                         "(default: the config the run's branches were trained with).")
 
 
-def resolve_run_config(run: Path, config: Optional[str], **overrides: object) -> AsdConfig:
-    """The run's config (or ``config``, checked against the run's features) with command-line overrides."""
-    return run_config(open_run(run), load_config(config) if config else None).with_overrides(**overrides)
+def resolve_run_config(run: Path, config: Optional[str], **overrides: object) -> tuple[Run, AsdConfig]:
+    """The run, opened once for the command and handed to its services, and its config (or
+    ``config``, checked against the run's features) with command-line overrides."""
+    opened = open_run(run)
+    return opened, run_config(opened, load_config(config) if config else None).with_overrides(**overrides)
 
 
 def gpu_or_cpu(gpu: Optional[int], device: Optional[str] = None) -> torch.device:

@@ -28,7 +28,7 @@ def meta_train(
     seed: Optional[int] = SeedOption,
 ) -> None:
     """Meta-train the final classifier with MAML over the run's machine sections (needs asd train-fusion)."""
-    cfg = resolve_run_config(run, config, seed=seed, **{"meta.iterations": iterations})
+    opened, cfg = resolve_run_config(run, config, seed=seed, **{"meta.iterations": iterations})
     with progress_bar(unit="steps") as bar:
         made = bar.add_task("scoring pseudo-anomalies", total=None, visible=data is not None)
         task = bar.add_task("meta-training", total=cfg.meta.iterations)
@@ -36,7 +36,7 @@ def meta_train(
         def progress(step: int, total: int, loss: float) -> None:
             bar.update(task, completed=step, total=total, description=f"meta-training loss {loss:.4f}")
 
-        result = meta_service(run, cfg, holdout, progress, data, gpu_or_cpu(gpu, device),
+        result = meta_service(opened, cfg, holdout, progress, data, gpu_or_cpu(gpu, device),
                               lambda done, total: bar.update(made, completed=done, total=total))
     report_failures(result.skipped)
     if result.abstained:

@@ -100,10 +100,11 @@ def score(
         clips = [replace(c, machine=machine or c.machine, section=f"{section:02d}" if section is not None else c.section)
                  for c in clips]
     torch_device = resolve_device(gpu, device if device or gpu is not None else "cpu")
+    opened = open_run(run)  # once for the whole command
     with progress_bar() as bar:
         task = bar.add_task("scoring (features: first half; branches: second)", total=len(clips))
         support_clips = discover(support) if support is not None else None
-        result = score_clips(run, clips, cache_dir or default_cache_dir(), branch, fpr, torch_device, support_clips,
+        result = score_clips(opened, clips, cache_dir or default_cache_dir(), branch, fpr, torch_device, support_clips,
                              progress=lambda n: bar.advance(task, n / 2))  # each clip: features, then scoring
     for notice in result.notices:
         err.print(f"[yellow]notice:[/] {notice}", highlight=False)
@@ -119,6 +120,6 @@ def score(
         written = write_dcase_files(result, out_dir)
         err.print(f"wrote {len(written)} DCASE files to {out_dir}")
     report_failures(result.skipped)
-    notice = length_notice([c.path for c in result.clips], AudioConfig(**open_run(run).features["audio"]))
+    notice = length_notice([c.path for c in result.clips], AudioConfig(**opened.features["audio"]))
     if notice:
         err.print(f"[yellow]notice:[/] {notice}", highlight=False)

@@ -27,10 +27,10 @@ def train_fusion(
 ) -> None:
     """Fit the attention fusion head on normal training clips vs pseudo-anomalies (perturbed clips,
     other sections, synthetic machines). Test clips are never read."""
-    cfg = resolve_run_config(run, config, seed=seed, **{"fusion.epochs": epochs})
+    opened, cfg = resolve_run_config(run, config, seed=seed, **{"fusion.epochs": epochs})
     with progress_bar() as bar:
         task = bar.add_task("scoring pseudo-anomalies", total=None)
-        result = train_service(data, run, cfg, branch, gpu_or_cpu(gpu, device),
+        result = train_service(data, opened, cfg, branch, gpu_or_cpu(gpu, device),
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     report_failures(result.skipped)
     if result.missing:

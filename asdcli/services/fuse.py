@@ -149,7 +149,7 @@ def fit_fusion(examples: Examples, config: AsdConfig,
     return model.eval(), float(loss.detach())
 
 
-def train_fusion(data: Path, run_dir: Path, config: AsdConfig, names: list[str] | None = None,
+def train_fusion(data: Path, run_dir: Path | Run, config: AsdConfig, names: list[str] | None = None,
                  device: torch.device | str = "cpu", progress: Callable[[int, int], None] | None = None) -> FusionResult:
     """Make the examples (``examples.safetensors``), fit the head and write ``fusion.safetensors``
     + ``fusion.json``. Branches that are not trained are left out (listed in ``missing``)."""

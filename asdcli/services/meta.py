@@ -174,7 +174,7 @@ def fit_meta(examples: Examples, x: Tensor, config: AsdConfig, holdout: list[str
     return maml, tasks, loss_value, unadapted, adapted_loss
 
 
-def meta_train(run_dir: Path, config: AsdConfig, holdout: list[str] | None = None,
+def meta_train(run_dir: Path | Run, config: AsdConfig, holdout: list[str] | None = None,
                progress: Callable[[int, int, float], None] | None = None, data: Path | None = None,
                device: torch.device | str = "cpu",
                example_progress: Callable[[int, int], None] | None = None) -> MetaResult:

@@ -285,7 +285,7 @@ class Detector:
                          float(threshold), self.method)
 
 
-def score_clips(run_dir: Path, clips: list[Clip], cache_dir: Path | None, names: list[str] | None = None,
+def score_clips(run_dir: Path | Run, clips: list[Clip], cache_dir: Path | None, names: list[str] | None = None,
                 fpr: float | None = None, device: torch.device | str = "cpu",
                 support: list[Clip] | None = None, progress: Callable[[int], None] | None = None) -> ScoreResult:
     """Load the run (:class:`Detector`) and score clips with every stage it has."""
