@@ -25,14 +25,26 @@ from asdcli.services.runs import Run, commit_stage, open_run, read_branch_meta
 
 
 def file_digest(path: Path) -> str:
-    """SHA-1 of a stage's metadata file: it changes whenever the stage is retrained, so a later
-    stage that records it can tell it was built on an older one."""
+    """SHA-1 of one file (read once per process: :func:`~asdcli.checkpoints.read_bytes`)."""
     return hashlib.sha1(read_bytes(path)).hexdigest()
 
 
+def stage_digest(meta_path: Path, weights_path: Path) -> str:
+    """SHA-1 of a stage's metadata and weights together: it changes whenever the stage is
+    retrained or its weights file is replaced, so a later stage that records it can tell it was
+    built on another one."""
+    return hashlib.sha1((file_digest(meta_path) + file_digest(weights_path)).encode()).hexdigest()
+
+
+def is_current(recorded: str | None, meta_path: Path, weights_path: Path) -> bool:
+    """Whether a digest a later stage recorded is that of this stage as it is now (a digest of
+    the metadata alone, as runs recorded before the weights counted, is still accepted)."""
+    return recorded in (stage_digest(meta_path, weights_path), file_digest(meta_path))
+
+
 def branch_digests(run: Run, names: list[str]) -> dict[str, str]:
-    """:func:`file_digest` of each branch's metadata."""
-    return {n: file_digest(run.meta_path(n)) for n in names}
+    """:func:`stage_digest` of each branch."""
+    return {n: stage_digest(run.meta_path(n), run.weights(n)) for n in names}
 
 
 def usable_branches(run: Run, names: list[str], config: AsdConfig) -> tuple[list[str], dict[str, str]]:
@@ -185,7 +197,7 @@ def train_fusion(data: Path, run_dir: Path | Run, config: AsdConfig, names: list
 
 def stale_branches(run: Run, meta: FusionMeta) -> list[str]:
     """The fused branches (fusion metadata ``meta``) retrained after the fusion head."""
-    return [n for n, d in branch_digests(run, meta.branches).items() if d != meta.branch_digests.get(n)]
+    return [n for n in meta.branches if not is_current(meta.branch_digests.get(n), run.meta_path(n), run.weights(n))]
 
 
 def load_fusion(run: Run) -> tuple[AttentionFusion, FusionMeta]:

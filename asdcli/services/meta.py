@@ -24,7 +24,7 @@ from asdcli.errors import CheckpointError, DataError
 from asdcli.models.fusion_attention import AttentionFusion
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
 from asdcli.services.examples import Examples, build_examples
-from asdcli.services.fuse import file_digest, load_fusion
+from asdcli.services.fuse import is_current, load_fusion, stage_digest
 from asdcli.services.run_meta import MetaMeta, read_typed
 from asdcli.services.runs import Run, commit_stage, open_run
 
@@ -202,7 +202,7 @@ def meta_train(run_dir: Path | Run, config: AsdConfig, holdout: list[str] | None
         save_weights(maml.module, place(weights_path), {"part": "meta"})
         write_json(place(meta_path), {
             "format_version": FORMAT_VERSION, "status": "complete", "tasks": names, "holdout": holdout,
-            "examples": examples_name, "fusion_digest": file_digest(run.fusion_meta),
+            "examples": examples_name, "fusion_digest": stage_digest(run.fusion_meta, run.fusion_weights),
             "in_dim": int(x.shape[1]), "meta": config.meta.model_dump(mode="json"), "seed": config.seed,
             "fusion_loss": fusion_meta.loss, "final_loss": _finite(loss_value),
             "query_loss_unadapted": _finite(unadapted), "query_loss_adapted": _finite(adapted_loss),
@@ -243,7 +243,7 @@ def fusion_changed(run: Run, meta: MetaMeta) -> bool:
     """Whether the fusion head was retrained after the meta-learner (metadata ``meta``)."""
     fusion_meta = run.fusion_meta
     recorded = meta.fusion_digest  # absent where written before this check existed: not checked
-    return bool(recorded) and fusion_meta.exists() and recorded != file_digest(fusion_meta)
+    return bool(recorded) and fusion_meta.exists() and not is_current(recorded, fusion_meta, run.fusion_weights)
 
 
 def load_meta(run: Run) -> MetaLearner:

@@ -148,6 +148,21 @@ def test_retrained_branch_makes_the_fusion_stale(synth_root, cfg, tmp_path):
         load_meta(open_run(run))
 
 
+def test_weights_replaced_without_their_metadata_make_the_next_stage_stale(synth_root, cfg, tmp_path):
+    run, other, cache = tmp_path / "run", tmp_path / "other", tmp_path / "cache"
+    for folder, seed in ((run, 0), (other, 5)):
+        train_branch("b2", synth_root, folder, cfg.with_overrides(seed=seed), cache_dir=cache)
+        train_fusion(synth_root, folder, cfg)
+    meta_train(run, cfg)
+    load_meta(open_run(run))
+    (run / "fusion.safetensors").write_bytes((other / "fusion.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="fusion head was retrained after the meta-learner"):
+        load_meta(open_run(run))
+    (run / "transformer-ae.safetensors").write_bytes((other / "transformer-ae.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match="transformer-ae were retrained after the fusion head"):
+        load_fusion(open_run(run))
+
+
 def test_single_section_uses_synthetic_machines_as_outliers(tmp_path, cfg):
     from asdcli.data.synth import generate
 
