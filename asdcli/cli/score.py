@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
@@ -11,7 +9,6 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from asdcli.atomic import write_texts
 from asdcli.cli.common import CacheOption, err, handle_errors, out, progress_bar, report_failures
 from asdcli.config import AudioConfig
 from asdcli.data.audio import length_notice
@@ -20,40 +17,12 @@ from asdcli.models.registry import BRANCHES
 from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
 from asdcli.services.runs import open_run
+from asdcli.services.dcase_files import csv_text, write_dcase_files
 from asdcli.services.score import METHODS, ScoreResult, score_clips
 
 
 def _name(path: Path, root: Path) -> str:
     return path.name if root.is_file() else path.relative_to(root).as_posix()
-
-
-def _csv(rows: list[tuple]) -> str:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    return buffer.getvalue()
-
-
-def dcase_file_stem(clips: list) -> str:
-    """``<machine>_section_<XX>_test``, or ``<machine>_id_<XX>`` for clips named as in DCASE 2020."""
-    first = clips[0]
-    if all(c.naming.endswith("2020") for c in clips):
-        return f"{first.machine}_id_{first.section}"
-    return f"{first.group}_test"
-
-
-def write_dcase_files(result: ScoreResult, out_dir: Path) -> list[Path]:
-    """``anomaly_score_<machine>_section_<XX>_test.csv`` and ``decision_result_...`` (no header);
-    DCASE 2020 data: ``anomaly_score_<machine>_id_<XX>.csv`` and ``decision_result_...``. All
-    are written before any replaces an older one, so a full disk leaves the folder as it was."""
-    texts = {}
-    for group in sorted({c.group for c in result.clips}):
-        idx = [i for i, c in enumerate(result.clips) if c.group == group]
-        stem = dcase_file_stem([result.clips[i] for i in idx])
-        for kind, values in (("anomaly_score", [f"{result.score[i]:.6f}" for i in idx]),
-                             ("decision_result", [str(result.decision[i]) for i in idx])):
-            texts[out_dir / f"{kind}_{stem}.csv"] = _csv([(result.clips[i].name, v) for i, v in zip(idx, values)])
-    write_texts(texts)
-    return list(texts)
 
 
 def _explained(result: ScoreResult, rows: list[tuple], decision: bool) -> list[tuple]:
@@ -114,7 +83,7 @@ def score(
             for c, s, d in zip(result.clips, result.score, result.decision)]
     if explain:
         rows = _explained(result, rows, decision)
-    out.file.write(_csv(rows))
+    out.file.write(csv_text(rows))
     out.file.flush()
     if out_dir is not None:
         written = write_dcase_files(result, out_dir)

@@ -115,7 +115,7 @@ def test_two_process_ddp_ends_with_identical_weights(synth_root, tmp_path):
 
 
 def test_score_ensemble_decisions_and_dcase_files(synth_root, cfg, tmp_path):
-    from asdcli.cli.score import write_dcase_files
+    from asdcli.services.dcase_files import write_dcase_files
     from asdcli.services.evaluate import evaluate
     from asdcli.services.score import score_clips
 
