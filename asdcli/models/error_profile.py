@@ -95,7 +95,7 @@ class ProfileScorer(nn.Module):
             rows = rows[slot[exclude[rows]] >= 0]  # a row of another section leaves this one whole
             d = centred[slot[exclude[rows]]]  # (R, D) the excluded rows, centred
             e = profiles[rows].double() - (mean - d / (n - 1))  # (R, D) from the mean without them
-            out[rows] = _downdated_distance(inv, (1 - self.shrink) * b, d, e, b, self.shrink).to(out.dtype)
+            out[rows] = _downdated_distance(inv, d, e, b, self.shrink).to(out.dtype)
         return out
 
     def _load_from_state_dict(self, *args, **kwargs) -> None:
@@ -129,10 +129,12 @@ class ProfileScorer(nn.Module):
 RIDGE = 1e-3  # of the mean variance, added to every section's covariance
 
 
-def _downdated_distance(inv: Tensor, c: float, d: Tensor, e: Tensor, b: float, shrink: float,
+def _downdated_distance(inv: Tensor, d: Tensor, e: Tensor, b: float, shrink: float,
                         tol: float = 1e-9, max_steps: int = 500) -> Tensor:
-    """sqrt(e^T (A - c d d^T + E)^-1 e) per row of ``d``, ``e`` (R, D), with ``inv`` = A^-1 and
-    E = -b diag(shrink d^2 + RIDGE mean(d^2)) (:meth:`ProfileScorer.leave_one_out`)."""
+    """sqrt(e^T (A - c d d^T + E)^-1 e) per row of ``d``, ``e`` (R, D), with ``inv`` = A^-1,
+    c = (1 - shrink) b and E = -b diag(shrink d^2 + RIDGE mean(d^2))
+    (:meth:`ProfileScorer.leave_one_out`)."""
+    c = (1 - shrink) * b
     inv_d = d @ inv  # (R, D)
     denom = 1 - c * (inv_d * d).sum(dim=1, keepdim=True)  # (R, 1)
 

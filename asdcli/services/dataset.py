@@ -18,14 +18,16 @@ from asdcli.models.base import Batch
 from asdcli.services.features import FeatureReport, iter_features
 
 
-def label_key(clip: Clip) -> str:
-    """The contrastive / ID class of a clip: its machine section and attribute values."""
-    return f"{clip.group}|{clip.attributes_raw}"
+def label_key(clip: Clip, group: str | None = None) -> str:
+    """The contrastive / ID class of a clip: its machine section (``group``: the run's name for
+    it, default its own) and attribute values."""
+    return f"{group or clip.group}|{clip.attributes_raw}"
 
 
-def clip_key(clip: Clip) -> str:
-    """A clip's identity within a run: ``<group>/<file name>``."""
-    return f"{clip.group}/{clip.name}"
+def clip_key(clip: Clip, group: str | None = None) -> str:
+    """A clip's identity within a run: ``<group>/<file name>`` (``group``: the run's name for
+    its section, default its own)."""
+    return f"{group or clip.group}/{clip.name}"
 
 
 def holdout_keys(clips: Sequence[Clip], share: float, seed: int) -> list[str]:
@@ -93,7 +95,7 @@ class Vocabulary:
 
     def label_index(self, clip: Clip) -> int:
         """Index of the clip's section-and-attributes class, -1 if unknown."""
-        return self._labels.get(f"{self.group_name(clip)}|{clip.attributes_raw}", -1)
+        return self._labels.get(label_key(clip, self.group_name(clip)), -1)
 
 
 class ClipSet:

@@ -29,7 +29,7 @@ from asdcli.errors import DataError
 from asdcli.models.base import Batch
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import DomainShift, load_with_upstream, normalize
-from asdcli.services.dataset import training_clips
+from asdcli.services.dataset import clip_key, training_clips
 from asdcli.services.runs import Run, read_branch_meta
 from asdcli.services.train import with_embeddings
 
@@ -127,7 +127,7 @@ def perturbed(clips: list[Clip], group: int, section: str, count: int, rng: np.r
     plan = []
     for i, j in enumerate(rng.permutation(len(clips))[:count]):
         clip = clips[j]
-        exclude = -1 if rows is None else rows[f"{section}/{clip.name}"]  # the key under the run's name
+        exclude = -1 if rows is None else rows[clip_key(clip, section)]  # the key under the run's name
         plan.append(_Pseudo(group, section, kinds[(i + max(group, 0)) % len(kinds)], int(rng.integers(2**31)),
                             clip, exclude))
     return plan
@@ -232,7 +232,7 @@ def build_examples(run: Run, data: Path, names: list[str], config: AsdConfig,
     normals = normal_examples(run, names)
     keys, z_normal, normal_groups = normals.keys, normals.z, normals.groups
     rows = {k: i for i, k in enumerate(keys)}
-    clips = [c for c in training_clips(str(data)) if f"{run.vocab.group_name(c)}/{c.name}" in rows]
+    clips = [c for c in training_clips(str(data)) if clip_key(c, run.vocab.group_name(c)) in rows]
     if not clips:
         raise DataError(f"none of the training clips under {data} were scored by the run {run.path}; "
                         "give the --data the branches were trained on")

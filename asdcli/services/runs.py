@@ -21,7 +21,7 @@ from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.base import Branch, BranchContext
 from asdcli.models.registry import BRANCHES, build_branch, canonical_name
 from asdcli.services.dataset import Vocabulary
-from asdcli.services.run_meta import BranchMeta, RunInfo, validated
+from asdcli.services.run_meta import BranchMeta, RunInfo, read_typed
 
 
 RUN_FILE = "run.json"
@@ -243,7 +243,7 @@ def open_run(path: Path | Run) -> Run:
         raise CheckpointError(f"run folder {path} does not exist; train a branch first (asd train-branch NAME --run {path})")
     recover(path)
     info_path = path / RUN_FILE
-    info = RunInfo.model_validate(validated(RunInfo, read_json(info_path, "run description"), info_path))
+    info = read_typed(RunInfo, read_json(info_path, "run description"), info_path)
     return Run(path, Vocabulary(info.groups, info.labels, legacy_2020=info.group_names < GROUP_NAMES),
                {"audio": info.audio, "features": info.features}, frozenset(info.holdout))
 
@@ -266,8 +266,7 @@ def read_branch_meta(run: Run, name: str) -> BranchMeta:
                                   "--data DIR --resume")
         raise CheckpointError(f"branch '{name}' is not trained in {run.path}; run: asd train-branch {name} "
                               f"--run {run.path} --data DIR")
-    meta = BranchMeta.model_validate(validated(BranchMeta, read_json(run.meta_path(name), f"{name} metadata"),
-                                               run.meta_path(name)))
+    meta = read_typed(BranchMeta, read_json(run.meta_path(name), f"{name} metadata"), run.meta_path(name))
     if meta.status != "complete":
         raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {meta.epochs_done}/{meta.epochs}; "
                               f"finish it with: asd train-branch {name} --run {run.path} --resume")

@@ -144,7 +144,8 @@ def _train_finals(pipe: _Pipeline, normals: Normals) -> dict[str, np.ndarray]:
     return out
 
 
-def _notices(pipe: _Pipeline, groups: list[str], run: Run) -> list[str]:
+def _notices(pipe: _Pipeline, groups: list[str]) -> list[str]:
+    run = pipe.run
     known = set(pipe.run.vocab.groups) | set(pipe.support.z if pipe.support else ())
     adapted = sorted(set(groups) & set(pipe.support.z)) if pipe.support else []
     notices = [f"section {g} was not in the training data of {run.path}: scored against all sections' statistics"
@@ -193,7 +194,7 @@ class Detector:
         """Load every stage of the run (``names``: only these branches, averaged); ``support``:
         normal clips of sections the run never saw, which those sections are standardised by and
         adapted to."""
-        run = open_run(run_dir if isinstance(run_dir, Run) else Path(run_dir))
+        run = open_run(run_dir)
         pipe, names = _pipeline(run, [canonical_name(n) for n in names] if names else None)
         metas = {n: read_branch_meta(run, n) for n in names}
         loaded = load_with_upstream(run, names, device)
@@ -247,7 +248,7 @@ class Detector:
         decision = np.array([int(s > own.get(g, pooled)) for s, g in zip(final, groups)], dtype=int)
         return ScoreResult(clips, final, decision, {n: z[:, k] for k, n in enumerate(self.names)},
                            fused if self.pipe.fusion is not None else None, weights, own, self.names, self.method,
-                           skipped, _notices(self.pipe, groups, self.run))
+                           skipped, _notices(self.pipe, groups))
 
     def score_waveform(self, wave: np.ndarray, sample_rate: int, machine: str, section: str | int,
                        domain: str | None = None, fpr: float | None = None) -> ClipScore:
