@@ -116,6 +116,13 @@ class Branch(nn.Module, ABC):
     def score(self, batch: Batch) -> Tensor:
         """(B,) anomaly scores, higher = more anomalous."""
 
+    def embedding(self, batch: Batch) -> Tensor:
+        """:meth:`embed`, or outside training the embedding a service already put in
+        ``batch.embeddings`` (computed for a downstream branch, or read from the on-disk cache):
+        a clip is embedded once per batch."""
+        done = batch.embeddings.get(self.name)
+        return done if done is not None and not self.training else self.embed(batch)
+
     def prepare_training(self, batches: Iterable[Batch]) -> None:
         """Before training: fit data-dependent input transforms (beyond the log-mel statistics)."""
 
@@ -138,6 +145,12 @@ class Branch(nn.Module, ABC):
         """Scores of training clips for the normalisation statistics (leave-one-out where a
         branch scores by distance to the training clips themselves)."""
         return self.score(batch)
+
+    def fitted_train_scores(self) -> Tensor | None:
+        """(N,) :meth:`train_scores` of the N clips :meth:`prepare_scoring` was just given, in
+        their order, from what it kept of them (embeddings, error profiles), so that they are not
+        computed again; None where it keeps nothing to score them from."""
+        return None
 
     def limitation(self) -> str | None:
         """Why this branch cannot learn what normal means from its training data (given its
@@ -177,6 +190,16 @@ def pool_time(errors: Tensor, mode: str, decay: float = 0.9) -> Tensor:
     ranked = errors.sort(dim=1, descending=True).values  # (B, T)
     weights = decay ** torch.arange(errors.shape[1], device=errors.device, dtype=errors.dtype)
     return (ranked * weights).sum(dim=1) / weights.sum()
+
+
+def random_crop(feats: Tensor, frames: int) -> Tensor:
+    """(B, ..., T) -> (B, ..., min(frames, T)): a random window of each clip, drawn with torch's
+    global generator (training crops)."""
+    crop = min(frames, feats.shape[-1])
+    starts = torch.randint(0, feats.shape[-1] - crop + 1, (feats.shape[0],), device=feats.device)
+    idx = starts[:, None] + torch.arange(crop, device=feats.device)[None]  # (B, crop)
+    idx = idx.view(feats.shape[0], *[1] * (feats.ndim - 2), crop).expand(*feats.shape[:-1], crop)
+    return feats.gather(-1, idx)
 
 
 def sinusoidal_embedding(positions: Tensor, dim: int) -> Tensor:

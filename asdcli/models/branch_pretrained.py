@@ -128,9 +128,6 @@ class PretrainedBranch(Branch):
         return values.to(wave.device)
 
     def embed(self, batch: Batch) -> Tensor:
-        cached = batch.embeddings.get(self.name)
-        if cached is not None and not self.training:
-            return cached  # filled from the on-disk cache by the service (frozen model only)
         return self.ast(input_values=self.ast_inputs(batch.wave)).pooler_output  # (B, hidden)
 
     def embedding_spec(self) -> tuple[str, int] | None:
@@ -151,10 +148,13 @@ class PretrainedBranch(Branch):
         return F.cross_entropy(logits[known], batch.label[known])
 
     def prepare_scoring(self, batches) -> None:
-        self.bank.fit(*collect_embeddings(batches, self.embed))
+        self.bank.fit(*collect_embeddings(batches, self.embedding))
 
     def score(self, batch: Batch) -> Tensor:
-        return self.bank.distance(self.embed(batch), batch.group)
+        return self.bank.distance(self.embedding(batch), batch.group)
 
     def train_scores(self, batch: Batch) -> Tensor:
-        return self.bank.distance(self.embed(batch), batch.group, exclude=batch.index)
+        return self.bank.distance(self.embedding(batch), batch.group, exclude=batch.index)
+
+    def fitted_train_scores(self) -> Tensor:
+        return self.bank.leave_one_out()

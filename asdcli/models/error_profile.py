@@ -9,8 +9,6 @@ varies among normal clips, which plain MSE does not: a quiet bin that changes ma
 
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
 from torch import Tensor, nn
 
@@ -42,14 +40,6 @@ class ProfileScorer(nn.Module):
         cov = centred.T @ centred / max(1, x.shape[0] - 1)  # (D, D)
         return mean.float(), torch.linalg.inv(self._regularised(cov, torch.diag(cov))).float()
 
-    def fit_from(self, batches, error: Callable[[Batch], Tensor]) -> None:
-        """Fit on the error profiles ``error(batch)`` (B, n_mels, T) of the training batches."""
-        profiles, groups = [], []
-        for batch in batches:
-            profiles.append(error_profile(error(batch)))
-            groups.append(batch.group)
-        self.fit(torch.cat(profiles), torch.cat(groups))
-
     def fit(self, profiles: Tensor, group: Tensor) -> None:
         """(N, D) training profiles with (N,) section indices."""
         self.train_profiles, self.train_group = profiles.detach().float().clone(), group.detach().long().clone()
@@ -67,8 +57,12 @@ class ProfileScorer(nn.Module):
     def forward(self, profiles: Tensor, group: Tensor) -> Tensor:
         """(B, D) profiles, (B,) sections -> (B,) Mahalanobis distances."""
         rows = torch.where(group < 0, self.mean.shape[0] - 1, group)
-        diff = profiles - self.mean[rows]  # (B, D)
-        return torch.einsum("bi,bij,bj->b", diff, self.precision[rows], diff).clamp_min(0).sqrt()
+        out = profiles.new_empty(len(rows))
+        for g in torch.unique(rows).tolist():  # one (D, D) precision per section, not one per clip
+            members = rows == g
+            diff = profiles[members] - self.mean[g]  # (R, D)
+            out[members] = ((diff @ self.precision[g]) * diff).sum(dim=1)
+        return out.clamp_min(0).sqrt()
 
     def leave_one_out(self, profiles: Tensor, group: Tensor, exclude: Tensor) -> Tensor:
         """Distances as :meth:`forward`, but each clip's section Gaussian refitted without training
@@ -160,15 +154,33 @@ class ReconstructionScoring:
     """
 
     def prepare_scoring(self, batches) -> None:
-        self.profiles.fit_from(batches, self.error)
+        """Fit the section Gaussians on the error profiles of the training clips (and keep each
+        clip's pooled error, for :meth:`fitted_train_scores` under ``score: mse``)."""
+        profiles, groups, pooled = [], [], []
+        for batch in batches:
+            error = self.error(batch)
+            profiles.append(error_profile(error))
+            groups.append(batch.group)
+            pooled.append(self._pooled(error))
+        self.profiles.fit(torch.cat(profiles), torch.cat(groups))
+        self._fitted_pooled = torch.cat(pooled)
+
+    def _pooled(self, error: Tensor) -> Tensor:
+        return pool_time(error.pow(2).mean(dim=1), self.cfg.pooling, self.cfg.gwrp_decay)
 
     def score(self, batch: Batch) -> Tensor:
         error = self.error(batch)
         if self.cfg.score == "mahalanobis":
             return self.profiles(error_profile(error), batch.group)
-        return pool_time(error.pow(2).mean(dim=1), self.cfg.pooling, self.cfg.gwrp_decay)
+        return self._pooled(error)
 
     def train_scores(self, batch: Batch) -> Tensor:
         if self.cfg.score != "mahalanobis" or batch.index is None:
             return self.score(batch)
         return self.profiles.leave_one_out(error_profile(self.error(batch)), batch.group, batch.index)
+
+    def fitted_train_scores(self) -> Tensor:
+        if self.cfg.score != "mahalanobis":
+            return self._fitted_pooled
+        p = self.profiles
+        return p.leave_one_out(p.train_profiles, p.train_group, torch.arange(len(p.train_group), device=p.train_group.device))

@@ -69,3 +69,10 @@ class MemoryBank(nn.Module):
             mean = torch.where(finite, nearest, torch.zeros_like(nearest)).sum(1) / finite.sum(1).clamp_min(1)
             best = torch.minimum(best, torch.where(finite.any(dim=1), mean, best))
         return best
+
+    def leave_one_out(self, chunk: int = 1024) -> Tensor:
+        """(N,) :meth:`distance` of every stored embedding with itself left out, ``chunk`` rows
+        at a time (memory stays O(chunk x N))."""
+        rows = torch.arange(len(self), device=self.emb.device)
+        return torch.cat([self.distance(self.emb[i : i + chunk], self.group[i : i + chunk], exclude=rows[i : i + chunk])
+                          for i in range(0, len(self), chunk)])

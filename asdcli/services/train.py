@@ -99,7 +99,7 @@ def with_embeddings(batch: Batch, upstream: dict[str, Branch]) -> Batch:
     """Fill ``batch.embeddings`` from the upstream branches (no gradients)."""
     with torch.no_grad():
         for name, branch in upstream.items():
-            batch.embeddings[name] = branch.embed(batch)
+            batch.embeddings[name] = branch.embedding(batch)
     return batch
 
 
@@ -337,14 +337,26 @@ def _finalize(s: _Setup, config: AsdConfig,
     bs = config.train.batch_size
     caches = EmbeddingCaches(s.cache_dir, {s.name: s.branch, **s.upstream})
     scores, groups = [], []
-    with torch.no_grad():
-        s.branch.prepare_scoring(model_batches(s.clipset, bs, s.device, s.upstream, caches))
+
+    def counted() -> Iterator[Batch]:  # the training clips' batches, with progress
+        groups.clear()
         for batch in model_batches(s.clipset, bs, s.device, s.upstream, caches):
-            scores.append(s.branch.train_scores(batch).cpu())
+            yield batch
             groups.append(batch.group.cpu())
             if on_score is not None:
                 on_score(sum(len(g) for g in groups), len(s.clipset))
-    score, group = torch.cat(scores).double(), torch.cat(groups)
+
+    with torch.no_grad():
+        s.branch.prepare_scoring(counted())
+        fitted = s.branch.fitted_train_scores()
+        if fitted is not None:  # scored from what prepare_scoring kept: no clip scored twice
+            scores.append(fitted.cpu())
+            group = torch.as_tensor([s.clipset.vocab.group_index(c) for c in s.clipset.clips], dtype=torch.long)
+        else:
+            for batch in counted():
+                scores.append(s.branch.train_scores(batch).cpu())
+            group = torch.cat(groups)
+    score = torch.cat(scores).double()
     per_clip = {clip_key(c): float(v) for c, v in zip(s.clipset.clips, score.tolist())}
     stats = {}
     for index, name in enumerate(s.run.vocab.groups):

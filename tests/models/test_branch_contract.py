@@ -26,6 +26,14 @@ def make_batch(n: int = 6, seed: int = 0) -> Batch:
     )
 
 
+def batch_for(branch, seed: int = 0) -> Batch:
+    """make_batch without an embedding of ``branch`` itself (the service fills that one from the
+    branch, and scoring would take it as the branch's own)."""
+    batch = make_batch(seed=seed)
+    batch.embeddings.pop(branch.name, None)
+    return batch
+
+
 def build(name: str):
     torch.manual_seed(0)
     branch = build_branch(name, load_config("tiny"), CONTEXT)
@@ -54,16 +62,16 @@ def test_loss_is_finite_with_gradients(branch):
 def _prepared(branch):
     branch.eval()
     with torch.no_grad():
-        branch.prepare_scoring([make_batch(seed=1)])
+        branch.prepare_scoring([batch_for(branch, seed=1)])
     return branch
 
 
 def test_embed_and_score_shapes_and_determinism(branch):
     branch = _prepared(branch)
-    batch = make_batch(seed=2)
+    batch = batch_for(branch, seed=2)
     with torch.no_grad():
         emb, s1, s2 = branch.embed(batch), branch.score(batch), branch.score(batch)
-        train = branch.train_scores(make_batch(seed=1))
+        train = branch.train_scores(batch_for(branch, seed=1))
     assert emb.ndim == 2 and emb.shape[0] == 6
     assert s1.shape == (6,) and torch.isfinite(s1).all()
     assert torch.equal(s1, s2)
@@ -72,7 +80,7 @@ def test_embed_and_score_shapes_and_determinism(branch):
 
 def test_scores_do_not_depend_on_the_batch(branch):
     branch = _prepared(branch)
-    batch = make_batch(seed=3)
+    batch = batch_for(branch, seed=3)
     with torch.no_grad():
         whole = branch.score(batch)
         first_half = branch.score(Batch(batch.feats[:3], batch.group[:3], batch.domain[:3], batch.label[:3],
@@ -80,9 +88,37 @@ def test_scores_do_not_depend_on_the_batch(branch):
     torch.testing.assert_close(whole[:3], first_half, rtol=1e-4, atol=1e-5)
 
 
+def test_training_scores_kept_by_prepare_scoring_equal_scoring_the_clips_again(branch):
+    """What a branch keeps of its training clips scores them as train_scores does: the
+    training service scores them once, not twice."""
+    branch = _prepared(branch)
+    with torch.no_grad():
+        fitted = branch.fitted_train_scores()
+        again = branch.train_scores(batch_for(branch, seed=1))
+    if branch.name == "flow":  # keeps nothing of the clips: the service scores them again
+        assert fitted is None
+    else:
+        torch.testing.assert_close(fitted, again, rtol=1e-5, atol=1e-5)
+
+
+def test_an_embedding_already_in_the_batch_is_not_computed_again(branch):
+    branch = _prepared(branch)
+    batch = batch_for(branch, seed=2)
+    with torch.no_grad():
+        before = branch.score(batch)
+        batch.embeddings[branch.name] = branch.embed(batch)
+        calls = []
+        embed = branch.embed
+        branch.embed = lambda b: calls.append(1) or embed(b)
+        after = branch.score(batch)
+    torch.testing.assert_close(after, before)
+    if branch.name in ("pretrained", "contrastive"):  # they score their own embedding
+        assert not calls
+
+
 def test_save_load_gives_identical_scores(branch, tmp_path):
     branch = _prepared(branch)
-    batch = make_batch(seed=4)
+    batch = batch_for(branch, seed=4)
     with torch.no_grad():
         before = branch.score(batch)
     save_weights(branch, tmp_path / "b.safetensors", {"branch": branch.name})
