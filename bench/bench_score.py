@@ -59,7 +59,7 @@ def only_branches(run: Path, data: Path, names: list[str], tmp: Path) -> Path:
     from asdcli.models.registry import BRANCHES, canonical_name
     from asdcli.services.fuse import train_fusion
     from asdcli.services.meta import meta_train
-    from asdcli.services.runs import run_config
+    from asdcli.services.runs import open_run, run_config
 
     keep = {canonical_name(n) for n in names}
     copy = tmp / "run"
@@ -70,7 +70,7 @@ def only_branches(run: Path, data: Path, names: list[str], tmp: Path) -> Path:
     for stage in ("fusion", "meta", "examples", "meta_examples"):
         for path in copy.glob(f"{stage}.*"):
             path.unlink()
-    config = run_config(copy)
+    config = run_config(open_run(copy))
     train_fusion(data, copy, config)
     meta_train(copy, config, data=data)
     return copy

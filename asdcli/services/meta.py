@@ -22,7 +22,7 @@ from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, save_wei
 from asdcli.config import AsdConfig, MetaConfig
 from asdcli.errors import CheckpointError, DataError
 from asdcli.models.fusion_attention import AttentionFusion
-from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
+from asdcli.models.meta_learner import MetaClassifier, adapted, adapted_copy, maml_wrapper, meta_features
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.fuse import is_current, load_fusion, stage_digest
 from asdcli.services.run_meta import MetaMeta, read_typed
@@ -218,9 +218,10 @@ def _finite(value: float) -> float | None:
 
 @dataclass
 class MetaLearner:
-    """A trained meta-learner with what adapting it needs."""
+    """A trained meta-learner (its classifier, not MAML-wrapped: scoring only adapts it) with what
+    adapting it needs."""
 
-    maml: torch.nn.Module
+    model: torch.nn.Module
     cfg: MetaConfig
     seed: int
     meta: MetaMeta
@@ -229,8 +230,8 @@ class MetaLearner:
         """The classifier adapted on the support set (S, F) / (S,), or unadapted without one or
         when it abstained (too few sections to meta-learn from: it ranks as the fused score)."""
         if support_x is None or self.meta.abstained:
-            return self.maml
-        return adapted(self.maml, support_x, support_y, self.cfg.inner_steps)
+            return self.model
+        return adapted_copy(self.model, support_x, support_y, self.cfg.inner_steps, self.cfg.inner_lr)
 
     def scores(self, x: Tensor, support_x: Tensor | None, support_y: Tensor | None) -> np.ndarray:
         """(N,) final logits of ``x`` (N, F), adapted on the support set when one is given."""
@@ -258,4 +259,4 @@ def load_meta(run: Run) -> MetaLearner:
     cfg = MetaConfig.model_validate(meta.meta)
     model = MetaClassifier(meta.in_dim, cfg.hidden, (meta.in_dim - 1) // 2)
     load_weights(model, weights_path)
-    return MetaLearner(maml_wrapper(model, cfg.inner_lr, cfg.first_order), cfg, meta.seed, meta)
+    return MetaLearner(model, cfg, meta.seed, meta)

@@ -8,7 +8,7 @@ from asdcli.metrics import auc
 from asdcli.data.pseudo_anomalies import PERTURBATIONS, perturb
 from asdcli.models.fusion_attention import (AttentionFusion, balanced_bce, pairwise_rank_loss, prior_kl,
                                              separability_prior)
-from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
+from asdcli.models.meta_learner import MetaClassifier, adapted, adapted_copy, maml_wrapper, meta_features
 
 
 def test_untrained_fusion_is_the_average_of_compressed_scores():
@@ -64,6 +64,20 @@ def test_meta_classifier_starts_as_the_fused_score_and_adapts():
     loss = torch.nn.functional.binary_cross_entropy_with_logits(learner(x), y)
     loss.backward()  # second-order gradients reach the meta-parameters
     assert model.linear.weight.grad is not None and torch.isfinite(model.linear.weight.grad).all()
+
+
+@pytest.mark.parametrize("first_order", [False, True])
+def test_scoring_adapts_exactly_as_maml_does(first_order):
+    """Scoring adapts a copy of the classifier without learn2learn: same updates, same scores."""
+    torch.manual_seed(0)
+    x, y = torch.randn(12, 7), (torch.arange(12) % 2).float()
+    model = MetaClassifier(7, 8, fused_index=3)
+    torch.nn.init.normal_(model.net[2].weight)  # a meta-trained classifier: every part moves
+    maml = maml_wrapper(model, inner_lr=0.3, first_order=first_order)
+    expected = adapted(maml, x, y, steps=4)(x)
+    copy = adapted_copy(model, x, y, steps=4, lr=0.3)
+    assert torch.equal(copy(x), expected)
+    assert not torch.equal(model(x), expected)  # the model itself is not changed
 
 
 @pytest.mark.parametrize("kind", list(PERTURBATIONS))
