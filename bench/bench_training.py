@@ -24,7 +24,7 @@ import torch
 
 from asdcli.config import load_config
 from asdcli.models.branch_contrastive import ContrastiveBranch
-from asdcli.models.branch_diffusion import Denoiser
+from asdcli.models.branch_diffusion import DiffusionBranch
 from asdcli.services.branch_scores import score_branches
 from asdcli.services.train import train_branch
 from common import bench_data
@@ -35,22 +35,21 @@ PREVIOUS = {"contrastive": {"branches.contrastive.crop_frames": 0},
 
 @contextmanager
 def standard_layout():
-    """Build b3's and b4's networks in the standard (contiguous) memory layout, as before."""
-    inits = ContrastiveBranch.__init__, Denoiser.__init__
+    """Keep b3's and b4's networks in the standard (contiguous) memory layout, as before."""
+    init, train = ContrastiveBranch.__init__, DiffusionBranch.train
 
     def contrastive(self, *args, **kwargs):
-        inits[0](self, *args, **kwargs)
+        init(self, *args, **kwargs)
         self.features.to(memory_format=torch.contiguous_format)
 
-    def denoiser(self, *args, **kwargs):
-        inits[1](self, *args, **kwargs)
-        self.to(memory_format=torch.contiguous_format)
+    def diffusion(self, mode: bool = True):
+        return super(DiffusionBranch, self).train(mode)  # no switch to channels-last for scoring
 
-    ContrastiveBranch.__init__, Denoiser.__init__ = contrastive, denoiser
+    ContrastiveBranch.__init__, DiffusionBranch.train = contrastive, diffusion
     try:
         yield
     finally:
-        ContrastiveBranch.__init__, Denoiser.__init__ = inits
+        ContrastiveBranch.__init__, DiffusionBranch.train = init, train
 
 
 def train_rate(run: Path, name: str) -> float:

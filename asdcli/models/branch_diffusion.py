@@ -53,7 +53,6 @@ class Denoiser(nn.Module):
         self.mid = nn.ModuleList([ResBlock(2 * c, c), ResBlock(2 * c, c)])
         self.up = nn.ConvTranspose2d(2 * c, c, 4, stride=2, padding=1)
         self.out = nn.Sequential(nn.GroupNorm(min(8, c), c), nn.SiLU(), nn.Conv2d(c, 1, 3, padding=1))
-        self.to(memory_format=torch.channels_last)  # CPU convolutions run 1.4x faster in it
 
     def forward(self, x: Tensor, t: Tensor, return_bottleneck: bool = False):
         m, frames = x.shape[-2:]
@@ -83,6 +82,13 @@ class DiffusionBranch(ReconstructionScoring, Branch):
         betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.steps, dtype=torch.float64)
         self.profiles = ProfileScorer(context.n_groups, 2 * context.n_mels)
         self.register_buffer("alpha_bar", torch.cumprod(1.0 - betas, dim=0).float(), persistent=False)
+
+    def train(self, mode: bool = True) -> "DiffusionBranch":
+        """Scoring runs the U-Net in the channels-last layout (1.3-1.4x faster over whole clips on a
+        CPU); training keeps the standard one (channels-last was slower there, on 64-frame crops)."""
+        super().train(mode)
+        self.net.to(memory_format=torch.contiguous_format if mode else torch.channels_last)
+        return self
 
     def loss(self, batch: Batch) -> Tensor:
         x0 = random_crop(self.normalize(batch.feats)[:, None], self.cfg.crop_frames)  # (B, 1, M, crop)
