@@ -336,27 +336,22 @@ def _finalize(s: _Setup, config: AsdConfig,
     s.branch.eval()
     bs = config.train.batch_size
     caches = EmbeddingCaches(s.cache_dir, {s.name: s.branch, **s.upstream})
-    scores, groups = [], []
 
     def counted() -> Iterator[Batch]:  # the training clips' batches, with progress
-        groups.clear()
+        done = 0
         for batch in model_batches(s.clipset, bs, s.device, s.upstream, caches):
             yield batch
-            groups.append(batch.group.cpu())
+            done += len(batch)
             if on_score is not None:
-                on_score(sum(len(g) for g in groups), len(s.clipset))
+                on_score(done, len(s.clipset))
 
     with torch.no_grad():
         s.branch.prepare_scoring(counted())
-        fitted = s.branch.fitted_train_scores()
-        if fitted is not None:  # scored from what prepare_scoring kept: no clip scored twice
-            scores.append(fitted.cpu())
-            group = torch.as_tensor([s.clipset.vocab.group_index(c) for c in s.clipset.clips], dtype=torch.long)
-        else:
-            for batch in counted():
-                scores.append(s.branch.train_scores(batch).cpu())
-            group = torch.cat(groups)
-    score = torch.cat(scores).double()
+        score = s.branch.fitted_train_scores()  # from what prepare_scoring kept: no clip scored twice
+        if score is None:  # it keeps nothing to score them from
+            score = torch.cat([s.branch.train_scores(batch).cpu() for batch in counted()])
+    score = score.cpu().double()
+    group = torch.as_tensor([s.clipset.vocab.group_index(c) for c in s.clipset.clips], dtype=torch.long)
     per_clip = {clip_key(c): float(v) for c, v in zip(s.clipset.clips, score.tolist())}
     stats = {}
     for index, name in enumerate(s.run.vocab.groups):
