@@ -104,8 +104,11 @@ class SynthConfig(Section):
         return self
 
 
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+
+
 class TrainConfig(Section):
-    """Optimisation settings shared by every branch (a branch may override epochs and lr)."""
+    """Optimisation settings shared by every branch (a branch may override epochs, lr and precision)."""
 
     epochs: int = Field(20, ge=0)
     batch_size: int = Field(32, ge=1)
@@ -121,9 +124,10 @@ class TrainConfig(Section):
     heldout_max_z: float = Field(3.0, gt=0, description="a branch whose held-out clips score (median) more than this "
                                  "many standard deviations above its training clips does not generalise from them: "
                                  "train-branch says so and the fusion leaves it out")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="mixed precision of the branches' "
-                                                       "training steps: bf16 (CPU or GPU) or fp16 (CUDA only, with "
-                                                       "loss scaling); weights and optimizer stay fp32")
+    precision: Precision = Field("fp32", description="mixed precision of the branches' training steps: bf16 (CPU or "
+                                 "GPU), fp16 (CUDA only, with loss scaling) or auto (bf16 where the device computes it "
+                                 "natively: a CUDA GPU with bf16, a CPU with AVX512-BF16 or AMX; fp32 elsewhere); "
+                                 "weights and optimizer stay fp32")
     heldout_min_clips: int = Field(2, ge=1, description="the fewest held-out clips on which the fusion leaves a branch "
                                    "out by train.heldout_max_z: one clip's deviate cannot tell a branch that learnt its "
                                    "clips by heart from one unusual clip, so with fewer it is reported only")
@@ -134,6 +138,7 @@ class BranchTrain(Section):
 
     epochs: int | None = Field(None, ge=0)
     lr: float | None = Field(None, gt=0)
+    precision: Precision | None = None
 
 
 Pooling = Literal["mean", "max", "gwrp"]
@@ -190,6 +195,8 @@ class ContrastiveConfig(BranchTrain):
     temperature: float = Field(0.1, gt=0)
     pretrain_fraction: float = Field(0.5, ge=0, le=1, description="share of epochs with the contrastive loss only")
     perturbations: int = Field(3, ge=0, le=3, description="perturbed copies used as extra classes (outlier exposure)")
+    precision: Precision | None = Field("auto", description="its training steps' precision (see train.precision; "
+                                        "None: train.precision)")
     crop_frames: int = Field(0, ge=0, description="trains on a random window of this many frames of each clip "
                              "(0: whole clips); scoring embeds whole clips. 64 trains b3 5x faster and lifts it on "
                              "synthetic data, but the fused score on the real folds fell by 0.015 AUC with it")

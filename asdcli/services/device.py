@@ -34,6 +34,13 @@ def resolve_device(gpu: int | None = None, device: str | None = None) -> torch.d
     return torch.device(device)
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware (elsewhere bf16 is emulated and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return device.type == "cpu" and (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
 @dataclass(frozen=True)
 class DistInfo:
     """This process's place among the torchrun workers (rank 0 of 1 without torchrun)."""

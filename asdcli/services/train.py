@@ -31,7 +31,7 @@ from asdcli.metrics import gamma_threshold
 from asdcli.models.base import Batch, Branch, state_digest
 from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
-from asdcli.services.device import DistInfo, distributed
+from asdcli.services.device import DistInfo, distributed, native_bf16
 from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
 from asdcli.services.reliability import heldout_check
@@ -272,18 +272,23 @@ def _shard(indices: list[int], info: DistInfo) -> list[int]:
 
 @dataclass
 class Precision:
-    """The training steps' arithmetic (``train.precision``): an autocast context and a gradient
-    scaler (active for fp16 only, whose small gradients would otherwise underflow)."""
+    """A branch's training arithmetic (``branches.<name>.precision``, else ``train.precision``): an
+    autocast context and a gradient scaler (active for fp16 only, whose small gradients would
+    otherwise underflow)."""
 
     device: torch.device
     dtype: torch.dtype | None
 
     @classmethod
-    def of(cls, config: AsdConfig, device: torch.device) -> "Precision":
-        name = config.train.precision
-        if name == "fp16" and device.type != "cuda":
-            raise ConfigError(f"train.precision: fp16 needs a CUDA device (training on {device}); use bf16 or fp32")
-        return cls(device, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name])
+    def of(cls, config: AsdConfig, name: str, device: torch.device) -> "Precision":
+        own = branch_config(config, name).precision
+        field = f"branches.{name.replace('-', '_')}.precision" if own is not None else "train.precision"
+        chosen = own if own is not None else config.train.precision
+        if chosen == "auto":
+            chosen = "bf16" if native_bf16(device) else "fp32"
+        if chosen == "fp16" and device.type != "cuda":
+            raise ConfigError(f"{field}: fp16 needs a CUDA device (training on {device}); use bf16 or fp32")
+        return cls(device, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[chosen])
 
     def __post_init__(self) -> None:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -416,7 +421,7 @@ def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, devic
             model = DistributedDataParallel(model, find_unused_parameters=True,
                                             device_ids=[device.index] if device.type == "cuda" else None)
         final_loss = None
-        precision = Precision.of(config, torch.device(s.device))
+        precision = Precision.of(config, name, torch.device(s.device))
         for epoch in range(start, s.epochs if trainable else 0):
             row = _run_epoch(s, model, optimizer, config, epoch, info, on_step, precision)
             _check_finite(s, row)
