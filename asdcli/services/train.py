@@ -281,6 +281,7 @@ class Precision:
 
     @classmethod
     def of(cls, config: AsdConfig, name: str, device: torch.device) -> "Precision":
+        name = canonical_name(name)
         own = branch_config(config, name).precision
         field = f"branches.{name.replace('-', '_')}.precision" if own is not None else "train.precision"
         chosen = own if own is not None else config.train.precision

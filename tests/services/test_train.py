@@ -9,10 +9,10 @@ from safetensors.torch import load_file
 
 from asdcli.checkpoints import read_json, training_progress
 from asdcli.errors import CheckpointError, ConfigError, TrainingError
-from asdcli.services.device import resolve_device
+from asdcli.services.device import native_bf16, resolve_device
 from asdcli.services.runs import load_branch, open_run
 from asdcli.services.branch_scores import score_branches
-from asdcli.services.train import train_branch
+from asdcli.services.train import Precision, train_branch
 from asdcli.data.layout import discover
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -165,6 +165,19 @@ def test_a_diverging_training_fails_and_leaves_the_complete_branch(synth_root, c
                      cache_dir=cache)
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before
+
+
+def test_a_branch_precision_overrides_the_shared_one_and_auto_follows_the_hardware(cfg):
+    cpu = torch.device("cpu")
+    assert cfg.branches.contrastive.precision == "auto" and cfg.train.precision == "fp32"
+    assert Precision.of(cfg, "transformer-ae", cpu).dtype is None
+    assert Precision.of(cfg, "contrastive", cpu).dtype == (torch.bfloat16 if native_bf16(cpu) else None)
+    shared = cfg.with_overrides(**{"train.precision": "bf16", "branches.contrastive.precision": None})
+    assert Precision.of(shared, "b2", cpu).dtype == Precision.of(shared, "b3", cpu).dtype == torch.bfloat16
+    own = cfg.with_overrides(**{"train.precision": "bf16", "branches.contrastive.precision": "fp32"})
+    assert Precision.of(own, "contrastive", cpu).dtype is None
+    with pytest.raises(ConfigError, match="branches.transformer_ae.precision: fp16 needs a CUDA device"):
+        Precision.of(cfg.with_overrides(**{"branches.transformer_ae.precision": "fp16"}), "transformer-ae", cpu)
 
 
 def test_mixed_precision_trains_in_bf16_and_refuses_fp16_without_cuda(synth_root, cfg, tmp_path):
