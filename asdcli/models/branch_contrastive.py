@@ -90,10 +90,16 @@ class ContrastiveBranch(Branch):
         self.progress = fraction
 
     def _embed_feats(self, feats: Tensor) -> Tensor:
-        """(B, n_mels, frames) dB -> (B, embed_dim) unit vectors."""
+        """(B, n_mels, frames) dB -> (B, embed_dim) unit vectors.
+
+        Under mixed precision only the convolutions run in it: the projection, the embedding and
+        the losses on it (logits scaled by 1 / temperature) stay fp32.
+        """
         h = self.features(self.normalize(feats)[:, None])  # (B, 4c, M', T')
-        pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 8c)
-        return F.normalize(self.project(pooled), dim=1)
+        with torch.autocast(feats.device.type, enabled=False):
+            h = h.float()
+            pooled = torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, 8c)
+            return F.normalize(self.project(pooled), dim=1)
 
     def loss(self, batch: Batch) -> Tensor:
         feats = random_crop(batch.feats, self.cfg.crop_frames) if self.cfg.crop_frames else batch.feats
@@ -103,9 +109,10 @@ class ContrastiveBranch(Branch):
         known = labels >= 0
         z = self._embed_feats(feats)[known]
         labels = labels[known]
-        loss = supcon_loss(z, labels, self.cfg.temperature)
-        if self.progress >= self.cfg.pretrain_fraction:
-            loss = loss + F.cross_entropy(self.classifier(z) / self.cfg.temperature, labels)
+        with torch.autocast(feats.device.type, enabled=False):
+            loss = supcon_loss(z, labels, self.cfg.temperature)
+            if self.progress >= self.cfg.pretrain_fraction:
+                loss = loss + F.cross_entropy(self.classifier(z) / self.cfg.temperature, labels)
         return loss
 
     def embed(self, batch: Batch) -> Tensor:
