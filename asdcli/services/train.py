@@ -19,7 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from asdcli.atomic import write_text
@@ -104,14 +104,35 @@ def with_embeddings(batch: Batch, upstream: dict[str, Branch]) -> Batch:
 
 
 def model_batches(clipset: ClipSet, batch_size: int, device: torch.device | str, upstream: dict[str, Branch],
-                  caches: EmbeddingCaches | None = None, order: list[int] | None = None) -> Iterator[Batch]:
+                  caches: EmbeddingCaches | None = None, order: list[int] | None = None,
+                  embedded: dict[str, Tensor] | None = None) -> Iterator[Batch]:
     """The clip set in ``order`` (default: all, in order) as batches on ``device``, with cached and
-    upstream embeddings filled."""
+    upstream embeddings filled (taken from ``embedded``, every clip's by name, where given)."""
     for batch in clipset.batches(batch_size, order):
-        batch = batch.to(device)
+        batch = with_rows(batch.to(device), embedded or {})
         if caches is not None:
             batch = caches.attach(batch, [clipset.clips[i] for i in batch.index.tolist()])
         yield with_embeddings(batch, upstream)
+
+
+def with_rows(batch: Batch, embedded: dict[str, Tensor]) -> Batch:
+    """Put the batch's clips' rows of ``embedded`` ((N, D) per branch, N the clip set) in ``batch.embeddings``."""
+    for name, table in embedded.items():
+        batch.embeddings[name] = table[batch.index.to(table.device)]
+    return batch
+
+
+def embed_once(clipset: ClipSet, batch_size: int, device: torch.device, upstream: dict[str, Branch]) -> dict[str, Tensor]:
+    """Every clip's (N, D) embedding by each upstream branch. The upstream branches are frozen, so
+    training epochs and the scoring of the training clips take their rows instead of embedding
+    the clips again (b5 spent nearly all its training time in b3's network)."""
+    if not upstream:
+        return {}
+    parts: dict[str, list[Tensor]] = {name: [] for name in upstream}
+    for batch in model_batches(clipset, batch_size, device, upstream):
+        for name in upstream:
+            parts[name].append(batch.embeddings[name])
+    return {name: torch.cat(rows) for name, rows in parts.items()}
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
@@ -143,6 +164,7 @@ class _Setup:
     lr: float
     trained: list[int]  # clip indices the network trains on (the run's held-out clips are not)
     cache_dir: Path | None = None
+    embedded: dict[str, Tensor] = field(default_factory=dict)  # every clip's upstream embeddings (embed_once)
 
 
 def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: torch.device,
@@ -159,16 +181,17 @@ def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: to
     upstream = {canonical_name(n): load_branch(run, n, device) for n in cls.upstream(bcfg)}
     needs_wave = cls.needs_wave or any(b.needs_wave for b in upstream.values())
     clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave)
-    probe = with_embeddings(clipset.batch([0]).to(device), upstream)
-    embed_dims = {n: int(e.shape[1]) for n, e in probe.embeddings.items()}
+    embedded = embed_once(clipset, config.train.batch_size, device, upstream)
+    embed_dims = {n: int(e.shape[1]) for n, e in embedded.items()}
     torch.manual_seed(config.seed)
     branch = build_branch(name, config, branch_context(run, config, embed_dims)).to(device)
     branch.set_input_stats(clipset.mean.to(device), clipset.std.to(device))
     trained = [i for i, c in enumerate(clipset.clips) if clip_key(c) not in run.holdout]
-    branch.prepare_training(model_batches(clipset, config.train.batch_size, device, upstream, order=trained))
+    branch.prepare_training(model_batches(clipset, config.train.batch_size, device, upstream, order=trained,
+                                          embedded=embedded))
     epochs = bcfg.epochs if bcfg.epochs is not None else config.train.epochs
     lr = bcfg.lr if bcfg.lr is not None else config.train.lr
-    return _Setup(name, device, run, clipset, upstream, branch, embed_dims, epochs, lr, trained, cache_dir)
+    return _Setup(name, device, run, clipset, upstream, branch, embed_dims, epochs, lr, trained, cache_dir, embedded)
 
 
 def _metadata(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score_stats: dict,
@@ -316,7 +339,7 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
         for group in optimizer.param_groups:
             group["lr"] = lr
         indices = _shard(order[step * bs : (step + 1) * bs], info)
-        batch = with_embeddings(s.clipset.batch(indices).to(s.device), s.upstream)
+        batch = with_rows(s.clipset.batch(indices).to(s.device), s.embedded)
         with precision.autocast():
             loss = model(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -345,7 +368,7 @@ def _finalize(s: _Setup, config: AsdConfig,
 
     def counted() -> Iterator[Batch]:  # the training clips' batches, with progress
         done = 0
-        for batch in model_batches(s.clipset, bs, s.device, s.upstream, caches):
+        for batch in model_batches(s.clipset, bs, s.device, s.upstream, caches, embedded=s.embedded):
             yield batch
             done += len(batch)
             if on_score is not None:

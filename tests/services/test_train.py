@@ -156,6 +156,18 @@ def test_frozen_ast_embeddings_are_cached_on_disk(synth_root, cfg, tmp_path, mon
     assert (first == again).all()
 
 
+def test_the_flow_embeds_each_training_clip_once_with_its_frozen_input_branch(synth_root, cfg, tmp_path, monkeypatch):
+    from asdcli.models.branch_contrastive import ContrastiveBranch
+
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    train_branch("b3", synth_root, run, cfg, cache_dir=cache)
+    embedded = []
+    embed = ContrastiveBranch.embed
+    monkeypatch.setattr(ContrastiveBranch, "embed", lambda self, batch: embedded.append(len(batch)) or embed(self, batch))
+    result = train_branch("b5", synth_root, run, cfg.with_overrides(**{"train.epochs": 3}), cache_dir=cache)
+    assert sum(embedded) == result.clips == 20  # not once more per epoch or for the training clips' scores
+
+
 def test_a_diverging_training_fails_and_leaves_the_complete_branch(synth_root, cfg, tmp_path):
     run, cache = tmp_path / "run", tmp_path / "cache"
     train_branch("b2", synth_root, run, cfg.with_overrides(**{"train.epochs": 1}), cache_dir=cache)
