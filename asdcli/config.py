@@ -194,7 +194,11 @@ class ContrastiveConfig(BranchTrain):
     channels: int = Field(16, ge=4, description="width of the first convolution block")
     temperature: float = Field(0.1, gt=0)
     pretrain_fraction: float = Field(0.5, ge=0, le=1, description="share of epochs with the contrastive loss only")
-    perturbations: int = Field(3, ge=0, le=3, description="perturbed copies used as extra classes (outlier exposure)")
+    perturbations: int = Field(3, ge=0, le=3, description="kinds of perturbed copies used as extra classes (outlier "
+                               "exposure)")
+    copies_per_clip: int = Field(1, ge=1, le=3, description="perturbed copies of each clip per training step, their "
+                                 "kinds drawn at random among the perturbations (3: every kind of every clip in every "
+                                 "step, as before; 1 halves the images a step embeds)")
     precision: Precision | None = Field("auto", description="its training steps' precision (see train.precision; "
                                         "None: train.precision)")
     crop_frames: int = Field(0, ge=0, description="trains on a random window of this many frames of each clip "

@@ -22,13 +22,14 @@ from asdcli.models.perturb import imitated_kinds, perturbed_copies
 
 
 def conv_block(c_in: int, c_out: int) -> nn.Sequential:
-    """3x3 conv, 2x2 max pool, batch norm, ReLU: halves mel bins and frames.
+    """3x3 conv, batch norm, 2x2 max pool, ReLU: halves mel bins and frames.
 
-    Pooling first leaves batch norm and ReLU a quarter of the values: on the CPU they, not the
-    convolutions, took most of a training step (1.65x faster in this order).
+    The ReLU after the pooling gives the same values as before it (max and ReLU commute) on a
+    quarter of them. (Pooling before the batch norm as well was 1.65x faster but lowered b3 on
+    the real DCASE slider folds from 0.975 to 0.908 AUC: batch norm then normalises maxima.)
     """
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.MaxPool2d(2, ceil_mode=True),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.MaxPool2d(2, ceil_mode=True), nn.ReLU(inplace=True))
 
 
 def supcon_loss(z: Tensor, labels: Tensor, temperature: float) -> Tensor:
@@ -103,7 +104,7 @@ class ContrastiveBranch(Branch):
 
     def loss(self, batch: Batch) -> Tensor:
         feats = random_crop(batch.feats, self.cfg.crop_frames) if self.cfg.crop_frames else batch.feats
-        copies, kinds = perturbed_copies(feats, self.cfg.perturbations)
+        copies, kinds = perturbed_copies(feats, self.cfg.perturbations, self.cfg.copies_per_clip)
         feats = torch.cat([feats, copies], dim=0)  # (B + P * B, M, T)
         labels = torch.cat([batch.label, self.context.n_labels + kinds])
         known = labels >= 0

@@ -43,10 +43,20 @@ def imitated_kinds(count: int) -> tuple[str, ...]:
     return tuple(kind for kinds in IMITATES[:count] for kind in kinds)
 
 
-def perturbed_copies(feats: Tensor, count: int) -> tuple[Tensor, Tensor]:
-    """The first ``count`` perturbations of every clip: ((count * B, M, T), (count * B,) kind)."""
+def perturbed_copies(feats: Tensor, count: int, per_clip: int | None = None) -> tuple[Tensor, Tensor]:
+    """Perturbed copies of every clip by the first ``count`` perturbations: all of them, or
+    ``per_clip`` kinds per clip drawn at random (torch's generator) without repeats.
+
+    Returns ((C, M, T) copies, (C,) kind), grouped by kind.
+    """
     if count == 0:
         return feats[:0], torch.zeros(0, dtype=torch.long, device=feats.device)
-    copies = torch.cat([PERTURBATIONS[k](feats) for k in range(count)], dim=0)  # (count * B, M, T)
-    kinds = torch.arange(count, device=feats.device).repeat_interleave(feats.shape[0])
+    if per_clip is None or per_clip >= count:
+        copies = torch.cat([PERTURBATIONS[k](feats) for k in range(count)], dim=0)  # (count * B, M, T)
+        kinds = torch.arange(count, device=feats.device).repeat_interleave(feats.shape[0])
+        return copies, kinds
+    chosen = torch.rand(feats.shape[0], count).argsort(dim=1)[:, :per_clip].to(feats.device)  # (B, per_clip)
+    rows = [(chosen == k).any(dim=1).nonzero()[:, 0] for k in range(count)]
+    copies = torch.cat([PERTURBATIONS[k](feats[r]) for k, r in enumerate(rows)], dim=0)  # (per_clip * B, M, T)
+    kinds = torch.cat([torch.full((len(r),), k, dtype=torch.long, device=feats.device) for k, r in enumerate(rows)])
     return copies, kinds
