@@ -6,10 +6,12 @@
 Trains b3 (contrastive) and b4 (diffusion) on the same data in this process, with the settings
 of the builds before the speed work and with the current defaults:
 
-- b3 previous: blocks of conv, batch norm, ReLU, max pool in the standard memory layout, fp32.
-  Current: conv, max pool, batch norm, ReLU in channels-last, trained at
-  ``branches.contrastive.precision`` (auto: bf16 where the CPU has AVX512-BF16 or AMX); a third
-  row trains the current network in fp32, to show what the hardware's bf16 adds.
+- b3 previous: blocks of conv, batch norm, ReLU, max pool in the standard memory layout, fp32,
+  every clip's 3 perturbed copies in every step. Current: conv, batch norm, max pool, ReLU (the
+  same values) in channels-last, one perturbed copy per clip of a random kind
+  (``copies_per_clip``), trained at ``branches.contrastive.precision`` (auto: bf16 where the CPU
+  has AVX512-BF16 or AMX); a third row trains the current settings in fp32, to show what the
+  hardware's bf16 adds.
 - b4 previous: scoring with 4 DDIM steps in the standard layout. Current: 1 step, channels-last.
 
 It prints the clips/s of each branch's training epochs (from its training log) and of its
@@ -39,7 +41,8 @@ from asdcli.services.train import train_branch
 from common import bench_data
 
 # (branch, variant) -> config overrides; "previous" variants also run in the previous network layout
-VARIANTS = {("contrastive", "previous"): {"branches.contrastive.precision": "fp32"},
+VARIANTS = {("contrastive", "previous"): {"branches.contrastive.precision": "fp32",
+                                          "branches.contrastive.copies_per_clip": 3},
             ("contrastive", "current, fp32"): {"branches.contrastive.precision": "fp32"},
             ("contrastive", "current"): {},
             ("diffusion", "previous"): {"branches.diffusion.ddim_steps": 4},
@@ -47,7 +50,7 @@ VARIANTS = {("contrastive", "previous"): {"branches.contrastive.precision": "fp3
 
 
 def previous_block(c_in: int, c_out: int) -> nn.Sequential:
-    """b3's block before the speed work: batch norm and ReLU before the pooling."""
+    """b3's block before the speed work: ReLU before the pooling."""
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
                          nn.MaxPool2d(2, ceil_mode=True))
 
