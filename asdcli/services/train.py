@@ -122,14 +122,16 @@ def with_rows(batch: Batch, embedded: dict[str, Tensor]) -> Batch:
     return batch
 
 
-def embed_once(clipset: ClipSet, batch_size: int, device: torch.device, upstream: dict[str, Branch]) -> dict[str, Tensor]:
-    """Every clip's (N, D) embedding by each upstream branch. The upstream branches are frozen, so
-    training epochs and the scoring of the training clips take their rows instead of embedding
-    the clips again (b5 spent nearly all its training time in b3's network)."""
+def embed_once(clipset: ClipSet, batch_size: int, device: torch.device, upstream: dict[str, Branch],
+               cache_dir: Path | None) -> dict[str, Tensor]:
+    """Every clip's (N, D) embedding by each upstream branch (read from the on-disk cache where the
+    branch allows it). The upstream branches are frozen, so training epochs and the scoring of the
+    training clips take their rows instead of embedding the clips again (b5 spent nearly all its
+    training time in b3's network)."""
     if not upstream:
         return {}
     parts: dict[str, list[Tensor]] = {name: [] for name in upstream}
-    for batch in model_batches(clipset, batch_size, device, upstream):
+    for batch in model_batches(clipset, batch_size, device, upstream, EmbeddingCaches(cache_dir, upstream)):
         for name in upstream:
             parts[name].append(batch.embeddings[name])
     return {name: torch.cat(rows) for name, rows in parts.items()}
@@ -181,7 +183,7 @@ def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: to
     upstream = {canonical_name(n): load_branch(run, n, device) for n in cls.upstream(bcfg)}
     needs_wave = cls.needs_wave or any(b.needs_wave for b in upstream.values())
     clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave)
-    embedded = embed_once(clipset, config.train.batch_size, device, upstream)
+    embedded = embed_once(clipset, config.train.batch_size, device, upstream, cache_dir)
     embed_dims = {n: int(e.shape[1]) for n, e in embedded.items()}
     torch.manual_seed(config.seed)
     branch = build_branch(name, config, branch_context(run, config, embed_dims)).to(device)

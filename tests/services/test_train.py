@@ -154,6 +154,8 @@ def test_frozen_ast_embeddings_are_cached_on_disk(synth_root, cfg, tmp_path, mon
     monkeypatch.setattr(ASTModel, "forward", no_model)
     again = score_branches(run, ["b1"], test, cache).scores["pretrained"]
     assert (first == again).all()
+    train_branch("b5", synth_root, run, frozen.with_overrides(**{"branches.flow.inputs": ["pretrained"]}),
+                 cache_dir=cache)  # a branch on b1's embeddings reads them from the cache too
 
 
 def test_the_flow_embeds_each_training_clip_once_with_its_frozen_input_branch(synth_root, cfg, tmp_path, monkeypatch):
