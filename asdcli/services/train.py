@@ -366,7 +366,7 @@ def _finalize(s: _Setup, config: AsdConfig,
     them) and how the held-out clips score against the trained ones (:func:`heldout_check`)."""
     s.branch.eval()
     bs = config.train.batch_size
-    caches = EmbeddingCaches(s.cache_dir, {s.name: s.branch, **s.upstream})
+    caches = EmbeddingCaches(s.cache_dir, {s.name: s.branch})  # the upstream rows are in s.embedded
 
     def counted() -> Iterator[Batch]:  # the training clips' batches, with progress
         done = 0
