@@ -71,9 +71,12 @@ class FeatureConfig(Section):
 
 
 class LoaderConfig(Section):
-    """Parallel audio decoding and feature extraction."""
+    """Parallel audio decoding, feature extraction and batch assembly (speed only: the scores are
+    the same whatever these are)."""
 
-    workers: int = Field(2, ge=1, le=64, description="threads decoding audio in parallel")
+    workers: int = Field(2, ge=1, le=64, description="threads decoding audio and assembling batches in parallel")
+    prefetch: int = Field(2, ge=0, le=64, description="batches assembled ahead of the model while it computes "
+                          "(0: each when it is needed)")
 
 
 SynthMachine = Literal["fan", "pump", "valve", "slider", "gearbox"]

@@ -71,15 +71,17 @@ class ReferenceScores:
 class BaselineReference:
     """Train on normal clips, score test clips; deterministic for a seed on the CPU."""
 
-    def __init__(self, audio: AudioConfig, seed: int = 0, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3):
+    def __init__(self, audio: AudioConfig, seed: int = 0, epochs: int = 100, batch_size: int = 256, lr: float = 1e-3,
+                 device: torch.device | str = "cpu"):
         self.audio, self.seed, self.epochs, self.batch_size, self.lr = audio, seed, epochs, batch_size, lr
+        self.device = torch.device(device)
         self.logmel = LogMel(audio, BASELINE_FEATURES)
         self.model: BaselineAE | None = None
         self.precision: dict[str, Tensor] = {}
 
     def _vectors(self, clip: Clip) -> Tensor:
         with torch.no_grad():
-            return frame_vectors(self.logmel(load_audio(clip.path, self.audio)))
+            return frame_vectors(self.logmel(load_audio(clip.path, self.audio))).to(self.device)
 
     def fit(self, clips: list[Clip]) -> float:
         """Train on the normal ``clips``, then fit the residual covariances; returns seconds."""
@@ -87,12 +89,12 @@ class BaselineReference:
         per_clip = [self._vectors(c) for c in clips]
         x = torch.cat(per_clip)  # (V, 640)
         torch.manual_seed(self.seed)
-        self.model = BaselineAE(x.shape[1])
+        self.model = BaselineAE(x.shape[1]).to(self.device)
         optimizer = torch.optim.Adam(self.model.parameters(), lr=self.lr)
         generator = torch.Generator().manual_seed(self.seed)
         self.model.train()
         for _ in range(self.epochs):
-            order = torch.randperm(len(x), generator=generator)
+            order = torch.randperm(len(x), generator=generator).to(self.device)
             for i in range(0, len(x), self.batch_size):
                 batch = x[order[i : i + self.batch_size]]
                 if len(batch) < 2:  # batch norm needs two rows
@@ -113,7 +115,8 @@ class BaselineReference:
             residual = (x - self.model(x)).double()  # (V, 640)
         centred = residual - residual.mean(dim=0)
         cov = centred.T @ centred / max(1, len(residual) - 1)
-        cov += 1e-6 * torch.diag(cov).mean() * torch.eye(cov.shape[0], dtype=cov.dtype)  # rank-deficient with few clips
+        eye = torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
+        cov += 1e-6 * torch.diag(cov).mean() * eye  # rank-deficient with few clips
         return torch.linalg.inv(cov)
 
     def score(self, clips: list[Clip]) -> tuple[np.ndarray, np.ndarray, float]:
@@ -132,9 +135,9 @@ class BaselineReference:
 
 
 def reference_scores(train: list[Clip], test: list[Clip], config: AsdConfig, seed: int = 0,
-                     epochs: int = 100) -> ReferenceScores:
-    """Train the reference on ``train`` (normal clips) and score ``test``."""
-    reference = BaselineReference(config.audio, seed, epochs)
+                     epochs: int = 100, device: torch.device | str = "cpu") -> ReferenceScores:
+    """Train the reference on ``train`` (normal clips) and score ``test`` (on ``device``)."""
+    reference = BaselineReference(config.audio, seed, epochs, device=device)
     train_s = reference.fit(train)
     mse, mahala, score_s = reference.score(test)
     return ReferenceScores(mse, mahala, train_s, score_s)

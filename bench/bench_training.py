@@ -22,7 +22,6 @@ measured by bench_real.py and bench_pipeline.py.
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
@@ -38,7 +37,7 @@ from asdcli.models.branch_diffusion import DiffusionBranch
 from asdcli.services.branch_scores import score_branches
 from asdcli.services.device import native_bf16
 from asdcli.services.train import train_branch
-from common import bench_data
+from common import bench_data, train_rate
 
 # (branch, variant) -> config overrides; "previous" variants also run in the previous network layout
 VARIANTS = {("contrastive", "previous"): {"branches.contrastive.precision": "fp32",
@@ -73,13 +72,6 @@ def previous_layout():
         yield
     finally:
         ContrastiveBranch.__init__, DiffusionBranch.train, branch_contrastive.conv_block = init, train, block
-
-
-def train_rate(run: Path, name: str) -> float:
-    """Clips/s over the training epochs, from the branch's training log."""
-    with (run / "logs" / f"{name}_train.csv").open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    return sum(int(r["clips"]) for r in rows) / sum(float(r["seconds"]) for r in rows)
 
 
 def measure(name: str, variant: str, config, data: Path, test, work: Path) -> tuple[float, float]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import sys
 from pathlib import Path
 
@@ -19,3 +20,10 @@ def bench_data(data: Path | None, config: AsdConfig, tmp: Path) -> tuple[Path, l
     if not test:
         sys.exit(f"no labelled test clips under {data}")
     return data, test
+
+
+def train_rate(run: Path, name: str) -> float:
+    """Clips/s over the training epochs, from the branch's training log."""
+    with (run / "logs" / f"{name}_train.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return sum(int(r["clips"]) for r in rows) / sum(float(r["seconds"]) for r in rows)

@@ -6,7 +6,7 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import ClassVar, Iterable
+from typing import Callable, ClassVar, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -31,17 +31,25 @@ class Batch:
     embeddings: dict[str, Tensor] = field(default_factory=dict)
     index: Tensor | None = None
 
-    def to(self, device: torch.device | str) -> "Batch":
-        """Copy of the batch on ``device``."""
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
+        """Copy of the batch on ``device`` (``non_blocking``: from page-locked memory, the copy
+        runs while the host goes on)."""
+        return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "Batch":
+        """Copy of the batch in page-locked host memory, from which a CUDA copy need not block."""
+        return self._apply(lambda t: t.pin_memory())
+
+    def _apply(self, fn: Callable[[Tensor], Tensor]) -> "Batch":
         return replace(
             self,
-            feats=self.feats.to(device),
-            group=self.group.to(device),
-            domain=self.domain.to(device),
-            label=self.label.to(device),
-            wave=None if self.wave is None else self.wave.to(device),
-            embeddings={k: v.to(device) for k, v in self.embeddings.items()},
-            index=None if self.index is None else self.index.to(device),
+            feats=fn(self.feats),
+            group=fn(self.group),
+            domain=fn(self.domain),
+            label=fn(self.label),
+            wave=None if self.wave is None else fn(self.wave),
+            embeddings={k: fn(v) for k, v in self.embeddings.items()},
+            index=None if self.index is None else fn(self.index),
         )
 
     def __len__(self) -> int:

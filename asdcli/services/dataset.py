@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import zlib
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -165,3 +167,33 @@ class ClipSet:
         order = list(range(len(self))) if order is None else list(order)
         for start in range(0, len(order), batch_size):
             yield self.batch(order[start : start + batch_size])
+
+    def on_device(self, chunks: Iterable[Sequence[int]], device: torch.device | str) -> Iterator[Batch]:
+        """The batch of each chunk of clip indices on ``device``, in order. ``loader.prefetch``
+        batches are assembled ahead by ``loader.workers`` threads (features read from the cache,
+        stacked, and on CUDA put in page-locked memory and copied without blocking) while the
+        caller computes on the one before, so that a GPU does not wait for the files. At most
+        that many batches are held at once; the batches are those of :meth:`batch`, whatever
+        the settings."""
+        device = torch.device(device)
+        pin = device.type == "cuda"
+        ahead, workers = self.config.loader.prefetch, self.config.loader.workers
+        if ahead == 0:
+            for indices in chunks:
+                yield self.batch(indices).to(device)
+            return
+        pool = ThreadPoolExecutor(max_workers=min(workers, ahead), thread_name_prefix="asd-batches")
+        window: deque[Future] = deque()
+        try:
+            for indices in chunks:
+                window.append(pool.submit(self._host_batch, list(indices), pin))
+                if len(window) > ahead:
+                    yield window.popleft().result().to(device, non_blocking=pin)
+            while window:
+                yield window.popleft().result().to(device, non_blocking=pin)
+        finally:  # also when the caller stops early or fails: nothing is left running
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _host_batch(self, indices: list[int], pin: bool) -> Batch:
+        batch = self.batch(indices)
+        return batch.pin_memory() if pin else batch

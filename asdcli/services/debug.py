@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from asdcli.config import AsdConfig
 from asdcli.errors import ConfigError
-from asdcli.models.base import Branch, state_digest
+from asdcli.models.base import Batch, Branch, state_digest
 from asdcli.models.fusion_attention import AttentionFusion, balanced_bce
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
 from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
@@ -35,7 +35,7 @@ from asdcli.services.examples import Examples
 from asdcli.services.features import make_extractor
 from asdcli.services.meta import sample_task, usable_task
 from asdcli.services.runs import Run, branch_context, is_run, load_branch, open_run
-from asdcli.services.train import epoch_order, lr_at, model_batches, with_embeddings
+from asdcli.services.train import Precision, epoch_order, lr_at, model_batches, with_embeddings
 
 HEADS = ("fusion", "meta")
 
@@ -222,6 +222,8 @@ class _Setup:
     modules: dict[str, nn.Module]
     params: dict[str, list[nn.Parameter]]
     upstream: dict[str, Branch]
+    precision: dict[str, Precision]  # each branch's arithmetic, as asd train-branch would use it
+    scaler: torch.amp.GradScaler  # active when a branch trains in fp16
 
 
 def _base_lr(config: AsdConfig, part: str) -> float:
@@ -256,14 +258,17 @@ def _prepare(data: Path, run_dir: Path | None, config: AsdConfig, frozen: list[s
                 if not params[n] and n not in frozen]
     upstream = {canonical_name(u): branches[canonical_name(u)] for n in branches
                 for u in BRANCHES[n].upstream(branch_config(config, n))}
-    return _Setup(clipset, branches, heads, modules, params, upstream)
+    precision = {n: Precision.of(config, n, torch.device(device)) for n in branches}
+    scaler = torch.amp.GradScaler(torch.device(device).type,
+                                  enabled=any(p.dtype == torch.float16 for p in precision.values()))
+    return _Setup(clipset, branches, heads, modules, params, upstream, precision, scaler)
 
 
 def _step_losses(s: _Setup, batch, trainable: set[str]) -> dict[str, Tensor]:
     losses = {}
     for name, branch in s.branches.items():
-        with torch.set_grad_enabled(name in trainable):
-            losses[name] = branch.loss(batch)
+        with torch.set_grad_enabled(name in trainable), s.precision[name].autocast():
+            losses[name] = branch.loss(batch).float()
     if s.heads is not None:
         losses.update(s.heads.losses(trainable))
     return losses
@@ -276,12 +281,14 @@ def _train_step(s: _Setup, optimizer, batch, trainable: set[str], grad_clip: flo
     finite = [n for n in trainable if bool(torch.isfinite(losses[n]))]
     optimizer.zero_grad(set_to_none=True)
     if finite:
-        sum(losses[n] for n in finite).backward()
+        s.scaler.scale(sum(losses[n] for n in finite)).backward()
+        s.scaler.unscale_(optimizer)
     grads = {n: grad_norm(s.params[n]) for n in s.modules}  # before clipping: what the loss asked for
     for name in trainable:
         torch.nn.utils.clip_grad_norm_(s.params[name], grad_clip)
     if finite:
-        optimizer.step()
+        s.scaler.step(optimizer)
+        s.scaler.update()
     return {n: float(v.detach()) for n, v in losses.items()}, grads
 
 
@@ -317,17 +324,18 @@ class _Loop:
             if name in self.s.branches:
                 self.s.branches[name].set_progress((epoch - 1) / self.epochs)
         lr = self.config.train.lr
-        for step in range(1, self.steps + 1):
-            lr = self.step(epoch, step, order[(step - 1) * bs : step * bs])
+        chunks = [order[step * bs : (step + 1) * bs] for step in range(self.steps)]
+        for step, batch in enumerate(self.s.clipset.on_device(chunks, self.device), start=1):
+            lr = self.step(epoch, step, batch)
         self.log.epoch_summary(epoch, self.global_step, time.perf_counter() - self.start, lr)
 
-    def step(self, epoch: int, step: int, indices: list[int]) -> float:
-        """One logged and checked step; returns the branches' learning rate."""
+    def step(self, epoch: int, step: int, batch: Batch) -> float:
+        """One logged and checked step on ``batch`` (on the device); returns the branches' learning rate."""
         self.global_step += 1
         factor = lr_at(self.global_step - 1, self.steps * self.epochs, self.steps * self.config.train.warmup_epochs, 1.0)
         for group in self.optimizer.param_groups:
             group["lr"] = group["base"] * factor
-        batch = with_embeddings(self.s.clipset.batch(indices).to(self.device), self.s.upstream)
+        batch = with_embeddings(batch, self.s.upstream)
         values, grads = _train_step(self.s, self.optimizer, batch, self.trainable, self.config.train.grad_clip)
         lr = self.config.train.lr * factor
         self.log.step(epoch, step, self.global_step, time.perf_counter() - self.start, lr, values, grads)

@@ -43,7 +43,8 @@ LOG_COLUMNS = ["epoch", "loss", "lr", "clips", "seconds", "clips_per_s"]
 
 @dataclass
 class StepInfo:
-    """Progress of one optimisation step, for a progress bar."""
+    """Progress of one optimisation step, for a progress bar (``loss``: the step before's, except
+    at an epoch's last step)."""
 
     epoch: int
     epochs: int
@@ -108,8 +109,10 @@ def model_batches(clipset: ClipSet, batch_size: int, device: torch.device | str,
                   embedded: dict[str, Tensor] | None = None) -> Iterator[Batch]:
     """The clip set in ``order`` (default: all, in order) as batches on ``device``, with cached and
     upstream embeddings filled (taken from ``embedded``, every clip's by name, where given)."""
-    for batch in clipset.batches(batch_size, order):
-        batch = with_rows(batch.to(device), embedded or {})
+    order = list(range(len(clipset))) if order is None else order
+    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    for batch in clipset.on_device(chunks, device):
+        batch = with_rows(batch, embedded or {})
         if caches is not None:
             batch = caches.attach(batch, [clipset.clips[i] for i in batch.index.tolist()])
         yield with_embeddings(batch, upstream)
@@ -254,7 +257,7 @@ def _resume(s: _Setup, optimizer: torch.optim.Optimizer, config: AsdConfig) -> i
     if progress.get("clips_digest") != now["clips_digest"] and progress.get("clips") == now["clips"]:
         differ.append("the training clips (same count, other files)")
     differ += [d for d in _differences(progress.get("config", {}), now["config"])
-               if not d.startswith(("seed ", "train.epochs ", "branches.", "fusion.", "meta.", "debug."))
+               if not d.startswith(("seed ", "train.epochs ", "branches.", "fusion.", "meta.", "debug.", "loader."))
                or d.startswith(f"branches.{s.name.replace('-', '_')}.")]
     if differ:
         raise CheckpointError(f"{path}: cannot resume: the interrupted training had " + "; ".join(differ[:4])
@@ -335,13 +338,13 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
     s.branch.train()
     s.branch.set_progress(epoch / max(1, s.epochs))
     params = [p for p in s.branch.parameters() if p.requires_grad]
-    start, losses, seen = time.perf_counter(), [], 0
-    for step in range(steps):
+    start, losses, seen = time.perf_counter(), [], 0  # losses stay on the device until the epoch ends
+    chunks = [_shard(order[step * bs : (step + 1) * bs], info) for step in range(steps)]
+    for step, batch in enumerate(s.clipset.on_device(chunks, s.device)):
         lr = lr_at(epoch * steps + step, total_steps, warmup, s.lr)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        indices = _shard(order[step * bs : (step + 1) * bs], info)
-        batch = with_rows(s.clipset.batch(indices).to(s.device), s.embedded)
+        batch = with_rows(batch, s.embedded)
         with precision.autocast():
             loss = model(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -350,12 +353,16 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
         torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip)
         precision.scaler.step(optimizer)
         precision.scaler.update()
-        losses.append(float(loss.detach()))
-        seen += len(indices) * info.world_size
+        losses.append(loss.detach())
+        seen += len(batch) * info.world_size
         if on_step is not None:
-            on_step(StepInfo(epoch + 1, s.epochs, step + 1, steps, losses[-1], seen / (time.perf_counter() - start)))
+            # The loss shown is the step before's: reading this step's would make the host wait
+            # for a GPU to finish it instead of queueing the next one.
+            shown = losses[-2] if len(losses) > 1 and step + 1 < steps else losses[-1]
+            on_step(StepInfo(epoch + 1, s.epochs, step + 1, steps, float(shown), seen / (time.perf_counter() - start)))
     seconds = time.perf_counter() - start
-    return {"epoch": epoch + 1, "loss": f"{sum(losses) / len(losses):.6f}", "lr": f"{lr:.6g}", "clips": seen,
+    mean_loss = float(torch.stack(losses).double().mean())
+    return {"epoch": epoch + 1, "loss": f"{mean_loss:.6f}", "lr": f"{lr:.6g}", "clips": seen,
             "seconds": f"{seconds:.3f}", "clips_per_s": f"{seen / seconds:.2f}"}
 
 

@@ -206,3 +206,14 @@ def test_mixed_precision_trains_in_bf16_and_refuses_fp16_without_cuda(synth_root
     with pytest.raises(ConfigError, match="train.precision: fp16 needs a CUDA device"):
         train_branch("b2", synth_root, tmp_path / "fp16", cfg.with_overrides(**{"train.precision": "fp16"}),
                      cache_dir=cache)
+
+
+def test_batches_assembled_ahead_train_the_same_weights(synth_root, cfg, tmp_path):
+    cache = tmp_path / "cache"
+    for run, prefetch in (("a", 0), ("b", 3)):
+        train_branch("b3", synth_root, tmp_path / run, cfg.with_overrides(**{"loader.prefetch": prefetch}),
+                     cache_dir=cache)
+    _assert_same_weights(_weights(tmp_path / "a", "contrastive"), _weights(tmp_path / "b", "contrastive"))
+    log = [line.split(",")[1] for line in (tmp_path / "a" / "logs" / "contrastive_train.csv").read_text().splitlines()]
+    assert log == [line.split(",")[1] for line in
+                   (tmp_path / "b" / "logs" / "contrastive_train.csv").read_text().splitlines()]
