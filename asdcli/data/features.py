@@ -109,6 +109,19 @@ class ArrayCache:
             return None
         return flat.reshape(self.shape)
 
+    def load_into(self, path: str | Path, out: np.ndarray, entry: Path | None = None) -> bool:
+        """Read the cached array of ``path`` (from ``entry``, its :meth:`entry` found before)
+        straight into ``out`` (C-contiguous float32 of the cache's shape: a row of a batch);
+        False, ``out`` left undefined, when absent or damaged. No intermediate array to copy, and
+        the read holds no lock, so threads read in parallel."""
+        try:
+            with open(entry or self.entry(path), "rb", buffering=0) as handle:
+                if os.fstat(handle.fileno()).st_size != out.nbytes:
+                    return False
+                return handle.readinto(memoryview(out).cast("B")) == out.nbytes
+        except OSError:
+            return False
+
     def save(self, path: str | Path, array: np.ndarray) -> None:
         """Store the array for ``path`` atomically."""
         if tuple(array.shape) != self.shape:
@@ -137,6 +150,7 @@ class FeatureExtractor:
         self.audio = audio
         self.logmel = LogMel(audio, features)
         self.cache = cache
+        self.shape = (features.n_mels, num_frames(audio, features))  # of every clip's features
 
     def compute(self, path: str | Path) -> np.ndarray:
         """Decode and transform one file: ``(n_mels, frames)`` float32 (raises ``DataError``)."""
@@ -170,3 +184,18 @@ class FeatureExtractor:
         if cached is not None:
             return cached, True
         return self.compute_and_store(path), False
+
+    def entry(self, path: str | Path) -> Path | None:
+        """The cache file of one file in its current state (None without a cache, or when the
+        file cannot be read: its features are then computed, and the error named, when asked for)."""
+        try:
+            return None if self.cache is None else self.cache.entry(path)
+        except OSError:
+            return None
+
+    def fill(self, path: str | Path, out: np.ndarray, entry: Path | None = None) -> None:
+        """Put one file's features in ``out`` (``shape``, C-contiguous float32): read from the
+        cache (``entry``: its cache file, found before) into it, or computed (and stored) when
+        not cached."""
+        if self.cache is None or not self.cache.load_into(path, out, entry):
+            out[...] = self.compute_and_store(path)

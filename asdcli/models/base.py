@@ -36,10 +36,6 @@ class Batch:
         runs while the host goes on)."""
         return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> "Batch":
-        """Copy of the batch in page-locked host memory, from which a CUDA copy need not block."""
-        return self._apply(lambda t: t.pin_memory())
-
     def _apply(self, fn: Callable[[Tensor], Tensor]) -> "Batch":
         return replace(
             self,

@@ -75,3 +75,24 @@ def test_corrupt_cache_entry_is_recomputed(setup):
     again, cached = extractor(path)
     assert not cached
     np.testing.assert_array_equal(good, again)
+
+
+def test_features_read_into_a_batch_row_and_a_damaged_entry_is_computed_again(setup):
+    cache_dir, audio, feats, path = setup
+    cache = FeatureCache(cache_dir, audio, feats)
+    extractor = FeatureExtractor(audio, feats, cache)
+    row = np.full(extractor.shape, np.nan, dtype=np.float32)
+    assert not cache.load_into(path, row)  # not cached yet
+    extractor.fill(path, row)  # computed and stored
+    good = extractor.compute(path)
+    np.testing.assert_array_equal(row, good)
+    row[...] = np.nan
+    assert cache.load_into(path, row)
+    np.testing.assert_array_equal(row, good)
+    for damage in (good.tobytes()[:-4], good.tobytes() + b"\0\0\0\0"):  # short, long
+        cache.entry(path).write_bytes(damage)
+        assert not cache.load_into(path, row)
+        row[...] = np.nan
+        extractor.fill(path, row)
+        np.testing.assert_array_equal(row, good)
+        assert cache.load_into(path, row)  # stored again whole

@@ -38,7 +38,7 @@ def test_prefetched_batches_are_the_batches_in_order(clipset, prefetch, workers)
 def test_at_most_prefetch_batches_wait_ahead_and_an_early_stop_leaves_no_thread(clipset, monkeypatch):
     loader = _with_loader(clipset, 2, 2)
     built, original = [], ClipSet.batch
-    monkeypatch.setattr(ClipSet, "batch", lambda self, indices: built.append(1) or original(self, indices))
+    monkeypatch.setattr(ClipSet, "batch", lambda self, *args: built.append(1) or original(self, *args))
     batches = loader.on_device(_chunks(len(clipset), 2), "cpu")
     next(batches)  # the consumer holds the first batch: the loader is suspended behind it
     assert len(built) == 3  # that one and two ahead, not the whole epoch
@@ -49,10 +49,10 @@ def test_at_most_prefetch_batches_wait_ahead_and_an_early_stop_leaves_no_thread(
 def test_a_failing_batch_reaches_the_consumer(clipset, monkeypatch):
     original = ClipSet.batch
 
-    def batch(self, indices):
+    def batch(self, indices, *args):
         if 0 in indices:
             raise DataError("clip 0: gone")
-        return original(self, indices)
+        return original(self, indices, *args)
 
     monkeypatch.setattr(ClipSet, "batch", batch)
     with pytest.raises(DataError, match="clip 0: gone"):
