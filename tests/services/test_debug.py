@@ -5,6 +5,7 @@ import math
 import struct
 
 import pytest
+import torch
 
 from asdcli.config import load_config
 from asdcli.errors import ConfigError, DataError
@@ -125,3 +126,23 @@ def test_plots_are_pngs_and_bad_logs_get_clear_errors(synth_root, cfg, run_with_
     (tmp_path / "bad.csv").write_text("kind,loss_total\nstep,1\n")
     with pytest.raises(DataError, match="missing column"):
         plot_debug([tmp_path / "bad.csv"], tmp_path / "y.png")
+
+
+def test_each_branch_trains_in_its_own_precision(synth_root, cfg, tmp_path, monkeypatch):
+    seen, original = [], TransformerAEBranch.loss
+
+    def loss(self, batch):
+        seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return original(self, batch)
+
+    monkeypatch.setattr(TransformerAEBranch, "loss", loss)
+    freeze_debug(synth_root, cfg.with_overrides(**{"branches.transformer_ae.precision": "bf16"}), [], 1,
+                 tmp_path / "a.csv")
+    assert seen and all(on and dtype == torch.bfloat16 for on, dtype in seen)
+    seen.clear()
+    freeze_debug(synth_root, cfg.with_overrides(**{"branches.transformer_ae.precision": "fp32"}), [], 1,
+                 tmp_path / "b.csv")
+    assert seen and not any(on for on, _ in seen)
+    with pytest.raises(ConfigError, match="branches.transformer_ae.precision"):
+        freeze_debug(synth_root, cfg.with_overrides(**{"branches.transformer_ae.precision": "fp16"}), [], 1,
+                     tmp_path / "c.csv")
