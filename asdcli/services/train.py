@@ -418,6 +418,7 @@ def train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, device
     stop being finite end the training with a :class:`TrainingError`, nothing of it saved.
     """
     name = canonical_name(name)
+    data, run_dir, cache_dir = Path(data), Path(run_dir), None if cache_dir is None else Path(cache_dir)
     device = device or torch.device("cpu")
     torch.use_deterministic_algorithms(True, warn_only=True)
     new_run = not is_run(run_dir)
