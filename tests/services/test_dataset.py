@@ -35,13 +35,17 @@ def test_prefetched_batches_are_the_batches_in_order(clipset, prefetch, workers)
         assert torch.equal(a.group, b.group) and torch.equal(a.label, b.label) and torch.equal(a.domain, b.domain)
 
 
-def test_at_most_prefetch_batches_wait_ahead_and_an_early_stop_leaves_no_thread(clipset, monkeypatch):
-    loader = _with_loader(clipset, 2, 2)
-    built, original = [], ClipSet.batch
-    monkeypatch.setattr(ClipSet, "batch", lambda self, *args: built.append(1) or original(self, *args))
-    batches = loader.on_device(_chunks(len(clipset), 2), "cpu")
+def test_at_most_prefetch_batches_wait_ahead_and_an_early_stop_leaves_no_thread(clipset):
+    loader, pulled = _with_loader(clipset, 2, 2), []
+
+    def chunks():
+        for chunk in _chunks(len(clipset), 2):
+            pulled.append(chunk)
+            yield chunk
+
+    batches = loader.on_device(chunks(), "cpu")
     next(batches)  # the consumer holds the first batch: the loader is suspended behind it
-    assert len(built) == 3  # that one and two ahead, not the whole epoch
+    assert len(pulled) == 3  # that one and two ahead, not the whole epoch
     batches.close()
     assert not [t for t in threading.enumerate() if t.name.startswith("asd-batches")]
 
