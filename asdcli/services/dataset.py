@@ -173,12 +173,6 @@ class ClipSet:
         return Batch(feats=torch.from_numpy(rows), group=group, domain=domain, label=label, wave=wave,
                      index=torch.from_numpy(index))
 
-    def batches(self, batch_size: int, order: Sequence[int] | None = None) -> Iterator[Batch]:
-        """Batches in ``order`` (default: the clips' order)."""
-        order = list(range(len(self))) if order is None else list(order)
-        for start in range(0, len(order), batch_size):
-            yield self.batch(order[start : start + batch_size])
-
     def on_device(self, chunks: Iterable[Sequence[int]], device: torch.device | str) -> Iterator[Batch]:
         """The batch of each chunk of clip indices on ``device``, in order. ``loader.prefetch``
         batches are assembled ahead by ``loader.workers`` threads (features read from the cache;
