@@ -101,13 +101,8 @@ class ArrayCache:
 
     def load(self, path: str | Path) -> np.ndarray | None:
         """The cached array, or ``None`` when absent or damaged."""
-        try:
-            flat = np.fromfile(self.entry(path), dtype=np.float32)
-        except (FileNotFoundError, OSError):
-            return None
-        if flat.size != int(np.prod(self.shape)):
-            return None
-        return flat.reshape(self.shape)
+        out = np.empty(self.shape, dtype=np.float32)
+        return out if self.load_into(path, out) else None
 
     def load_into(self, path: str | Path, out: np.ndarray, entry: Path | None = None) -> bool:
         """Read the cached array of ``path`` (from ``entry``, its :meth:`entry` found before)

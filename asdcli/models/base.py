@@ -6,7 +6,7 @@ import hashlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
-from typing import Callable, ClassVar, Iterable
+from typing import ClassVar, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -34,18 +34,18 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """Copy of the batch on ``device`` (``non_blocking``: from page-locked memory, the copy
         runs while the host goes on)."""
-        return self._apply(lambda t: t.to(device, non_blocking=non_blocking))
+        def move(t: Tensor) -> Tensor:
+            return t.to(device, non_blocking=non_blocking)
 
-    def _apply(self, fn: Callable[[Tensor], Tensor]) -> "Batch":
         return replace(
             self,
-            feats=fn(self.feats),
-            group=fn(self.group),
-            domain=fn(self.domain),
-            label=fn(self.label),
-            wave=None if self.wave is None else fn(self.wave),
-            embeddings={k: fn(v) for k, v in self.embeddings.items()},
-            index=None if self.index is None else fn(self.index),
+            feats=move(self.feats),
+            group=move(self.group),
+            domain=move(self.domain),
+            label=move(self.label),
+            wave=None if self.wave is None else move(self.wave),
+            embeddings={k: move(v) for k, v in self.embeddings.items()},
+            index=None if self.index is None else move(self.index),
         )
 
     def __len__(self) -> int:
