@@ -19,19 +19,22 @@ optimizer state for resuming, each written atomically.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
+import struct
 from pathlib import Path
+from typing import Iterator
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file, save_model
 from torch import nn
 
 from asdcli import __version__
 from asdcli.atomic import atomic_path, write_text
-from asdcli.errors import CheckpointError
+from asdcli.errors import CheckpointError, OutputError
 
 FORMAT_VERSION = 1
 
@@ -93,10 +96,34 @@ def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], d
         raise CheckpointError(f"{path}: damaged {what} ({error})") from None
 
 
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys (same length, same data): the
+    library writes its metadata in a random order, so identical tensors gave different bytes."""
+    with open(path, "r+b") as handle:
+        size = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:
+            handle.seek(8)
+            handle.write(text + b" " * (size - len(text)))
+
+
+@contextlib.contextmanager
+def _safetensors_file(path: Path) -> Iterator[str]:
+    """A temporary name for a safetensors writer; the file gets a canonical header and replaces
+    ``path`` atomically. A write that fails for lack of space or permission is one line."""
+    with atomic_path(path) as tmp:
+        try:
+            yield str(tmp)
+        except SafetensorError as error:  # its I/O errors are not OSError
+            raise OutputError(f"cannot write {path}: {error}") from None
+        _canonical_header(tmp)
+
+
 def save_weights(module: nn.Module, path: Path, meta: dict[str, str]) -> None:
     """Module parameters and buffers as safetensors (``save_model``), atomically."""
-    with atomic_path(path) as tmp:
-        save_model(module, str(tmp), metadata={"format_version": str(FORMAT_VERSION), **meta})
+    with _safetensors_file(path) as tmp:
+        save_model(module, tmp, metadata={"format_version": str(FORMAT_VERSION), **meta})
 
 
 def _resize_buffers(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
@@ -141,8 +168,8 @@ def save_training_state(module: nn.Module, optimizer: torch.optim.Optimizer, pat
             tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
     meta = {"format_version": str(FORMAT_VERSION),
             "progress": json.dumps({**progress, "param_groups": state["param_groups"]})}
-    with atomic_path(path) as tmp:
-        save_file({k: v.cpu() for k, v in tensors.items()}, str(tmp), metadata=meta)
+    with _safetensors_file(path) as tmp:
+        save_file({k: v.cpu() for k, v in tensors.items()}, tmp, metadata=meta)
 
 
 def training_progress(path: Path) -> dict | None:
@@ -181,8 +208,8 @@ def load_training_state(module: nn.Module, optimizer: torch.optim.Optimizer, pat
 
 def save_arrays(path: Path, arrays: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
     """Named tensors as safetensors with string metadata, atomically."""
-    with atomic_path(path) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, str(tmp),
+    with _safetensors_file(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, tmp,
                   metadata={"format_version": str(FORMAT_VERSION), **meta})
 
 

@@ -264,8 +264,12 @@ class FusionConfig(Section):
     weight_decay: float = Field(1e-3, ge=0)
     loss: Literal["bce", "rank"] = Field("bce", description="bce: class- and section-balanced cross-entropy; rank: "
                                          "pairwise ranking loss within each section (an AUC surrogate)")
-    prior_temperature: float = Field(0.02, gt=0, description="the attention prior is softmax((AUC_k - max AUC) / this) "
-                                     "of each branch's normal-vs-pseudo-anomaly AUC")
+    prior: str = Field("builtin", min_length=1, description="the prior over branches learned from labelled faults of "
+                       "other machines: 'builtin' (shipped, learned from real development recordings), a file made by "
+                       "asd learn-prior, or 'none' (the machine's own pseudo-anomalies alone decide)")
+    prior_temperature: float = Field(0.02, gt=0, description="the pseudo-anomaly evidence is softmax((AUC_k - max AUC) / "
+                                     "this) of each branch's normal-vs-pseudo-anomaly AUC (or their standard error, "
+                                     "if larger); the prior's trust says how far it moves the weights")
     prior_penalty: float = Field(10.0, ge=0, description="weight of KL(attention || prior) in the loss: keeps the "
                                  "per-clip attention near the prior where pseudo-anomalies would pull it away")
 

@@ -27,6 +27,8 @@ class Source:
     mid: str
     label: str
     trainable: bool  # a normal clip that folds may put into training
+    name: str | None = None  # keep this file name (a 2021+ name with its domain and attributes)
+    split: str | None = None  # a fixed split ("train"/"test") that folds never change
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class RealSet:
     description: str
     clips: tuple[Source, ...]
     train_share: float | dict[str, float]
+    role: str = "judge"  # "judge": detection is measured on it; "coverage": too few test clips to rank anything
 
 
 def _dcase2020(folder: Path, machine: str, trainable: bool) -> list[Source]:
@@ -79,6 +82,48 @@ def real_sets(root: Path) -> dict[str, RealSet]:
         sets["dcase2020-slider"] = RealSet("dcase2020-slider", "DCASE 2020 slider id_00: 60 of 75 training normals "
                                            "train per fold, 15 join the 5 test normals; 4 anomalies",
                                            tuple(train + test), 0.8)
+    sets.update(_machine_type_sets(root))
+    mini23 = root / "dcase2023-mini"
+    if mini23.is_dir():
+        clips = [Source(p, p.parent.parent.name, "00", "anomaly" if "_anomaly_" in p.name else "normal", False,
+                        name=p.name, split=p.parent.name) for p in sorted(mini23.glob("*/*/*.wav"))]
+        sets["dcase2023-mini"] = RealSet("dcase2023-mini", "DCASE 2023, 7 machine types as 7 sections of 2 training "
+                                         "clips each (fixed split, 2021+ names); 4 sections with 1 normal + 1 anomaly "
+                                         "to judge: every fold is the same split, only the seed changes",
+                                         tuple(clips), 0.0, role="coverage")
+    return sets
+
+
+# machine ID folders of the DCASE 2020 samples that other sets already use
+_USED_IDS = {("slider", "00")}
+_MIMII_8CH = {"pump": "pump", "slider": "slider", "valve": "valve"}
+
+
+def _machine_type_sets(root: Path) -> dict[str, RealSet]:
+    """One few-clip set per DCASE 2020 machine type: the normal and anomalous sample clips of every
+    machine ID (``real-dev/dcase2020-samples``), the test clips of ``dcase2020-mini`` and the raw
+    8-channel MIMII pair of the same machine type (``mimii-8ch``), all IDs as one section: half of
+    the normals train per fold. A machine type whose clips come from several units is what a user
+    with a few recordings of each of their machines has."""
+    samples, mini, mimii = root / "real-dev" / "dcase2020-samples", root / "dcase2020-mini", root / "mimii-8ch"
+    sets = {}
+    for machine in sorted(p.name for p in samples.iterdir() if p.is_dir()) if samples.is_dir() else []:
+        clips = [s for s in _dcase2020(samples / machine, machine, True) if (machine, s.mid) not in _USED_IDS]
+        if machine != "slider":
+            clips += _dcase2020(mini / machine / "test", machine, True)
+        clips = [Source(s.path, machine, "00", s.label, s.trainable) for s in clips]
+        if machine in _MIMII_8CH and mimii.is_dir():
+            for label, suffix in (("normal", "normal"), ("anomaly", "abnormal")):
+                path = mimii / f"{_MIMII_8CH[machine]}_{suffix}.wav"
+                if path.exists():
+                    clips.append(Source(path, machine, "00", label, label == "normal"))
+        normals = sum(s.label == "normal" for s in clips)
+        anomalies = len(clips) - normals
+        if normals >= 4 and anomalies >= 2:
+            sets[f"dcase2020-{machine}-ids"] = RealSet(
+                f"dcase2020-{machine}-ids", f"DCASE 2020 {machine}, every machine ID as one section: "
+                f"{normals // 2} of {normals} normals train per fold; {anomalies} anomalies",
+                tuple(clips), 0.5)
     return sets
 
 
@@ -92,8 +137,8 @@ def build_fold(real: RealSet, fold: int, out: Path) -> tuple[Path, list[tuple[st
         share = real.train_share if isinstance(real.train_share, float) else real.train_share[key[1]]
         count = int(round(share * len(movable)))
         chosen |= {movable[i].path for i in rng.permutation(len(movable))[:count]}
-    train = [s for s in real.clips if s.path in chosen]
-    test = [s for s in real.clips if s.path not in chosen]
+    train = [s for s in real.clips if s.path in chosen or s.split == "train"]
+    test = [s for s in real.clips if s not in train]
     root = out / "data"
     pairs = []
     counters: dict[tuple, int] = {}
@@ -101,7 +146,7 @@ def build_fold(real: RealSet, fold: int, out: Path) -> tuple[Path, list[tuple[st
         for s in items:
             key = (s.machine, split, s.label, s.mid)
             index = counters[key] = counters.get(key, -1) + 1
-            link = root / s.machine / split / f"{s.label}_id_{s.mid}_{index:08d}.wav"
+            link = root / s.machine / split / (s.name or f"{s.label}_id_{s.mid}_{index:08d}.wav")
             link.parent.mkdir(parents=True, exist_ok=True)
             if not link.exists():
                 link.symlink_to(s.path.resolve())

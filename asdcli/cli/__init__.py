@@ -20,6 +20,7 @@ COMMANDS = {
     "features": ("features", "Compute and cache the log-mel features of every clip."),
     "train-branch": ("train_branch", "Train one branch (b1..b5) on the normal training clips."),
     "train-fusion": ("train_fusion", "Fit the attention fusion head on normal clips vs pseudo-anomalies."),
+    "learn-prior": ("learn_prior", "Learn the fusion's prior over branches from labelled runs of other machines."),
     "meta-train": ("meta_train", "Meta-train the final classifier with MAML over the machine sections."),
     "score": ("score", "Anomaly score (and decision) per clip; DCASE files with --out-dir."),
     "evaluate": ("evaluate", "The official DCASE evaluator's figures from score and decision files."),

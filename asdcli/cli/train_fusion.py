@@ -11,6 +11,7 @@ from rich.table import Table
 from asdcli.cli.common import (DeviceOption, DataOption, RunOption, SeedOption, err, gpu_or_cpu, handle_errors, out, progress_bar,
                                report_failures, resolve_run_config, run_config_option)
 from asdcli.services.fuse import train_fusion as train_service
+from asdcli.services.info import prior_summary
 
 
 @handle_errors
@@ -38,14 +39,15 @@ def train_fusion(
     for name, reason in result.left_out.items():
         err.print(f"[yellow]notice:[/] {name} left out: {reason}", highlight=False)
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
+    prior = result.prior
     table = Table(title=f"fusion of {len(result.branches)} branches -> {run}",
-                  caption=f"examples: {counts}; final loss {result.loss:.4f}; prior temperature "
-                          f"{result.prior_temperature:.3f}. Fair AUC: on the pseudo-anomaly kinds the branch's "
-                          "own training did not already separate; it sets the attention prior.")
-    for column in ("branch", "mean attention weight", "pseudo-anomaly AUC (mean over sections)", "fair AUC"):
+                  caption=f"examples: {counts}; {prior_summary(prior)}. Fair AUC: normal vs the pseudo-anomaly kinds "
+                          f"the branch's own training did not already separate (temperature "
+                          f"{result.prior_temperature:.3f}); it moves the weights by the trust.")
+    for column in ("branch", "prior", "pseudo-anomaly AUC (mean over sections)", "fair AUC", "mean attention weight"):
         table.add_column(column, justify="left" if column == "branch" else "right")
     for name in result.branches:
-        table.add_row(name, f"{result.mean_weights[name]:.3f}", f"{result.pseudo_auc[name]:.3f}",
-                      f"{result.fair_pseudo_auc[name]:.3f}")
+        table.add_row(name, f"{prior['prior_weights'][name]:.3f}", f"{result.pseudo_auc[name]:.3f}",
+                      f"{result.fair_pseudo_auc[name]:.3f}", f"{result.mean_weights[name]:.3f}")
     table.add_row("fused", "", f"{result.pseudo_auc['fused']:.3f}", "")
     out.print(table)

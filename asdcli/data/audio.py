@@ -13,8 +13,9 @@ from asdcli.config import AudioConfig
 from asdcli.errors import DataError
 
 
-def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
-    """Decode a file with soundfile. Returns ``(samples (frames, channels) float32, sample_rate)``.
+def read_audio(path: str | Path, seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Decode a file with soundfile (its first ``seconds`` and a little more, where given: what
+    :func:`prepare_wave` keeps). Returns ``(samples (frames, channels) float32, sample_rate)``.
 
     Raises :class:`DataError` naming the file when it is empty, corrupt or not audio.
     """
@@ -31,13 +32,14 @@ def read_audio(path: str | Path) -> tuple[np.ndarray, int]:
     _check_wav_length(path, size)
     try:
         with sf.SoundFile(str(path)) as handle:
-            rate = handle.samplerate
+            rate = check_rate(handle.samplerate, str(path))
+            frames = -1 if seconds is None else int(np.ceil(seconds * rate)) + rate // 100 + 256
             if handle.subtype == "PCM_16":
                 # Reading int16 and scaling is 2-3x faster than libsndfile's float conversion
                 # and gives the same values (libsndfile also divides by 32768).
-                data = handle.read(dtype="int16", always_2d=True).astype(np.float32) * np.float32(1 / 32768)
+                data = handle.read(frames, dtype="int16", always_2d=True).astype(np.float32) * np.float32(1 / 32768)
             else:
-                data = handle.read(dtype="float32", always_2d=True)
+                data = handle.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         raise DataError(f"{path}: not a readable WAV/FLAC audio file ({error})") from None
     if data.shape[0] == 0:
@@ -99,19 +101,34 @@ def load_audio(path: str | Path, cfg: AudioConfig) -> torch.Tensor:
     ``cfg.duration_s``. Raises :class:`DataError` naming the file for every unusable input.
     """
     path = Path(path)
-    data, rate = read_audio(path)
+    data, rate = read_audio(path, cfg.duration_s)
     return prepare_wave(select_channel(data, cfg.channel, path), rate, cfg, str(path))
+
+
+MIN_RATE = 1000  # Hz: below this a file is not a recording of machine sound (and resampling it costs gigabytes)
+
+
+def check_rate(rate: object, what: str) -> int:
+    """``rate`` as a sample rate in Hz, or a :class:`DataError` naming ``what``."""
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)) or not np.isfinite(rate) \
+            or rate != int(rate) or rate < MIN_RATE:
+        raise DataError(f"{what}: sample rate {rate!r} Hz is not usable (a whole number of at least {MIN_RATE} Hz)")
+    return int(rate)
 
 
 def prepare_wave(mono: np.ndarray, rate: int, cfg: AudioConfig, what: str) -> torch.Tensor:
     """A mono waveform (samples,) at ``rate`` -> float32 at ``cfg.sample_rate``, cropped or tiled
-    to ``cfg.duration_s``; a :class:`DataError` naming ``what`` when it is unusable."""
+    to ``cfg.duration_s``; a :class:`DataError` naming ``what`` when it is unusable. A long clip is
+    cut before resampling (keeping a margin wider than the resampling filter, so the kept samples
+    are those of resampling the whole clip): its cost does not grow with the file."""
+    rate = check_rate(rate, what)
     if not np.isfinite(mono).all():
         raise DataError(f"{what}: contains NaN or infinite samples")
     duration = mono.shape[0] / rate
     if duration < cfg.min_duration_s:
         raise DataError(f"{what}: too short ({duration:.3f} s; audio.min_duration_s is {cfg.min_duration_s} s)")
-    wave = torch.from_numpy(np.ascontiguousarray(mono, dtype=np.float32))
+    needed = -(-cfg.num_samples * rate // cfg.sample_rate) + rate // 100 + 256
+    wave = torch.from_numpy(np.ascontiguousarray(mono[:needed], dtype=np.float32))
     if rate != cfg.sample_rate:
         wave = AF.resample(wave, rate, cfg.sample_rate)
     return fit_length(wave, cfg.num_samples)

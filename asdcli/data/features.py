@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from asdcli.atomic import atomic_open, write_text
 from asdcli.config import AudioConfig, FeatureConfig, settings_digest
 from asdcli.data.audio import load_audio
-from asdcli.errors import DataError
+from asdcli.errors import DataError, OutputError
 
 # Same floor as the DCASE baselines: 20 / power * log10(mel + float epsilon).
 LOG_EPS = sys.float_info.epsilon
@@ -87,6 +87,7 @@ class ArrayCache:
         self.folder = self.root / digest
         self.shape = tuple(shape)
         self._settings = settings
+        self.problem: str | None = None  # why an entry could not be stored (the first reason)
 
     def _ensure_folder(self) -> None:
         if not (self.folder / "settings.json").exists():
@@ -118,13 +119,17 @@ class ArrayCache:
             return False
 
     def save(self, path: str | Path, array: np.ndarray) -> None:
-        """Store the array for ``path`` atomically."""
+        """Store the array for ``path`` atomically. The cache only saves time: where it cannot be
+        written (a full or read-only disk) the entry is not stored and :attr:`problem` says why."""
         if tuple(array.shape) != self.shape:
             raise ValueError(f"array of shape {array.shape}, cache expects {self.shape}")
-        self._ensure_folder()
-        # No fsync: a lost write leaves a short or missing entry, which load() treats as absent.
-        with atomic_open(self.entry(path), "wb", fsync=False) as handle:
-            handle.write(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        try:
+            self._ensure_folder()
+            # No fsync: a lost write leaves a short or missing entry, which load() treats as absent.
+            with atomic_open(self.entry(path), "wb", fsync=False) as handle:
+                handle.write(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+        except (OutputError, OSError) as error:
+            self.problem = self.problem or f"the cache under {self.root} cannot be written ({error}); going on without it"
 
 
 class FeatureCache(ArrayCache):

@@ -29,6 +29,7 @@ class BranchScores:
     clips: list[Clip]
     scores: dict[str, np.ndarray]
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
 
 
 def load_with_upstream(run: Run, names: list[str], device) -> tuple[dict[str, Branch], dict[str, Branch]]:
@@ -79,7 +80,8 @@ def score_branches(run_dir: Path | Run, names: list[str], clips: list[Clip], cac
         scored += clipset.clips
     if not scored:
         raise DataError("none of the clips could be read: " + "; ".join(m for _, m in failures[:3]))
-    return BranchScores(scored, {n: np.concatenate(v) for n, v in scores.items()}, failures)
+    problems = [c.problem for c in [extractor.cache, *(c for _, c in caches.caches.values())] if c and c.problem]
+    return BranchScores(scored, {n: np.concatenate(v) for n, v in scores.items()}, failures, problems[:1])
 
 
 def trained_branches(run_dir: Path | Run) -> list[str]:
@@ -110,14 +112,30 @@ def unfinished_branches(run_dir: Path | Run) -> dict[str, str]:
     return out
 
 
+def _spread(meta: BranchMeta) -> float:
+    """The median spread of the sections with at least two training scores (1 where none has)."""
+    stds = [e.std for e in meta.score_stats.values() if e.count >= 2 and e.std > 0]
+    return float(max(np.median(stds), 1e-6)) if stds else 1.0
+
+
 def _stats(meta: BranchMeta, group: str) -> tuple[float, float] | None:
     entry = meta.score_stats.get(group)
-    return None if entry is None else (entry.mean, max(entry.std, 1e-6))
+    if entry is None:
+        return None
+    if entry.count < 2 or entry.std <= 1e-9 * max(1.0, abs(entry.mean)):
+        return entry.mean, _spread(meta)  # one clip has no spread: borrow the other sections'
+    return entry.mean, max(entry.std, 1e-6)
+
+
+def thin_sections(meta: BranchMeta) -> list[str]:
+    """Sections whose training scores have no spread of their own (fewer than two clips, or all
+    equal): :func:`normalize` borrows the other sections' spread for them."""
+    return [g for g, e in meta.score_stats.items() if e.count < 2 or e.std <= 1e-9 * max(1.0, abs(e.mean))]
 
 
 def _pooled_stats(meta: BranchMeta) -> tuple[float, float]:
     entries = list(meta.score_stats.values())
-    return float(np.median([e.mean for e in entries])), float(max(np.median([e.std for e in entries]), 1e-6))
+    return float(np.median([e.mean for e in entries])), _spread(meta)
 
 
 def normalize(values: np.ndarray, groups: list[str], meta: BranchMeta) -> np.ndarray:

@@ -17,7 +17,7 @@ from asdcli.config import AsdConfig
 from asdcli.data.audio import load_audio
 from asdcli.data.features import FeatureCache, FeatureExtractor
 from asdcli.data.layout import Clip
-from asdcli.errors import DataError
+from asdcli.errors import DataError, OutputError
 
 
 def default_cache_dir() -> Path:
@@ -132,4 +132,6 @@ def extract_features(clips: list[Clip], config: AsdConfig, cache_dir: str | Path
         report.add(item)
         if on_item is not None:
             on_item(item)
+    if extractor.cache is not None and extractor.cache.problem:  # filling the cache is this command's job
+        raise OutputError(extractor.cache.problem.replace("; going on without it", ""))
     return report

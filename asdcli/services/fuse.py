@@ -17,11 +17,12 @@ from asdcli.metrics import auc
 from asdcli.models.fusion_attention import (AttentionFusion, balanced_bce, pairwise_rank_loss, prior_kl,
                                              separability_prior)
 from asdcli.models.registry import BRANCHES, canonical_name
+from asdcli.services.branch_prior import BranchPrior, combine, load_prior, prior_digest
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
-from asdcli.services.reliability import heldout_gap, left_out_reason
+from asdcli.services.reliability import split_usable
 from asdcli.services.run_meta import FusionMeta, read_typed
-from asdcli.services.runs import Run, commit_stage, open_run, read_branch_meta
+from asdcli.services.runs import Run, commit_stage, open_run, read_branch_meta, writing
 
 
 def file_digest(path: Path) -> str:
@@ -49,19 +50,9 @@ def branch_digests(run: Run, names: list[str]) -> dict[str, str]:
 
 def usable_branches(run: Run, names: list[str], config: AsdConfig) -> tuple[list[str], dict[str, str]]:
     """``names`` split into the branches to fuse and those left out, with why
-    (:func:`~asdcli.services.reliability.left_out_reason`). Where every branch would be left out,
-    the one whose held-out clips score lowest is kept (its reason says so)."""
+    (:func:`~asdcli.services.reliability.split_usable`)."""
     metas = {n: read_branch_meta(run, n) for n in {*names, *trained_branches(run)}}
-    left_out = {n: r for n in names if (r := left_out_reason(n, metas, config)) is not None}
-    kept = [n for n in names if n not in left_out]
-    if not kept:
-        def gap(name: str) -> float:
-            z = heldout_gap(metas[name].heldout)
-            return float("inf") if metas[name].limitation or z is None else z
-        least = min(names, key=gap)
-        kept = [least]
-        left_out.pop(least)
-    return kept, left_out
+    return split_usable(names, metas, config)
 
 
 @dataclass
@@ -81,6 +72,7 @@ class FusionResult:
     fair_pseudo_auc: dict[str, float] = field(default_factory=dict)  # on the kinds each branch was not trained on
     prior_temperature: float = float("nan")
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    prior: dict = field(default_factory=dict)  # :func:`prior_record`
 
 
 def section_auc(examples: Examples, score: np.ndarray, pseudo: np.ndarray | None = None) -> float:
@@ -128,18 +120,49 @@ def fusion_prior(examples: Examples, config: AsdConfig) -> tuple[torch.Tensor, f
     return separability_prior(values, temperature), temperature, list(aucs)
 
 
-def fit_fusion(examples: Examples, config: AsdConfig,
-               prior: torch.Tensor | None = None) -> tuple[AttentionFusion, float]:
-    """Full-batch AdamW on ``fusion.loss`` plus a pull toward the separability prior
-    (:func:`fusion_prior`; deterministic on CPU). The prior matters: many pseudo-anomalies are
-    easy for every branch, so the loss alone cannot tell a branch that finds subtle faults from
-    one that finds only the gross ones. The loss sees only pseudo-anomalies that no fused branch
-    was trained to separate; where none is left, the head keeps its prior."""
+@dataclass
+class Start:
+    """Where the attention starts: the labelled prior's weights (K,), the weights the machine's own
+    pseudo-anomalies give (K,), how far those are trusted, their temperature and each branch's
+    fair separability (AUC), and the combined start (K,)."""
+
+    prior: np.ndarray
+    evidence: np.ndarray
+    trust: float
+    temperature: float
+    fair_auc: list[float]
+    weights: np.ndarray
+    source: BranchPrior | None
+
+
+def attention_start(examples: Examples, config: AsdConfig) -> Start:
+    """The attention's start: ``fusion.prior`` (learned from labelled faults of other machines,
+    :mod:`~asdcli.services.branch_prior`) moved toward this machine's pseudo-anomaly evidence
+    (:func:`fusion_prior`) by the prior's trust; with ``fusion.prior: none``, the evidence alone."""
+    evidence, temperature, fair = fusion_prior(examples, config)
+    source = load_prior(config.fusion.prior)
+    k = len(examples.branches)
+    prior = source.weights(examples.branches) if source is not None else np.full(k, 1.0 / k)
+    trust = source.trust if source is not None else 1.0
+    weights = combine(prior, evidence.double().numpy(), trust)
+    return Start(prior, evidence.double().numpy(), trust, temperature, fair, weights, source)
+
+
+def fit_fusion(examples: Examples, config: AsdConfig, start: Start | None = None) -> tuple[AttentionFusion, float]:
+    """Full-batch AdamW on ``fusion.loss`` plus a pull toward the start (:func:`attention_start`;
+    deterministic on CPU). The loss sees only pseudo-anomalies that no fused branch was trained to
+    separate; where none is left, or where the prior does not trust pseudo-anomalies at all
+    (trust 0), the head keeps its start. The pull is ``fusion.prior_penalty / trust``: the less the
+    labelled data trusted pseudo-anomalies, the less they move the per-clip attention."""
     torch.manual_seed(config.seed)
     cfg = config.fusion
     model = AttentionFusion(len(examples.branches), cfg.hidden)
-    prior = fusion_prior(examples, config)[0] if prior is None else prior
+    start = attention_start(examples, config) if start is None else start
+    prior = torch.from_numpy(start.weights).float()
     model.set_prior(prior)
+    if start.trust <= 0:
+        return model.eval(), float("nan")
+    penalty = cfg.prior_penalty / start.trust
     fair = np.logical_and.reduce([examples.fair_pseudo(k) for k in range(len(examples.branches))])
     rows = torch.from_numpy(np.flatnonzero((examples.label == 0) | fair))
     z = torch.from_numpy(examples.z).float()[rows]  # (N', K)
@@ -155,7 +178,7 @@ def fit_fusion(examples: Examples, config: AsdConfig,
             fit = pairwise_rank_loss(out.fused, label, group)
         else:
             fit = balanced_bce(out.logit, label, group)
-        loss = fit + cfg.prior_penalty * prior_kl(out.weights, prior)
+        loss = fit + penalty * prior_kl(out.weights, prior)
         loss.backward()
         optimizer.step()
     return model.eval(), float(loss.detach())
@@ -171,10 +194,16 @@ def train_fusion(data: Path, run_dir: Path | Run, config: AsdConfig, names: list
     if not names:
         raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")
     names, left_out = usable_branches(run, names, config)
+    with writing(run.path, "fusion"):
+        return _train_fusion(run, data, names, left_out, config, device, progress)
+
+
+def _train_fusion(run: Run, data: Path, names: list[str], left_out: dict[str, str], config: AsdConfig,
+                  device: torch.device | str, progress: Callable[[int, int], None] | None) -> FusionResult:
     weights_path, meta_path, examples_path = run.fusion_weights, run.fusion_meta, run.examples
     examples = build_examples(run, data, names, config, device, progress)
-    prior, temperature, fair_auc = fusion_prior(examples, config)
-    model, loss = fit_fusion(examples, config, prior)
+    start = attention_start(examples, config)
+    model, loss = fit_fusion(examples, config, start)
     with torch.no_grad():
         out = model(torch.from_numpy(examples.z).float())
     pseudo_auc = {n: section_auc(examples, examples.z[:, k]) for k, n in enumerate(names)}
@@ -187,12 +216,27 @@ def train_fusion(data: Path, run_dir: Path | Run, config: AsdConfig, names: list
             "format_version": FORMAT_VERSION, "status": "complete", "branches": names, "left_out": left_out,
             "branch_digests": branch_digests(run, names), "hidden": config.fusion.hidden,
             "config": config.model_dump(mode="json"), "loss": loss, "examples": examples.counts(),
-            "mean_weights": mean_weights, "pseudo_auc": pseudo_auc, "fair_pseudo_auc": dict(zip(names, fair_auc)),
-            "trained_kinds": examples.trained_kinds, "prior_temperature": temperature, "versions": versions(),
+            "mean_weights": mean_weights, "pseudo_auc": pseudo_auc, "fair_pseudo_auc": dict(zip(names, start.fair_auc)),
+            "trained_kinds": examples.trained_kinds, "prior_temperature": start.temperature, "versions": versions(),
+            "prior": prior_record(start, names),
         })
     missing = [n for n in BRANCHES if n not in names and n not in left_out]
     return FusionResult(names, missing, left_out, examples.counts(), loss, mean_weights, pseudo_auc,
-                        dict(zip(names, fair_auc)), temperature, examples.skipped)
+                        dict(zip(names, start.fair_auc)), start.temperature, examples.skipped,
+                        prior_record(start, names))
+
+
+def prior_record(start: Start, names: list[str]) -> dict:
+    """What ``fusion.json`` says of the attention's start: the labelled prior's origin and
+    weights, the pseudo-anomaly evidence, the trust and the combined start, per branch."""
+    source = start.source
+    return {"source": "none" if source is None else source.source.description,
+            "sets": [] if source is None else source.source.sets,
+            "digest": None if source is None else prior_digest(source),
+            "trust": start.trust, "temperature": None if source is None else source.temperature,
+            "prior_weights": dict(zip(names, start.prior.tolist())),
+            "evidence_weights": dict(zip(names, start.evidence.tolist())),
+            "start_weights": dict(zip(names, start.weights.tolist()))}
 
 
 def stale_branches(run: Run, meta: FusionMeta) -> list[str]:

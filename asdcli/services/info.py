@@ -13,7 +13,7 @@ from asdcli.services.fuse import stale_branches
 from asdcli.services.meta import fusion_changed
 from asdcli.services.reliability import heldout_gap
 from asdcli.services.run_meta import FusionMeta, MetaMeta, read_typed
-from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
+from asdcli.services.runs import Run, open_run, read_branch_meta, reading, run_config, stored_config
 
 
 @dataclass
@@ -80,11 +80,23 @@ def _fusion_stage(run: Run) -> Stage:
     detail = f"mean attention {weights}"
     if meta.left_out:
         detail += "; left out: " + ", ".join(meta.left_out)
+    detail += "; " + prior_summary(meta.prior)
     settings = {"hidden": meta.hidden, "epochs": meta.config.get("fusion", {}).get("epochs"),
                 "prior T": round(meta.prior_temperature, 3) if meta.prior_temperature is not None else "-"}
     if stale:
         return Stage("fusion head", "stale", f"{', '.join(stale)} retrained after it: rerun asd train-fusion", settings)
     return Stage("fusion head", "finished", detail, settings)
+
+
+def prior_summary(prior: dict) -> str:
+    """Where a fusion head's prior over branches came from (``fusion.json`` ``prior``)."""
+    if not prior:
+        return "prior: the pseudo-anomalies alone (fused before labelled priors existed)"
+    if prior.get("source") == "none":
+        return "prior: none (fusion.prior none: the pseudo-anomalies alone)"
+    weights = ", ".join(f"{BRANCHES[n].bid} {w:.2f}" for n, w in prior.get("prior_weights", {}).items() if n in BRANCHES)
+    return (f"prior {weights} learned from labelled faults of {', '.join(prior.get('sets', [])) or '?'} "
+            f"({prior.get('source')}; digest {prior.get('digest')}), pseudo-anomaly trust {prior.get('trust')}")
 
 
 def _meta_stage(run: Run) -> Stage:
@@ -109,6 +121,11 @@ def _meta_stage(run: Run) -> Stage:
 def run_info(run_dir: Path) -> RunInfo:
     """Everything :class:`RunInfo` says of the run folder ``run_dir``."""
     run = open_run(run_dir)
+    with reading(run.path):
+        return _run_info(run)
+
+
+def _run_info(run: Run) -> RunInfo:
     stages = [_branch_stage(run, name) for name in BRANCHES] + [_fusion_stage(run), _meta_stage(run)]
     sections = {g: 0 for g in run.vocab.groups}
     for name in BRANCHES:

@@ -26,14 +26,13 @@ from asdcli.models.meta_learner import MetaClassifier, adapted, adapted_copy, ma
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.fuse import is_current, load_fusion, stage_digest
 from asdcli.services.run_meta import MetaMeta, read_typed
-from asdcli.services.runs import Run, commit_stage, open_run
+from asdcli.services.runs import Run, commit_stage, open_run, run_file, writing
 
 
 def meta_examples(run: Run, meta: MetaMeta) -> Examples:
     """The examples the meta-learner (metadata ``meta``) was trained on and adapts from: its own
     (``meta-train --data``) or else the fusion head's."""
-    name = meta.examples
-    return Examples.load(run.path / name)
+    return Examples.load(run_file(run.path, meta.examples, run.meta_meta, "examples"))
 
 
 def fused_features(fusion: AttentionFusion, z: np.ndarray) -> Tensor:
@@ -184,6 +183,13 @@ def meta_train(run_dir: Path | Run, config: AsdConfig, holdout: list[str] | None
     its own, freshly made pseudo-anomalies (``meta_examples.safetensors``), so that it learns and
     adapts on fused scores of clips the fusion head never fitted. Writes ``meta.safetensors`` + ``meta.json``."""
     run, holdout = open_run(run_dir), list(holdout or [])
+    with writing(run.path, "meta-learner"):
+        return _meta_train(run, config, holdout, progress, data, device, example_progress)
+
+
+def _meta_train(run: Run, config: AsdConfig, holdout: list[str], progress: Callable[[int, int, float], None] | None,
+                data: Path | None, device: torch.device | str,
+                example_progress: Callable[[int, int], None] | None) -> MetaResult:
     fusion, fusion_meta = load_fusion(run)
     if data is None:
         examples_name = run.examples.name

@@ -80,6 +80,22 @@ def left_out_reason(name: str, metas: dict[str, BranchMeta], config: AsdConfig) 
     return None
 
 
+def split_usable(names: list[str], metas: dict[str, BranchMeta], config: AsdConfig) -> tuple[list[str], dict[str, str]]:
+    """``names`` split into the branches to fuse and those left out, with why
+    (:func:`left_out_reason`; ``metas`` holds every trained branch's metadata). Where every
+    branch would be left out, the one whose held-out clips score lowest is kept (its reason says so)."""
+    left_out = {n: r for n in names if (r := left_out_reason(n, metas, config)) is not None}
+    kept = [n for n in names if n not in left_out]
+    if not kept:
+        def gap(name: str) -> float:
+            z = heldout_gap(metas[name].heldout)
+            return float("inf") if metas[name].limitation or z is None else z
+        least = min(names, key=gap)
+        kept = [least]
+        left_out.pop(least)
+    return kept, left_out
+
+
 def heldout_summary(held: HeldOut) -> str:
     """One phrase on how a branch's held-out clips scored (:func:`heldout_check`)."""
     text = f"its {held.clips} held-out normal clip(s) score {held.median_z:+.1f} standard deviations above its training clips"

@@ -5,11 +5,24 @@ foreign file is one error naming the file and the field, not a failure deep in s
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+
+
+from asdcli.models.registry import BRANCHES
 
 from asdcli.errors import CheckpointError
+
+
+def _branch_name(name: str) -> str:
+    """A branch name read from a record must be one of the registry's: records name files by it."""
+    if name not in BRANCHES:
+        raise ValueError(f"{name!r} is not a branch (choose from {', '.join(BRANCHES)})")
+    return name
+
+
+BranchName = Annotated[str, AfterValidator(_branch_name)]
 
 
 class _Meta(BaseModel):
@@ -57,7 +70,7 @@ class BranchMeta(_Meta):
     groups: list[str]
     score_stats: dict[str, ScoreStats]
     embed_dims: dict[str, int] = {}
-    upstream: list[str] = []
+    upstream: list[BranchName] = []
     extra: dict | None = None
     heldout: HeldOut | None = None
     limitation: str | None = None
@@ -67,14 +80,15 @@ class BranchMeta(_Meta):
 class FusionMeta(_Meta):
     """``fusion.json``."""
 
-    branches: list[str]
-    branch_digests: dict[str, str]
+    branches: list[BranchName]
+    branch_digests: dict[BranchName, str]
     hidden: int
     loss: float
     left_out: dict[str, str] = {}
     mean_weights: dict[str, float] = {}
     config: dict = {}
     prior_temperature: float | None = None
+    prior: dict = {}  # :func:`asdcli.services.fuse.prior_record`; absent in runs fused before priors existed
 
 
 class MetaMeta(_Meta):

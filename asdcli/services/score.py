@@ -18,13 +18,14 @@ from asdcli.errors import CheckpointError, DataError
 from asdcli.metrics import fpr_threshold, gamma_threshold
 from asdcli.models.base import Batch
 from asdcli.models.registry import canonical_name
-from asdcli.services.branch_scores import load_with_upstream, normalize, score_branches, trained_branches, unfinished_branches
+from asdcli.services.branch_scores import (load_with_upstream, normalize, score_branches, thin_sections, trained_branches,
+                                          unfinished_branches)
 from asdcli.services.examples import Examples, Normals, normal_examples
 from asdcli.services.fuse import load_fusion, usable_branches
 from asdcli.services.meta import MetaLearner, fused_features, load_meta, meta_examples, support_rows
 from asdcli.services.adapt import Support, section_support
 from asdcli.services.run_meta import BranchMeta
-from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
+from asdcli.services.runs import Run, open_run, read_branch_meta, reading, run_config, stored_config
 from asdcli.services.train import with_embeddings
 
 METHODS = {
@@ -144,7 +145,7 @@ def _train_finals(pipe: _Pipeline, normals: Normals) -> dict[str, np.ndarray]:
     return out
 
 
-def _notices(pipe: _Pipeline, groups: list[str]) -> list[str]:
+def _notices(pipe: _Pipeline, groups: list[str], metas: dict[str, BranchMeta]) -> list[str]:
     run = pipe.run
     known = set(pipe.run.vocab.groups) | set(pipe.support.z if pipe.support else ())
     adapted = sorted(set(groups) & set(pipe.support.z)) if pipe.support else []
@@ -154,6 +155,11 @@ def _notices(pipe: _Pipeline, groups: list[str]) -> list[str]:
     notices += [f"section {g}: statistics from the --support clips" + (", meta-learner adapted to them"
                 if pipe.meta is not None else "") for g in adapted]
     notices += [f"{name} left out of the average: {reason}" for name, reason in pipe.left_out.items()]
+    for name, meta in metas.items():
+        thin = sorted(set(thin_sections(meta)) & set(groups))
+        if thin:
+            notices.append(f"{name}: section(s) {', '.join(thin)} had fewer than two usable training clips (or "
+                           "identical scores): their scores are standardised with the other sections' spread")
     if pipe.meta is not None and pipe.meta.meta.abstained:
         notices.append(f"meta-learner: {pipe.meta.meta.abstained}")
     notices += list(unfinished_branches(run).values())
@@ -172,6 +178,45 @@ class ClipScore:
     weights: dict[str, float] | None
     threshold: float
     method: str
+    notices: list[str] = field(default_factory=list)
+
+
+def as_clips(clips: object) -> list[Clip]:
+    """What :meth:`Detector.score` accepts, as clips: a list of clips or audio file paths, or one
+    path; anything else, an empty list or a folder is a :class:`DataError`."""
+    if isinstance(clips, (str, Path, Clip)):
+        clips = [clips]
+    if not isinstance(clips, (list, tuple)):
+        raise DataError(f"expected a list of audio file paths or clips, got {type(clips).__name__}")
+    if not clips:
+        raise DataError("no clips were given to score")
+    out = []
+    for item in clips:
+        if not isinstance(item, (str, Path, Clip)):
+            raise DataError(f"expected audio file paths or clips, got {type(item).__name__} ({item!r:.40})")
+        clip = item if isinstance(item, Clip) else parse_clip(Path(item))
+        if clip.path.is_dir():
+            raise DataError(f"{clip.path}: a folder, not an audio file (discover its clips with "
+                            "asdcli.data.layout.discover, or give the files)")
+        out.append(clip)
+    return out
+
+
+def waveform_array(wave: object, what: str) -> np.ndarray:
+    """(samples, channels) float32 of an in-memory waveform: floats as they are, integer PCM
+    scaled to [-1, 1) as a WAV reader does (int16 / 32768); anything else is a :class:`DataError`."""
+    data = np.asarray(wave)
+    if data.dtype.kind in "iu":
+        bits = 8 * data.dtype.itemsize
+        offset = 2.0 ** (bits - 1) if data.dtype.kind == "u" else 0.0  # unsigned PCM (8-bit WAV) is offset
+        data = (data.astype(np.float64) - offset) / 2.0 ** (bits - 1)
+    elif data.dtype.kind != "f":
+        raise DataError(f"{what}: expected numeric audio samples, got an array of {data.dtype} values")
+    data = data.astype(np.float32)
+    data = data[:, None] if data.ndim == 1 else data
+    if data.ndim != 2 or data.shape[0] == 0:
+        raise DataError(f"{what}: expected (samples,) or (samples, channels) audio, got shape {np.shape(wave)}")
+    return data
 
 
 class Detector:
@@ -195,13 +240,16 @@ class Detector:
         normal clips of sections the run never saw, which those sections are standardised by and
         adapted to."""
         run = open_run(run_dir)
-        pipe, names = _pipeline(run, [canonical_name(n) for n in names] if names else None)
-        metas = {n: read_branch_meta(run, n) for n in names}
-        loaded = load_with_upstream(run, names, device)
+        with reading(run.path):  # every file of the run as one snapshot: never half a commit
+            pipe, names = _pipeline(run, [canonical_name(n) for n in names] if names else None)
+            metas = {n: read_branch_meta(run, n) for n in names}
+            loaded = load_with_upstream(run, names, device)
+            normals = normal_examples(run, names)
+            config = run_config(run) if support else None
         if support:
-            pipe.support = section_support(run, support, names, metas, run_config(run), cache_dir, device, loaded)
+            pipe.support = section_support(run, support, names, metas, config, cache_dir, device, loaded)
             metas = pipe.support.metas
-        return cls(run, pipe, names, metas, loaded, normal_examples(run, names), device, cache_dir)
+        return cls(run, pipe, names, metas, loaded, normals, device, cache_dir)
 
     @property
     def method(self) -> str:
@@ -225,10 +273,11 @@ class Detector:
         fused, weights = self.pipe.fused(z)
         return z, fused, weights, self.pipe.final(z, groups)
 
-    def score(self, clips: list[Clip] | list[str | Path], fpr: float | None = None,
+    def score(self, clips: list[Clip] | list[str | Path] | str | Path, fpr: float | None = None,
               progress: Callable[[int], None] | None = None) -> ScoreResult:
-        """Score clips (or paths of audio files) with every stage the run has (see :data:`METHODS`)."""
-        clips = [c if isinstance(c, Clip) else parse_clip(Path(c)) for c in clips]
+        """Score clips (or paths of audio files; one path alone is one clip) with every stage the
+        run has (see :data:`METHODS`)."""
+        clips = as_clips(clips)
         raw = score_branches(self.run, self.names, clips, self.cache_dir, self.device, loaded=self.loaded,
                              progress=progress)
         groups = [self.run.vocab.group_name(c) for c in raw.clips]
@@ -248,24 +297,28 @@ class Detector:
         decision = np.array([int(s > own.get(g, pooled)) for s, g in zip(final, groups)], dtype=int)
         return ScoreResult(clips, final, decision, {n: z[:, k] for k, n in enumerate(self.names)},
                            fused if self.pipe.fusion is not None else None, weights, own, self.names, self.method,
-                           skipped, _notices(self.pipe, groups))
+                           skipped, raw.notices + _notices(self.pipe, groups, self.metas))
 
     def score_waveform(self, wave: np.ndarray, sample_rate: int, machine: str, section: str | int,
                        domain: str | None = None, fpr: float | None = None) -> ClipScore:
-        """Score one clip already in memory: ``wave`` (samples,) or (samples, channels) float
-        audio at ``sample_rate``, of ``machine`` section ``section`` (``domain`` "source" or
-        "target" where known). It is prepared as a file would be (channel, resampling, length)."""
+        """Score one clip already in memory: ``wave`` (samples,) or (samples, channels) audio at
+        ``sample_rate`` (float in about [-1, 1], or integer PCM, scaled as a WAV reader would), of
+        ``machine`` section ``section`` (``domain`` "source" or "target" where known). It is
+        prepared as a file would be (channel, resampling, length)."""
         config = stored_config(self.metas[self.names[0]], self.run.meta_path(self.names[0]))
         what = f"waveform of {machine} section {section}"
-        data = np.asarray(wave, dtype=np.float32)
-        data = data[:, None] if data.ndim == 1 else data
-        if data.ndim != 2 or data.shape[0] == 0:
-            raise DataError(f"{what}: expected (samples,) or (samples, channels) audio, got shape {np.shape(wave)}")
-        audio = prepare_wave(select_channel(data, config.audio.channel, Path(what)), int(sample_rate), config.audio, what)
+        if domain not in (None, "source", "target"):
+            raise DataError(f"{what}: domain {domain!r} is not 'source', 'target' or None")
+        try:
+            number = int(section)
+        except (TypeError, ValueError):
+            raise DataError(f"{what}: section {section!r} is not a section number") from None
+        data = waveform_array(wave, what)
+        audio = prepare_wave(select_channel(data, config.audio.channel, Path(what)), sample_rate, config.audio, what)
         feats = LogMel(config.audio, config.features)(audio)
         if not torch.isfinite(feats).all():
             raise DataError(f"{what}: gives non-finite log-mel features (samples are expected within about [-1, 1])")
-        clip = Clip(path=Path(what), machine=machine, section=f"{int(section):02d}", domain=domain)
+        clip = Clip(path=Path(what), machine=machine, section=f"{number:02d}", domain=domain)
         branches, upstream = self.loaded
         needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
         batch = Batch(feats=feats[None], group=torch.tensor([self.run.vocab.group_index(clip)]),
@@ -283,7 +336,7 @@ class Detector:
         return ClipScore(float(final[0]), int(final[0] > threshold), float(fused[0]),
                          {n: float(z[0, k]) for k, n in enumerate(self.names)},
                          None if weights is None else {n: float(weights[0, k]) for k, n in enumerate(self.names)},
-                         float(threshold), self.method)
+                         float(threshold), self.method, _notices(self.pipe, [group], self.metas))
 
 
 def score_clips(run_dir: Path | Run, clips: list[Clip], cache_dir: Path | None, names: list[str] | None = None,

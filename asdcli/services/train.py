@@ -7,6 +7,7 @@ process takes its share of every batch and DDP averages the gradients; rank 0 wr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import io
@@ -35,7 +36,7 @@ from asdcli.services.device import DistInfo, distributed, native_bf16
 from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
 from asdcli.services.reliability import heldout_check
-from asdcli.services.runs import (CONFIG_FILE, RUN_FILE, Run, branch_context, commit_stage, is_run, load_branch,
+from asdcli.services.runs import (CONFIG_FILE, RUN_FILE, Run, branch_context, commit_stage, is_run, load_branch, writing,
                                  open_or_create_run, open_run)
 
 LOG_COLUMNS = ["epoch", "loss", "lr", "clips", "seconds", "clips_per_s"]
@@ -443,7 +444,7 @@ def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, devic
                   cache_dir: Path | None, resume: bool, on_step: Callable[[StepInfo], None] | None,
                   on_epoch: Callable[[dict], None] | None,
                   on_score: Callable[[int, int], None] | None = None) -> TrainResult:
-    with distributed(device) as info:
+    with distributed(device) as info, (writing(run_dir, name) if info.is_main else contextlib.nullcontext()):
         s = _prepare(name, data, run_dir, config, device, cache_dir, info)
         params = [p for p in s.branch.parameters() if p.requires_grad]
         trainable = bool(params) and s.epochs > 0

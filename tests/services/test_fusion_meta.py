@@ -70,11 +70,14 @@ def test_fusion_is_deterministic_and_starts_at_the_separability_prior(trained, s
     first = read_json(run / "fusion.json", "fusion")["mean_weights"]
     train_fusion(synth_root, run, cfg)
     assert read_json(run / "fusion.json", "fusion")["mean_weights"] == first
-    untrained = train_fusion(synth_root, run, cfg.with_overrides(**{"fusion.epochs": 1, "fusion.lr": 1e-9}))
+    # without a labelled prior, the pseudo-anomalies alone set the start
+    alone = cfg.with_overrides(**{"fusion.epochs": 1, "fusion.lr": 1e-9, "fusion.prior": "none"})
+    untrained = train_fusion(synth_root, run, alone)
     aucs = torch.tensor([untrained.fair_pseudo_auc[n] for n in untrained.branches])
     assert untrained.prior_temperature >= cfg.fusion.prior_temperature
     prior = separability_prior(aucs, untrained.prior_temperature)
     assert np.allclose([untrained.mean_weights[n] for n in untrained.branches], prior.numpy(), atol=1e-3)
+    assert untrained.prior["source"] == "none" and untrained.prior["trust"] == 1.0
     train_fusion(synth_root, run, cfg)
 
 
