@@ -96,30 +96,6 @@ def _temporary(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
         raise OutputError(os_error_message(error)) from None
 
 
-def write_texts(texts: dict[Path, str]) -> None:
-    """Write several files so that a failure (a full disk) leaves none of them changed: every
-    temporary file is written and flushed first, then all are renamed (renames need no space)."""
-    done: list[tuple[str, Path]] = []
-    try:
-        for path, text in texts.items():
-            fd, tmp = _temporary(Path(path), f".{Path(path).name}.", ".tmp")
-            done.append((tmp, Path(path)))
-            os.fchmod(fd, file_mode())
-            with os.fdopen(fd, "w", encoding="utf-8", newline="") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-    except BaseException as error:
-        for tmp, _ in done:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        if isinstance(error, OSError):
-            raise OutputError(_cannot_write(done[-1][1], error) if done else str(error)) from None
-        raise
-    for tmp, path in done:
-        os.replace(tmp, path)
-
-
 def write_text(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     with atomic_open(path, "w", encoding="utf-8", newline="") as handle:

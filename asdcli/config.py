@@ -20,9 +20,11 @@ CONFIG_DIR = Path(__file__).resolve().parent / "presets"
 
 
 class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, values are immutable."""
+    """Base of every config section: unknown keys are errors, values are immutable, and a value
+    of the wrong type is an error, not converted (``epochs: true`` is not 1, ``lr: "0.01"`` not
+    0.01; a whole number is still a valid float)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class AudioConfig(Section):
@@ -374,16 +376,33 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     else:
         path = candidate if candidate.exists() else preset  # named in the error below
     if not path.is_file():
+        if path.is_symlink():
+            raise ConfigError(f"config file {path} is a symbolic link that leads to no file (a loop or a missing target)")
         presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none found"
         raise ConfigError(f"config file not found: {path} (presets: {presets})")
     return path
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader for which a key given twice in one mapping is an error (plain YAML
+    loaders keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key '{key}' is given twice",
+                                                        key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def load_config(name_or_path: str | Path | None = None) -> AsdConfig:
     """Load and validate a YAML config; ``None`` gives the ``default`` preset."""
     path = resolve_config_path(name_or_path or "default")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
     except UnicodeDecodeError as error:

@@ -9,6 +9,7 @@ default the transformer is frozen; ``finetune_layers`` trains its top layers wit
 
 from __future__ import annotations
 
+import pickle
 import json
 import socket
 from pathlib import Path
@@ -78,7 +79,11 @@ def load_ast(cfg: PretrainedConfig, saved: dict | None = None):
     location = str(Path(cfg.source).expanduser()) if _looks_like_path(cfg.source) else cfg.source
     try:
         model = _from_pretrained(ASTModel, location, remote=not _looks_like_path(cfg.source))
-    except (OSError, ValueError) as error:
+    except pickle.UnpicklingError:
+        raise ConfigError(f"branches.pretrained.source: {cfg.source} holds a pickled weights file that does not load "
+                          "as plain tensors (torch.load weights_only refused it: it could run code); give a folder "
+                          "with model.safetensors") from None
+    except (OSError, ValueError, RuntimeError) as error:
         raise ConfigError(
             f"branches.pretrained.source: cannot load AST weights '{cfg.source}' ({str(error).splitlines()[0]}). "
             "Without network access, download them elsewhere (e.g. `hf download "

@@ -7,7 +7,9 @@ import csv
 import io
 from pathlib import Path
 
-from asdcli.atomic import write_texts
+from asdcli.atomic import write_text
+from asdcli.errors import OutputError, os_error_message
+from asdcli.services.runs import commit_stage, recover
 from asdcli.services.score import ScoreResult
 
 
@@ -29,7 +31,9 @@ def dcase_file_stem(clips: list) -> str:
 def write_dcase_files(result: ScoreResult, out_dir: Path) -> list[Path]:
     """``anomaly_score_<machine>_section_<XX>_test.csv`` and ``decision_result_...`` (no header);
     DCASE 2020 data: ``anomaly_score_<machine>_id_<XX>.csv`` and ``decision_result_...``. All
-    are written before any replaces an older one, so a full disk leaves the folder as it was."""
+    are committed as one unit (as a run's stage: staged, a journal, then renamed), so an
+    interruption or a full disk leaves the folder's earlier files or all the new ones, never a mix
+    (the next scoring or evaluation in that folder completes a commit cut short)."""
     texts = {}
     for group in sorted({c.group for c in result.clips}):
         idx = [i for i, c in enumerate(result.clips) if c.group == group]
@@ -37,5 +41,12 @@ def write_dcase_files(result: ScoreResult, out_dir: Path) -> list[Path]:
         for kind, values in (("anomaly_score", [f"{result.score[i]:.6f}" for i in idx]),
                              ("decision_result", [str(result.decision[i]) for i in idx])):
             texts[out_dir / f"{kind}_{stem}.csv"] = csv_text([(result.clips[i].name, v) for i, v in zip(idx, values)])
-    write_texts(texts)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OutputError(os_error_message(error)) from None
+    recover(out_dir)
+    with commit_stage(out_dir) as place:
+        for path, text in texts.items():
+            write_text(place(path), text)
     return list(texts)

@@ -22,6 +22,7 @@ import numpy as np
 
 from asdcli.data.layout import Clip, parse_clip
 from asdcli.errors import DataError
+from asdcli.services.runs import recover
 from asdcli.metrics import (MAX_FPR, Means, SectionScores, arithmetic_score, jackknife_ci95, official_score,
                             section_means, section_scores)
 
@@ -105,8 +106,9 @@ def read_scores(path: Path) -> list[ScoreRow]:
     (``filename,score[,decision]``, paths relative to the scored folder, so the machine comes from
     the path; the header of ``--explain`` output is skipped)."""
     match = DCASE_SCORE_FILE.match(path.name)
-    decided = _binary(decision_path(path), "decision") if match and decision_path(path).is_file() else {}
-    out = []
+    decisions = decision_path(path) if match and decision_path(path).is_file() else None
+    decided = _binary(decisions, "decision") if decisions else {}
+    out, lines = [], {}
     rows = _read_rows(path)
     has_decision = bool(rows) and rows[0][:3] == ["filename", "score", "decision"]
     for number, row in enumerate(rows, start=1):
@@ -119,12 +121,27 @@ def read_scores(path: Path) -> list[ScoreRow]:
         except ValueError:
             raise DataError(f"{path}, line {number}: score '{row[1]}' is not a number") from None
         clip = parse_clip(Path(row[0]), machine=match["machine"] if match else None)
-        section = clip.section or (f"{int(match['section']):02d}" if match else "00")
+        if row[0] in lines:
+            raise DataError(f"{path}, line {number}: {row[0]} was scored already on line {lines[row[0]]}; each clip "
+                            "must appear once")
+        lines[row[0]] = number
+        named = f"{int(match['section']):02d}" if match else None
+        if named is not None and clip.section is not None and clip.section != named:
+            raise DataError(f"{path}, line {number}: {row[0]} is a clip of section {clip.section}, the file is for "
+                            f"{match['unit']} {named}")
+        section = clip.section or named or "00"
+        if decisions is not None and clip.name not in decided:
+            raise DataError(f"{decisions}: no decision for {row[0]} (line {number} of {path.name}); the two files "
+                            "must name the same clips")
         decision = decided.get(clip.name)
         if has_decision and len(row) > 2 and row[2] in ("0", "1"):
             decision = int(row[2])
         dcase2020 = clip.naming.endswith("2020") or bool(match and match["unit"] == "id")
         out.append(ScoreRow(clip.machine, section, clip.domain, clip.is_anomaly, score, clip.name, decision, dcase2020))
+    extra = sorted(set(decided) - {Path(name).name for name in lines})
+    if extra:
+        raise DataError(f"{decisions}: a decision for {extra[0]}, which {path.name} does not score; the two files "
+                        "must name the same clips")
     return out
 
 
@@ -133,6 +150,7 @@ def score_files(paths: list[Path]) -> list[Path]:
     files = []
     for path in paths:
         if path.is_dir():
+            recover(path)  # a scoring's DCASE files committed but not all renamed yet
             found = sorted(p for p in path.glob("anomaly_score_*.csv") if DCASE_SCORE_FILE.match(p.name))
             if not found:
                 raise DataError(f"no anomaly_score_<machine>_section_<XX>_test.csv (or 2020: anomaly_score_<machine>_id_<XX>.csv) "
@@ -170,11 +188,14 @@ def read_ground_truth(root: Path) -> dict[tuple[str, str], dict[str, tuple[int, 
 
 
 def _binary(path: Path, what: str) -> dict[str, int]:
-    out = {}
+    out, lines = {}, {}
     for number, row in enumerate(_read_rows(path), start=1):
         if len(row) < 2 or row[1].strip() not in ("0", "1"):
             raise DataError(f"{path}, line {number}: expected filename,{what} with {what} 0 or 1")
-        out[row[0]] = int(row[1])
+        if row[0] in out:
+            raise DataError(f"{path}, line {number}: {row[0]} is given already on line {lines[row[0]]}; each clip "
+                            "must appear once")
+        out[row[0]], lines[row[0]] = int(row[1]), number
     return out
 
 

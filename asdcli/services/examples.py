@@ -25,11 +25,12 @@ from asdcli.data.features import LogMel
 from asdcli.data.layout import Clip, parse_clip
 from asdcli.data.pseudo_anomalies import KINDS, OTHER_SECTION, PERTURBATIONS, SYNTHETIC_MACHINE, perturb
 from asdcli.data.synth import ClipSpec, render_clip
-from asdcli.errors import DataError
+from asdcli.errors import CheckpointError, DataError
 from asdcli.models.base import Batch
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import DomainShift, load_with_upstream, normalize
 from asdcli.services.dataset import clip_key, training_clips
+from asdcli.services.run_meta import TrainScores, read_typed
 from asdcli.services.runs import Run, read_branch_meta
 from asdcli.services.train import with_embeddings
 
@@ -96,8 +97,12 @@ class Normals:
 
 def normal_examples(run: Run, names: list[str]) -> Normals:
     """The run's normal training clips, from ``<branch>.train_scores.json``."""
-    per_branch = {n: read_json(run.train_scores(n), f"{n} training scores")["scores"] for n in names}
+    per_branch = {n: read_typed(TrainScores, read_json(run.train_scores(n), f"{n} training scores"),
+                                run.train_scores(n)).scores for n in names}
     common = set.intersection(*(set(v) for v in per_branch.values()))
+    if not common:
+        raise CheckpointError(f"{run.path}: the training scores of {', '.join(names)} share no clip; the files were "
+                              "edited or come from other runs: train the branches again")
     keys = [k for k in per_branch[names[0]] if k in common]
     groups = [k.split("/", 1)[0] for k in keys]
     domains = [parse_clip(k.split("/", 1)[1]).domain for k in keys]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
 
 from asdcli.models.registry import BRANCHES
@@ -89,6 +89,20 @@ class FusionMeta(_Meta):
     config: dict = {}
     prior_temperature: float | None = None
     prior: dict = {}  # :func:`asdcli.services.fuse.prior_record`; absent in runs fused before priors existed
+
+
+class TrainScores(_Meta):
+    """``<branch>.train_scores.json``: every normal training clip's score (clip key -> score)."""
+
+    branch: BranchName
+    scores: dict[str, float]
+
+    @field_validator("scores")
+    @classmethod
+    def _some(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("holds no clip")
+        return value
 
 
 class MetaMeta(_Meta):

@@ -153,8 +153,12 @@ def _read_log(path: Path, epochs_done: int) -> list[dict]:
     """Rows of the epochs already done (1-based ``epoch`` column), for a resumed run."""
     if not path.exists():
         return []
-    with path.open(newline="") as handle:
-        return [row for row in csv.DictReader(handle) if int(row["epoch"]) <= epochs_done]
+    try:
+        with path.open(newline="") as handle:
+            return [row for row in csv.DictReader(handle) if int(row["epoch"]) <= epochs_done]
+    except (KeyError, TypeError, ValueError, csv.Error, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: damaged training log ({type(error).__name__}: {error}); it was edited or cut: "
+                              "start the branch again without --resume") from None
 
 
 @dataclass
