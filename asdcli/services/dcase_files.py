@@ -45,8 +45,8 @@ def write_dcase_files(result: ScoreResult, out_dir: Path) -> list[Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(os_error_message(error)) from None
-    recover(out_dir)
-    with commit_stage(out_dir) as place:
+    recover(out_dir, lock=False)
+    with commit_stage(out_dir, lock=False) as place:
         for path, text in texts.items():
             write_text(place(path), text)
     return list(texts)

@@ -150,7 +150,7 @@ def score_files(paths: list[Path]) -> list[Path]:
     files = []
     for path in paths:
         if path.is_dir():
-            recover(path)  # a scoring's DCASE files committed but not all renamed yet
+            recover(path, lock=False)  # a scoring's DCASE files committed but not all renamed yet
             found = sorted(p for p in path.glob("anomaly_score_*.csv") if DCASE_SCORE_FILE.match(p.name))
             if not found:
                 raise DataError(f"no anomaly_score_<machine>_section_<XX>_test.csv (or 2020: anomaly_score_<machine>_id_<XX>.csv) "

@@ -217,13 +217,14 @@ def writing(run_dir: Path, stage: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def commit_stage(run_dir: Path) -> Iterator[Callable[[Path], Path]]:
+def commit_stage(run_dir: Path, lock: bool = True) -> Iterator[Callable[[Path], Path]]:
     """Write a stage's files (weights, metadata, examples, training scores) as one unit: the block
     writes each to the path ``place(target)`` gives, in a staging folder of the run; when it ends,
     a journal naming them is written (the commit point) and they are renamed over their targets,
     under the run's exclusive lock (:func:`reading`). An interruption before the journal leaves
     the run as it was (the staging folder is ignored); after it, the next :func:`open_run`
-    completes the renames. So the run scores as before the command or as after it, never a mix."""
+    completes the renames. So the run scores as before the command or as after it, never a mix.
+    ``lock=False``: a folder of results that asd does not read as a run (``score --out-dir``)."""
     token = f"{os.getpid()}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     staging = run_dir / f"{STAGING_PREFIX}{token}"
     placed: list[str] = []
@@ -241,7 +242,7 @@ def commit_stage(run_dir: Path) -> Iterator[Callable[[Path], Path]]:
         _remove_tree(staging)
         raise
     journal = run_dir / f"{JOURNAL_PREFIX}{token}.json"
-    with _flock(run_dir / LOCK_FILE, fcntl.LOCK_EX):
+    with _flock(run_dir / LOCK_FILE, fcntl.LOCK_EX) if lock else contextlib.nullcontext():
         write_json(journal, {"format_version": FORMAT_VERSION, "staging": staging.name, "files": sorted(placed)})
         _complete(run_dir, journal)
 
@@ -329,13 +330,13 @@ def _forget_abandoned(run_dir: Path) -> None:
             continue
 
 
-def recover(run_dir: Path) -> None:
+def recover(run_dir: Path, lock: bool = True) -> None:
     """Complete every stage committed but not yet in place (a command interrupted after its
-    commit point), under the run's exclusive lock."""
+    commit point), under the run's exclusive lock (``lock=False``: see :func:`commit_stage`)."""
     journals = sorted(run_dir.glob(f"{JOURNAL_PREFIX}*.json"))
     if not journals:
         return
-    with _flock(run_dir / LOCK_FILE, fcntl.LOCK_EX):
+    with _flock(run_dir / LOCK_FILE, fcntl.LOCK_EX) if lock else contextlib.nullcontext():
         for journal in sorted(run_dir.glob(f"{JOURNAL_PREFIX}*.json")):
             _complete(run_dir, journal)
 
