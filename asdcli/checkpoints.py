@@ -135,9 +135,11 @@ def _resize_buffers(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> No
             owner.register_buffer(leaf, torch.empty(shapes[name], dtype=buf.dtype))
 
 
-def load_weights(module: nn.Module, path: Path) -> dict[str, str]:
-    """Load weights saved by :func:`save_weights` into ``module``; returns the file's metadata."""
+def load_weights(module: nn.Module, path: Path, migrate=None) -> dict[str, str]:
+    """Load weights saved by :func:`save_weights` into ``module``; returns the file's metadata.
+    ``migrate``: renames the keys of a file written by an older version."""
     state, meta = _read_safetensors(path, "checkpoint")
+    state = migrate(state) if migrate else state
     _resize_buffers(module, {k: tuple(v.shape) for k, v in state.items()})
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)

@@ -152,16 +152,29 @@ Pooling = Literal["mean", "max", "gwrp"]
 ErrorScore = Literal["mahalanobis", "mse"]
 
 
-class PretrainedConfig(BranchTrain):
-    """b1: Audio Spectrogram Transformer embeddings scored by k-nearest-neighbour distance."""
+# The authors' published mn04 AudioSet checkpoint (EfficientAT release v0.0.1, MIT license)
+EFFICIENTAT_MN04 = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/mn04_as_mAP_432.pt"
 
-    source: str = Field("MIT/ast-finetuned-audioset-10-10-0.4593",
-                        description="Hugging Face model id, a local folder, or 'random' for an untrained model")
-    random_hidden: int = Field(64, ge=8, description="hidden size of the 'random' model")
+
+class PretrainedConfig(BranchTrain):
+    """b1: a pretrained audio model's embeddings (fine-tuned or frozen) scored by k-nearest-neighbour distance."""
+
+    backbone: Literal["efficientat", "ast"] = Field("efficientat", description="efficientat: EfficientAT MobileNetV3 "
+                                                    "(AudioSet, ~1 M parameters at width 0.4; a CPU fine-tunes it in "
+                                                    "minutes); ast: the Audio Spectrogram Transformer (86 M, for GPUs)")
+    source: str = Field(EFFICIENTAT_MN04, description="efficientat: a .pt/.safetensors file, a URL of one (downloaded "
+                        "once into the model cache) or 'random'; ast: a Hugging Face model id, a local folder or 'random'")
+    width: float = Field(0.4, gt=0, le=4, description="EfficientAT width multiplier; must match the weights (mn04: 0.4)")
+    random_hidden: int = Field(64, ge=8, description="hidden size of the 'random' AST")
     random_layers: int = Field(2, ge=1)
     random_heads: int = Field(2, ge=1)
     max_length: int = Field(1024, ge=16, description="AST input frames (10 ms hop)")
-    finetune_layers: int = Field(0, ge=0, description="top encoder layers trained with an ID classifier")
+    finetune_layers: int = Field(0, ge=-1, description="top blocks of the backbone trained on the section-and-attribute "
+                                 "classes with a margin loss (-1: all of it; 0: frozen, embeddings cached on disk)")
+    margin: float = Field(0.2, ge=0, lt=1.5, description="ArcFace additive angular margin (radians)")
+    scale: float = Field(16.0, gt=0, description="ArcFace logit scale")
+    perturbations: int = Field(3, ge=0, le=3, description="kinds of perturbed copies that are extra classes where the "
+                               "data hold a single section-and-attribute class")
     k: int = Field(1, ge=1, description="neighbours averaged by the kNN score")
 
     @model_validator(mode="after")

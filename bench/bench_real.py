@@ -19,10 +19,14 @@ there is no official harmonic-mean score. Per-run results go to ``<work>/<set>/f
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -74,26 +78,62 @@ def _train_branches(data: Path, run: Path, config, cache: Path, unavailable: dic
             print(f"  {name} left out: {error}", file=sys.stderr, flush=True)
 
 
-def prepare(real, fold: int, seed: int, args, unavailable: dict[str, str]) -> RunRecord:
+@dataclass(frozen=True)
+class Variant:
+    """One way of running b1 (frozen or fine-tuned): its config overrides and its run folder's
+    suffix (the first variant uses ``run``; the others copy its b2-b5 and train their own b1)."""
+
+    name: str
+    suffix: str
+    overrides: dict
+
+    def folder(self, out: Path) -> Path:
+        return out / ("run" + self.suffix)
+
+    def file(self, out: Path, stem: str, ext: str) -> Path:
+        return out / f"{stem}{self.suffix}.{ext}"
+
+
+def variants(args) -> list[Variant]:
+    """Without --b1, the config as it is; with it, b1 from that source for each --b1-finetune."""
+    if not args.b1:
+        return [Variant("config", "", {})]
+    out = []
+    for i, layers in enumerate(args.b1_finetune):
+        what = "frozen" if layers == 0 else "fine-tuned (all)" if layers < 0 else f"fine-tuned (top {layers} blocks)"
+        overrides = {"branches.pretrained.source": args.b1, "branches.pretrained.finetune_layers": layers}
+        if layers:
+            overrides["branches.pretrained.lr"] = args.b1_lr
+        out.append(Variant(f"b1 {what}", "" if i == 0 else f"-v{i}", overrides))
+    return out
+
+
+def prepare(real, fold: int, seed: int, args, unavailable: dict[str, str], variant: Variant) -> RunRecord:
     """Train the branches of one fold and seed (kept with --reuse) and score its labelled test
-    clips with every trained branch (cached as labelled.npz): the record the priors learn from."""
+    clips with every trained branch (cached as labelled.npz): the record the priors learn from.
+    A variant after the first starts from a copy of the first one's b2-b5."""
     fold_dir = args.work / real.name / f"fold{fold}"
     out = fold_dir / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     data, _ = build_fold(real, fold, fold_dir)
-    config = load_config(args.config).with_overrides(seed=seed)
-    cache, run = args.work / "cache", out / "run"
+    config = load_config(args.config).with_overrides(seed=seed, **variant.overrides)
+    cache, run = args.work / "cache", variant.folder(out)
+    if variant.suffix and not run.exists():
+        shutil.copytree(out / "run", run, ignore=shutil.ignore_patterns("pretrained*", "fusion*", "meta*", "examples*",
+                                                                        ".lock*", "meta_examples*"))
     start = time.perf_counter()
     _train_branches(data, run, config, cache, unavailable)
-    (out / "train_seconds.txt").write_text(f"{time.perf_counter() - start:.1f}\n") if not (out / "train_seconds.txt").exists() else None
-    path = out / "labelled.npz"
+    seconds = variant.file(out, "train_seconds", "txt")
+    if not seconds.exists():
+        seconds.write_text(f"{time.perf_counter() - start:.1f}\n")
+    path = variant.file(out, "labelled", "npz")
     names = trained_branches(run)
     if path.exists() and load_record(path).branches == names:
         labelled = load_record(path)
     else:
         labelled = labelled_run(run, data, real.name, cache, names=names, config=config)
         save_record(labelled, path)
-    return RunRecord(real.name, fold, seed, run, labelled)
+    return RunRecord(real.name, fold, seed, run, labelled, variant.name)
 
 
 def run_one(record: RunRecord, args, prior: str, rules: dict) -> dict:
@@ -101,6 +141,7 @@ def run_one(record: RunRecord, args, prior: str, rules: dict) -> dict:
     one trained fold and seed, score its test clips; the per-run result (also result.json)."""
     out = record.run.parent
     data = out.parent / "data"
+    suffix = record.run.name[len("run"):]
     overrides = {k: v for k, v in rules.items() if "." in k}
     config = load_config(args.config).with_overrides(seed=record.seed, **{"fusion.prior": prior}, **overrides)
     cache, run = args.work / "cache", record.run
@@ -117,10 +158,10 @@ def run_one(record: RunRecord, args, prior: str, rules: dict) -> dict:
         print(f"  meta-train failed: {error}", file=sys.stderr, flush=True)
     test = [c for c in discover(data) if c.split == "test" and c.label is not None]
     result = score_clips(run, test, cache)
-    seconds = time.perf_counter() - start + float((out / "train_seconds.txt").read_text())
+    seconds = time.perf_counter() - start + float((out / f"train_seconds{suffix}.txt").read_text())
     # every trained branch's standardised score, including those the fusion left out
     branches = score_clips(run, result.clips, cache, names=trained_branches(run))
-    reference = _reference(out, result.clips, labels_groups(result.clips), args.reuse) or \
+    reference = _reference(out, result.clips, labels_groups(result.clips), args.reuse, suffix) or \
         reference_scores(training_clips(str(data)), result.clips, config, record.seed)
     rows = {BRANCHES[n].bid: branches.normalized[n] for n in branches.branches}
     rows.update({"average": np.mean(list(branches.normalized.values()), axis=0), "fused": result.fused,
@@ -134,8 +175,8 @@ def run_one(record: RunRecord, args, prior: str, rules: dict) -> dict:
                      "fair_pseudo_auc": fusion.fair_pseudo_auc, "prior_temperature": fusion.prior_temperature,
                      "prior": fusion.prior, "rules": rules, "notes": notes,
                      "metrics": {n: {g: list(v) for g, v in m.items()} for n, m in metrics.items()}}
-    (out / "result.json").write_text(json.dumps(result_record, indent=1))
-    np.savez(out / "scores.npz", labels=labels, groups=np.array(groups), clips=np.array([c.path.name for c in result.clips]), **{k: np.asarray(v) for k, v in rows.items()})
+    (out / f"result{suffix}.json").write_text(json.dumps(result_record, indent=1))
+    np.savez(out / f"scores{suffix}.npz", labels=labels, groups=np.array(groups), clips=np.array([c.path.name for c in result.clips]), **{k: np.asarray(v) for k, v in rows.items()})
     return result_record
 
 
@@ -144,10 +185,13 @@ def labels_groups(clips) -> tuple[np.ndarray, np.ndarray]:
     return np.array([c.is_anomaly for c in clips]), np.array([c.group for c in clips])
 
 
-def _reference(out: Path, clips, expected: tuple[np.ndarray, np.ndarray], reuse: bool) -> ReferenceScores | None:
+def _reference(out: Path, clips, expected: tuple[np.ndarray, np.ndarray], reuse: bool,
+               suffix: str = "") -> ReferenceScores | None:
     """With --reuse, the reference scores of an earlier call on the same fold and seed (the
     reference depends on neither the pipeline's code nor its heads), where its clips are the same."""
-    scores, record = out / "scores.npz", out / "result.json"
+    scores, record = out / f"scores{suffix}.npz", out / f"result{suffix}.json"
+    if not (scores.exists() and record.exists()):
+        scores, record = out / "scores.npz", out / "result.json"  # the first variant's: the same clips
     if not (reuse and scores.exists() and record.exists()):
         return None
     old = np.load(scores)
@@ -264,6 +308,12 @@ def main() -> None:
                         "and the reference scores (the fusion head and meta-learner are always refitted)")
     parser.add_argument("--prior", default="loso", help="the fusion's prior: loso (for each set, learned from the "
                         "others: the judged figures), builtin, none, or a prior file")
+    parser.add_argument("--b1", help="b1's source (e.g. ../shared/models/efficientat-mn04-as/model.safetensors): "
+                        "one variant of every run per --b1-finetune")
+    parser.add_argument("--b1-finetune", type=int, nargs="+", default=[0, -1], help="b1 variants: 0 frozen, -1 "
+                        "fine-tuned whole, N its top N blocks (default: %(default)s)")
+    parser.add_argument("--b1-lr", type=float, default=1e-4, help="learning rate of a fine-tuned b1")
+    parser.add_argument("--markdown", type=Path, help="also write the report to this file (docs/real-data.md)")
     parser.add_argument("--write-prior", type=Path, help="also learn a prior from every set's runs and write it here "
                         "(how asdcli/priors/real_dev.json is made)")
     args = parser.parse_args()
@@ -281,42 +331,79 @@ def main() -> None:
         elif not args.reuse and any(args.work.glob("*/fold*/seed*/run")):
             sys.exit(f"{args.work} holds runs already: give --reuse to reuse their branches or another --work")
         prepared, unavailable = [], {}
-        for name in names:
-            for fold in range(args.folds):
-                for seed in args.seeds:
-                    print(f"{name} fold {fold} seed {seed}: branches ...", file=sys.stderr, flush=True)
-                    prepared.append(prepare(available[name], fold, seed, args, unavailable))
-        held, rules_cache = [], {}
-        if args.prior == "loso":
-            config = load_config(args.config)
+        for variant in variants(args):
             for name in names:
-                print(f"leaving {name} out: prior and rules ...", file=sys.stderr, flush=True)
-                held.append(hold_out(prepared, name, config, rules_cache))
-                save_prior(held[-1].prior, args.work / "priors" / f"{name}.json")
-        if args.write_prior:
-            save_prior(learn_prior([r.labelled for r in prepared], "bench/bench_real.py: labelled test clips of the "
-                                   "real sets " + ", ".join(names) + " (DCASE 2020, DCASE 2023, MIMII), every fold "
-                                   "and seed"), args.write_prior)
-        records = []
-        for r in prepared:
-            print(f"{r.set} fold {r.fold} seed {r.seed}: fusion, meta-learner, scores ...", file=sys.stderr, flush=True)
-            prior = str(args.work / "priors" / f"{r.set}.json") if args.prior == "loso" else args.prior
-            rules = next((h.rules for h in held if h.name == r.set), DEFAULT_RULES)
-            records.append(run_one(r, args, prior, rules))
-    print(f"\nReal recordings, config {args.config}, CPU threads 2; left out: "
-          + ("; ".join(f"{k}: {v}" for k, v in unavailable.items()) or "nothing"))
-    for name in names:
-        print(f"- {name}: {available[name].description}")
-    print_runs(records, 0, "AUC")
-    print_runs(records, 1, "pAUC")
-    print_summary(records, 0, "AUC")
-    print_summary(records, 1, "pAUC")
-    print_checks(records, {n: available[n].role for n in names})
-    if held:
-        print_held(held)
-    print_attention(records)
-    print(f"\nPipeline time per run (train + score): mean {np.mean([r['seconds'] for r in records]):.0f} s; "
-          f"reference training: mean {np.mean([r['reference_s'] for r in records]):.0f} s")
+                for fold in range(args.folds):
+                    for seed in args.seeds:
+                        print(f"{name} fold {fold} seed {seed} ({variant.name}): branches ...", file=sys.stderr, flush=True)
+                        prepared.append(prepare(available[name], fold, seed, args, unavailable, variant))
+        results = {}
+        for variant in variants(args):
+            mine = [r for r in prepared if r.variant == variant.name]
+            held, rules_cache = [], {}
+            if args.prior == "loso":
+                config = load_config(args.config)
+                for name in names:
+                    print(f"{variant.name}: leaving {name} out: prior and rules ...", file=sys.stderr, flush=True)
+                    held.append(hold_out(mine, name, config, rules_cache))
+                    save_prior(held[-1].prior, args.work / "priors" / f"{name}{variant.suffix}.json")
+            if args.write_prior and variant == variants(args)[0]:
+                save_prior(learn_prior([r.labelled for r in mine], "bench/bench_real.py: labelled test clips of the "
+                                       "real sets " + ", ".join(names) + f" ({variant.name}), every fold and seed"),
+                           args.write_prior)
+            records = []
+            for r in mine:
+                print(f"{r.set} fold {r.fold} seed {r.seed} ({variant.name}): fusion, meta-learner, scores ...",
+                      file=sys.stderr, flush=True)
+                prior = str(args.work / "priors" / f"{r.set}{variant.suffix}.json") if args.prior == "loso" else args.prior
+                rules = next((h.rules for h in held if h.name == r.set), DEFAULT_RULES)
+                records.append(run_one(r, args, prior, rules))
+            results[variant.name] = (records, held)
+    report(args, available, names, unavailable, results)
+
+
+class Tee(io.TextIOBase):
+    """Writes go to every stream (the terminal and the --markdown file)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+def report(args, available: dict, names: list[str], unavailable: dict, results: dict) -> None:
+    """Print every table; with --markdown, into that file too (the docs page is this output)."""
+    handle = args.markdown.open("w") if args.markdown else None
+    with contextlib.redirect_stdout(Tee(sys.stdout, handle) if handle else sys.stdout):
+        if handle:
+            print("# Detection on real recordings\n\nWritten by `python bench/bench_real.py "
+                  + " ".join(sys.argv[1:]) + f"` on {time.strftime('%Y-%m-%d')}; do not edit by hand.")
+        print(f"\nReal recordings, config {args.config}, CPU threads 2; left out: "
+              + ("; ".join(f"{k}: {v}" for k, v in unavailable.items()) or "nothing"))
+        for name in names:
+            print(f"- {name}: {available[name].description}")
+        for variant, (records, held) in results.items():
+            if len(results) > 1:
+                print(f"\n## {variant}")
+            print_runs(records, 0, "AUC")
+            print_runs(records, 1, "pAUC")
+            print_summary(records, 0, "AUC")
+            print_summary(records, 1, "pAUC")
+            print_checks(records, {n: available[n].role for n in names})
+            if held:
+                print_held(held)
+            print_attention(records)
+            print(f"\nPipeline time per run (train + score): mean {np.mean([r['seconds'] for r in records]):.0f} s; "
+                  f"reference training: mean {np.mean([r['reference_s'] for r in records]):.0f} s")
+    if handle:
+        handle.close()
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ class RunRecord:
     seed: int
     run: Path
     labelled: Labelled
+    variant: str = "config"
 
 
 def kept(record: RunRecord, rules: dict, config: AsdConfig) -> list[str]:

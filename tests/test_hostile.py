@@ -315,12 +315,12 @@ def test_a_pretrained_source_holding_an_unsafe_pickle_is_one_line(tmp_path, tiny
     import torch
     from transformers import ASTConfig
 
-    from asdcli.models.branch_pretrained import load_ast
+    from asdcli.models.backbones import load_ast
 
     folder = tmp_path / "ast"
     folder.mkdir()
     ASTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(folder)
     torch.save({"x": threading.Lock}, folder / "pytorch_model.bin")  # a pickle that names a class
-    cfg = tiny.branches.pretrained.model_copy(update={"source": str(folder)})
+    cfg = tiny.branches.pretrained.model_copy(update={"backbone": "ast", "source": str(folder)})
     with pytest.raises(ConfigError, match="weights_only refused it"):
         load_ast(cfg)

@@ -399,7 +399,7 @@ def load_branch(run: Run, name: str, device: torch.device | str = "cpu") -> Bran
     meta = read_branch_meta(run, name)
     config = stored_config(meta, run.meta_path(name))
     branch = build_branch(name, config, branch_context(run, config, meta.embed_dims), meta.extra or None)
-    load_weights(branch, run.weights(name))
+    load_weights(branch, run.weights(name), type(branch).migrate_state)
     return branch.to(device).eval()
 
 
