@@ -1,26 +1,24 @@
 #!/usr/bin/env bash
-# Train everything and score, as the DCASE Task 2 baselines' scripts do.
+# Train everything and score, as the DCASE Task 2 baselines' scripts do: a thin wrapper over `asd train`.
 #
-#   bash train_ae.sh -d [-r DATA_ROOT] [-o OUT] [-c CONFIG] [--gpu N] [--force]   development mode
-#   bash train_ae.sh -e [-r DATA_ROOT] [-o OUT] [-c CONFIG] [--gpu N] [--force]   evaluation mode
+#   bash train_ae.sh -d [-r DATA_ROOT] [-o OUT] [-c CONFIG] [--gpu N] [--skip BRANCH] [--force] [KEY=VALUE ...]
+#   bash train_ae.sh -e [-r DATA_ROOT] [-o OUT] [-c CONFIG] [--gpu N] [--skip BRANCH] [--force] [KEY=VALUE ...]
 #
-# (-d, -e, -r, -o, -c are this script's, as in the DCASE baselines' scripts; they are not asd's.)
-# Both modes: features -> the five branches -> fusion -> meta-learner -> scores, for the
-# machines under DATA_ROOT (<machine>/train/*.wav and <machine>/test/*.wav; -r or $ASD_DATA_ROOT).
+# (-d, -e, -r, -o, -c are this script's, as in the DCASE baselines' scripts.) Both modes: the five
+# branches -> fusion -> meta-learner -> scores of the test clips, for the machines under DATA_ROOT
+# (<machine>/train/*.wav and <machine>/test/*.wav; -r or $ASD_DATA_ROOT). Every stage is checked
+# before the first long step; a second call continues where the first stopped (--force starts over).
 # -d (development set): test clips carry labels; ends with the evaluation tables (AUC, pAUC,
 #    official score), OUT/evaluation.json and the evaluator's results CSV OUT/result.csv.
-# -e (evaluation set): trains on its (additional) training clips, writes the DCASE files
-#    OUT/results/anomaly_score_<machine>_section_<XX>_test.csv and decision_result_..._test.csv
-#    (2020 data: anomaly_score_<machine>_id_<XX>.csv); evaluate them with the organisers'
-#    ground truth: asd evaluate OUT/results --ground-truth DIR.
-# Run folder OUT/run, feature cache $ASD_CACHE_DIR (default OUT/.cache), every stage's output in
-# OUT/logs/ and the whole session in OUT/train_ae.log. An OUT that holds a run already is refused;
-# --force replaces its run and results. Relative paths are taken from the caller's folder.
+# -e (evaluation set): writes the DCASE files OUT/results/anomaly_score_<machine>_section_<XX>_test.csv
+#    and decision_result_..._test.csv; evaluate them with the organisers' ground truth:
+#    asd evaluate OUT/results --ground-truth DIR.
+# Run folder OUT/run, feature cache $ASD_CACHE_DIR (default OUT/.cache), the session in OUT/train_ae.log.
 set -euo pipefail
 
-usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-2}"; }
 
-MODE="" DATA="${ASD_DATA_ROOT:-}" OUT="results-asd" CONFIG="${ASD_CONFIG:-default}" DEVICE=() FORCE=0
+MODE="" DATA="${ASD_DATA_ROOT:-}" OUT="results-asd" CONFIG="${ASD_CONFIG:-}" EXTRA=() FORCE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     -d|--dev) MODE=dev ;;
@@ -28,9 +26,10 @@ while [ $# -gt 0 ]; do
     -r|--data-root) DATA="$2"; shift ;;
     -o|--out) OUT="$2"; shift ;;
     -c|--config) CONFIG="$2"; shift ;;
-    --gpu) DEVICE=(--gpu "$2"); shift ;;
+    --gpu|--device|--skip) EXTRA+=("$1" "$2"); shift ;;
     --force) FORCE=1 ;;
     -h|--help) usage 0 ;;
+    *=*) EXTRA+=("$1") ;;
     *) echo "train_ae.sh: unknown argument '$1'" >&2; usage ;;
   esac
   shift
@@ -40,29 +39,18 @@ done
 [ -d "$DATA" ] || { echo "train_ae.sh: data root '$DATA' is not a folder" >&2; exit 1; }
 
 HERE="$(cd "$(dirname "$0")" && pwd)"
-ASD="${ASD:-$HERE/.venv/bin/asd}"
-[ -f "$CONFIG" ] && CONFIG="$(realpath "$CONFIG")"  # a config file, not a preset name
-RUN="$OUT/run"
+ASD="${ASD:-$(command -v asd || echo "$HERE/.venv/bin/asd")}"
+[ -n "$CONFIG" ] && [ -f "$CONFIG" ] && CONFIG="$(realpath "$CONFIG")"  # a config file, not a preset name
 export ASD_CACHE_DIR="${ASD_CACHE_DIR:-$OUT/.cache}"
-if [ -e "$RUN" ] || [ -e "$OUT/results" ]; then
-  [ "$FORCE" = 1 ] || { echo "train_ae.sh: $OUT holds a run or results already; give --force to replace them, or another -o" >&2; exit 1; }
-  rm -rf "$RUN" "$OUT/results"
-fi
-mkdir -p "$OUT/logs"
+if [ "$FORCE" = 1 ]; then rm -rf "$OUT/run" "$OUT/results"; fi
+mkdir -p "$OUT"
 exec > >(tee -a "$OUT/train_ae.log") 2>&1
-echo "train_ae.sh $MODE: data $DATA, config $CONFIG, out $OUT ($(date -u +%FT%TZ))"
+echo "train_ae.sh $MODE: data $DATA, config ${CONFIG:-of the run, else default}, out $OUT ($(date -u +%FT%TZ))"
 
-"$ASD" features "$DATA" --config "$CONFIG"
-for branch in b2 b3 b4 b1 b5; do  # b5 (flow) models the embeddings of b3
-  "$ASD" train-branch "$branch" --data "$DATA" --run "$RUN" --config "$CONFIG" "${DEVICE[@]}" > "$OUT/logs/$branch.txt"
-  echo "$branch: thresholds and statistics in $OUT/logs/$branch.txt"
-done
-"$ASD" train-fusion --data "$DATA" --run "$RUN" --config "$CONFIG" "${DEVICE[@]}"
-"$ASD" meta-train --data "$DATA" --run "$RUN" --config "$CONFIG" "${DEVICE[@]}"
-"$ASD" score "$DATA" --run "$RUN" --decision --out-dir "$OUT/results" > "$OUT/scores.csv"
+"$ASD" train "$DATA" --run "$OUT/run" ${CONFIG:+--config "$CONFIG"} --out-dir "$OUT/results" --no-evaluate "${EXTRA[@]}"
 if [ "$MODE" = dev ]; then
   "$ASD" evaluate "$OUT/results" --json "$OUT/evaluation.json" --csv "$OUT/result.csv"
 else
-  echo "evaluation mode: DCASE files in $OUT/results (labels are not in evaluation-set names; with the" \
-       "organisers' ground truth: $ASD evaluate $OUT/results --ground-truth DIR)" >&2
+  echo "evaluation mode: DCASE files in $OUT/results (with the organisers' ground truth:" \
+       "$ASD evaluate $OUT/results --ground-truth DIR)" >&2
 fi

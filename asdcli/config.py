@@ -334,17 +334,54 @@ class AsdConfig(Section):
     seed: int = Field(0, ge=0)
 
     def with_overrides(self, **dotted: object) -> "AsdConfig":
-        """Copy with fields replaced by dotted name (``{"loader.workers": 4}``), re-validated."""
+        """Copy with fields replaced by dotted name (``{"loader.workers": 4}``; a branch may be
+        named by its id or name, ``branches.b1.source``), re-validated; ``None`` values (options
+        not given) are left out. An unknown name is a :class:`ConfigError` naming it."""
+        return self.with_settings({k: v for k, v in dotted.items() if v is not None})
+
+    def with_settings(self, dotted: dict[str, object]) -> "AsdConfig":
+        """:meth:`with_overrides` where ``None`` is a value (``features.f_max=null``)."""
         data = self.model_dump()
         for key, value in dotted.items():
-            if value is None:
-                continue
             node = data
-            *parents, leaf = key.split(".")
-            for part in parents:
+            *parents, leaf = _field_path(key)
+            for depth, part in enumerate(parents):
+                if not isinstance(node.get(part), dict):
+                    where = ".".join(parents[:depth]) or "the top level"
+                    raise ConfigError(f"command line: '{key}': {where} has no section '{part}' "
+                                      f"(it has: {', '.join(k for k, v in node.items() if isinstance(v, dict))})")
                 node = node[part]
             node[leaf] = value
         return validate_config(data, source="command line")
+
+
+BRANCH_FIELDS = {"b1": "pretrained", "b2": "transformer_ae", "b3": "contrastive", "b4": "diffusion", "b5": "flow"}
+
+
+def _field_path(key: str) -> list[str]:
+    """A dotted name as config fields: ``branches.b1.x`` and ``branches.transformer-ae.x`` name
+    ``branches.pretrained.x`` and ``branches.transformer_ae.x``."""
+    parts = key.split(".")
+    if len(parts) > 1 and parts[0] == "branches":
+        parts[1] = BRANCH_FIELDS.get(parts[1].lower(), parts[1].replace("-", "_"))
+    return parts
+
+
+def parse_overrides(items: list[str] | None) -> dict[str, object]:
+    """Command-line ``key=value`` overrides (``train.lr=0.01 branches.b1.finetune_layers=-1``) as
+    dotted names and values; a value is read as YAML (numbers, true/false, null, [lists]), else
+    kept as text. A malformed item is a :class:`ConfigError` naming it."""
+    out: dict[str, object] = {}
+    for item in items or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"command line: '{item}' is not a key=value override (e.g. train.lr=0.001)")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        out[key.strip()] = text if isinstance(value, dict) else value
+    return out
 
 
 def settings_digest(*sections: BaseModel, version: int = 1) -> str:

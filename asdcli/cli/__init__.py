@@ -17,6 +17,7 @@ from asdcli import __version__
 # name -> (module and function in asdcli.cli, one line for `asd --help`)
 COMMANDS = {
     "synth": ("synth", "Generate the seeded synthetic dataset (DCASE 2021+ layout)."),
+    "train": ("train", "Train every stage of a run in order; a second call continues where the first stopped."),
     "features": ("features", "Compute and cache the log-mel features of every clip."),
     "train-branch": ("train_branch", "Train one branch (b1..b5) on the normal training clips."),
     "train-fusion": ("train_fusion", "Fit the attention fusion head on normal clips vs pseudo-anomalies."),

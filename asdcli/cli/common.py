@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from asdcli.config import AsdConfig, load_config
+from asdcli.config import AsdConfig, load_config, parse_overrides
 from asdcli.errors import AsdError, os_error_message
 from asdcli.services.device import resolve_device
 from asdcli.services.runs import Run, open_run, run_config
@@ -40,25 +40,39 @@ def run_config_option(stage: str):
                         "(default: the config the run's branches were trained with).")
 
 
-def resolve_run_config(run: Path, config: Optional[str], **overrides: object) -> tuple[Run, AsdConfig]:
+OverridesArgument = typer.Argument(None, metavar="[KEY=VALUE]...", show_default=False,
+                                   help="Config overrides by dotted name, validated as the config file is, e.g. "
+                                        "train.lr=0.01 branches.b1.finetune_layers=-1 (branches by id or name).")
+
+
+def resolve_run_config(run: Path, config: Optional[str], overrides: Optional[list[str]] = None,
+                       **options: object) -> tuple[Run, AsdConfig]:
     """The run, opened once for the command and handed to its services, and its config (or
-    ``config``, checked against the run's features) with command-line overrides."""
+    ``config``, checked against the run's features) with the ``key=value`` overrides and the
+    command's own options."""
     opened = open_run(run)
-    return opened, run_config(opened, load_config(config) if config else None).with_overrides(**overrides)
+    base = run_config(opened, load_config(config) if config else None)
+    return opened, run_config(opened, base.with_settings(parse_overrides(overrides)).with_overrides(**options))
 
 
 def gpu_or_cpu(gpu: Optional[int], device: Optional[str] = None) -> torch.device:
     """``--gpu N`` -> CUDA device N (an error without CUDA); ``--device`` cpu, cuda, cuda:N or
-    auto; neither -> the CPU."""
-    return resolve_device(gpu, device if device or gpu is not None else "cpu")
+    auto; neither -> auto: CUDA where there is a device (saying so once), else the CPU."""
+    chosen = resolve_device(gpu, device)
+    if gpu is None and device in (None, "auto") and chosen.type == "cuda" and not _SAID["device"]:
+        _SAID["device"] = True
+        err.print(f"using {torch.cuda.get_device_name(chosen)} (CUDA); --device cpu stays on the CPU", highlight=False)
+    return chosen
 
 
-DeviceOption = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default: cpu; --gpu N is cuda:N).")
+_SAID = {"device": False}
+DeviceOption = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default: auto, CUDA where present).")
+GpuOption = typer.Option(None, "--gpu", min=0, help="CUDA device N (an error where there is none); same as --device cuda:N.")
 
 
-def resolve_config(config: Optional[str], **overrides: object) -> AsdConfig:
-    """Load the preset or file and apply command-line overrides given by dotted field names."""
-    return load_config(config).with_overrides(**overrides)
+def resolve_config(config: Optional[str], overrides: Optional[list[str]] = None, **options: object) -> AsdConfig:
+    """Load the preset or file and apply the ``key=value`` overrides, then the command's own options."""
+    return load_config(config).with_settings(parse_overrides(overrides)).with_overrides(**options)
 
 
 def handle_errors(func: Callable) -> Callable:

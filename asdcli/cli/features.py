@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from asdcli.cli.common import CacheOption, ConfigOption, WorkersOption, err, handle_errors, progress_bar, report_failures, resolve_config
+from asdcli.cli.common import OverridesArgument, CacheOption, ConfigOption, WorkersOption, err, handle_errors, progress_bar, report_failures, resolve_config
 from asdcli.data.audio import length_notice
 from asdcli.data.layout import discover
 from asdcli.errors import DataError
@@ -18,11 +18,12 @@ from asdcli.services.features import default_cache_dir, extract_features
 def features(
     data: Path = typer.Argument(..., help="Dataset root, machine folder, folder of audio or one file."),
     config: Optional[str] = ConfigOption,
+    overrides: Optional[List[str]] = OverridesArgument,
     cache_dir: Optional[Path] = CacheOption,
     workers: Optional[int] = WorkersOption,
 ) -> None:
     """Compute log-mel features of every clip under DATA and cache them for later commands."""
-    cfg = resolve_config(config, **{"loader.workers": workers})
+    cfg = resolve_config(config, overrides, **{"loader.workers": workers})
     cache = cache_dir or default_cache_dir()
     clips = discover(data)
     with progress_bar() as bar:

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (DeviceOption, CacheOption, ConfigOption, SeedOption, err, gpu_or_cpu, handle_errors, out,
+from asdcli.cli.common import (GpuOption, OverridesArgument, DeviceOption, CacheOption, ConfigOption, SeedOption, err, gpu_or_cpu, handle_errors, out,
                                progress_bar, resolve_config)
 from asdcli.services.debug import freeze_debug as debug_service
 from asdcli.services.debug import debug_log_path, parse_parts
@@ -26,7 +26,8 @@ def freeze_debug(
                                        "from its checkpoints, fusion and meta-learner train on its examples."),
     log_dir: Path = typer.Option(Path("logs"), "--log-dir", help="Folder of debug_freeze_<parts>.csv."),
     config: Optional[str] = ConfigOption,
-    gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Train on CUDA device N."),
+    overrides: Optional[List[str]] = OverridesArgument,
+    gpu: Optional[int] = GpuOption,
     device: Optional[str] = DeviceOption,
     seed: Optional[int] = SeedOption,
     cache_dir: Optional[Path] = CacheOption,
@@ -34,7 +35,7 @@ def freeze_debug(
     """Train all branches, the fusion head and the meta-learner with some parts frozen; one CSV row
     per step with every part's loss and gradient norm; trouble is reported as it begins."""
     config = config or saved_config(run)  # the run's own config
-    cfg = resolve_config(config, seed=seed)
+    cfg = resolve_config(config, overrides, seed=seed)
     frozen = parse_parts(branch)
     log_path = debug_log_path(log_dir, frozen)
     with progress_bar(unit="steps") as bar:

@@ -9,12 +9,11 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from asdcli.cli.common import CacheOption, err, handle_errors, out, progress_bar, report_failures
+from asdcli.cli.common import gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures
 from asdcli.config import AudioConfig
 from asdcli.data.audio import length_notice
 from asdcli.data.layout import discover
 from asdcli.models.registry import BRANCHES
-from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
 from asdcli.services.runs import open_run
 from asdcli.services.dcase_files import csv_text, write_dcase_files
@@ -56,8 +55,8 @@ def score(
                                           "path does not say it (default: the folder above test/ or the clips)."),
     section: Optional[int] = typer.Option(None, "--section", min=0, max=99, help="The section (2020: machine ID) of "
                                           "every clip, for files whose names do not say it."),
-    gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Score on CUDA device N (error if there is none)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default: cpu)."),
+    gpu: Optional[int] = GpuOption,
+    device: Optional[str] = DeviceOption,
     cache_dir: Optional[Path] = CacheOption,
 ) -> None:
     """Anomaly score per clip (higher = more anomalous) as CSV on stdout: filename,score[,decision]
@@ -68,7 +67,7 @@ def score(
     if machine is not None or section is not None:
         clips = [replace(c, machine=machine or c.machine, section=f"{section:02d}" if section is not None else c.section)
                  for c in clips]
-    torch_device = resolve_device(gpu, device if device or gpu is not None else "cpu")
+    torch_device = gpu_or_cpu(gpu, device)
     opened = open_run(run)  # once for the whole command
     with progress_bar() as bar:
         task = bar.add_task("scoring (features: first half; branches: second)", total=len(clips))

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (CacheOption, ConfigOption, DataOption, RunOption, SeedOption, WorkersOption, err, handle_errors, out,
+from asdcli.cli.common import (gpu_or_cpu, DeviceOption, GpuOption, OverridesArgument, CacheOption, ConfigOption, DataOption, RunOption, SeedOption, WorkersOption, err, handle_errors, out,
                                progress_bar, report_failures, resolve_config)
 from asdcli.data.audio import length_notice
 from asdcli.models.registry import canonical_name
 from asdcli.services.dataset import training_clips
-from asdcli.services.device import resolve_device
 from asdcli.services.features import default_cache_dir
 from asdcli.services.reliability import heldout_gap, heldout_summary
 from asdcli.services.run_meta import HeldOut
@@ -27,9 +26,10 @@ def train_branch(
     data: Path = DataOption,
     run: Path = RunOption,
     config: Optional[str] = ConfigOption,
+    overrides: Optional[List[str]] = OverridesArgument,
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=0, help="Epochs (overrides the config)."),
-    gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Train on CUDA device N (error if there is none)."),
-    device: Optional[str] = typer.Option(None, "--device", help="cpu, cuda, cuda:N or auto (default: cpu)."),
+    gpu: Optional[int] = GpuOption,
+    device: Optional[str] = DeviceOption,
     seed: Optional[int] = SeedOption,
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted training of this branch."),
     cache_dir: Optional[Path] = CacheOption,
@@ -39,11 +39,19 @@ def train_branch(
     name = canonical_name(name)
     key = f"branches.{name.replace('-', '_')}.epochs"
     config = config or saved_config(run)  # a later branch of a run: the run's own config
-    cfg = resolve_config(config, seed=seed, **{key: epochs, "loader.workers": workers})
-    torch_device = resolve_device(gpu, device if device or gpu is not None else "cpu")
+    cfg = resolve_config(config, overrides, seed=seed, **{key: epochs, "loader.workers": workers})
+    torch_device = gpu_or_cpu(gpu, device)
     if not resume and has_finished(run, name):
         err.print(f"[yellow]notice:[/] {run} has a finished {name}; this training replaces it when it completes "
                   "(until then, and if it fails, the finished one stays)", highlight=False)
+    run_branch(name, data, run, cfg, torch_device, cache_dir or default_cache_dir(), resume)
+    notice = length_notice([c.path for c in training_clips(str(data))], cfg.audio)
+    if notice:
+        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
+
+
+def run_branch(name: str, data: Path, run: Path, cfg, torch_device, cache_dir: Path, resume: bool) -> None:
+    """Train one branch with a progress bar, then print its statistics and reliability."""
     with progress_bar(unit="steps") as bar:
         task = bar.add_task(f"{name}", total=None)
 
@@ -57,14 +65,11 @@ def train_branch(
         def on_score(done: int, total: int) -> None:
             bar.update(scoring, completed=done, total=total, visible=True)
 
-        result = train_service(name, data, run, cfg, torch_device, cache_dir or default_cache_dir(), resume,
-                               on_step=on_step, on_score=on_score)
+        result = train_service(name, data, run, cfg, torch_device, cache_dir, resume, on_step=on_step,
+                               on_score=on_score)
     if result.rank != 0:  # under torchrun, the first process reports for all
         return
     report_failures(result.skipped)
-    notice = length_notice([c.path for c in training_clips(str(data))], cfg.audio)
-    if notice:
-        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
     table = Table(title=f"{name}: {result.clips} training clips, {result.epochs} epochs -> {result.run}")
     for column in ("section", "clips", "train score mean", "std", "decision threshold"):
         table.add_column(column, justify="right" if column != "section" else "left")

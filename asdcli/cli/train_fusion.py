@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (DeviceOption, DataOption, RunOption, SeedOption, err, gpu_or_cpu, handle_errors, out, progress_bar,
+from asdcli.cli.common import (GpuOption, OverridesArgument, DeviceOption, DataOption, RunOption, SeedOption, err, gpu_or_cpu, handle_errors, out, progress_bar,
                                report_failures, resolve_run_config, run_config_option)
 from asdcli.services.fuse import train_fusion as train_service
 from asdcli.services.info import prior_summary
@@ -19,19 +19,26 @@ def train_fusion(
     data: Path = DataOption,
     run: Path = RunOption,
     config: Optional[str] = run_config_option("fusion"),
+    overrides: Optional[List[str]] = OverridesArgument,
     branch: Optional[List[str]] = typer.Option(None, "--branch", "-b", help="Fuse only these branches (repeatable) "
                                                "(default: every trained branch)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", "-e", min=1, help="Optimisation steps (overrides fusion.epochs)."),
-    gpu: Optional[int] = typer.Option(None, "--gpu", min=0, help="Score the pseudo-anomalies on CUDA device N."),
+    gpu: Optional[int] = GpuOption,
     device: Optional[str] = DeviceOption,
     seed: Optional[int] = SeedOption,
 ) -> None:
     """Fit the attention fusion head on normal training clips vs pseudo-anomalies (perturbed clips,
     other sections, synthetic machines). Test clips are never read."""
-    opened, cfg = resolve_run_config(run, config, seed=seed, **{"fusion.epochs": epochs})
+    opened, cfg = resolve_run_config(run, config, overrides, seed=seed, **{"fusion.epochs": epochs})
+    fit_head(data, opened, cfg, branch, gpu_or_cpu(gpu, device))
+
+
+def fit_head(data: Path, opened, cfg, branch, torch_device) -> None:
+    """Fit the fusion head with a progress bar, then print its weights and evidence."""
+    run = opened.path
     with progress_bar() as bar:
         task = bar.add_task("scoring pseudo-anomalies", total=None)
-        result = train_service(data, opened, cfg, branch, gpu_or_cpu(gpu, device),
+        result = train_service(data, opened, cfg, branch, torch_device,
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     report_failures(result.skipped)
     if result.missing:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from asdcli.checkpoints import read_json, training_progress
-from asdcli.errors import CheckpointError
+from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.registry import BRANCHES, branch_config
 from asdcli.services.fuse import stale_branches
 from asdcli.services.meta import fusion_changed
@@ -37,6 +37,32 @@ class RunInfo:
     stages: list[Stage]
 
 
+def flat(data: dict, prefix: str = "") -> dict[str, object]:
+    """Nested config data as ``{"a.b": value}``."""
+    out: dict[str, object] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def changes(stage: dict, base: dict, prefixes: tuple[str, ...]) -> str:
+    """``key=value`` of the settings under ``prefixes`` in which a stage's stored config differs
+    from the run's ``config.yaml`` (a stage's own ``-c`` file or command-line overrides)."""
+    mine, theirs = flat(stage), flat(base)
+    keys = sorted(k for k in mine if k.startswith(prefixes) and mine[k] != theirs.get(k))
+    return " ".join(f"{k}={mine[k]}" for k in keys)
+
+
+def _base(run: Run) -> dict:
+    try:
+        return run_config(run).model_dump(mode="json") if run.config_path.is_file() else {}
+    except (CheckpointError, ConfigError):
+        return {}
+
+
 def _branch_stage(run: Run, name: str) -> Stage:
     cls = BRANCHES[name]
     label = f"{cls.bid} {name}"
@@ -54,6 +80,10 @@ def _branch_stage(run: Run, name: str) -> Stage:
     bcfg = branch_config(config, name)
     lr = bcfg.lr if bcfg.lr is not None else config.train.lr
     notes = []
+    base = _base(run)
+    changed = changes(meta.config, base, ("train.", f"branches.{name.replace('-', '_')}.", "seed")) if base else ""
+    if changed:
+        notes.append(f"trained with {changed} (unlike the run's config.yaml)")
     if meta.limitation:
         notes.append(meta.limitation)
     gap = heldout_gap(meta.heldout)
@@ -81,6 +111,10 @@ def _fusion_stage(run: Run) -> Stage:
     if meta.left_out:
         detail += "; left out: " + ", ".join(meta.left_out)
     detail += "; " + prior_summary(meta.prior)
+    base = _base(run)
+    changed = changes(meta.config, base, ("fusion.", "seed")) if base and meta.config else ""
+    if changed:
+        detail += f"; fitted with {changed} (unlike the run's config.yaml)"
     settings = {"hidden": meta.hidden, "epochs": meta.config.get("fusion", {}).get("epochs"),
                 "prior T": round(meta.prior_temperature, 3) if meta.prior_temperature is not None else "-"}
     if stale:
@@ -113,6 +147,10 @@ def _meta_stage(run: Run) -> Stage:
     if fusion_changed(run, meta):
         return Stage("meta-learner", "stale", "the fusion head was retrained after it: rerun asd meta-train", settings)
     note = f"{len(meta.tasks)} training sections"
+    base = _base(run)
+    changed = changes({"meta": meta.meta, "seed": meta.seed}, base, ("meta.", "seed")) if base else ""
+    if changed:
+        note += f"; trained with {changed} (unlike the run's config.yaml)"
     if meta.abstained:
         note += f"; {meta.abstained}"
     return Stage("meta-learner", "finished", note, settings)

@@ -235,35 +235,33 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, synth_root, monkeypatch
 
 
 def _fake_asd(tmp_path: Path) -> Path:
-    """A stand-in for the asd executable that records its calls and writes what train_ae.sh reads."""
+    """A stand-in for the asd executable that records its calls."""
     script = tmp_path / "fake-asd"
     script.write_text("#!/usr/bin/env bash\n"
-                      f"echo \"$@\" >> {tmp_path}/calls\n"
-                      "if [ \"$1\" = score ]; then while [ $# -gt 0 ]; do [ \"$1\" = --out-dir ] && mkdir -p \"$2\"; "
-                      "shift; done; echo filename,score; fi\n")
+                      f"echo \"$@\" >> {tmp_path}/calls\n")
     script.chmod(0o755)
     return script
 
 
-def test_train_ae_sh_takes_paths_from_the_caller_refuses_to_overwrite_and_keeps_logs(tmp_path, synth_root):
+def test_train_ae_sh_is_asd_train_with_the_callers_paths_and_keeps_a_log(tmp_path, synth_root):
     work = tmp_path / "work"
     work.mkdir()
     shutil.copytree(synth_root, work / "data")
     env = {**os.environ, "ASD": str(_fake_asd(tmp_path))}
-    cmd = ["bash", str(ROOT / "train_ae.sh"), "-d", "-r", "data", "-o", "out", "-c", "tiny"]
+    cmd = ["bash", str(ROOT / "train_ae.sh"), "-d", "-r", "data", "-o", "out", "-c", "tiny", "--skip", "b1",
+           "train.lr=0.01"]
     first = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
     calls = (tmp_path / "calls").read_text().splitlines()
-    assert calls[0] == "features data --config tiny"
-    assert any(c.startswith("train-fusion --data data --run out/run --config tiny") for c in calls)
-    assert any(c.startswith("meta-train --data data --run out/run --config tiny") for c in calls)
-    assert (work / "out" / "train_ae.log").is_file() and (work / "out" / "logs" / "b2.txt").is_file()
+    assert calls == ["train data --run out/run --config tiny --out-dir out/results --no-evaluate --skip b1 train.lr=0.01",
+                     "evaluate out/results --json out/evaluation.json --csv out/result.csv"]
+    assert (work / "out" / "train_ae.log").is_file()
     (work / "out" / "run").mkdir()
+    (work / "out" / "run" / "kept").write_text("")
     again = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=60)
-    assert again.returncode == 1 and "give --force" in again.stderr
-    assert (work / "out" / "run").is_dir()
+    assert again.returncode == 0 and (work / "out" / "run" / "kept").exists()  # continued, not replaced
     forced = subprocess.run([*cmd, "--force"], cwd=work, env=env, capture_output=True, text=True, timeout=60)
-    assert forced.returncode == 0, forced.stderr
+    assert forced.returncode == 0 and not (work / "out" / "run").exists()  # --force starts over
 
 
 def test_an_unlistable_folder_is_named_with_the_skipped_clips(tmp_path, synth_root, monkeypatch):
