@@ -17,12 +17,12 @@ class CheckpointError(AsdError):
     """A run folder or checkpoint that is missing, incomplete or incompatible."""
 
 
-class NotBuiltError(AsdError):
-    """A command of the design card that this version does not provide yet."""
-
-
 class OutputError(AsdError):
     """A file or folder that cannot be written: unwritable, read-only, full, or under a file."""
+
+
+class DependencyError(AsdError):
+    """An optional package a command needs is not installed."""
 
 
 class TrainingError(AsdError):

@@ -324,3 +324,10 @@ def test_a_pretrained_source_holding_an_unsafe_pickle_is_one_line(tmp_path, tiny
     cfg = tiny.branches.pretrained.model_copy(update={"backbone": "ast", "source": str(folder)})
     with pytest.raises(ConfigError, match="weights_only refused it"):
         load_ast(cfg)
+
+
+def test_meta_train_without_learn2learn_is_one_line_naming_the_fix(run, monkeypatch):
+    monkeypatch.setitem(sys.modules, "learn2learn", None)  # as if it were not installed
+    monkeypatch.setitem(sys.modules, "learn2learn.algorithms", None)
+    result = runner.invoke(app, ["meta-train", "--run", str(run)])
+    assert result.exit_code == 1 and "needs learn2learn 0.2.0" in result.output and "scripts/install.sh" in result.output

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -134,9 +133,3 @@ def report_failures(failures: list[tuple[Path, str]]) -> None:
     err.print(f"[yellow]skipped {len(failures)} clip(s):[/]", highlight=False)
     for _, message in failures:
         err.print(f"  {message}", highlight=False, markup=False)
-
-
-def fatal(message: str) -> None:
-    """Print one error line and exit 1 (for CLI-level checks that are not service errors)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
-    sys.exit(1)

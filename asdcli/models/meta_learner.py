@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from asdcli.errors import DependencyError
+
 from asdcli.models.fusion_attention import FusionOutput
 
 
@@ -51,7 +53,12 @@ def maml_wrapper(model: nn.Module, inner_lr: float, first_order: bool) -> nn.Mod
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from learn2learn.algorithms import MAML
+        try:
+            from learn2learn.algorithms import MAML
+        except ImportError as error:
+            raise DependencyError(f"asd meta-train needs learn2learn 0.2.0, which does not import ({error}); install it "
+                                  "with scripts/install.sh (it rebuilds it for Python 3.11+), or pip install "
+                                  "'asdcli[meta]' on Python 3.10; scoring works without it") from None
     return MAML(model, lr=inner_lr, first_order=first_order)
 
 
