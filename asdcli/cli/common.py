@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -18,8 +19,9 @@ from asdcli.services.device import resolve_device
 from asdcli.services.runs import Run, open_run, run_config
 
 # Results go to stdout; progress, notices and errors to stderr, so `asd score > x.csv` stays clean.
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Piped to a file, rich would cut tables at 80 columns: give them room instead.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Preset name (default, tiny, large) or a YAML file.")
 SeedOption = typer.Option(None, "--seed", help="Random seed (overrides the config's seed).")

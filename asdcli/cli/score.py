@@ -20,8 +20,18 @@ from asdcli.services.dcase_files import csv_text, write_dcase_files
 from asdcli.services.score import METHODS, ScoreResult, score_clips
 
 
-def _name(path: Path, root: Path) -> str:
-    return path.name if root.is_file() else path.relative_to(root).as_posix()
+def _clips(path: Path) -> list:
+    """The clips a DATA argument names: a folder's test clips (all of them where it has none), or a file."""
+    clips = [c for c in discover(path) if c.split != "train" or path.is_file()]
+    return clips or discover(path)
+
+
+def _name(path: Path, roots: list[Path]) -> str:
+    """A clip's name in the CSV: relative to the folder given for it, or its file name."""
+    for root in roots:
+        if root.is_dir() and path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return path.name
 
 
 def _explained(result: ScoreResult, rows: list[tuple], decision: bool) -> list[tuple]:
@@ -40,7 +50,7 @@ def _explained(result: ScoreResult, rows: list[tuple], decision: bool) -> list[t
 
 @handle_errors
 def score(
-    data: Path = typer.Argument(..., help="A DCASE test folder, a dataset root, any folder of audio or one file."),
+    data: List[Path] = typer.Argument(..., help="DCASE test folders, a dataset root, folders of audio or files."),
     run: Path = typer.Option(Path("checkpoints/run"), "--run", "--run-dir", "-r", help="Trained run folder."),
     branch: Optional[List[str]] = typer.Option(None, "--branch", "-b", help="Use only these branches (repeatable)."),
     decision: bool = typer.Option(False, "--decision", help="Add the 0/1 decision as a third column."),
@@ -61,9 +71,7 @@ def score(
 ) -> None:
     """Anomaly score per clip (higher = more anomalous) as CSV on stdout: filename,score[,decision]
     (no header, as the DCASE files), or with --explain a header and how each branch contributed."""
-    clips = [c for c in discover(data) if c.split != "train" or data.is_file()]
-    if not clips:
-        clips = discover(data)
+    clips = [c for path in data for c in _clips(path)]
     if machine is not None or section is not None:
         clips = [replace(c, machine=machine or c.machine, section=f"{section:02d}" if section is not None else c.section)
                  for c in clips]

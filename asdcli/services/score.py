@@ -17,7 +17,7 @@ from asdcli.data.layout import Clip, parse_clip
 from asdcli.errors import CheckpointError, DataError
 from asdcli.metrics import fpr_threshold, gamma_threshold
 from asdcli.models.base import Batch
-from asdcli.models.registry import canonical_name
+from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import (load_with_upstream, normalize, score_branches, thin_sections, trained_branches,
                                           unfinished_branches)
 from asdcli.services.examples import Examples, Normals, normal_examples
@@ -53,6 +53,15 @@ class ScoreResult:
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
 
+    def rows(self) -> list[dict]:
+        """One dict per scored clip: file, machine, section, domain, score, decision, and each
+        branch's standardised score (``z_<id>``); for a DataFrame or a CSV writer."""
+        ids = {n: BRANCHES[n].bid for n in self.branches}
+        return [{"file": str(c.path), "machine": c.machine, "section": c.section, "domain": c.domain,
+                 "score": float(self.score[i]), "decision": int(self.decision[i]),
+                 **{f"z_{ids[n]}": float(self.normalized[n][i]) for n in self.branches}}
+                for i, c in enumerate(self.clips)]
+
 
 @dataclass
 class _Pipeline:
@@ -65,6 +74,7 @@ class _Pipeline:
     support: Support | None = None
     learners: dict[str, torch.nn.Module] = field(default_factory=dict)
     left_out: dict[str, str] = field(default_factory=dict)
+    abstained: str | None = None  # why the meta-learner keeps the fused score
 
     @property
     def method(self) -> str:
@@ -120,10 +130,12 @@ def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
         if names is None or names == meta.branches:
             pipe.fusion, names = fusion, meta.branches
             if run.meta_meta.exists():
-                pipe.meta = load_meta(run)
-                pipe.examples = meta_examples(run, pipe.meta.meta)
-            else:  # not meta-trained: fusion is the last stage
-                pipe.meta = None
+                meta_learner = load_meta(run)
+                if meta_learner.meta.abstained:  # it keeps the fused score: say so, and score with the fusion
+                    pipe.abstained = meta_learner.meta.abstained
+                else:
+                    pipe.meta = meta_learner
+                    pipe.examples = meta_examples(run, meta_learner.meta)
     if names is None:
         names = trained_branches(run)
         if names:  # no fusion head: average the branches the fusion would use
@@ -160,8 +172,8 @@ def _notices(pipe: _Pipeline, groups: list[str], metas: dict[str, BranchMeta]) -
         if thin:
             notices.append(f"{name}: section(s) {', '.join(thin)} had fewer than two usable training clips (or "
                            "identical scores): their scores are standardised with the other sections' spread")
-    if pipe.meta is not None and pipe.meta.meta.abstained:
-        notices.append(f"meta-learner: {pipe.meta.meta.abstained}")
+    if pipe.abstained:
+        notices.append(f"meta-learner: {pipe.abstained}; the final score is the fused score")
     notices += list(unfinished_branches(run).values())
     return notices
 

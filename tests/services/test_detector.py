@@ -38,9 +38,11 @@ def test_a_loaded_detector_scores_files_and_waveforms_as_asd_score(run, synth_ro
         alone = detector.score([clip.path])  # one clip per batch, as a waveform is scored (batches of other
         wave, rate = sf.read(str(clip.path), dtype="float32")  # sizes round convolutions differently, ~1e-4)
         one = detector.score_waveform(wave, rate, machine=clip.machine, section=clip.section, domain=clip.domain)
-        assert one.score == pytest.approx(alone.score[0], abs=1e-9)
+        # a file's features are computed by a loader thread with one intra-op thread, a waveform's on the
+        # caller's: the log-mel may differ in its last bit (float32), the scores by ~1e-7
+        assert one.score == pytest.approx(alone.score[0], abs=1e-6)
         assert one.decision == alone.decision[0] and one.method == "meta"
-        assert one.normalized == pytest.approx({n: float(v[0]) for n, v in alone.normalized.items()}, abs=1e-9)
+        assert one.normalized == pytest.approx({n: float(v[0]) for n, v in alone.normalized.items()}, abs=1e-6)
         assert one.score == pytest.approx(result.score[i], abs=1e-3)
         assert sum(one.weights.values()) == pytest.approx(1.0, abs=1e-5)
     wave, rate = sf.read(str(test[0].path), dtype="float32")
