@@ -16,6 +16,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+import asdcli.services.commits as commits
 import asdcli.services.runs as runs
 from asdcli.atomic import write_text
 from asdcli.cli import app
@@ -121,11 +122,11 @@ def test_a_reader_sees_a_commit_before_or_after_never_during(run):
     done = threading.Event()
 
     def commit():
-        with runs.commit_stage(run) as place:
+        with commits.commit_stage(run) as place:
             write_text(place(run / "x.json"), "{}")
         done.set()
 
-    with runs.reading(run):
+    with commits.reading(run):
         writer = threading.Thread(target=commit)
         writer.start()
         writer.join(0.5)
@@ -139,16 +140,16 @@ def test_a_commit_cut_after_its_journal_is_completed_before_a_read(run):
     staging.mkdir()
     (staging / "y.json").write_text("{}")
     _journal(run, {"staging": staging.name, "files": ["y.json"]})
-    with runs.reading(run):
+    with commits.reading(run):
         assert (run / "y.json").exists() and not staging.exists()
 
 
 def test_a_second_writer_of_the_same_stage_stops_with_one_line(run, synth_root, base):
-    with runs.writing(run, "fusion"):
+    with commits.writing(run, "fusion"):
         with pytest.raises(CheckpointError, match="another asd command is writing its fusion"):
             train_fusion(synth_root, run, base[2])
-        with pytest.raises(CheckpointError, match="writing its transformer-ae"), runs.writing(run, "transformer-ae"):
-            with runs.writing(run, "transformer-ae"):
+        with pytest.raises(CheckpointError, match="writing its transformer-ae"), commits.writing(run, "transformer-ae"):
+            with commits.writing(run, "transformer-ae"):
                 pass
 
 
@@ -159,7 +160,7 @@ def test_dcase_files_are_written_all_or_none(run, base, synth_root, tmp_path, mo
     before = {p: p.read_text() for p in old}
     result.score = result.score + 1.0
     moves = {"n": 0}
-    move = runs._move
+    move = commits._move
 
     def cut(source, target):
         moves["n"] += 1
@@ -167,10 +168,10 @@ def test_dcase_files_are_written_all_or_none(run, base, synth_root, tmp_path, mo
             raise KeyboardInterrupt  # killed between two renames
         move(source, target)
 
-    monkeypatch.setattr(runs, "_move", cut)
+    monkeypatch.setattr(commits, "_move", cut)
     with pytest.raises(KeyboardInterrupt):
         write_dcase_files(result, out)
-    monkeypatch.setattr(runs, "_move", move)
+    monkeypatch.setattr(commits, "_move", move)
     assert {p.read_text() for p in old} != set(before.values())  # a mix: some renamed, some not
     evaluate([out])  # a reader of the folder completes the commit first
     expected = write_dcase_files(result, tmp_path / "fresh")

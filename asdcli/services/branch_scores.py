@@ -15,11 +15,10 @@ from asdcli.errors import DataError
 from asdcli.models.base import Branch
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.dataset import ClipSet
-from asdcli.services.embeddings import EmbeddingCaches
+from asdcli.services.embeddings import EmbeddingCaches, model_batches
 from asdcli.services.features import make_extractor
 from asdcli.services.runs import Run, load_branch, open_run, read_branch_meta, stored_config
 from asdcli.services.run_meta import BranchMeta
-from asdcli.services.train import model_batches
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from asdcli.atomic import write_text
 from asdcli.errors import OutputError, os_error_message
-from asdcli.services.runs import commit_stage, recover
+from asdcli.services.commits import commit_stage, recover
 from asdcli.services.score import ScoreResult
 
 

@@ -34,8 +34,9 @@ from asdcli.services.dataset import ClipSet, Vocabulary, training_clips
 from asdcli.services.examples import Examples
 from asdcli.services.features import make_extractor
 from asdcli.services.meta import sample_task, usable_task
+from asdcli.services.embeddings import model_batches, with_embeddings
 from asdcli.services.runs import Run, branch_context, is_run, load_branch, open_run
-from asdcli.services.train import Precision, epoch_order, lr_at, model_batches, with_embeddings
+from asdcli.services.schedule import Precision, epoch_order, lr_at
 
 HEADS = ("fusion", "meta")
 

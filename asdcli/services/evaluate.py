@@ -22,7 +22,7 @@ import numpy as np
 
 from asdcli.data.layout import Clip, parse_clip
 from asdcli.errors import DataError
-from asdcli.services.runs import recover
+from asdcli.services.commits import recover
 from asdcli.metrics import (MAX_FPR, Means, SectionScores, arithmetic_score, jackknife_ci95, official_score,
                             section_means, section_scores)
 

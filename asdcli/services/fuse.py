@@ -22,7 +22,8 @@ from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.reliability import split_usable
 from asdcli.services.run_meta import FusionMeta, read_typed
-from asdcli.services.runs import Run, commit_stage, open_run, read_branch_meta, writing
+from asdcli.services.commits import commit_stage, writing
+from asdcli.services.runs import Run, open_run, read_branch_meta
 
 
 def file_digest(path: Path) -> str:

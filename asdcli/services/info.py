@@ -13,7 +13,8 @@ from asdcli.services.fuse import stale_branches
 from asdcli.services.meta import fusion_changed
 from asdcli.services.reliability import heldout_gap
 from asdcli.services.run_meta import FusionMeta, MetaMeta, read_typed
-from asdcli.services.runs import Run, open_run, read_branch_meta, reading, run_config, stored_config
+from asdcli.services.commits import reading
+from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
 
 
 @dataclass

@@ -26,7 +26,8 @@ from asdcli.models.meta_learner import MetaClassifier, adapted, adapted_copy, ma
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.fuse import is_current, load_fusion, stage_digest
 from asdcli.services.run_meta import MetaMeta, read_typed
-from asdcli.services.runs import Run, commit_stage, open_run, run_file, writing
+from asdcli.services.commits import commit_stage, run_file, writing
+from asdcli.services.runs import Run, open_run
 
 
 def meta_examples(run: Run, meta: MetaMeta) -> Examples:

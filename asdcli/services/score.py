@@ -25,8 +25,9 @@ from asdcli.services.fuse import load_fusion, usable_branches
 from asdcli.services.meta import MetaLearner, fused_features, load_meta, meta_examples, support_rows
 from asdcli.services.adapt import Support, section_support
 from asdcli.services.run_meta import BranchMeta
-from asdcli.services.runs import Run, open_run, read_branch_meta, reading, run_config, stored_config
-from asdcli.services.train import with_embeddings
+from asdcli.services.commits import reading
+from asdcli.services.embeddings import with_embeddings
+from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
 
 METHODS = {
     "meta": "meta-learner adapted per section over the attention-fused scores",

@@ -27,17 +27,19 @@ from asdcli.atomic import write_text
 from asdcli.checkpoints import (FORMAT_VERSION, load_training_state, save_training_state, save_weights,
                                 versions, write_json)
 from asdcli.config import AsdConfig
-from asdcli.errors import CheckpointError, ConfigError, TrainingError
+from asdcli.errors import CheckpointError, TrainingError
 from asdcli.metrics import gamma_threshold
 from asdcli.models.base import Batch, Branch, state_digest
 from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
-from asdcli.services.device import DistInfo, distributed, native_bf16
-from asdcli.services.embeddings import EmbeddingCaches
+from asdcli.services.device import DistInfo, distributed
+from asdcli.services.schedule import Precision, epoch_order, epoch_seed, lr_at, shard
+from asdcli.services.embeddings import EmbeddingCaches, embed_once, model_batches, with_rows
 from asdcli.services.features import make_extractor
 from asdcli.services.reliability import heldout_check
-from asdcli.services.runs import (CONFIG_FILE, RUN_FILE, Run, branch_context, commit_stage, is_run, load_branch, writing,
-                                 open_or_create_run, open_run)
+from asdcli.services.commits import commit_stage, writing
+from asdcli.services.runs import (CONFIG_FILE, RUN_FILE, Run, branch_context, is_run, load_branch,
+                                  open_or_create_run, open_run)
 
 LOG_COLUMNS = ["epoch", "loss", "lr", "clips", "seconds", "clips_per_s"]
 
@@ -83,62 +85,6 @@ class _LossModule(nn.Module):
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.branch.loss(batch)
-
-
-def lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    """Linear warm-up over ``warmup`` steps, then cosine decay to 5 % of ``base``."""
-    if warmup and step < warmup:
-        return base * (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
-
-
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return (seed * 1_000_003 + epoch * 7919 + 17) % (2**31)
-
-
-def with_embeddings(batch: Batch, upstream: dict[str, Branch]) -> Batch:
-    """Fill ``batch.embeddings`` from the upstream branches (no gradients)."""
-    with torch.no_grad():
-        for name, branch in upstream.items():
-            batch.embeddings[name] = branch.embedding(batch)
-    return batch
-
-
-def model_batches(clipset: ClipSet, batch_size: int, device: torch.device | str, upstream: dict[str, Branch],
-                  caches: EmbeddingCaches | None = None, order: list[int] | None = None,
-                  embedded: dict[str, Tensor] | None = None) -> Iterator[Batch]:
-    """The clip set in ``order`` (default: all, in order) as batches on ``device``, with cached and
-    upstream embeddings filled (taken from ``embedded``, every clip's by name, where given)."""
-    order = list(range(len(clipset))) if order is None else order
-    chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    for batch in clipset.on_device(chunks, device):
-        batch = with_rows(batch, embedded or {})
-        if caches is not None:
-            batch = caches.attach(batch, [clipset.clips[i] for i in batch.index.tolist()])
-        yield with_embeddings(batch, upstream)
-
-
-def with_rows(batch: Batch, embedded: dict[str, Tensor]) -> Batch:
-    """Put the batch's clips' rows of ``embedded`` ((N, D) per branch, N the clip set) in ``batch.embeddings``."""
-    for name, table in embedded.items():
-        batch.embeddings[name] = table[batch.index.to(table.device)]
-    return batch
-
-
-def embed_once(clipset: ClipSet, batch_size: int, device: torch.device, upstream: dict[str, Branch],
-               cache_dir: Path | None) -> dict[str, Tensor]:
-    """Every clip's (N, D) embedding by each upstream branch (read from the on-disk cache where the
-    branch allows it). The upstream branches are frozen, so training epochs and the scoring of the
-    training clips take their rows instead of embedding the clips again (b5 spent nearly all its
-    training time in b3's network)."""
-    if not upstream:
-        return {}
-    parts: dict[str, list[Tensor]] = {name: [] for name in upstream}
-    for batch in model_batches(clipset, batch_size, device, upstream, EmbeddingCaches(cache_dir, upstream)):
-        for name in upstream:
-            parts[name].append(batch.embeddings[name])
-    return {name: torch.cat(rows) for name, rows in parts.items()}
 
 
 def _write_log(path: Path, rows: list[dict]) -> None:
@@ -284,58 +230,11 @@ def _check_finite(s: _Setup, row: dict) -> None:
                         "training was saved; the run is as it was before")
 
 
-def epoch_order(clipset: ClipSet, balance: bool, seed: int, indices: list[int] | None = None) -> list[int]:
-    """The clips of one epoch, drawn from ``indices`` (default: every clip): a seeded permutation,
-    or with ``balance`` as many draws (with replacement) weighted so that every class is drawn
-    equally often on average."""
-    generator = torch.Generator().manual_seed(seed)
-    pool = torch.arange(len(clipset)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
-    n = len(pool)
-    if not balance:
-        return pool[torch.randperm(n, generator=generator)].tolist()
-    labels = torch.tensor([clipset.vocab.label_index(clipset.clips[i]) for i in pool.tolist()])
-    _, inverse, counts = torch.unique(labels, return_inverse=True, return_counts=True)
-    weights = 1.0 / counts[inverse].double()  # (N,)
-    return pool[torch.multinomial(weights, n, replacement=True, generator=generator)].tolist()
-
-
-def _shard(indices: list[int], info: DistInfo) -> list[int]:
-    return indices[info.rank :: info.world_size]
-
-
-@dataclass
-class Precision:
-    """A branch's training arithmetic (``branches.<name>.precision``, else ``train.precision``): an
-    autocast context and a gradient scaler (active for fp16 only, whose small gradients would
-    otherwise underflow)."""
-
-    device: torch.device
-    dtype: torch.dtype | None
-
-    @classmethod
-    def of(cls, config: AsdConfig, name: str, device: torch.device) -> "Precision":
-        name = canonical_name(name)
-        own = branch_config(config, name).precision
-        field = f"branches.{name.replace('-', '_')}.precision" if own is not None else "train.precision"
-        chosen = own if own is not None else config.train.precision
-        if chosen == "auto":
-            chosen = "bf16" if native_bf16(device) else "fp32"
-        if chosen == "fp16" and device.type != "cuda":
-            raise ConfigError(f"{field}: fp16 needs a CUDA device (training on {device}); use bf16 or fp32")
-        return cls(device, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[chosen])
-
-    def __post_init__(self) -> None:
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-
-    def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
-
-
 def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch: int, info: DistInfo,
                on_step: Callable[[StepInfo], None] | None, precision: Precision) -> dict:
     """One pass over the shuffled training clips; returns the epoch's log row."""
-    torch.manual_seed(_epoch_seed(config.seed, epoch))
-    order = epoch_order(s.clipset, config.train.balance, _epoch_seed(config.seed, epoch), s.trained)
+    torch.manual_seed(epoch_seed(config.seed, epoch))
+    order = epoch_order(s.clipset, config.train.balance, epoch_seed(config.seed, epoch), s.trained)
     bs = config.train.batch_size
     # A last partial batch too small to give every process a clip is dropped.
     steps = len(order) // bs + int(len(order) % bs >= info.world_size)
@@ -344,7 +243,7 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
     s.branch.set_progress(epoch / max(1, s.epochs))
     params = [p for p in s.branch.parameters() if p.requires_grad]
     start, losses, seen = time.perf_counter(), [], 0  # losses stay on the device until the epoch ends
-    chunks = [_shard(order[step * bs : (step + 1) * bs], info) for step in range(steps)]
+    chunks = [shard(order[step * bs : (step + 1) * bs], info) for step in range(steps)]
     for step, batch in enumerate(s.clipset.on_device(chunks, s.device)):
         lr = lr_at(epoch * steps + step, total_steps, warmup, s.lr)
         for group in optimizer.param_groups:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import asdcli.atomic as atomic
-import asdcli.services.runs as runs
+import asdcli.services.commits as commits
 from asdcli.data.layout import discover
 from asdcli.errors import CheckpointError
 from asdcli.services.fuse import train_fusion
@@ -23,7 +23,7 @@ class Interrupted(BaseException):
 def _writes(monkeypatch, stop_at: int | None) -> dict:
     """Count every atomic file write and every rename of a committed stage; raise at ``stop_at``."""
     calls = {"n": 0}
-    temporary, move = atomic._temporary, runs._move
+    temporary, move = atomic._temporary, commits._move
 
     def tick():
         calls["n"] += 1
@@ -39,7 +39,7 @@ def _writes(monkeypatch, stop_at: int | None) -> dict:
         return move(*args, **kwargs)
 
     monkeypatch.setattr(atomic, "_temporary", counted_temporary)
-    monkeypatch.setattr(runs, "_move", counted_move)
+    monkeypatch.setattr(commits, "_move", counted_move)
     return calls
 
 
@@ -126,11 +126,11 @@ def test_staging_left_by_a_dead_command_is_removed_and_others_are_kept(tmp_path)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()
     host = socket.gethostname()
-    dead = tmp_path / f"{runs.STAGING_PREFIX}{gone.pid}-{host}-0000aaaa"
-    alive = tmp_path / f"{runs.STAGING_PREFIX}{os.getpid()}-{host}-0000bbbb"
-    elsewhere = tmp_path / f"{runs.STAGING_PREFIX}{gone.pid}-another-machine-0000cccc"
+    dead = tmp_path / f"{commits.STAGING_PREFIX}{gone.pid}-{host}-0000aaaa"
+    alive = tmp_path / f"{commits.STAGING_PREFIX}{os.getpid()}-{host}-0000bbbb"
+    elsewhere = tmp_path / f"{commits.STAGING_PREFIX}{gone.pid}-another-machine-0000cccc"
     for folder in (dead, alive, elsewhere):
         folder.mkdir()
         (folder / "fusion.json").write_text("{}")
-    runs._forget_abandoned(tmp_path)
+    commits._forget_abandoned(tmp_path)
     assert not dead.exists() and alive.exists() and elsewhere.exists()

@@ -12,7 +12,8 @@ from asdcli.errors import CheckpointError, ConfigError, TrainingError
 from asdcli.services.device import native_bf16, resolve_device
 from asdcli.services.runs import load_branch, open_run
 from asdcli.services.branch_scores import score_branches
-from asdcli.services.train import Precision, train_branch
+from asdcli.services.schedule import Precision
+from asdcli.services.train import train_branch
 from asdcli.data.layout import discover
 
 ROOT = Path(__file__).resolve().parents[2]
