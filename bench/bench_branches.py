@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--config", default="default")
     parser.add_argument("--branches", nargs="+", default=ORDER)
     parser.add_argument("--epochs", type=int, help="override every branch's epochs")
-    parser.add_argument("--ast", help="override branches.pretrained.source (e.g. random)")
+    parser.add_argument("--b1", "--ast", dest="ast", help="override branches.pretrained.source: a weights file, or random")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(2)

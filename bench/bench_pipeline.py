@@ -12,7 +12,7 @@ branches -> fusion -> adapted meta-learner) runs in a fresh child process (cold 
 so that its throughput and peak memory are those of `asd score` alone. ``--holdout SECTION``
 (several, or none for every section) meta-trains without each in turn and compares the unadapted
 with the adapted classifier on its test clips. Without --data the synthetic dataset of the config is generated into a temporary
-folder; b1 uses the config's AST source (offline: ``--ast random``).
+folder; b1 uses the config's source (offline: ``--b1 PATH`` to a weights file, or ``--b1 random``).
 """
 
 from __future__ import annotations
@@ -101,13 +101,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path)
     parser.add_argument("--config", default="default")
-    parser.add_argument("--ast", help="override branches.pretrained.source (e.g. random)")
+    parser.add_argument("--b1", "--ast", dest="ast", help="override branches.pretrained.source: a weights file, or random")
     parser.add_argument("--holdout", nargs="*", help="sections to hold out of meta-training one at a time "
                         "(no names: every section)")
     parser.add_argument("--run", type=Path, help="a run folder to use (and keep): branches already complete in it "
                         "are not retrained; fusion and meta-learner always are")
     parser.add_argument("--cache", type=Path, help="feature cache folder (default: a temporary one)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--priors", nargs="+", default=["builtin"], help="fusion.prior values to compare on the same "
+                        "branches (e.g. builtin none: the shipped prior against the pseudo-anomalies alone)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     config = load_config(args.config).with_overrides(seed=args.seed, **{"branches.pretrained.source": args.ast})
@@ -120,15 +122,20 @@ def main() -> None:
             if canonical_name(name) not in done:
                 train_branch(name, data, run, config, cache_dir=cache)
                 print(f"trained {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
-        train_fusion(data, run, config)
-        meta_train(run, config, data=data)
+        stages = []
+        for prior in reversed(args.priors):  # the first one last: the run keeps it for what follows
+            chosen = config.with_settings({"fusion.prior": prior})
+            train_fusion(data, run, chosen)
+            meta_train(run, chosen, data=data)
+            result = score_clips(run, test, cache)
+            label = f" (fusion.prior {prior})" if len(args.priors) > 1 else ""
+            stages[:0] = [_row(f"attention fusion{label}", result.clips, result.fused),
+                          _row(f"final (meta-learner){label}", result.clips, result.score)]
         train_s = time.perf_counter() - start
         rate, peak_mb = _timed_scoring(run, test, Path(tmp) / "cold-cache")
-        result = score_clips(run, test, cache)
-        stages = [_row(n, result.clips, result.normalized[n]) for n in result.branches]
-        stages.append(_row("average of branches", result.clips, np.mean(list(result.normalized.values()), axis=0)))
-        stages.append(_row("attention fusion", result.clips, result.fused))
-        stages.append(_row("final (meta-learner)", result.clips, result.score))
+        stages[:0] = [_row(n, result.clips, result.normalized[n]) for n in result.branches]
+        stages.insert(len(result.branches), _row("average of branches", result.clips,
+                                                 np.mean(list(result.normalized.values()), axis=0)))
         holdouts = {}
         if args.holdout is not None:
             shutil.copytree(run, Path(tmp) / "holdout-run")

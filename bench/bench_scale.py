@@ -190,7 +190,7 @@ def main() -> None:
     parser.add_argument("--test-per-domain", type=int, default=10, help="test clips per section (half anomalous)")
     parser.add_argument("--config", default="default")
     parser.add_argument("--epochs", type=int, help="override train.epochs (a quicker look; say so when reporting)")
-    parser.add_argument("--ast", help="override branches.pretrained.source (e.g. random offline)")
+    parser.add_argument("--b1", "--ast", dest="ast", help="override branches.pretrained.source: a weights file, or random")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--work", type=Path, help="folder for data, runs and caches (default: a temporary one)")
     parser.add_argument("--devices", nargs="+", default=["cpu"], help="run every stage on each (cpu, cuda, cuda:N)")

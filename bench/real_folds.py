@@ -29,6 +29,7 @@ class Source:
     trainable: bool  # a normal clip that folds may put into training
     name: str | None = None  # keep this file name (a 2021+ name with its domain and attributes)
     split: str | None = None  # a fixed split ("train"/"test") that folds never change
+    unit: str | None = None  # the recorded machine, where several share one section: folds train on each
 
 
 @dataclass(frozen=True)
@@ -111,12 +112,12 @@ def _machine_type_sets(root: Path) -> dict[str, RealSet]:
         clips = [s for s in _dcase2020(samples / machine, machine, True) if (machine, s.mid) not in _USED_IDS]
         if machine != "slider":
             clips += _dcase2020(mini / machine / "test", machine, True)
-        clips = [Source(s.path, machine, "00", s.label, s.trainable) for s in clips]
+        clips = [Source(s.path, machine, "00", s.label, s.trainable, unit=s.mid) for s in clips]
         if machine in _MIMII_8CH and mimii.is_dir():
             for label, suffix in (("normal", "normal"), ("anomaly", "abnormal")):
                 path = mimii / f"{_MIMII_8CH[machine]}_{suffix}.wav"
                 if path.exists():
-                    clips.append(Source(path, machine, "00", label, label == "normal"))
+                    clips.append(Source(path, machine, "00", label, label == "normal", unit="mimii"))
         normals = sum(s.label == "normal" for s in clips)
         anomalies = len(clips) - normals
         if normals >= 4 and anomalies >= 2:
@@ -132,8 +133,8 @@ def build_fold(real: RealSet, fold: int, out: Path) -> tuple[Path, list[tuple[st
     the data root and (link, source) pairs. The choice of training normals is seeded by the fold."""
     rng = np.random.default_rng([fold, 7])
     chosen: set[Path] = set()
-    for key in sorted({(s.machine, s.mid) for s in real.clips if s.trainable}):
-        movable = [s for s in real.clips if s.trainable and (s.machine, s.mid) == key]
+    for key in sorted({(s.machine, s.mid, s.unit or "") for s in real.clips if s.trainable}):
+        movable = [s for s in real.clips if s.trainable and (s.machine, s.mid, s.unit or "") == key]
         share = real.train_share if isinstance(real.train_share, float) else real.train_share[key[1]]
         count = int(round(share * len(movable)))
         chosen |= {movable[i].path for i in rng.permutation(len(movable))[:count]}

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from asdcli.config import PretrainedConfig
 from asdcli.errors import ConfigError
-from asdcli.models.efficientat import MobileNetAudio
+from asdcli.models.efficientat import FRONTEND_VERSION, MobileNetAudio
 
 DB_PER_NATURAL_LOG = 10.0 / math.log(10.0)
 
@@ -134,6 +134,10 @@ class EfficientAtBackbone(nn.Module):
     def extra_meta(self) -> dict:
         return {"backbone": self.kind, "width": round(self.model.dim / 960, 4)}
 
+    def settings(self) -> dict:
+        """What its embeddings depend on besides its weights (the key of cached embeddings)."""
+        return {**self.extra_meta(), "frontend": FRONTEND_VERSION}
+
     def inputs(self, wave: Tensor, rate: int) -> Tensor:
         """(B, samples) -> (B, 1, 128, frames) log-mel image."""
         with torch.no_grad():
@@ -168,6 +172,9 @@ class AstBackbone(nn.Module):
     def extra_meta(self) -> dict:
         return {"backbone": self.kind, "ast_config": self.ast.config.to_dict(),
                 "feature_extractor": self.extractor.to_dict()}
+
+    def settings(self) -> dict:
+        return self.extra_meta()
 
     def inputs(self, wave: Tensor, rate: int) -> Tensor:
         """(B, samples) at 16 kHz -> (B, max_length, 128) normalised fbank."""

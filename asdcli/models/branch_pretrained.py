@@ -102,7 +102,7 @@ class PretrainedBranch(Branch):
     def embedding_spec(self) -> tuple[str, int] | None:
         if self.tuned:
             return None
-        settings = json.dumps(self.backbone.extra_meta(), sort_keys=True, default=str)
+        settings = json.dumps(self.backbone.settings(), sort_keys=True, default=str)
         return f"{self.backbone.kind}-{state_digest(self.backbone, settings)[:16]}", self.backbone.dim
 
     def trained_kinds(self) -> tuple[str, ...]:

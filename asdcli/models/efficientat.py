@@ -10,6 +10,8 @@ hop 320, centred) -> 128 Kaldi-style mel bands 0-15 kHz -> log(mel + 1e-5) -> (x
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +19,7 @@ import torch.nn.functional as F
 import torchaudio.functional as AF
 from torch import Tensor, nn
 
+FRONTEND_VERSION = 2  # 2: 16 kHz audio on the model's grid (no resampling); part of cached embeddings' key
 RATE = 32000
 N_FFT, WINDOW, HOP, N_MELS, F_MAX = 1024, 800, 320, 128, 15000.0
 N_CLASSES = 527
@@ -95,20 +98,53 @@ class InvertedResidual(nn.Module):
 
 
 class MelFrontend(nn.Module):
-    """(B, samples) audio at 32 kHz -> (B, 1, 128, frames) log-mel as the model was trained on."""
+    """(B, samples) audio -> (B, 1, 128, frames) log-mel as the model was trained on (at 32 kHz).
+
+    Audio at 16 kHz (asd's rate) is not resampled: the same grid is computed at its own rate
+    (FFT of 512 over a 400-sample window, hop 160: the same 31.25 Hz bins and 10 ms frames as the
+    model's) and what resampling to 32 kHz and the pre-emphasis would do to each bin's power is
+    applied as their frequency response (the pass band's gain, the roll-off below 8 kHz and the
+    attenuated mirror image above it). Far cheaper than resampling and a twice longer STFT; the
+    embeddings of real clips stay close to the resampled route's (tests/models/test_efficientat.py)."""
 
     def __init__(self):
         super().__init__()
-        banks = _kaldi_mel_banks()
-        self.register_buffer("mel", banks, persistent=False)  # (128, 513)
-        self.register_buffer("window", torch.hann_window(WINDOW, periodic=False), persistent=False)
+        self.register_buffer("mel", _kaldi_mel_banks(), persistent=False)  # (128, 513)
 
-    def forward(self, wave: Tensor) -> Tensor:
-        x = wave[:, 1:] - 0.97 * wave[:, :-1]  # pre-emphasis
-        spec = torch.stft(x, N_FFT, HOP, WINDOW, self.window, center=True, return_complex=True)
-        power = spec.real ** 2 + spec.imag ** 2  # (B, 513, frames)
-        mel = torch.matmul(self.mel, power)  # (B, 128, frames)
+    def forward(self, wave: Tensor, rate: int = RATE) -> Tensor:
+        step = RATE // rate if rate <= RATE and RATE % rate == 0 else None
+        if step is None:
+            wave, step = AF.resample(wave, rate, RATE), 1
+        n_fft, window, hop = N_FFT // step, WINDOW // step, HOP // step
+        if step == 1:
+            x = wave[:, 1:] - 0.97 * wave[:, :-1]  # pre-emphasis
+        else:  # one sample shorter, as the pre-emphasised 32 kHz signal: the same number of frames
+            x = wave[:, :-1]
+        spec = torch.stft(x, n_fft, hop, window, torch.hann_window(window, periodic=False, device=wave.device),
+                          center=True, return_complex=True)
+        power = spec.real ** 2 + spec.imag ** 2  # (B, n_fft / 2 + 1, frames)
+        if step == 2:  # zero-stuffing mirrors the spectrum above the old Nyquist; the filter attenuates it
+            power = torch.cat([power, power.flip(1)[:, 1:]], dim=1)  # (B, 513, frames)
+            power = power * _route_gain(step, power.shape[1]).to(power)[None, :, None]
+        elif step > 2:
+            power = power * _route_gain(step, power.shape[1]).to(power)[None, :, None]
+        mel = torch.matmul(self.mel[:, : power.shape[1]], power)  # (B, 128, frames)
         return ((mel + 1e-5).log() + 4.5).div(5.0)[:, None]
+
+
+@functools.lru_cache(maxsize=4)
+def _route_gain(step: int, bins: int) -> Tensor:
+    """(bins,) |H(f)|^2 of what the 32 kHz route does to audio at 32000 / ``step`` Hz before its
+    STFT: torchaudio's resampling filter (its gain, ``step`` in the pass band, its roll-off below
+    the old Nyquist frequency and what it leaves of the mirrored spectrum above it) and the
+    pre-emphasis, at the FFT bins (31.25 Hz apart)."""
+    impulse = torch.zeros(256, dtype=torch.float64)
+    impulse[128] = 1.0
+    response = AF.resample(impulse, RATE // step, RATE)  # (512,) the filter at 32 kHz
+    spectrum = torch.fft.rfft(response, n=N_FFT).abs() ** 2  # (513,) on the model's FFT grid
+    freqs = torch.arange(N_FFT // 2 + 1, dtype=torch.float64) * (RATE / N_FFT)
+    emphasis = (1 - 0.97 * torch.exp(-2j * math.pi * freqs / RATE)).abs() ** 2
+    return (spectrum * emphasis)[:bins].float()
 
 
 def _kaldi_mel_banks() -> Tensor:
@@ -159,9 +195,7 @@ class MobileNetAudio(nn.Module):
 
     def mel(self, wave: Tensor, rate: int) -> Tensor:
         """(B, samples) audio at ``rate`` -> (B, 1, 128, frames) model input."""
-        if rate != RATE:
-            wave = AF.resample(wave, rate, RATE)
-        return self.frontend(wave)
+        return self.frontend(wave, rate)
 
     def forward(self, wave: Tensor, rate: int) -> TaggerOutput:
         return self.forward_mel(self.mel(wave, rate))
