@@ -111,7 +111,8 @@ class RateColumn(ProgressColumn):
 
     def render(self, task) -> Text:
         speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:,.1f} {self.unit}/s", style="progress.data.speed")
+        unit = task.fields.get("unit", self.unit)  # a task may count something else than its bar's default
+        return Text("" if speed is None else f"{speed:,.1f} {unit}/s", style="progress.data.speed")
 
 
 def progress_bar(unit: str = "clips") -> Progress:

@@ -37,7 +37,7 @@ def fit_meta(opened, cfg, holdout, data: Path | None, torch_device) -> None:
     """Meta-train with a progress bar, then print the query losses (or why it abstains)."""
     run = opened.path
     with progress_bar(unit="steps") as bar:
-        made = bar.add_task("scoring pseudo-anomalies", total=None, visible=data is not None)
+        made = bar.add_task("scoring pseudo-anomalies", total=None, visible=data is not None, unit="clips")
         task = bar.add_task("meta-training", total=cfg.meta.iterations, visible=False)  # shown once it trains
 
         def progress(step: int, total: int, loss: float) -> None:

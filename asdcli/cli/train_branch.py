@@ -53,14 +53,14 @@ def train_branch(
 def run_branch(name: str, data: Path, run: Path, cfg, torch_device, cache_dir: Path, resume: bool) -> None:
     """Train one branch with a progress bar, then print its statistics and reliability."""
     with progress_bar(unit="steps") as bar:
-        task = bar.add_task(f"{name}", total=None)
+        task = bar.add_task(f"{name}", total=None, visible=False)  # shown once it trains (a frozen b1 does not)
 
         def on_step(info) -> None:
-            bar.update(task, total=info.steps * info.epochs, completed=(info.epoch - 1) * info.steps + info.step,
+            bar.update(task, visible=True, total=info.steps * info.epochs, completed=(info.epoch - 1) * info.steps + info.step,
                        description=f"{name} epoch {info.epoch}/{info.epochs} loss {info.loss:.4f} "
                                    f"{info.clips_per_s:,.1f} clips/s")
 
-        scoring = bar.add_task("scoring the training clips", total=None, visible=False)
+        scoring = bar.add_task("scoring the training clips", total=None, visible=False, unit="clips")
 
         def on_score(done: int, total: int) -> None:
             bar.update(scoring, completed=done, total=total, visible=True)

@@ -205,7 +205,8 @@ def _labelled(paths: list[Path]) -> list[ScoreRow]:
 
 def _threshold(rows: list[ScoreRow]) -> float | None:
     """Where a section's decisions switch from normal to anomalous (between the highest score
-    decided normal and the lowest decided anomalous); None without decisions."""
+    decided normal and the lowest decided anomalous): score files do not hold the threshold
+    itself, so the plot says what it draws; None without decisions."""
     normal = [r.score for r in rows if r.decision == 0]
     anomalous = [r.score for r in rows if r.decision == 1]
     if not normal or not anomalous or any(r.decision is None for r in rows):
@@ -237,7 +238,11 @@ def plot_scores(paths: list[Path], out: Path) -> Path:
     roc.plot([0, 1], [0, 1], ":", color="grey")
     roc.set(title="ROC curve per section", xlabel="false-positive rate", ylabel="true-positive rate",
             xlim=(-0.01, 1.01), ylim=(-0.01, 1.02))
-    roc.legend(fontsize=8, loc="lower right", framealpha=0.85)
+    if len(sections) <= 6:
+        roc.legend(fontsize=8, loc="lower right", framealpha=0.85)
+    else:  # many sections: the legend beside the panel, not over the curves
+        roc.legend(fontsize=6 if len(sections) > 12 else 7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                   borderaxespad=0.0)
     for ax, (machine, section) in zip(axes.flat[1:], sections):
         own = [r for r in rows if (r.machine, r.section) == (machine, section)]
         values = np.array([r.score for r in own])
@@ -251,7 +256,8 @@ def plot_scores(paths: list[Path], out: Path) -> Path:
                         color=color, label=tag)
         threshold = _threshold(own)
         if threshold is not None:
-            ax.axvline(threshold, color="black", ls="--", lw=1, label="decision threshold")
+            ax.axvline(threshold, color="black", ls="--", lw=1, label="decisions switch (between the clips decided "
+                       "normal and anomalous)")
         unit = "id_" if all(r.dcase2020 for r in own) else "section "
         ax.set(title=f"{machine} {unit}{section}: anomaly scores", xlabel="anomaly score (higher = more anomalous)",
                ylabel="clips")
