@@ -250,7 +250,9 @@ def test_damaged_training_scores_and_an_edited_log_are_one_line(run, base, synth
 def test_the_api_refuses_what_it_cannot_score_in_one_line(base, synth_root, tmp_path):
     detector = Detector.load(base[0], cache_dir=base[1])
     clip = discover(synth_root / "fan" / "test")[0]
-    assert len(detector.score(str(clip.path)).score) == 1  # one path is one clip, not its characters
+    one = detector.score(str(clip.path))
+    assert len(one.score) == 1  # one path is one clip, not its characters
+    assert one.rows()[0]["file"] == str(clip.path) and one.rows()[0]["score"] == one.score[0] and "z_b2" in one.rows()[0]
     with pytest.raises(DataError, match="no clips were given"):
         detector.score([])
     with pytest.raises(DataError, match="a folder, not an audio file"):
