@@ -105,3 +105,30 @@ def test_with_no_trust_the_head_is_its_start_for_every_clip():
     with torch.no_grad():
         weights = model(torch.from_numpy(z).float()).weights.numpy()
     assert np.allclose(weights, start.weights, atol=1e-6) and np.isnan(loss)
+
+
+def test_learn_prior_from_a_labelled_run_then_fuse_with_it_and_see_it_in_info(synth_root, tiny, tmp_path):
+    from typer.testing import CliRunner
+
+    from asdcli.cli import app
+    from asdcli.services.fuse import train_fusion
+    from asdcli.services.train import train_branch
+
+    runner = CliRunner()
+    cfg = tiny.with_overrides(**{"train.epochs": 1})
+    run, cache = tmp_path / "run", tmp_path / "cache"
+    for name in ("b2", "b4"):
+        train_branch(name, synth_root, run, cfg, cache_dir=cache)
+    train_fusion(synth_root, run, cfg)
+    out = tmp_path / "prior.json"
+    learned = runner.invoke(app, ["learn-prior", "--run", str(run), "--data", str(synth_root), "--out", str(out),
+                                  "--description", "tiny synthetic dev set", "--cache-dir", str(cache)])
+    assert learned.exit_code == 0, learned.output
+    prior = load_prior(str(out))
+    assert set(prior.branches) == {"transformer-ae", "diffusion"} and prior.source.description == "tiny synthetic dev set"
+    fused = runner.invoke(app, ["train-fusion", "--run", str(run), "--data", str(synth_root), f"fusion.prior={out}"])
+    assert fused.exit_code == 0, fused.output
+    info = runner.invoke(app, ["info", str(run), "--as-json"])
+    assert "learned from labelled faults of synth" in info.output and "tiny synthetic dev set" in info.output
+    mismatched = runner.invoke(app, ["learn-prior", "--run", str(run), "--out", str(out)])
+    assert mismatched.exit_code != 0
