@@ -78,10 +78,12 @@ def evaluate(
     csv_out: Optional[Path] = typer.Option(None, "--csv", help="Also write the results CSV in the layout of the DCASE "
                                            "evaluator (one block per machine, then the totals and the official score)."),
     as_json: bool = typer.Option(False, "--as-json", help="Print JSON to stdout instead of the tables."),
+    machine: Optional[str] = typer.Option(None, "--machine", help="The machine type of clips whose paths do not say it "
+                                          "(an asd score CSV of one machine's test folder)."),
 ) -> None:
     """The official DCASE evaluator's figures: per section AUC (all, source, target), pAUC, precision, recall and F1
     per domain; their means per machine and overall; the official score (2020 data: AUC and pAUC per ID)."""
-    result = evaluate_service(scores, ground_truth)
+    result = evaluate_service(scores, ground_truth, machine=machine)
     data = json.dumps(result.to_json(), indent=2)
     if json_out is not None:
         write_text(json_out, data + "\n")

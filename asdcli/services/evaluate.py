@@ -99,18 +99,20 @@ def decision_path(score_path: Path) -> Path:
     return score_path.with_name("decision_result_" + score_path.name[len("anomaly_score_"):])
 
 
-def read_scores(path: Path) -> list[ScoreRow]:
+def read_scores(path: Path, machine: str | None = None) -> list[ScoreRow]:
     """Rows of one CSV: a DCASE ``anomaly_score_<machine>_section_<XX>_test.csv`` or 2020
     ``anomaly_score_<machine>_id_<XX>.csv`` (file names only; decisions from the
     ``decision_result_...`` file beside it, where there is one) or an ``asd score`` CSV
     (``filename,score[,decision]``, paths relative to the scored folder, so the machine comes from
-    the path; the header of ``--explain`` output is skipped)."""
+    the path, else ``machine``; a third column of 0/1 is the decision; the header of ``--explain``
+    output is skipped)."""
     match = DCASE_SCORE_FILE.match(path.name)
     decisions = decision_path(path) if match and decision_path(path).is_file() else None
     decided = _binary(decisions, "decision") if decisions else {}
     out, lines = [], {}
     rows = _read_rows(path)
-    has_decision = bool(rows) and rows[0][:3] == ["filename", "score", "decision"]
+    header = rows[0] if rows and rows[0][:2] == ["filename", "score"] else None
+    has_decision = header is None or header[2:3] == ["decision"]
     for number, row in enumerate(rows, start=1):
         if number == 1 and row[:2] == ["filename", "score"]:  # the header of `asd score`
             continue
@@ -121,6 +123,8 @@ def read_scores(path: Path) -> list[ScoreRow]:
         except ValueError:
             raise DataError(f"{path}, line {number}: score '{row[1]}' is not a number") from None
         clip = parse_clip(Path(row[0]), machine=match["machine"] if match else None)
+        if clip.machine in ("unknown", "") and machine:
+            clip = parse_clip(Path(row[0]), machine=machine)
         if row[0] in lines:
             raise DataError(f"{path}, line {number}: {row[0]} was scored already on line {lines[row[0]]}; each clip "
                             "must appear once")
@@ -224,13 +228,18 @@ def apply_ground_truth(rows: list[ScoreRow], truth: dict) -> tuple[list[ScoreRow
     return out, notices
 
 
-def evaluate(paths: list[Path], ground_truth: Path | None = None, confidence: bool = True) -> Evaluation:
+def evaluate(paths: list[Path], ground_truth: Path | None = None, confidence: bool = True,
+             machine: str | None = None) -> Evaluation:
     """Metrics of every labelled section in the given CSV files or folders of DCASE CSVs; labels
-    and domains from ``ground_truth`` (the official layout) where given, else from the names."""
-    rows = [r for f in score_files(paths) for r in read_scores(f)]
-    notices: list[str] = []
+    and domains from ``ground_truth`` (the official layout) where given, else from the names;
+    ``machine`` for clips whose paths do not say it."""
+    rows = [r for f in score_files(paths) for r in read_scores(f, machine)]
+    unknown = sum(r.machine == "unknown" for r in rows)
+    notices: list[str] = [f"{unknown} clip(s) name no machine in their path: evaluated as machine 'unknown' (give "
+                          "--machine NAME)"] if unknown else []
     if ground_truth is not None:
-        rows, notices = apply_ground_truth(rows, read_ground_truth(ground_truth))
+        rows, found = apply_ground_truth(rows, read_ground_truth(ground_truth))
+        notices += found
     return evaluate_rows(rows, confidence, notices)
 
 

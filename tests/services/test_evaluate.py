@@ -144,3 +144,16 @@ def test_dcase2020_files_give_the_2020_figures_without_domains(tmp_path):
     assert result.official == pytest.approx((np.mean(aucs) + np.mean(paucs)) / 2)
     text = results_csv(result)
     assert text.startswith("fan\nid,AUC,pAUC\n00,0.75,") and "Average," in text and "source" not in text
+
+
+def test_an_asd_score_csv_of_one_machine_folder_gives_its_decisions_and_takes_the_machine(tmp_path):
+    from asdcli.services.evaluate import evaluate
+
+    rows = ["section_00_source_test_normal_0000.wav,0.1,0", "section_00_source_test_normal_0001.wav,0.2,0",
+            "section_00_source_test_anomaly_0000.wav,0.9,1", "section_00_source_test_anomaly_0001.wav,0.15,0"]
+    path = tmp_path / "scores.csv"
+    path.write_text("".join(r + "\n" for r in rows))
+    unnamed = evaluate([path])
+    assert unnamed.sections[0].machine == "unknown" and any("--machine" in n for n in unnamed.notices)
+    named = evaluate([path], machine="fan")
+    assert named.sections[0].machine == "fan" and named.sections[0].decisions is not None
