@@ -2,9 +2,12 @@
 each part's loss and gradient norm per step, and reporting trouble (non-finite losses, exploding
 or vanishing gradients) at the step where it begins.
 
-The five branches train on batches of the normal training clips, each with its own loss; the
-fusion head and the meta-learner train alongside on the run's stored examples (``asd
-train-fusion`` writes them), one full-batch fusion step and one MAML task per step. A frozen part
+Every part is trained on what its own command trains it on: the branches on the batches ``asd
+train-branch`` takes (the run's held-out clips kept out, the same seeded order, each branch's
+random draws from its own generator), each with its own loss; the fusion head on its objective
+(:func:`~asdcli.services.fuse.fusion_objective`, from the run's examples) and the meta-learner on
+``asd meta-train``'s outer step (:func:`~asdcli.services.meta.step_losses`). Only the freezing,
+the logging and the trouble detection are this command's. A frozen part
 has ``requires_grad`` off and stays in eval mode (its batch-norm statistics do not move either),
 so its weights are bit-identical afterwards; this is checked and reported. Nothing is written to
 the run: this is a diagnostic, its product is the log.
@@ -27,16 +30,16 @@ from torch import Tensor, nn
 from asdcli.config import AsdConfig
 from asdcli.errors import ConfigError
 from asdcli.models.base import Batch, Branch, state_digest
-from asdcli.models.fusion_attention import AttentionFusion, balanced_bce
-from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper, meta_features
+from asdcli.models.meta_learner import meta_features
 from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
-from asdcli.services.dataset import ClipSet, Vocabulary, training_clips
+from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
 from asdcli.services.examples import Examples
 from asdcli.services.features import make_extractor
-from asdcli.services.meta import sample_task, usable_task
+from asdcli.services.fuse import attention_start, fusion_objective, load_fusion, new_head
+from asdcli.services.meta import load_meta, meta_examples, new_meta_learner, sample_task, step_losses, task_groups
 from asdcli.services.embeddings import model_batches, with_embeddings
 from asdcli.services.runs import Run, branch_context, is_run, load_branch, open_run
-from asdcli.services.schedule import Precision, epoch_order, lr_at
+from asdcli.services.schedule import Precision, epoch_chunks, lr_at
 
 HEADS = ("fusion", "meta")
 
@@ -119,9 +122,9 @@ def grad_norm(params: list[nn.Parameter]) -> float:
 
 
 def _build_branches(clipset: ClipSet, run: Run | None, config: AsdConfig, frozen: list[str], device,
-                    vocab: Vocabulary) -> dict[str, Branch]:
-    """Every branch, fresh (a frozen one from the run's checkpoint where it has one), in an order
-    where upstream branches come first."""
+                    vocab: Vocabulary, trained: list[int]) -> dict[str, Branch]:
+    """Every branch, fresh as ``asd train-branch`` builds it (a frozen one from the run's
+    checkpoint where it has one), in an order where upstream branches come first."""
     names = sorted(BRANCHES, key=lambda n: len(BRANCHES[n].upstream(branch_config(config, n))))
     context_run = run or Run(Path("."), vocab, {})
     branches: dict[str, Branch] = {}
@@ -135,41 +138,55 @@ def _build_branches(clipset: ClipSet, run: Run | None, config: AsdConfig, frozen
         torch.manual_seed(config.seed)
         branch = build_branch(name, config, branch_context(context_run, config, dims)).to(device)
         branch.set_input_stats(clipset.mean.to(device), clipset.std.to(device))
-        branch.prepare_training(model_batches(clipset, config.train.batch_size, device, upstream))
+        branch.prepare_training(model_batches(clipset, config.train.batch_size, device, upstream, order=trained))
         branches[name] = branch
     return branches
 
 
 class _Heads:
-    """The fusion head and the meta-learner, trained on the run's stored examples."""
+    """The fusion head and the meta-learner with the objectives their commands train
+    (:func:`~asdcli.services.fuse.fusion_objective`, :func:`~asdcli.services.meta.step_losses`), on
+    the run's examples; a frozen one is the run's own. A fusion head whose prior does not trust
+    pseudo-anomalies (trust 0) is not trained by ``asd train-fusion``, so here it is frozen too."""
 
-    def __init__(self, examples: Examples, config: AsdConfig):
-        torch.manual_seed(config.seed)
-        self.examples, self.cfg = examples, config
-        self.z = torch.from_numpy(examples.z).float()
-        self.label, self.group = torch.from_numpy(examples.label), torch.from_numpy(examples.group)
-        self.fusion = AttentionFusion(len(examples.branches), config.fusion.hidden)
-        self.maml = maml_wrapper(MetaClassifier(2 * len(examples.branches) + 1, config.meta.hidden,
-                                                len(examples.branches)), config.meta.inner_lr, config.meta.first_order)
-        self.tasks = [g for g in range(len(examples.groups)) if usable_task(examples, g)]
+    def __init__(self, run: Run, config: AsdConfig, frozen: list[str], notices: list[str]):
+        examples = Examples.load(run.examples)
+        start = attention_start(examples, config)
+        self.objective = fusion_objective(examples, config, start)
+        if self.objective is None:
+            self.objective = fusion_objective(examples, config, start, untrusted=True)
+            frozen.append("fusion")
+            notices.append("fusion: the prior does not trust pseudo-anomalies (trust 0), so asd train-fusion does not "
+                           "train the head: frozen at its start here too (its fit term is logged)")
+        use_run = "fusion" in frozen and run.fusion_meta.exists()
+        self.fusion = load_fusion(run)[0] if use_run else new_head(examples, config, start)
+        self.examples = meta_examples(run, load_meta(run).meta) if run.meta_meta.exists() else examples
+        self.cfg = config
+        k = len(self.examples.branches)
+        self.maml = new_meta_learner(2 * k + 1, k, config)
+        if "meta" in frozen and run.meta_meta.exists():
+            self.maml.module.load_state_dict(load_meta(run).model.state_dict())
+        self.start = [p.detach().clone() for p in self.maml.parameters()]
+        self.z = torch.from_numpy(self.examples.z).float()
+        self.label = torch.from_numpy(self.examples.label).float()
+        self.tasks = task_groups(self.examples, config.meta, [])
         self.rng = np.random.default_rng(config.seed)
         self.modules = {"fusion": self.fusion, "meta": self.maml}
 
     def losses(self, trainable: set[str]) -> dict[str, Tensor]:
         """This step's loss of each head (differentiable for the trainable ones)."""
         with torch.set_grad_enabled("fusion" in trainable):
-            fusion_loss = balanced_bce(self.fusion(self.z).logit, self.label, self.group)
-        out = {"fusion": fusion_loss}
+            out = {"fusion": self.objective(self.fusion)}
         if self.tasks:
             with torch.no_grad():
                 x = meta_features(self.fusion(self.z))
-            support, query = sample_task(self.examples, int(self.rng.choice(self.tasks)), self.cfg.meta, self.rng)
             if "meta" in trainable:
-                learner = adapted(self.maml, x[support], self.label[support], self.cfg.meta.inner_steps)
-                out["meta"] = F.binary_cross_entropy_with_logits(learner(x[query]), self.label[query].float())
+                out["meta"] = sum(loss for _, loss in step_losses(self.maml, x, self.label, self.examples, self.tasks,
+                                                                    self.cfg.meta, self.rng, self.start))
             else:  # frozen: no inner loop either (it would need gradients of the frozen weights)
+                support, query = sample_task(self.examples, int(self.rng.choice(self.tasks)), self.cfg.meta, self.rng)
                 with torch.no_grad():
-                    out["meta"] = F.binary_cross_entropy_with_logits(self.maml(x[query]), self.label[query].float())
+                    out["meta"] = F.binary_cross_entropy_with_logits(self.maml(x[query]), self.label[query])
         return out
 
 
@@ -225,6 +242,8 @@ class _Setup:
     upstream: dict[str, Branch]
     precision: dict[str, Precision]  # each branch's arithmetic, as asd train-branch would use it
     scaler: torch.amp.GradScaler  # active when a branch trains in fp16
+    trained: list[int]  # the clips asd train-branch trains on: the run's held-out clips are not
+    rng: dict[str, Tensor] = field(default_factory=dict)  # each branch's own torch generator state
 
 
 def _base_lr(config: AsdConfig, part: str) -> float:
@@ -239,12 +258,14 @@ def _prepare(data: Path, run_dir: Path | None, config: AsdConfig, frozen: list[s
     clips = training_clips(str(data))
     run = open_run(run_dir) if run_dir is not None and is_run(run_dir) else None
     vocab = run.vocab if run is not None else Vocabulary.from_clips(clips)
+    held = run.holdout if run is not None else frozenset(holdout_keys(clips, config.train.holdout, config.seed))
     clipset = ClipSet(clips, config, make_extractor(config, cache_dir), vocab,
                       with_wave=any(cls.needs_wave for cls in BRANCHES.values()))
-    branches = _build_branches(clipset, run, config, frozen, device, vocab)
+    trained = [i for i, c in enumerate(clipset.clips) if clip_key(c) not in held]
+    branches = _build_branches(clipset, run, config, frozen, device, vocab, trained)
     heads = None
     if run is not None and run.examples.exists():
-        heads = _Heads(Examples.load(run.examples), config)
+        heads = _Heads(run, config, frozen, notices)
     else:
         notices.append("fusion and meta-learner not logged: the run has no examples (run asd train-fusion first)")
     modules: dict[str, nn.Module] = {**branches, **(heads.modules if heads else {})}
@@ -262,14 +283,19 @@ def _prepare(data: Path, run_dir: Path | None, config: AsdConfig, frozen: list[s
     precision = {n: Precision.of(config, n, torch.device(device)) for n in branches}
     scaler = torch.amp.GradScaler(torch.device(device).type,
                                   enabled=any(p.dtype == torch.float16 for p in precision.values()))
-    return _Setup(clipset, branches, heads, modules, params, upstream, precision, scaler)
+    return _Setup(clipset, branches, heads, modules, params, upstream, precision, scaler, trained)
 
 
 def _step_losses(s: _Setup, batch, trainable: set[str]) -> dict[str, Tensor]:
+    """Each part's loss on this step. Each branch draws its random numbers (perturbed copies,
+    noise) from a generator of its own, seeded for the epoch as asd train-branch seeds it, so that
+    its losses are those of training it alone."""
     losses = {}
     for name, branch in s.branches.items():
+        torch.set_rng_state(s.rng[name])
         with torch.set_grad_enabled(name in trainable), s.precision[name].autocast():
             losses[name] = branch.loss(batch).float()
+        s.rng[name] = torch.get_rng_state()
     if s.heads is not None:
         losses.update(s.heads.losses(trainable))
     return losses
@@ -316,16 +342,15 @@ class _Loop:
         self.detector = TroubleDetector(self.config)
 
     def epoch(self, epoch: int) -> None:
-        """One pass over the training clips in a seeded order, then the epoch's summary row."""
-        seed = self.config.seed * 1_000_003 + epoch
-        torch.manual_seed(seed)
-        order, bs = epoch_order(self.s.clipset, self.config.train.balance, seed), self.config.train.batch_size
+        """One pass over the training clips in the order asd train-branch takes them (its batches
+        of epoch ``epoch``), then the epoch's summary row."""
+        chunks = epoch_chunks(self.s.clipset, self.config, epoch - 1, self.s.trained)
+        self.s.rng = {name: torch.get_rng_state() for name in self.s.branches}  # seeded for the epoch
         for name in self.trainable:
             self.s.modules[name].train()
             if name in self.s.branches:
                 self.s.branches[name].set_progress((epoch - 1) / self.epochs)
         lr = self.config.train.lr
-        chunks = [order[step * bs : (step + 1) * bs] for step in range(self.steps)]
         for step, batch in enumerate(self.s.clipset.on_device(chunks, self.device), start=1):
             lr = self.step(epoch, step, batch)
         self.log.epoch_summary(epoch, self.global_step, time.perf_counter() - self.start, lr)
@@ -364,7 +389,7 @@ def freeze_debug(data: Path, config: AsdConfig, frozen: list[str], epochs: int, 
                                    for n in s.modules if s.params[n]], weight_decay=config.train.weight_decay)
     digests = {n: state_digest(s.modules[n]) for n in frozen}
     log = _Log(log_path, list(s.modules))
-    loop = _Loop(s, config, optimizer, trainable, log, epochs, max(1, len(s.clipset) // config.train.batch_size),
+    loop = _Loop(s, config, optimizer, trainable, log, epochs, len(epoch_chunks(s.clipset, config, 0, s.trained)),
                  device, on_step, on_trouble)
     try:
         for epoch in range(1, epochs + 1):

@@ -9,6 +9,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_bytes, read_json, save_weights, versions, write_json
 from asdcli.config import AsdConfig
@@ -149,37 +150,69 @@ def attention_start(examples: Examples, config: AsdConfig) -> Start:
     return Start(prior, evidence.double().numpy(), trust, temperature, fair, weights, source)
 
 
-def fit_fusion(examples: Examples, config: AsdConfig, start: Start | None = None) -> tuple[AttentionFusion, float]:
-    """Full-batch AdamW on ``fusion.loss`` plus a pull toward the start (:func:`attention_start`;
-    deterministic on CPU). The loss sees only pseudo-anomalies that no fused branch was trained to
-    separate; where none is left, or where the prior does not trust pseudo-anomalies at all
-    (trust 0), the head keeps its start. The pull is ``fusion.prior_penalty / trust``: the less the
-    labelled data trusted pseudo-anomalies, the less they move the per-clip attention."""
-    torch.manual_seed(config.seed)
-    cfg = config.fusion
-    model = AttentionFusion(len(examples.branches), cfg.hidden)
-    start = attention_start(examples, config) if start is None else start
-    prior = torch.from_numpy(start.weights).float()
-    model.set_prior(prior)
-    if start.trust <= 0:
-        return model.eval(), float("nan")
-    penalty = cfg.prior_penalty / start.trust
+@dataclass
+class FusionObjective:
+    """What the fusion head is trained on (``asd train-fusion`` and ``freeze-debug`` alike):
+    ``fusion.loss`` on the normal clips and the pseudo-anomalies of kinds no fused branch was
+    trained to separate (none left: no fit term), plus ``penalty`` x KL(attention || start)."""
+
+    z: Tensor  # (N', K) the rows it sees
+    label: Tensor
+    group: Tensor
+    start: Tensor  # (K,) the attention's start
+    penalty: float
+    kind: str
+    fits: bool
+
+    def __call__(self, model: AttentionFusion) -> Tensor:
+        out = model(self.z)
+        if not self.fits:
+            fit = out.fused.sum() * 0.0
+        elif self.kind == "rank":
+            fit = pairwise_rank_loss(out.fused, self.label, self.group)
+        else:
+            fit = balanced_bce(out.logit, self.label, self.group)
+        return fit + self.penalty * prior_kl(out.weights, self.start)
+
+
+def fusion_objective(examples: Examples, config: AsdConfig, start: Start,
+                     untrusted: bool = False) -> FusionObjective | None:
+    """The head's objective from its start; None where the prior does not trust pseudo-anomalies
+    at all (trust 0: the head keeps its start), or with ``untrusted`` its fit term alone (what
+    ``freeze-debug`` logs of a head nothing trains). The pull is ``fusion.prior_penalty / trust``:
+    the less the labelled data trusted pseudo-anomalies, the less they move the attention."""
+    if start.trust <= 0 and not untrusted:
+        return None
     fair = np.logical_and.reduce([examples.fair_pseudo(k) for k in range(len(examples.branches))])
     rows = torch.from_numpy(np.flatnonzero((examples.label == 0) | fair))
-    z = torch.from_numpy(examples.z).float()[rows]  # (N', K)
-    label, group = torch.from_numpy(examples.label)[rows], torch.from_numpy(examples.group)[rows]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return FusionObjective(torch.from_numpy(examples.z).float()[rows], torch.from_numpy(examples.label)[rows],
+                           torch.from_numpy(examples.group)[rows], torch.from_numpy(start.weights).float(),
+                           config.fusion.prior_penalty / start.trust if start.trust > 0 else 0.0, config.fusion.loss,
+                           bool(fair.any()))
+
+
+def new_head(examples: Examples, config: AsdConfig, start: Start) -> AttentionFusion:
+    """A fusion head at its start (seeded)."""
+    torch.manual_seed(config.seed)
+    model = AttentionFusion(len(examples.branches), config.fusion.hidden)
+    model.set_prior(torch.from_numpy(start.weights).float())
+    return model
+
+
+def fit_fusion(examples: Examples, config: AsdConfig, start: Start | None = None) -> tuple[AttentionFusion, float]:
+    """Full-batch AdamW on the head's objective (:func:`fusion_objective`) from its start
+    (:func:`attention_start`); deterministic on CPU. Without an objective (trust 0) the head keeps
+    its start."""
+    start = attention_start(examples, config) if start is None else start
+    model = new_head(examples, config, start)
+    objective = fusion_objective(examples, config, start)
+    if objective is None:
+        return model.eval(), float("nan")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.fusion.lr, weight_decay=config.fusion.weight_decay)
     loss = torch.tensor(float("nan"))
-    for _ in range(cfg.epochs):
+    for _ in range(config.fusion.epochs):
         optimizer.zero_grad()
-        out = model(z)
-        if not fair.any():
-            fit = out.fused.sum() * 0.0
-        elif cfg.loss == "rank":
-            fit = pairwise_rank_loss(out.fused, label, group)
-        else:
-            fit = balanced_bce(out.logit, label, group)
-        loss = fit + penalty * prior_kl(out.weights, prior)
+        loss = objective(model)
         loss.backward()
         optimizer.step()
     return model.eval(), float(loss.detach())

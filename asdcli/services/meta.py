@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -113,6 +113,21 @@ def _query_losses(maml, x: Tensor, y: Tensor, examples: Examples, tasks: list[in
     return float(np.mean(before)), float(np.mean(after))
 
 
+def step_losses(maml, x: Tensor, y: Tensor, examples: Examples, tasks: list[int], cfg: MetaConfig,
+                rng: np.random.Generator, start: list[Tensor]) -> Iterator[tuple[str, Tensor]]:
+    """One outer step's objective, piece by piece (``asd meta-train`` and ``freeze-debug`` alike):
+    ("proximal", the pull toward the start) and ("query", each of ``tasks_per_step`` adapted tasks'
+    query loss / their number). Pieces come one at a time so that each can be backpropagated and
+    its graph freed before the next task is adapted."""
+    if cfg.proximal > 0:
+        yield "proximal", sum(cfg.proximal * (p - p0).pow(2).sum() for p, p0 in zip(maml.parameters(), start))
+    chosen = rng.choice(tasks, size=cfg.tasks_per_step, replace=len(tasks) < cfg.tasks_per_step)
+    for g in chosen:
+        support, query = sample_task(examples, int(g), cfg, rng)
+        learner = adapted(maml, x[support], y[support], cfg.inner_steps)
+        yield "query", F.binary_cross_entropy_with_logits(learner(x[query]), y[query]) / len(chosen)
+
+
 def _fit(maml, x: Tensor, y: Tensor, examples: Examples, tasks: list[int], cfg: MetaConfig,
          rng: np.random.Generator, progress: Callable[[int, int, float], None] | None) -> float:
     """The outer loop: Adam on the mean query loss of ``tasks_per_step`` adapted tasks; returns the last."""
@@ -121,16 +136,10 @@ def _fit(maml, x: Tensor, y: Tensor, examples: Examples, tasks: list[int], cfg: 
     total = float("nan")
     for step in range(cfg.iterations):
         optimizer.zero_grad()
-        if cfg.proximal > 0:
-            sum(cfg.proximal * (p - p0).pow(2).sum() for p, p0 in zip(maml.parameters(), start)).backward()
-        chosen = rng.choice(tasks, size=cfg.tasks_per_step, replace=len(tasks) < cfg.tasks_per_step)
         total = 0.0
-        for g in chosen:
-            support, query = sample_task(examples, int(g), cfg, rng)
-            learner = adapted(maml, x[support], y[support], cfg.inner_steps)
-            loss = F.binary_cross_entropy_with_logits(learner(x[query]), y[query]) / len(chosen)
+        for kind, loss in step_losses(maml, x, y, examples, tasks, cfg, rng, start):
             loss.backward()
-            total += float(loss.detach())
+            total += float(loss.detach()) if kind == "query" else 0.0
         optimizer.step()
         if progress is not None:
             progress(step + 1, cfg.iterations, total)
@@ -151,6 +160,13 @@ def abstain_reason(n_tasks: int, cfg: MetaConfig) -> str | None:
             "anything across machines, so the final score is the fused score (no adaptation)")
 
 
+def new_meta_learner(in_dim: int, n_branches: int, config: AsdConfig) -> torch.nn.Module:
+    """The MAML-wrapped classifier at its start (seeded): it ranks clips as the fused score does."""
+    torch.manual_seed(config.seed)
+    return maml_wrapper(MetaClassifier(in_dim, config.meta.hidden, n_branches), config.meta.inner_lr,
+                        config.meta.first_order)
+
+
 def fit_meta(examples: Examples, x: Tensor, config: AsdConfig, holdout: list[str],
              progress: Callable[[int, int, float], None] | None = None) -> tuple[torch.nn.Module, list[int], float, float, float]:
     """MAML over the sections of ``examples`` (meta-learner inputs ``x`` (N, F)) but ``holdout``:
@@ -164,8 +180,7 @@ def fit_meta(examples: Examples, x: Tensor, config: AsdConfig, holdout: list[str
         raise DataError("no section outside --holdout has 2 normal training clips and 2 pseudo-anomalies to "
                         "meta-train on")
     y = torch.from_numpy(examples.label).float()
-    torch.manual_seed(config.seed)
-    maml = maml_wrapper(MetaClassifier(x.shape[1], cfg.hidden, len(examples.branches)), cfg.inner_lr, cfg.first_order)
+    maml = new_meta_learner(x.shape[1], len(examples.branches), config)
     if abstain_reason(len(tasks), cfg):
         return maml, tasks, float("nan"), float("nan"), float("nan")
     rng = np.random.default_rng(config.seed)

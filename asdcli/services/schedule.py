@@ -74,3 +74,18 @@ class Precision:
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+
+def epoch_chunks(clipset: ClipSet, config: AsdConfig, epoch: int, indices: list[int] | None,
+                 info: DistInfo | None = None) -> list[list[int]]:
+    """The batches (clip indices) of 0-based ``epoch`` of a branch's training (``asd train-branch``
+    and ``freeze-debug`` alike): the seeded order of ``indices`` (:func:`epoch_order`), a last
+    partial batch kept where it can give every process a clip, each batch this process's share.
+    Seeds torch's generator for the epoch's random draws first."""
+    seed = epoch_seed(config.seed, epoch)
+    torch.manual_seed(seed)
+    order = epoch_order(clipset, config.train.balance, seed, indices)
+    bs, world = config.train.batch_size, info.world_size if info else 1
+    steps = len(order) // bs + int(len(order) % bs >= world)  # a last batch too small for every process is dropped
+    return [shard(order[step * bs : (step + 1) * bs], info) if info else order[step * bs : (step + 1) * bs]
+            for step in range(steps)]

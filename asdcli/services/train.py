@@ -33,7 +33,7 @@ from asdcli.models.base import Batch, Branch, state_digest
 from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
 from asdcli.services.device import DistInfo, distributed
-from asdcli.services.schedule import Precision, epoch_order, epoch_seed, lr_at, shard
+from asdcli.services.schedule import Precision, epoch_chunks, lr_at
 from asdcli.services.embeddings import EmbeddingCaches, embed_once, model_batches, with_rows
 from asdcli.services.features import make_extractor
 from asdcli.services.reliability import heldout_check
@@ -233,17 +233,13 @@ def _check_finite(s: _Setup, row: dict) -> None:
 def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch: int, info: DistInfo,
                on_step: Callable[[StepInfo], None] | None, precision: Precision) -> dict:
     """One pass over the shuffled training clips; returns the epoch's log row."""
-    torch.manual_seed(epoch_seed(config.seed, epoch))
-    order = epoch_order(s.clipset, config.train.balance, epoch_seed(config.seed, epoch), s.trained)
-    bs = config.train.batch_size
-    # A last partial batch too small to give every process a clip is dropped.
-    steps = len(order) // bs + int(len(order) % bs >= info.world_size)
+    chunks = epoch_chunks(s.clipset, config, epoch, s.trained, info)
+    steps = len(chunks)
     total_steps, warmup = steps * max(1, s.epochs), steps * config.train.warmup_epochs
     s.branch.train()
     s.branch.set_progress(epoch / max(1, s.epochs))
     params = [p for p in s.branch.parameters() if p.requires_grad]
     start, losses, seen = time.perf_counter(), [], 0  # losses stay on the device until the epoch ends
-    chunks = [shard(order[step * bs : (step + 1) * bs], info) for step in range(steps)]
     for step, batch in enumerate(s.clipset.on_device(chunks, s.device)):
         lr = lr_at(epoch * steps + step, total_steps, warmup, s.lr)
         for group in optimizer.param_groups:

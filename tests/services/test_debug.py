@@ -51,8 +51,9 @@ def test_frozen_branch_is_untouched_and_the_log_is_complete(synth_root, cfg, run
     rows = _rows(log)
     assert list(rows[0]) == log_columns(result.parts)
     steps = [r for r in rows if r["kind"] == "step"]
-    assert len(steps) == result.steps == 4 and [r["kind"] for r in rows].count("epoch") == 2
-    assert [int(r["global_step"]) for r in steps] == [1, 2, 3, 4]
+    # 18 trained clips (20, 2 held out as asd train-branch holds them out), batches of 8: 3 steps an epoch
+    assert len(steps) == result.steps == 6 and [r["kind"] for r in rows].count("epoch") == 2
+    assert [int(r["global_step"]) for r in steps] == [1, 2, 3, 4, 5, 6]
     for row in steps:
         assert float(row["grad_norm_b3"]) == 0.0
         for part in ("b1", "b2", "b4", "b5", "fusion", "meta"):
@@ -89,8 +90,9 @@ def test_nan_loss_is_reported_where_it_begins_and_rows_survive_a_crash(synth_roo
     log = tmp_path / "crash.csv"
     with pytest.raises(KeyboardInterrupt):
         freeze_debug(synth_root, cfg, ["b1"], 3, log, on_step=crash, on_trouble=seen.append)
-    assert [str(t) for t in seen] == ["non-finite loss in transformer-ae beginning at epoch 2, step 3 (value nan)"]
-    assert [r["global_step"] for r in _rows(log)] == ["1", "2", "2", "3"]  # two steps, epoch 1's summary, step 3
+    b2 = [str(t) for t in seen if t.part == "transformer-ae"]  # (b3's last batch of 2 clips has no positive pair)
+    assert b2 == ["non-finite loss in transformer-ae beginning at epoch 1, step 3 (value nan)"]
+    assert [r["global_step"] for r in _rows(log)] == ["1", "2", "3"]  # every step logged before the crash
 
 
 def test_trouble_detector_finds_exploding_and_vanishing_gradients():
@@ -146,3 +148,41 @@ def test_each_branch_trains_in_its_own_precision(synth_root, cfg, tmp_path, monk
     with pytest.raises(ConfigError, match="branches.transformer_ae.precision"):
         freeze_debug(synth_root, cfg.with_overrides(**{"branches.transformer_ae.precision": "fp16"}), [], 1,
                      tmp_path / "c.csv")
+
+
+def test_freeze_debug_trains_what_the_commands_train(synth_root, cfg, run_with_examples, tmp_path):
+    """The same seed and data give the same first-step loss in freeze-debug as in train-branch
+    (b2, b3: its perturbed copies drawn from its own generator), train-fusion and meta-train."""
+    import numpy as np
+
+    from asdcli.services.examples import Examples
+    from asdcli.services.fuse import attention_start, fusion_objective, new_head
+    from asdcli.services.meta import fused_features, new_meta_learner, step_losses, task_groups
+
+    first = {}
+    for name in ("b2", "b3"):
+        losses = []
+        train_branch(name, synth_root, tmp_path / f"alone-{name}", cfg, cache_dir=tmp_path / "cache",
+                     on_step=lambda info: losses.append(info.loss))
+        first[name] = losses[0]
+    trusting = cfg.with_overrides(**{"fusion.prior": "none"})  # trust 1: the head trains
+    train_fusion(synth_root, run_with_examples, trusting)
+    log = tmp_path / "d.csv"
+    freeze_debug(synth_root, trusting, ["b1"], 1, log, run_with_examples, cache_dir=tmp_path / "cache")
+    step = _rows(log)[0]
+    # the run's branches were trained on the same clips in the same order: their own first steps
+    assert float(step["loss_b2"]) == pytest.approx(first["b2"], rel=1e-5)
+    assert float(step["loss_b3"]) == pytest.approx(first["b3"], rel=1e-5)
+    from asdcli.services.runs import open_run
+
+    examples = Examples.load(open_run(run_with_examples).examples)
+    start = attention_start(examples, trusting)
+    assert float(step["loss_fusion"]) == pytest.approx(float(fusion_objective(examples, trusting, start)(
+        new_head(examples, trusting, start))), rel=1e-5)
+    head = new_head(examples, trusting, start)
+    x, y = fused_features(head, examples.z), torch.from_numpy(examples.label).float()
+    maml = new_meta_learner(x.shape[1], len(examples.branches), trusting)
+    begin = [p.detach().clone() for p in maml.parameters()]
+    meta = sum(float(loss) for _, loss in step_losses(maml, x, y, examples, task_groups(examples, trusting.meta, []),
+                                                       trusting.meta, np.random.default_rng(trusting.seed), begin))
+    assert float(step["loss_meta"]) == pytest.approx(meta, rel=1e-5)
