@@ -46,7 +46,7 @@ from asdcli.services.train import train_branch
 from asdcli.services.branch_prior import learn_prior, save_prior
 from asdcli.services.learn_prior import labelled_run
 from baseline_ae import ReferenceScores, reference_scores
-from loso import DEFAULT_RULES, RunRecord, hold_out, load_record, save_record
+from loso import DEFAULT_RULES, RunRecord, fused_records, hold_out, load_record, save_record
 from real_folds import build_fold, real_sets
 
 ORDER = ["b2", "b3", "b4", "b1", "b5"]  # b5 models embeddings of b3, so it comes after
@@ -348,9 +348,9 @@ def main() -> None:
                     held.append(hold_out(mine, name, config, rules_cache))
                     save_prior(held[-1].prior, args.work / "priors" / f"{name}{variant.suffix}.json")
             if args.write_prior and variant == variants(args)[0]:
-                save_prior(learn_prior([r.labelled for r in mine], "bench/bench_real.py: labelled test clips of the "
-                                       "real sets " + ", ".join(names) + f" ({variant.name}), every fold and seed"),
-                           args.write_prior)
+                fused = fused_records(mine, DEFAULT_RULES, load_config(args.config), rules_cache)
+                save_prior(learn_prior(fused, "bench/bench_real.py: labelled test clips of the real sets "
+                                       + ", ".join(names) + f" ({variant.name}), every fold and seed"), args.write_prior)
             records = []
             for r in mine:
                 print(f"{r.set} fold {r.fold} seed {r.seed} ({variant.name}): fusion, meta-learner, scores ...",

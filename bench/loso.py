@@ -89,18 +89,28 @@ class Held:
     chosen_rules_auc: float   # ... with the rules chosen on the other sets
 
 
+def fused_records(records: list[RunRecord], rules: dict, config: AsdConfig, cache: dict) -> list[Labelled]:
+    """Each run's record with only the branches the fusion keeps under ``rules``."""
+    out = []
+    for r in records:
+        key = (str(r.run), tuple(rules.items()))
+        if key not in cache:
+            cache[key] = kept(r, rules, config)
+        out.append(restrict(r.labelled, cache[key]))
+    return out
+
+
 def hold_out(records: list[RunRecord], name: str, config: AsdConfig, cache: dict) -> Held:
-    """Learn the prior and choose the rules without set ``name``; judge the rules on it."""
+    """Learn the prior (from the branches the fusion keeps, by the default rules) and choose the
+    rules without set ``name``; judge the rules on it."""
     others = [r for r in records if r.set != name]
-    prior = learn_prior([r.labelled for r in others], f"bench_real leave-one-set-out: every real set but {name}")
+    prior = learn_prior(fused_records(others, DEFAULT_RULES, config, cache),
+                        f"bench_real leave-one-set-out: every real set but {name}")
 
     def mean_auc(chosen: list[RunRecord], rules: dict) -> float:
         per_set: dict[str, list[float]] = {}
-        for r in chosen:
-            key = (str(r.run), tuple(rules.items()))
-            if key not in cache:
-                cache[key] = kept(r, rules, config)
-            per_set.setdefault(r.set, []).append(static_auc(restrict(r.labelled, cache[key]), prior))
+        for r, record in zip(chosen, fused_records(chosen, rules, config, cache)):
+            per_set.setdefault(r.set, []).append(static_auc(record, prior))
         return float(np.nanmean([np.nanmean(v) for v in per_set.values()]))
 
     best, best_value = DEFAULT_RULES, mean_auc(others, DEFAULT_RULES)

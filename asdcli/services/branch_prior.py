@@ -41,8 +41,9 @@ class _Strict(BaseModel):
 
 
 class BranchRecord(_Strict):
-    """One branch's evidence in the labelled data: its mean real AUC (each labelled set counts
-    once), and on how many sets and sections it was measured."""
+    """One branch's evidence in the labelled data: its real AUC relative to the other branches of
+    the same sets, on the scale of the sets' mean AUC (:func:`branch_aucs`), and on how many sets
+    and sections it was measured."""
 
     auc: float = Field(ge=0, le=1)
     sets: int = Field(ge=1)
@@ -165,16 +166,24 @@ def rank_auc(label: np.ndarray, score: np.ndarray) -> float:
 
 
 def branch_aucs(runs: list[Labelled]) -> dict[str, BranchRecord]:
-    """Per branch, its mean section AUC within each set, then the mean over sets."""
+    """Per branch, its mean section AUC within each set, measured against the other branches of
+    the same set: the mean over sets of (its AUC - the set's mean over its branches), plus the
+    mean AUC of every set and branch. A branch used only on easy sets (the flow needs 20 clips per
+    section) is thus not credited with their ease."""
     per_set: dict[str, dict[str, list[float]]] = {}
     for r in runs:
         for k, name in enumerate(r.branches):
-            per_set.setdefault(name, {}).setdefault(r.set, []).extend(r.section_aucs(r.z[:, k]))
+            per_set.setdefault(r.set, {}).setdefault(name, []).extend(r.section_aucs(r.z[:, k]))
+    means = {s: {n: float(np.mean(v)) for n, v in names.items() if v} for s, names in per_set.items()}
+    means = {s: m for s, m in means.items() if m}
+    if not means:
+        return {}
+    grand = float(np.mean([v for m in means.values() for v in m.values()]))
     out = {}
-    for name, sets in per_set.items():
-        means = [float(np.mean(v)) for v in sets.values() if v]
-        if means:
-            out[name] = BranchRecord(auc=float(np.mean(means)), sets=len(means), sections=sum(len(v) for v in sets.values()))
+    for name in sorted({n for m in means.values() for n in m}):
+        gaps = [m[name] - float(np.mean(list(m.values()))) for m in means.values() if name in m]
+        sections = sum(len(per_set[s][name]) for s in means if name in means[s])
+        out[name] = BranchRecord(auc=float(np.clip(grand + np.mean(gaps), 0.0, 1.0)), sets=len(gaps), sections=sections)
     return out
 
 
