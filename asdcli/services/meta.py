@@ -207,6 +207,10 @@ def _meta_train(run: Run, config: AsdConfig, holdout: list[str], progress: Calla
                 data: Path | None, device: torch.device | str,
                 example_progress: Callable[[int, int], None] | None) -> MetaResult:
     fusion, fusion_meta = load_fusion(run)
+    if data is not None and run.examples.exists():
+        probe = Examples.load(run.examples)  # too few sections to learn across: no new pseudo-anomalies needed
+        if abstain_reason(len(task_groups(probe, config.meta, holdout)), config.meta):
+            data = None
     if data is None:
         examples_name = run.examples.name
         examples = Examples.load(run.path / examples_name)
