@@ -159,12 +159,16 @@ def run_one(record: RunRecord, args, prior: str, rules: dict) -> dict:
     test = [c for c in discover(data) if c.split == "test" and c.label is not None]
     result = score_clips(run, test, cache)
     seconds = time.perf_counter() - start + float((out / f"train_seconds{suffix}.txt").read_text())
-    # every trained branch's standardised score, including those the fusion left out
-    branches = score_clips(run, result.clips, cache, names=trained_branches(run))
+    # every trained branch's standardised score, including those the fusion left out: the record's
+    # (the same clips, scored by the same branches when it was made)
+    labelled = record.labelled
+    if len(labelled.label) != len(result.clips) or not np.array_equal(labelled.label, [c.is_anomaly for c in result.clips]):
+        labelled = labelled_run(run, data, record.set, cache, names=trained_branches(run), config=config)
+    normalized = {n: labelled.z[:, k] for k, n in enumerate(labelled.branches)}
     reference = _reference(out, result.clips, labels_groups(result.clips), args.reuse, suffix) or \
         reference_scores(training_clips(str(data)), result.clips, config, record.seed)
-    rows = {BRANCHES[n].bid: branches.normalized[n] for n in branches.branches}
-    rows.update({"average": np.mean(list(branches.normalized.values()), axis=0), "fused": result.fused,
+    rows = {BRANCHES[n].bid: v for n, v in normalized.items()}
+    rows.update({"average": np.mean(list(normalized.values()), axis=0), "fused": result.fused,
                  "final": result.score, REFERENCES[0]: reference.mse, REFERENCES[1]: reference.mahalanobis})
     groups, labels = [c.group for c in result.clips], np.array([c.is_anomaly for c in result.clips])
     metrics = {name: section_metrics(groups, labels, np.asarray(s)) for name, s in rows.items()}
