@@ -95,23 +95,24 @@ class Variant:
 
 
 def variants(args) -> list[Variant]:
-    """Without --b1, the config as it is; with it, b1 from that source for each --b1-finetune."""
+    """Without --b1, the config as it is; with it, b1 from that source for each --b1-finetune
+    (frozen in ``run``, the others in ``run-v1`` (whole model) or ``run-top<N>``)."""
     if not args.b1:
         return [Variant("config", "", {})]
     out = []
-    for i, layers in enumerate(args.b1_finetune):
+    for layers in args.b1_finetune:
         what = "frozen" if layers == 0 else "fine-tuned (all)" if layers < 0 else f"fine-tuned (top {layers} blocks)"
         overrides = {"branches.pretrained.source": args.b1, "branches.pretrained.finetune_layers": layers}
         if layers:
             overrides["branches.pretrained.lr"] = args.b1_lr
-        out.append(Variant(f"b1 {what}", "" if i == 0 else f"-v{i}", overrides))
+        out.append(Variant(f"b1 {what}", "" if layers == 0 else "-v1" if layers < 0 else f"-top{layers}", overrides))
     return out
 
 
 def prepare(real, fold: int, seed: int, args, unavailable: dict[str, str], variant: Variant) -> RunRecord:
     """Train the branches of one fold and seed (kept with --reuse) and score its labelled test
     clips with every trained branch (cached as labelled.npz): the record the priors learn from.
-    A variant after the first starts from a copy of the first one's b2-b5."""
+    A fine-tuned b1 variant starts from a copy of the frozen one's b2-b5 (``run``)."""
     fold_dir = args.work / real.name / f"fold{fold}"
     out = fold_dir / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
@@ -351,7 +352,7 @@ def main() -> None:
                     print(f"{variant.name}: leaving {name} out: prior and rules ...", file=sys.stderr, flush=True)
                     held.append(hold_out(mine, name, config, rules_cache))
                     save_prior(held[-1].prior, args.work / "priors" / f"{name}{variant.suffix}.json")
-            if args.write_prior and variant == variants(args)[0]:
+            if args.write_prior and variant.suffix == "":
                 fused = fused_records(mine, DEFAULT_RULES, load_config(args.config), rules_cache)
                 save_prior(learn_prior(fused, "bench/bench_real.py: labelled test clips of the real sets "
                                        + ", ".join(names) + f" ({variant.name}), every fold and seed"), args.write_prior)
