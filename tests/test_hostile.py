@@ -334,3 +334,9 @@ def test_meta_train_without_learn2learn_is_one_line_naming_the_fix(run, monkeypa
     monkeypatch.setitem(sys.modules, "learn2learn.algorithms", None)
     result = runner.invoke(app, ["meta-train", "--run", str(run)])
     assert result.exit_code == 1 and "needs learn2learn 0.2.0" in result.output and "scripts/install.sh" in result.output
+
+
+def test_brackets_in_a_message_are_printed_as_they_are(tmp_path):
+    weird = tmp_path / "data[bold]x"
+    result = runner.invoke(app, ["features", str(weird), "-c", "tiny"])
+    assert result.exit_code == 1 and "data[bold]x" in result.output

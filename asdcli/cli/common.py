@@ -21,7 +21,18 @@ from asdcli.services.runs import Run, open_run, run_config
 # Results go to stdout; progress, notices and errors to stderr, so `asd score > x.csv` stays clean.
 # Piped to a file, rich would cut tables at 80 columns: give them room instead.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
+# Messages hold paths, config values and reasons: never markup (`asdcli[meta]` is not a style).
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200, markup=False, highlight=False)
+
+
+def say(label: str, style: str, text: str) -> None:
+    """One line on stderr: ``label`` styled, then ``text`` exactly as it is."""
+    err.print(Text.assemble((label, style), text))
+
+
+def show_notice(text: str) -> None:
+    """A notice on stderr."""
+    say("notice: ", "yellow", text)
 
 ConfigOption = typer.Option(None, "--config", "-c", help="Preset name (default, tiny, large) or a YAML file.")
 SeedOption = typer.Option(None, "--seed", help="Random seed (overrides the config's seed).")
@@ -86,13 +97,13 @@ def handle_errors(func: Callable) -> Callable:
         try:
             return func(*args, **kwargs)
         except AsdError as error:
-            err.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+            say("error: ", "bold red", str(error))
             raise typer.Exit(1) from None
         except OSError as error:
-            err.print(f"[bold red]error:[/] {os_error_message(error, 'cannot access')}", markup=True, highlight=False)
+            say("error: ", "bold red", os_error_message(error, "cannot access"))
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
-            err.print(f"[yellow]interrupted:[/] every file written so far is complete; {INTERRUPT_HINT}", highlight=False)
+            say("interrupted: ", "yellow", f"every file written so far is complete; {INTERRUPT_HINT}")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -133,6 +144,6 @@ def report_failures(failures: list[tuple[Path, str]]) -> None:
     """List skipped clips at the end of a batch command."""
     if not failures:
         return
-    err.print(f"[yellow]skipped {len(failures)} clip(s):[/]", highlight=False)
+    say(f"skipped {len(failures)} clip(s):", "yellow", "")
     for _, message in failures:
         err.print(f"  {message}", highlight=False, markup=False)

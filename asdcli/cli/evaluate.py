@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from asdcli.atomic import write_text
-from asdcli.cli.common import err, handle_errors, out
+from asdcli.cli.common import show_notice, err, handle_errors, out
 from asdcli.services.evaluate import Evaluation, evaluate as evaluate_service, results_csv
 
 
@@ -95,7 +95,7 @@ def evaluate(
         out.print(section_table(result))
         out.print(means_table(result))
     for notice in result.notices:
-        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
+        show_notice(f"{notice}")
     if result.unlabeled:
         err.print(f"{result.unlabeled} clip(s) without a label (in their name or the ground truth) were left out",
                   highlight=False)

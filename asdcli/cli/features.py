@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from asdcli.cli.common import OverridesArgument, CacheOption, ConfigOption, WorkersOption, err, handle_errors, progress_bar, report_failures, resolve_config
+from asdcli.cli.common import show_notice, OverridesArgument, CacheOption, ConfigOption, WorkersOption, err, handle_errors, progress_bar, report_failures, resolve_config
 from asdcli.data.audio import length_notice
 from asdcli.data.layout import discover
 from asdcli.errors import DataError
@@ -36,6 +36,6 @@ def features(
     report_failures(report.failures)
     notice = length_notice([c.path for c in clips], cfg.audio)
     if notice:
-        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
+        show_notice(f"{notice}")
     if report.failures and len(report.failures) == report.total:
         raise DataError(f"no clip under {data} could be read")

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (GpuOption, OverridesArgument, DeviceOption, CacheOption, ConfigOption, SeedOption, err, gpu_or_cpu, handle_errors, out,
+from asdcli.cli.common import (show_notice, say, GpuOption, OverridesArgument, DeviceOption, CacheOption, ConfigOption, SeedOption, err, gpu_or_cpu, handle_errors, out,
                                progress_bar, resolve_config)
 from asdcli.services.debug import freeze_debug as debug_service
 from asdcli.services.debug import debug_log_path, parse_parts
@@ -50,7 +50,7 @@ def freeze_debug(
         result = debug_service(data, cfg, frozen, epochs, log_path, run, gpu_or_cpu(gpu, device),
                                cache_dir or default_cache_dir(), on_step, on_trouble)
     for notice in result.notices:
-        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
+        show_notice(f"{notice}")
     table = Table(title=f"freeze-debug: {result.steps} steps -> {result.log}")
     table.add_column("part")
     table.add_column("state")
@@ -61,7 +61,7 @@ def freeze_debug(
         table.add_row(part, state)
     out.print(table)
     if result.troubles:
-        err.print(f"[bold yellow]{len(result.troubles)} problem(s):[/]", highlight=False)
+        say(f"{len(result.troubles)} problem(s):", "bold yellow", "")
         for trouble in result.troubles:
             err.print(f"  {trouble}", highlight=False)
     else:

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (GpuOption, OverridesArgument, DeviceOption, RunOption, SeedOption, gpu_or_cpu, err, handle_errors, out, progress_bar, report_failures,
+from asdcli.cli.common import (show_notice, GpuOption, OverridesArgument, DeviceOption, RunOption, SeedOption, gpu_or_cpu, handle_errors, out, progress_bar, report_failures,
                                resolve_run_config, run_config_option)
 from asdcli.services.meta import meta_train as meta_service
 
@@ -47,7 +47,7 @@ def fit_meta(opened, cfg, holdout, data: Path | None, torch_device) -> None:
                               lambda done, total: bar.update(made, completed=done, total=total))
     report_failures(result.skipped)
     if result.abstained:
-        err.print(f"[yellow]notice:[/] meta-learner: {result.abstained}", highlight=False)
+        show_notice(f"meta-learner: {result.abstained}")
         return
     table = Table(title=f"MAML over {len(result.tasks)} sections -> {run}",
                   caption=f"tasks from {result.examples}; query loss: mean over the tasks of a fresh support/query "

@@ -9,7 +9,7 @@ from typing import List, Optional
 import numpy as np
 import typer
 
-from asdcli.cli.common import gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures
+from asdcli.cli.common import show_notice, gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures
 from asdcli.config import AudioConfig
 from asdcli.data.audio import length_notice
 from asdcli.data.layout import discover
@@ -83,7 +83,7 @@ def score(
         result = score_clips(opened, clips, cache_dir or default_cache_dir(), branch, fpr, torch_device, support_clips,
                              progress=lambda n: bar.advance(task, n / 2))  # each clip: features, then scoring
     for notice in result.notices:
-        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
+        show_notice(f"{notice}")
     err.print(f"{len(result.clips)} clips scored with {', '.join(result.branches)}: {METHODS[result.method]}",
               highlight=False)
     rows = [(_name(c.path, data), f"{s:.6f}") + ((str(d),) if decision else ())
@@ -98,4 +98,4 @@ def score(
     report_failures(result.skipped)
     notice = length_notice([c.path for c in result.clips], AudioConfig(**opened.features["audio"]))
     if notice:
-        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
+        show_notice(f"{notice}")

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (CacheOption, ConfigOption, DeviceOption, GpuOption, OverridesArgument, SeedOption, err,
+from asdcli.cli.common import (show_notice, say, CacheOption, ConfigOption, DeviceOption, GpuOption, OverridesArgument, SeedOption, err,
                                gpu_or_cpu, handle_errors, out, resolve_config)
 from asdcli.cli.evaluate import means_table, section_table
 from asdcli.cli.meta_train import fit_meta
@@ -56,13 +56,13 @@ def train(
                           for s in steps), highlight=False)
     notice = length_notice([c.path for c in training_clips(str(data))], cfg.audio)
     if notice:
-        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
+        show_notice(f"{notice}")
     done = []
     for step in steps:
         if step.action in ("keep", "skip"):
             continue
         start = time.perf_counter()
-        err.print(f"[bold]{step.label}[/]: {step.action}", highlight=False)
+        say(step.label, "bold", f": {step.action}")
         if step.stage == FUSION:
             fit_head(data, open_run(run), cfg, None, torch_device)
         elif step.stage == "meta-learner":
@@ -91,7 +91,7 @@ def _score_tests(data: Path, run: Path, cache: Path, torch_device, evaluate: boo
     result = score_clips(open_run(run), tests, cache, device=torch_device)
     err.print(f"{len(result.clips)} test clips scored: {METHODS[result.method]}", highlight=False)
     for notice in result.notices:
-        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
+        show_notice(f"{notice}")
     if out_dir is not None:
         written = write_dcase_files(result, out_dir)
         err.print(f"wrote {len(written)} DCASE files to {out_dir}", highlight=False)
@@ -100,4 +100,4 @@ def _score_tests(data: Path, run: Path, cache: Path, torch_device, evaluate: boo
         out.print(section_table(evaluation))
         out.print(means_table(evaluation))
         for notice in evaluation.notices:
-            err.print(f"[yellow]notice:[/] {notice}", highlight=False)
+            show_notice(f"{notice}")

@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (gpu_or_cpu, DeviceOption, GpuOption, OverridesArgument, CacheOption, ConfigOption, DataOption, RunOption, SeedOption, WorkersOption, err, handle_errors, out,
+from asdcli.cli.common import (show_notice, gpu_or_cpu, DeviceOption, GpuOption, OverridesArgument, CacheOption, ConfigOption, DataOption, RunOption, SeedOption, WorkersOption, err, handle_errors, out,
                                progress_bar, report_failures, resolve_config)
 from asdcli.data.audio import length_notice
 from asdcli.models.registry import canonical_name
@@ -42,12 +42,12 @@ def train_branch(
     cfg = resolve_config(config, overrides, seed=seed, **{key: epochs, "loader.workers": workers})
     torch_device = gpu_or_cpu(gpu, device)
     if not resume and has_finished(run, name):
-        err.print(f"[yellow]notice:[/] {run} has a finished {name}; this training replaces it when it completes "
-                  "(until then, and if it fails, the finished one stays)", highlight=False)
+        show_notice(f"{run} has a finished {name}; this training replaces it when it completes "
+                  "(until then, and if it fails, the finished one stays)")
     run_branch(name, data, run, cfg, torch_device, cache_dir or default_cache_dir(), resume)
     notice = length_notice([c.path for c in training_clips(str(data))], cfg.audio)
     if notice:
-        err.print(f"[yellow]notice:[/] {notice}", highlight=False)
+        show_notice(f"{notice}")
 
 
 def run_branch(name: str, data: Path, run: Path, cfg, torch_device, cache_dir: Path, resume: bool) -> None:
@@ -86,7 +86,7 @@ def run_branch(name: str, data: Path, run: Path, cfg, torch_device, cache_dir: P
 def _report_reliability(result, max_z: float, min_clips: int) -> None:
     """What the branch says it cannot learn, and how its held-out clips scored."""
     if result.limitation:
-        err.print(f"[yellow]notice:[/] {result.branch}: {result.limitation}; the fusion leaves it out", highlight=False)
+        show_notice(f"{result.branch}: {result.limitation}; the fusion leaves it out")
     z, clips = result.heldout.get("median_z"), result.heldout.get("clips", 0)
     held = HeldOut.model_validate(result.heldout) if result.heldout else None
     gap = heldout_gap(held)
@@ -94,11 +94,11 @@ def _report_reliability(result, max_z: float, min_clips: int) -> None:
         err.print("no held-out clips (train.holdout is 0 or every section has fewer than 3 clips): whether the branch "
                   "generalises from its training clips is not checked", highlight=False)
     elif gap > max_z and clips < min_clips:
-        err.print(f"[yellow]notice:[/] {result.branch}: {heldout_summary(held)}; too few held-out clips "
-                  f"(fewer than train.heldout_min_clips={min_clips}) to leave it out of the fusion", highlight=False)
+        show_notice(f"{result.branch}: {heldout_summary(held)}; too few held-out clips "
+                  f"(fewer than train.heldout_min_clips={min_clips}) to leave it out of the fusion")
     elif gap > max_z:
-        err.print(f"[yellow]notice:[/] {result.branch}: {heldout_summary(held)}: it does not generalise "
-                  "from them; the fusion leaves it out", highlight=False)
+        show_notice(f"{result.branch}: {heldout_summary(held)}: it does not generalise "
+                  "from them; the fusion leaves it out")
     else:
         err.print(f"held-out normal clips: {clips}, median {z:+.2f} standard deviations from the training clips "
                   f"({gap:+.2f} as a normal deviate given how few they are; limit {max_z:g})", highlight=False)

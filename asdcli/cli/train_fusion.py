@@ -8,7 +8,7 @@ from typing import List, Optional
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import (GpuOption, OverridesArgument, DeviceOption, DataOption, RunOption, SeedOption, err, gpu_or_cpu, handle_errors, out, progress_bar,
+from asdcli.cli.common import (show_notice, GpuOption, OverridesArgument, DeviceOption, DataOption, RunOption, SeedOption, gpu_or_cpu, handle_errors, out, progress_bar,
                                report_failures, resolve_run_config, run_config_option)
 from asdcli.services.fuse import train_fusion as train_service
 from asdcli.services.info import prior_summary
@@ -42,9 +42,9 @@ def fit_head(data: Path, opened, cfg, branch, torch_device) -> None:
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
     report_failures(result.skipped)
     if result.missing:
-        err.print(f"[yellow]notice:[/] not fused (not trained): {', '.join(result.missing)}", highlight=False)
+        show_notice(f"not fused (not trained): {', '.join(result.missing)}")
     for name, reason in result.left_out.items():
-        err.print(f"[yellow]notice:[/] {name} left out: {reason}", highlight=False)
+        show_notice(f"{name} left out: {reason}")
     counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
     prior = result.prior
     table = Table(title=f"fusion of {len(result.branches)} branches -> {run}",

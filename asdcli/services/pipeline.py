@@ -11,6 +11,7 @@ download stops the pipeline in seconds, not after an hour of training.
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,13 +78,19 @@ def _head_steps(run: Run | None, branches: list[Step]) -> list[Step]:
 
 
 def plan(run_dir: Path, config: AsdConfig, skip: list[str] | None = None) -> list[Step]:
-    """What ``asd train`` will do with the run folder ``run_dir`` (see the module docstring)."""
+    """What ``asd train`` will do with the run folder ``run_dir`` (see the module docstring). The
+    meta-learner needs learn2learn (an optional install): without it, it is skipped, saying so,
+    and the run scores with the fusion head."""
     skipped = {canonical_name(s) for s in skip or []}
     run = open_run(run_dir) if is_run(run_dir) else None
     branches = [_branch_step(run, name, config, skipped) for name in ORDER]
     if all(s.action == "skip" for s in branches):
         raise ConfigError("every branch is skipped: nothing to train")
-    return branches + _head_steps(run, branches)
+    steps = branches + _head_steps(run, branches)
+    if steps[-1].action == "train" and importlib.util.find_spec("learn2learn") is None:
+        steps[-1] = Step(META, "skip", "learn2learn is not installed (scripts/install.sh installs it): the run scores "
+                                       "with the fusion head")
+    return steps
 
 
 def preflight(data: Path, config: AsdConfig, steps: list[Step]) -> int:

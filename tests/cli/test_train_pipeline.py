@@ -73,3 +73,12 @@ def test_overrides_are_validated_like_the_config_and_shown_by_info(synth_root, t
     assert good.exit_code == 0, good.output
     info = runner.invoke(app, ["info", str(tmp_path / "run")])
     assert "branches.diffusion.epochs=1" in info.output and "train.lr=0.005" in info.output
+
+
+def test_without_learn2learn_the_pipeline_skips_the_meta_learner_and_says_so(tiny, tmp_path, monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "learn2learn" else real(name, *a))
+    steps = {s.stage: s for s in plan(tmp_path / "run", tiny)}
+    assert steps["meta-learner"].action == "skip" and "learn2learn is not installed" in steps["meta-learner"].why

@@ -1,0 +1,15 @@
+"""asd: unsupervised anomalous sound detection for machines, DCASE Task 2 conventions.
+
+Library use: ``from asdcli import Detector``; ``Detector.load(run)`` once, then ``.score(paths)``
+or ``.score_waveform(array, sample_rate, machine=..., section=...)``.
+"""
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name == "Detector":  # loaded on first use: the command line needs only the version
+        from asdcli.services.score import Detector
+
+        return Detector
+    raise AttributeError(name)

@@ -1,0 +1,224 @@
+"""Run folders: resolved config, per-branch safetensors weights with JSON metadata, and the
+optimizer state for resuming, each written atomically.
+
+```
+<run>/run.json                 format version, machine sections (groups) and classes of the run
+<run>/config.yaml              the fully resolved config of the first command that made the run
+<run>/<branch>.safetensors     weights and buffers (memory banks, statistics) of a finished branch
+<run>/<branch>.json            its metadata: epochs, seed, config, versions, score statistics, held-out check
+<run>/<branch>.train_scores.json   its score of every training clip (the fusion's normal examples)
+<run>/<branch>.train.safetensors   an unfinished training (weights, optimizer state, progress in
+                               one file), for --resume; removed when the training completes
+<run>/logs/<branch>_train.csv  one row per epoch
+<run>/examples.safetensors     normalised branch scores of training clips and pseudo-anomalies
+<run>/fusion.safetensors + fusion.json   attention fusion head
+<run>/meta_examples.safetensors   the meta-learner's own pseudo-anomaly examples
+<run>/meta.safetensors + meta.json       MAML meta-learner
+```
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import struct
+from pathlib import Path
+from typing import Iterator
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file, save_model
+from torch import nn
+
+from asdcli import __version__
+from asdcli.atomic import atomic_path, write_text
+from asdcli.errors import CheckpointError, OutputError
+
+FORMAT_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    """Software versions recorded in every checkpoint."""
+    import transformers
+
+    return {"asd": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version()}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Pretty JSON, atomically."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+_READ: dict[str, tuple[tuple[int, int, int], bytes]] = {}
+
+
+def read_bytes(path: Path) -> bytes:
+    """A run file's bytes, read from the disk once while it is unchanged (same inode, size and
+    modification time): one command's stages all consult a branch's metadata, and each reads it
+    only once."""
+    stat = os.stat(path)
+    key, stamp = os.path.abspath(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    cached = _READ.get(key)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, Path(path).read_bytes())
+        _READ[key] = cached
+    return cached[1]
+
+
+def read_json(path: Path, what: str) -> dict:
+    """Parse a JSON file of a run, with a clear error when it is missing or damaged (each call
+    gets its own copy; the file is read once while it is unchanged, :func:`read_bytes`)."""
+    try:
+        data = json.loads(read_bytes(path).decode("utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing ({what})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise CheckpointError(f"{path}: damaged {what} ({error})") from None
+    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: {what} has format version {data.get('format_version') if isinstance(data, dict) else '?'}; "
+            f"this asd reads version {FORMAT_VERSION}"
+        )
+    return data
+
+
+def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Every tensor and the metadata of a safetensors file; errors name the file and what it holds."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing ({what})")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
+    except Exception as error:  # safetensors raises its own error types for damaged files
+        raise CheckpointError(f"{path}: damaged {what} ({error})") from None
+
+
+def _canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys (same length, same data): the
+    library writes its metadata in a random order, so identical tensors gave different bytes."""
+    with open(path, "r+b") as handle:
+        size = struct.unpack("<Q", handle.read(8))[0]
+        header = json.loads(handle.read(size))
+        text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(text) <= size:
+            handle.seek(8)
+            handle.write(text + b" " * (size - len(text)))
+
+
+@contextlib.contextmanager
+def _safetensors_file(path: Path) -> Iterator[str]:
+    """A temporary name for a safetensors writer; the file gets a canonical header and replaces
+    ``path`` atomically. A write that fails for lack of space or permission is one line."""
+    with atomic_path(path) as tmp:
+        try:
+            yield str(tmp)
+        except SafetensorError as error:  # its I/O errors are not OSError
+            raise OutputError(f"cannot write {path}: {error}") from None
+        _canonical_header(tmp)
+
+
+def save_weights(module: nn.Module, path: Path, meta: dict[str, str]) -> None:
+    """Module parameters and buffers as safetensors (``save_model``), atomically."""
+    with _safetensors_file(path) as tmp:
+        save_model(module, tmp, metadata={"format_version": str(FORMAT_VERSION), **meta})
+
+
+def _resize_buffers(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> None:
+    """Give data-sized buffers (memory banks) the stored shape before loading into them."""
+    for name, buf in list(module.named_buffers()):
+        if name in shapes and tuple(buf.shape) != shapes[name]:
+            owner_name, _, leaf = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            owner.register_buffer(leaf, torch.empty(shapes[name], dtype=buf.dtype))
+
+
+def load_weights(module: nn.Module, path: Path, migrate=None) -> dict[str, str]:
+    """Load weights saved by :func:`save_weights` into ``module``; returns the file's metadata.
+    ``migrate``: renames the keys of a file written by an older version."""
+    state, meta = _read_safetensors(path, "checkpoint")
+    state = migrate(state) if migrate else state
+    _resize_buffers(module, {k: tuple(v.shape) for k, v in state.items()})
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as error:  # tensors of other shapes: weights of another config
+        detail = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line), str(error).splitlines()[0])
+        raise CheckpointError(f"{path}: weights of another configuration than its metadata says ({detail}); "
+                              "retrain this stage") from None
+    # save_model drops tensors that share memory with another; they come back through the tie.
+    missing = [k for k in missing if not _is_tied(module, k, state)]
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: does not match this branch (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return meta
+
+
+def _is_tied(module: nn.Module, key: str, state: dict) -> bool:
+    target = module.state_dict()[key]
+    return any(module.state_dict()[k].data_ptr() == target.data_ptr() for k in state if k in module.state_dict())
+
+
+def save_training_state(module: nn.Module, optimizer: torch.optim.Optimizer, path: Path, progress: dict) -> None:
+    """An unfinished training in one safetensors file, written atomically: the module's weights
+    (``model.*``), the optimizer state (``optim.*``) and ``progress`` (JSON in the metadata). One
+    file, so an interruption leaves the previous checkpoint or this one, never a mix."""
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in module.state_dict().items()}
+    state = optimizer.state_dict()
+    for idx, entry in state["state"].items():
+        for key, value in entry.items():
+            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).detach().clone().contiguous()
+    meta = {"format_version": str(FORMAT_VERSION),
+            "progress": json.dumps({**progress, "param_groups": state["param_groups"]})}
+    with _safetensors_file(path) as tmp:
+        save_file({k: v.cpu() for k, v in tensors.items()}, tmp, metadata=meta)
+
+
+def training_progress(path: Path) -> dict | None:
+    """The progress stored with an unfinished training (:func:`save_training_state`), read from
+    the file's header only; None where there is no such file or it is not one."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            progress = (handle.metadata() or {}).get("progress")
+        return json.loads(progress) if progress else None
+    except Exception:  # damaged or another format: reported when it is loaded
+        return None
+
+
+def load_training_state(module: nn.Module, optimizer: torch.optim.Optimizer, path: Path) -> dict:
+    """Restore what :func:`save_training_state` wrote; returns its progress."""
+    tensors, meta = _read_safetensors(path, "interrupted training")
+    if "progress" not in meta:
+        raise CheckpointError(f"{path}: an interrupted training in an older format; start again without --resume")
+    progress = json.loads(meta["progress"])
+    model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    _resize_buffers(module, {k: tuple(v.shape) for k, v in model.items()})
+    try:
+        module.load_state_dict(model)
+    except RuntimeError as error:
+        raise CheckpointError(f"{path}: does not match this branch ({str(error).splitlines()[0]})") from None
+    state: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": progress.pop("param_groups")})
+    return progress
+
+
+def save_arrays(path: Path, arrays: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Named tensors as safetensors with string metadata, atomically."""
+    with _safetensors_file(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in arrays.items()}, tmp,
+                  metadata={"format_version": str(FORMAT_VERSION), **meta})
+
+
+def load_arrays(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata written by :func:`save_arrays`, with a clear error when missing or damaged."""
+    arrays, meta = _read_safetensors(path, what)
+    if meta.get("format_version") != str(FORMAT_VERSION):
+        raise CheckpointError(f"{path}: {what} has format version {meta.get('format_version')}; "
+                              f"this asd reads version {FORMAT_VERSION}")
+    return arrays, meta

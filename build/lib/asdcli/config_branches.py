@@ -1,0 +1,146 @@
+"""Config sections of the five branches (re-exported by :mod:`asdcli.config`, where the whole
+config, its loading and its overrides live). Every model forbids unknown keys and wrong types."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, values are immutable, and a value
+    of the wrong type is an error, not converted (``epochs: true`` is not 1, ``lr: "0.01"`` not
+    0.01; a whole number is still a valid float)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+Precision = Literal["fp32", "bf16", "fp16", "auto"]
+
+
+class BranchTrain(Section):
+    """Per-branch overrides of :class:`TrainConfig` (``None``: use the shared value)."""
+
+    epochs: int | None = Field(None, ge=0)
+    lr: float | None = Field(None, gt=0)
+    precision: Precision | None = None
+
+
+Pooling = Literal["mean", "max", "gwrp"]
+# mse: pooled squared error; mahalanobis: distance of the per-bin error profile from the
+# section's training profiles (as the DCASE 2023 baseline's MAHALA mode)
+ErrorScore = Literal["mahalanobis", "mse"]
+
+
+# The authors' published mn04 AudioSet checkpoint (EfficientAT release v0.0.1, MIT license)
+EFFICIENTAT_MN04 = "https://github.com/fschmid56/EfficientAT/releases/download/v0.0.1/mn04_as_mAP_432.pt"
+
+
+class PretrainedConfig(BranchTrain):
+    """b1: a pretrained audio model's embeddings (fine-tuned or frozen) scored by k-nearest-neighbour distance."""
+
+    backbone: Literal["efficientat", "ast"] = Field("efficientat", description="efficientat: EfficientAT MobileNetV3 "
+                                                    "(AudioSet, ~1 M parameters at width 0.4; a CPU fine-tunes it in "
+                                                    "minutes); ast: the Audio Spectrogram Transformer (86 M, for GPUs)")
+    source: str = Field(EFFICIENTAT_MN04, description="efficientat: a .pt/.safetensors file, a URL of one (downloaded "
+                        "once into the model cache) or 'random'; ast: a Hugging Face model id, a local folder or 'random'")
+    width: float = Field(0.4, gt=0, le=4, description="EfficientAT width multiplier; must match the weights (mn04: 0.4)")
+    random_hidden: int = Field(64, ge=8, description="hidden size of the 'random' AST")
+    random_layers: int = Field(2, ge=1)
+    random_heads: int = Field(2, ge=1)
+    max_length: int = Field(1024, ge=16, description="AST input frames (10 ms hop)")
+    finetune_layers: int = Field(0, ge=-1, description="top blocks of the backbone trained on the section-and-attribute "
+                                 "classes with a margin loss (-1: all of it; 0: frozen, embeddings cached on disk)")
+    margin: float = Field(0.2, ge=0, lt=1.5, description="ArcFace additive angular margin (radians)")
+    scale: float = Field(16.0, gt=0, description="ArcFace logit scale")
+    perturbations: int = Field(3, ge=0, le=3, description="kinds of perturbed copies that are extra classes where the "
+                               "data hold a single section-and-attribute class")
+    k: int = Field(1, ge=1, description="neighbours averaged by the kNN score")
+
+    @model_validator(mode="after")
+    def _check(self) -> "PretrainedConfig":
+        if self.random_hidden % self.random_heads:
+            raise ValueError("random_hidden must be divisible by random_heads")
+        return self
+
+
+class TransformerAEConfig(BranchTrain):
+    """b2: masked-frame Transformer autoencoder scored by reconstruction error."""
+
+    patch_frames: int = Field(4, ge=1, description="frames per token")
+    d_model: int = Field(128, ge=8)
+    heads: int = Field(4, ge=1)
+    layers: int = Field(3, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    mask_ratio: float = Field(0.5, gt=0, lt=1)
+    score_masks: int = Field(4, ge=1, description="interleaved masks at scoring; each token hidden once")
+    score: ErrorScore = "mahalanobis"
+    pooling: Pooling = Field("mean", description="pooling of per-token errors for score: mse")
+    gwrp_decay: float = Field(0.9, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> "TransformerAEConfig":
+        if self.d_model % self.heads:
+            raise ValueError("d_model must be divisible by heads")
+        return self
+
+
+class ContrastiveConfig(BranchTrain):
+    """b3: machine-ID contrastive embedding (SupCon pretraining, then ID classification)."""
+
+    embed_dim: int = Field(128, ge=4)
+    channels: int = Field(16, ge=4, description="width of the first convolution block")
+    temperature: float = Field(0.1, gt=0)
+    pretrain_fraction: float = Field(0.5, ge=0, le=1, description="share of epochs with the contrastive loss only")
+    perturbations: int = Field(3, ge=0, le=3, description="kinds of perturbed copies used as extra classes (outlier "
+                               "exposure)")
+    copies_per_clip: int = Field(1, ge=1, le=3, description="perturbed copies of each clip per training step, their "
+                                 "kinds drawn at random among the perturbations (3: every kind of every clip in every "
+                                 "step, as before; 1 halves the images a step embeds)")
+    precision: Precision | None = Field("auto", description="its training steps' precision (see train.precision; "
+                                        "None: train.precision)")
+    crop_frames: int = Field(0, ge=0, description="trains on a random window of this many frames of each clip "
+                             "(0: whole clips); scoring embeds whole clips. 64 trains b3 5x faster and lifts it on "
+                             "synthetic data, but the fused score on the real folds fell by 0.015 AUC with it")
+    score: Literal["knn", "prototype"] = "knn"
+    k: int = Field(1, ge=1)
+
+
+class DiffusionConfig(BranchTrain):
+    """b4: DDPM denoiser on log-mel patches; DDIM reconstruction error as the score."""
+
+    steps: int = Field(200, ge=10, description="diffusion steps T of the DDPM schedule")
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    channels: int = Field(16, ge=4)
+    crop_frames: int = Field(64, ge=8, description="training patch length in frames")
+    noise_level: float = Field(0.3, gt=0, lt=1, description="fraction of T the clip is noised to at scoring")
+    ddim_steps: int = Field(1, ge=1, description="DDIM steps from the noised clip back to a clean estimate at "
+                            "scoring (1: its one-step estimate; 4 measured no better on real or synthetic sets)")
+    repeats: int = Field(1, ge=1, description="noise draws averaged per clip at scoring")
+    score: ErrorScore = "mahalanobis"
+    pooling: Pooling = Field("mean", description="pooling of per-frame errors for score: mse")
+    gwrp_decay: float = Field(0.9, gt=0, le=1)
+
+
+class FlowConfig(BranchTrain):
+    """b5: RealNVP on the embeddings of trained branches; negative log-likelihood as the score."""
+
+    inputs: list[str] = Field(default_factory=lambda: ["contrastive"], min_length=1,
+                              description="branches whose embeddings the flow models")
+    couplings: int = Field(6, ge=2)
+    hidden: int = Field(128, ge=8)
+    max_dims: int = Field(32, ge=2, description="embeddings are projected (PCA) to at most this many dims")
+    min_clips: int = Field(20, ge=0, description="a section (median over the run's) with fewer training clips is "
+                           "too few for a density: the flow says so and the fusion leaves it out (0: never)")
+
+
+class BranchesConfig(Section):
+    """Settings of the five branches."""
+
+    pretrained: PretrainedConfig = Field(default_factory=PretrainedConfig)
+    transformer_ae: TransformerAEConfig = Field(default_factory=TransformerAEConfig)
+    contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    flow: FlowConfig = Field(default_factory=FlowConfig)

@@ -1,0 +1,1 @@
+"""Data layer: DCASE layouts, audio loading, log-mel features and the synthetic generator."""

@@ -1,0 +1,1 @@
+"""Models: the five branches behind one interface, a registry, and shared building blocks."""

@@ -1,0 +1,43 @@
+"""The branch registry: names, ids (b1..b5) and construction from a config. Services look
+branches up here and never branch on a name."""
+
+from __future__ import annotations
+
+from asdcli.config import AsdConfig
+from asdcli.errors import ConfigError
+from asdcli.models.base import Branch, BranchContext
+from asdcli.models.branch_contrastive import ContrastiveBranch
+from asdcli.models.branch_diffusion import DiffusionBranch
+from asdcli.models.branch_flow import FlowBranch
+from asdcli.models.branch_pretrained import PretrainedBranch
+from asdcli.models.branch_transformer_ae import TransformerAEBranch
+
+BRANCHES: dict[str, type[Branch]] = {
+    cls.name: cls for cls in (PretrainedBranch, TransformerAEBranch, ContrastiveBranch, DiffusionBranch, FlowBranch)
+}
+IDS = {cls.bid: name for name, cls in BRANCHES.items()}
+
+
+def canonical_name(name_or_id: str) -> str:
+    """``b3`` or ``contrastive`` -> ``contrastive``; anything else is a ConfigError listing the choices."""
+    key = name_or_id.strip().lower().replace("_", "-")
+    if key in BRANCHES:
+        return key
+    if key in IDS:
+        return IDS[key]
+    choices = ", ".join(f"{cls.bid}={name}" for name, cls in BRANCHES.items())
+    raise ConfigError(f"unknown branch '{name_or_id}' (choose from {choices})")
+
+
+def branch_config(config: AsdConfig, name: str):
+    """The config section of a branch (``transformer-ae`` -> ``config.branches.transformer_ae``)."""
+    return getattr(config.branches, name.replace("-", "_"))
+
+
+def build_branch(name: str, config: AsdConfig, context: BranchContext, saved: dict | None = None) -> Branch:
+    """A new branch of kind ``name``; ``saved`` is its ``extra_meta()`` from a checkpoint."""
+    cls = BRANCHES[canonical_name(name)]
+    cfg = branch_config(config, cls.name)
+    if saved:
+        return cls(context, cfg, saved)
+    return cls(context, cfg)

@@ -1,0 +1,1 @@
+"""Services: one plain-function module per job. No typer, no printing: progress via callbacks."""

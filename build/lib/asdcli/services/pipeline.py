@@ -1,0 +1,101 @@
+"""`asd train`: every stage of a run in order, checked before the first long step, continued where
+an earlier call stopped.
+
+The plan says, for each branch (b2, b3, b4, b1, b5: the flow models b3's embeddings, so it comes
+after), the fusion head and the meta-learner, whether it is trained, resumed (an interrupted
+training), kept (finished, and nothing it depends on changes) or skipped (``--skip``, or an input
+branch skipped). Before anything is trained, every stage to train is checked: the data has
+training clips and each branch can get what it needs (b1's pretrained weights), so that a missing
+download stops the pipeline in seconds, not after an hour of training.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from asdcli.checkpoints import read_json, training_progress
+from asdcli.config import AsdConfig
+from asdcli.errors import AsdError, ConfigError
+from asdcli.models.registry import BRANCHES, branch_config, canonical_name
+from asdcli.services.dataset import training_clips
+from asdcli.services.fuse import is_current, stale_branches
+from asdcli.services.run_meta import FusionMeta, MetaMeta, read_typed
+from asdcli.services.runs import Run, is_run, open_run
+
+ORDER = ("transformer-ae", "contrastive", "diffusion", "pretrained", "flow")
+FUSION, META = "fusion", "meta-learner"
+
+
+@dataclass
+class Step:
+    """One stage of the pipeline: ``action`` train, resume, keep or skip, and why."""
+
+    stage: str
+    action: str
+    why: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{BRANCHES[self.stage].bid} {self.stage}" if self.stage in BRANCHES else self.stage
+
+
+def _branch_step(run: Run | None, name: str, config: AsdConfig, skipped: set[str]) -> Step:
+    if name in skipped:
+        return Step(name, "skip", "--skip")
+    ups = [canonical_name(u) for u in BRANCHES[name].upstream(branch_config(config, name))]
+    if any(u in skipped for u in ups):
+        return Step(name, "skip", f"it models the embeddings of {next(u for u in ups if u in skipped)}, which is skipped")
+    if run is None:
+        return Step(name, "train")
+    if run.meta_path(name).exists() and read_json(run.meta_path(name), f"{name} metadata").get("status") == "complete":
+        return Step(name, "keep", "finished")
+    progress = training_progress(run.train_state(name))
+    if progress is not None:
+        return Step(name, "resume", f"stopped at epoch {progress.get('epochs_done')}/{progress.get('epochs')}")
+    return Step(name, "train")
+
+
+def _head_steps(run: Run | None, branches: list[Step]) -> list[Step]:
+    """The fusion head and meta-learner: kept where they exist, are current and no branch changes."""
+    changing = [s.label for s in branches if s.action in ("train", "resume")]
+    if run is None or changing:
+        why = f"after {', '.join(changing)}" if changing else ""
+        return [Step(FUSION, "train", why), Step(META, "train", why)]
+    kept = {s.stage for s in branches if s.action == "keep"}
+    if not run.fusion_meta.exists():
+        return [Step(FUSION, "train"), Step(META, "train")]
+    fusion = read_typed(FusionMeta, read_json(run.fusion_meta, "fusion metadata"), run.fusion_meta)
+    if stale_branches(run, fusion) or not set(fusion.branches) <= kept:
+        return [Step(FUSION, "train", "a branch changed after it"), Step(META, "train", "after the fusion")]
+    steps = [Step(FUSION, "keep", "finished")]
+    if not run.meta_meta.exists():
+        return steps + [Step(META, "train")]
+    meta = read_typed(MetaMeta, read_json(run.meta_meta, "meta-learner metadata"), run.meta_meta)
+    current = is_current(meta.fusion_digest, run.fusion_meta, run.fusion_weights)
+    return steps + [Step(META, "keep", "finished") if current else Step(META, "train", "the fusion changed after it")]
+
+
+def plan(run_dir: Path, config: AsdConfig, skip: list[str] | None = None) -> list[Step]:
+    """What ``asd train`` will do with the run folder ``run_dir`` (see the module docstring)."""
+    skipped = {canonical_name(s) for s in skip or []}
+    run = open_run(run_dir) if is_run(run_dir) else None
+    branches = [_branch_step(run, name, config, skipped) for name in ORDER]
+    if all(s.action == "skip" for s in branches):
+        raise ConfigError("every branch is skipped: nothing to train")
+    return branches + _head_steps(run, branches)
+
+
+def preflight(data: Path, config: AsdConfig, steps: list[Step]) -> int:
+    """Check, before any training, that the data has training clips and that every branch to train
+    can be built (its pretrained weights can be had); returns the number of training clips.
+    Raises the first problem as one line naming the branch."""
+    clips = training_clips(str(data))
+    for step in steps:
+        if step.stage in BRANCHES and step.action in ("train", "resume"):
+            try:
+                BRANCHES[step.stage].check(branch_config(config, step.stage))
+            except AsdError as error:
+                hint = "" if "--skip" in str(error) else f"; or leave it out: asd train --skip {BRANCHES[step.stage].bid}"
+                raise type(error)(f"{step.label}: {error}{hint}") from None
+    return len(clips)

@@ -1,0 +1,140 @@
+"""Typed schemas of the metadata a run's stages write: the run description, a branch's, the
+fusion head's and the meta-learner's. Every stage's metadata is validated when it is read, so that a hand-edited or
+foreign file is one error naming the file and the field, not a failure deep in scoring."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
+
+
+from asdcli.models.registry import BRANCHES
+
+from asdcli.errors import CheckpointError
+
+
+def _branch_name(name: str) -> str:
+    """A branch name read from a record must be one of the registry's: records name files by it."""
+    if name not in BRANCHES:
+        raise ValueError(f"{name!r} is not a branch (choose from {', '.join(BRANCHES)})")
+    return name
+
+
+BranchName = Annotated[str, AfterValidator(_branch_name)]
+
+
+class _Meta(BaseModel):
+    model_config = ConfigDict(extra="allow")  # fields added by later versions are kept
+
+
+class RunInfo(_Meta):
+    """``run.json``: the run's sections (groups) and classes, its held-out clips and the audio and
+    feature settings every branch shares. ``group_names`` 2: DCASE 2020 machine IDs have groups of
+    their own (``<machine>_id_<XX>``); absent in runs made before, which name them as sections."""
+
+    groups: list[str]
+    labels: list[str]
+    audio: dict
+    features: dict
+    holdout: list[str] = []
+    group_names: int = 1
+
+
+class ScoreStats(_Meta):
+    count: int
+    mean: float
+    std: float
+    threshold: float | None = None
+
+
+class HeldOut(_Meta):
+    """How a branch's held-out normal clips scored against its training clips
+    (:func:`asdcli.services.reliability.heldout_check`)."""
+
+    clips: int
+    median_z: float | None = None
+    median_normal_z: float | None = None
+
+
+class BranchMeta(_Meta):
+    """``<branch>.json``."""
+
+    branch: str
+    status: str
+    epochs_done: int
+    epochs: int
+    seed: int
+    config: dict
+    groups: list[str]
+    score_stats: dict[str, ScoreStats]
+    embed_dims: dict[str, int] = {}
+    upstream: list[BranchName] = []
+    extra: dict | None = None
+    heldout: HeldOut | None = None
+    limitation: str | None = None
+    trained_clips: int | None = None
+
+
+class FusionMeta(_Meta):
+    """``fusion.json``."""
+
+    branches: list[BranchName]
+    branch_digests: dict[BranchName, str]
+    hidden: int
+    loss: float
+    left_out: dict[str, str] = {}
+    mean_weights: dict[str, float] = {}
+    config: dict = {}
+    prior_temperature: float | None = None
+    prior: dict = {}  # :func:`asdcli.services.fuse.prior_record`; absent in runs fused before priors existed
+
+
+class TrainScores(_Meta):
+    """``<branch>.train_scores.json``: every normal training clip's score (clip key -> score)."""
+
+    branch: BranchName
+    scores: dict[str, float]
+
+    @field_validator("scores")
+    @classmethod
+    def _some(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("holds no clip")
+        return value
+
+
+class MetaMeta(_Meta):
+    """``meta.json``."""
+
+    tasks: list[str]
+    in_dim: int
+    meta: dict
+    seed: int
+    examples: str = "examples.safetensors"
+    fusion_digest: str | None = None
+    holdout: list[str] = []
+    abstained: str | None = None  # why it keeps the fused score (too few sections), or None
+
+
+Model = TypeVar("Model", bound=_Meta)
+
+
+def read_typed(schema: type[Model], data: dict, path: Path) -> Model:
+    """``data`` as a ``schema`` object (:func:`validated`)."""
+    return schema.model_validate(validated(schema, data, path))
+
+
+def validated(schema: type[Model], data: dict, path: Path) -> dict:
+    """``data`` checked against ``schema`` (returned as read); a :class:`CheckpointError` naming
+    the file and the first bad field otherwise."""
+    try:
+        schema.model_validate(data)
+    except ValidationError as error:
+        first = error.errors()[0]
+        field = ".".join(str(p) for p in first["loc"])
+        reason = "is missing" if first["type"] == "missing" else f"is not valid ({first['msg']})"
+        raise CheckpointError(f"{path}: field '{field}' {reason}; the file was edited or is not this stage's "
+                              "metadata: train the stage again") from None
+    return data

@@ -1,0 +1,219 @@
+"""Run folders as services see them: the run's vocabulary and feature settings, and trained
+branches loaded back from their checkpoints."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, training_progress, write_json
+from asdcli.atomic import write_text
+from asdcli.config import AsdConfig, dump_config, load_config, validate_config
+from asdcli.data.features import num_frames
+from asdcli.errors import CheckpointError, ConfigError
+from asdcli.models.base import Branch, BranchContext
+from asdcli.models.registry import BRANCHES, build_branch, canonical_name
+from asdcli.services.dataset import Vocabulary
+from asdcli.services.commits import recover
+from asdcli.services.run_meta import BranchMeta, RunInfo, read_typed
+
+
+RUN_FILE = "run.json"
+CONFIG_FILE = "config.yaml"
+GROUP_NAMES = 2  # run.json "group_names": DCASE 2020 IDs are groups <machine>_id_<XX> (RunInfo)
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is a run folder (it holds a run description)."""
+    return (Path(path) / RUN_FILE).is_file()
+
+
+@dataclass
+class Run:
+    """A run folder: its sections and classes, the feature settings all its branches share, and
+    the keys of the normal training clips its branches' networks never train on (held out).
+    Every file of a run is named here."""
+
+    path: Path
+    vocab: Vocabulary
+    features: dict
+    holdout: frozenset[str] = frozenset()
+
+    @property
+    def info_path(self) -> Path:
+        """``run.json``: sections, classes, held-out clips, feature settings."""
+        return self.path / RUN_FILE
+
+    @property
+    def fusion_weights(self) -> Path:
+        return self.path / "fusion.safetensors"
+
+    @property
+    def fusion_meta(self) -> Path:
+        return self.path / "fusion.json"
+
+    @property
+    def examples(self) -> Path:
+        """The fusion head's training examples (normal clips and pseudo-anomalies)."""
+        return self.path / "examples.safetensors"
+
+    @property
+    def meta_weights(self) -> Path:
+        return self.path / "meta.safetensors"
+
+    @property
+    def meta_meta(self) -> Path:
+        return self.path / "meta.json"
+
+    @property
+    def meta_examples(self) -> Path:
+        """The meta-learner's own examples (``meta-train --data``)."""
+        return self.path / "meta_examples.safetensors"
+
+    @property
+    def logs(self) -> Path:
+        """Per-epoch training logs (``<branch>_train.csv``) and the loss plot."""
+        return self.path / "logs"
+
+    def weights(self, name: str) -> Path:
+        return self.path / f"{name}.safetensors"
+
+    def meta_path(self, name: str) -> Path:
+        return self.path / f"{name}.json"
+
+    def train_state(self, name: str) -> Path:
+        """An unfinished training of ``name`` (weights, optimizer state, progress), for --resume."""
+        return self.path / f"{name}.train.safetensors"
+
+    def train_scores(self, name: str) -> Path:
+        return self.path / f"{name}.train_scores.json"
+
+    def log_path(self, name: str) -> Path:
+        return self.logs / f"{name}_train.csv"
+
+    @property
+    def config_path(self) -> Path:
+        """The resolved config the run was started with; later stages use it."""
+        return self.path / CONFIG_FILE
+
+
+def saved_config(run_dir: Path | None) -> str | None:
+    """The ``config.yaml`` of the run folder ``run_dir`` as a config argument, or None (no run
+    folder yet, or one made before runs kept their config)."""
+    path = None if run_dir is None else Path(run_dir) / CONFIG_FILE
+    return str(path) if path is not None and path.is_file() else None
+
+
+def has_finished(run_dir: Path, name: str) -> bool:
+    """Whether the run folder holds a finished training of branch ``name``."""
+    return (Path(run_dir) / f"{canonical_name(name)}.json").is_file()
+
+
+def _feature_settings(config: AsdConfig) -> dict:
+    return {"audio": config.audio.model_dump(mode="json"), "features": config.features.model_dump(mode="json")}
+
+
+def open_or_create_run(path: Path, vocab: Vocabulary, config: AsdConfig, holdout: list[str]) -> Run:
+    """Create ``path/run.json`` for a new run (with its held-out clips), or check that the data and
+    features match an existing one (whose held-out clips stay as recorded)."""
+    info_path = path / RUN_FILE
+    settings = _feature_settings(config)
+    if not info_path.exists():
+        write_text(path / CONFIG_FILE, dump_config(config))
+        write_json(info_path, {"format_version": FORMAT_VERSION, "groups": vocab.groups, "labels": vocab.labels,
+                               "holdout": holdout, "group_names": GROUP_NAMES, **settings})
+        return Run(path, vocab, settings, frozenset(holdout))
+    run = open_run(path)
+    if run.features != settings:
+        raise CheckpointError(f"{path}: the run was made with other audio/feature settings than this config; "
+                              "use the run's config or a new --run folder")
+    missing = sorted(set(vocab.groups) - set(run.vocab.groups))
+    if missing and run.vocab.legacy_2020 and any("_id_" in g for g in missing):
+        raise CheckpointError(f"{path}: the run was made before DCASE 2020 machine IDs had groups of their own "
+                              f"(it names them {run.vocab.groups}); it still scores, but train in a new --run folder")
+    if missing:
+        raise CheckpointError(f"{path}: the run was made for sections {run.vocab.groups}; the data adds {missing}. "
+                              "Use a new --run folder")
+    return run
+
+
+def open_run(path: Path | Run) -> Run:
+    """An existing run folder (stages committed by an interrupted command are completed first);
+    a :class:`Run` already opened is handed back as it is, so that a command opens its run once
+    and passes it to every service it calls."""
+    if isinstance(path, Run):
+        return path
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"run folder {path} does not exist; train a branch first (asd train-branch NAME --run {path})")
+    recover(path)
+    info_path = path / RUN_FILE
+    info = read_typed(RunInfo, read_json(info_path, "run description"), info_path)
+    return Run(path, Vocabulary(info.groups, info.labels, legacy_2020=info.group_names < GROUP_NAMES),
+               {"audio": info.audio, "features": info.features}, frozenset(info.holdout))
+
+
+def branch_context(run: Run, config: AsdConfig, embed_dims: dict[str, int] | None = None) -> BranchContext:
+    """The facts a branch is built from."""
+    return BranchContext(n_mels=config.features.n_mels, frames=num_frames(config.audio, config.features),
+                         sample_rate=config.audio.sample_rate, n_groups=len(run.vocab.groups),
+                         n_labels=len(run.vocab.labels), embed_dims=embed_dims or {})
+
+
+def read_branch_meta(run: Run, name: str) -> BranchMeta:
+    """A trained branch's metadata; errors say what to run when it is missing or unfinished."""
+    name = canonical_name(name)
+    if not run.meta_path(name).exists():
+        progress = training_progress(run.train_state(name))
+        if progress is not None:
+            raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {progress.get('epochs_done')}/"
+                                  f"{progress.get('epochs')}; finish it with: asd train-branch {name} --run {run.path} "
+                                  "--data DIR --resume")
+        raise CheckpointError(f"branch '{name}' is not trained in {run.path}; run: asd train-branch {name} "
+                              f"--run {run.path} --data DIR")
+    meta = read_typed(BranchMeta, read_json(run.meta_path(name), f"{name} metadata"), run.meta_path(name))
+    if meta.status != "complete":
+        raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {meta.epochs_done}/{meta.epochs}; "
+                              f"finish it with: asd train-branch {name} --run {run.path} --resume")
+    return meta
+
+
+# Settings of the stages after the branches: a branch checkpoint does not depend on them, so a
+# checkpoint written before they changed still loads (they come back at their defaults).
+LATER_STAGES = ("fusion", "meta", "debug")
+
+
+def stored_config(meta: BranchMeta, path: Path) -> AsdConfig:
+    """The resolved config stored in a branch's metadata, without the later stages' settings."""
+    data = {k: v for k, v in meta.config.items() if k not in LATER_STAGES}
+    return validate_config(data, source=str(path))
+
+
+def load_branch(run: Run, name: str, device: torch.device | str = "cpu") -> Branch:
+    """A complete trained branch in eval mode, rebuilt from its own resolved config."""
+    name = canonical_name(name)
+    meta = read_branch_meta(run, name)
+    config = stored_config(meta, run.meta_path(name))
+    branch = build_branch(name, config, branch_context(run, config, meta.embed_dims), meta.extra or None)
+    load_weights(branch, run.weights(name), type(branch).migrate_state)
+    return branch.to(device).eval()
+
+
+def run_config(run: Run, given: AsdConfig | None = None) -> AsdConfig:
+    """The run's config: ``given`` after checking that it has the run's audio and feature
+    settings, else the ``config.yaml`` the run was started with (every stage's settings, the
+    preset's fusion and meta-learner ones included), else, for runs made before it existed, the
+    config stored with its first trained branch."""
+    if given is not None:
+        if _feature_settings(given) != run.features:
+            raise ConfigError(f"{run.path}: the run was made with other audio/feature settings than this config; "
+                              "leave --config out to use the run's own")
+        return given
+    if run.config_path.is_file():
+        return load_config(run.config_path)
+    for meta_path in sorted(run.path.glob("*.json")):
+        if meta_path.stem in BRANCHES:
+            return validate_config(read_json(meta_path, "branch metadata")["config"], source=str(meta_path))
+    raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")
