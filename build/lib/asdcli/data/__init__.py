@@ -1,1 +1,0 @@
-"""Data layer: DCASE layouts, audio loading, log-mel features and the synthetic generator."""
