@@ -5,18 +5,23 @@ from __future__ import annotations
 import functools
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
-import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
-from asdcli.config import AsdConfig, load_config, parse_overrides
 from asdcli.errors import AsdError, os_error_message
-from asdcli.services.device import resolve_device
-from asdcli.services.runs import Run, open_run, run_config
+
+if TYPE_CHECKING:
+    import torch
+
+    from asdcli.config import AsdConfig
+    from asdcli.services.runs import Run
+
+# A command's module imports torch, the models and the services inside its function, not at the top,
+# so that `asd COMMAND --help` answers at once (Typer reads only the signature).
 
 # Results go to stdout; progress, notices and errors to stderr, so `asd score > x.csv` stays clean.
 # Piped to a file, rich would cut tables at 80 columns: give them room instead.
@@ -62,6 +67,9 @@ def resolve_run_config(run: Path, config: Optional[str], overrides: Optional[lis
     """The run, opened once for the command and handed to its services, and its config (or
     ``config``, checked against the run's features) with the ``key=value`` overrides and the
     command's own options."""
+    from asdcli.config import load_config, parse_overrides
+    from asdcli.services.runs import open_run, run_config
+
     opened = open_run(run)
     base = run_config(opened, load_config(config) if config else None)
     return opened, run_config(opened, base.with_settings(parse_overrides(overrides)).with_overrides(**options))
@@ -70,6 +78,10 @@ def resolve_run_config(run: Path, config: Optional[str], overrides: Optional[lis
 def gpu_or_cpu(gpu: Optional[int], device: Optional[str] = None) -> torch.device:
     """``--gpu N`` -> CUDA device N (an error without CUDA); ``--device`` cpu, cuda, cuda:N or
     auto; neither -> auto: CUDA where there is a device (saying so once), else the CPU."""
+    import torch
+
+    from asdcli.services.device import resolve_device
+
     chosen = resolve_device(gpu, device)
     if gpu is None and device in (None, "auto") and chosen.type == "cuda" and not _SAID["device"]:
         _SAID["device"] = True
@@ -84,6 +96,8 @@ GpuOption = typer.Option(None, "--gpu", min=0, help="CUDA device N (an error whe
 
 def resolve_config(config: Optional[str], overrides: Optional[list[str]] = None, **options: object) -> AsdConfig:
     """Load the preset or file and apply the ``key=value`` overrides, then the command's own options."""
+    from asdcli.config import load_config, parse_overrides
+
     return load_config(config).with_settings(parse_overrides(overrides)).with_overrides(**options)
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 from rich.table import Table
 
 from asdcli.atomic import write_text
 from asdcli.cli.common import show_notice, err, handle_errors, out
-from asdcli.services.evaluate import Evaluation, evaluate as evaluate_service, results_csv
+
+if TYPE_CHECKING:
+    from asdcli.services.evaluate import Evaluation
 
 
 def _fmt(value: float | None) -> str:
@@ -83,6 +85,8 @@ def evaluate(
 ) -> None:
     """The official DCASE evaluator's figures: per section AUC (all, source, target), pAUC, precision, recall and F1
     per domain; their means per machine and overall; the official score (2020 data: AUC and pAUC per ID)."""
+    from asdcli.services.evaluate import evaluate as evaluate_service, results_csv
+
     result = evaluate_service(scores, ground_truth, machine=machine)
     data = json.dumps(result.to_json(), indent=2)
     if json_out is not None:

@@ -8,10 +8,7 @@ from typing import List, Optional
 import typer
 
 from asdcli.cli.common import show_notice, OverridesArgument, CacheOption, ConfigOption, WorkersOption, err, handle_errors, progress_bar, report_failures, resolve_config
-from asdcli.data.audio import length_notice
-from asdcli.data.layout import discover
 from asdcli.errors import DataError
-from asdcli.services.features import default_cache_dir, extract_features
 
 
 @handle_errors
@@ -23,6 +20,10 @@ def features(
     workers: Optional[int] = WorkersOption,
 ) -> None:
     """Compute log-mel features of every clip under DATA and cache them for later commands."""
+    from asdcli.data.audio import length_notice
+    from asdcli.data.layout import discover
+    from asdcli.services.features import default_cache_dir, extract_features
+
     cfg = resolve_config(config, overrides, **{"loader.workers": workers})
     cache = cache_dir or default_cache_dir()
     clips = discover(data)

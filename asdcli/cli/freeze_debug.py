@@ -10,10 +10,6 @@ from rich.table import Table
 
 from asdcli.cli.common import (show_notice, say, GpuOption, OverridesArgument, DeviceOption, CacheOption, ConfigOption, SeedOption, err, gpu_or_cpu, handle_errors, out,
                                progress_bar, resolve_config)
-from asdcli.services.debug import freeze_debug as debug_service
-from asdcli.services.debug import debug_log_path, parse_parts
-from asdcli.services.features import default_cache_dir
-from asdcli.services.runs import saved_config
 
 
 @handle_errors
@@ -34,6 +30,10 @@ def freeze_debug(
 ) -> None:
     """Train all branches, the fusion head and the meta-learner with some parts frozen; one CSV row
     per step with every part's loss and gradient norm; trouble is reported as it begins."""
+    from asdcli.services.debug import debug_log_path, freeze_debug as debug_service, parse_parts
+    from asdcli.services.features import default_cache_dir
+    from asdcli.services.runs import saved_config
+
     config = config or saved_config(run)  # the run's own config
     cfg = resolve_config(config, overrides, seed=seed)
     frozen = parse_parts(branch)

@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from asdcli.cli.common import handle_errors, out
-from asdcli.services.info import run_info
 
 STYLE = {"finished": "green", "unfinished": "yellow", "stale": "yellow", "damaged": "red", "missing": "dim"}
 
@@ -22,6 +21,8 @@ def info(
 ) -> None:
     """What a run holds: sections and their training clips, each stage (finished, unfinished, stale, damaged or
     missing) and the settings it was made with."""
+    from asdcli.services.info import run_info
+
     result = run_info(run)
     if as_json:
         out.print(json.dumps(asdict(result), indent=2, default=str), markup=False, highlight=False)

@@ -10,9 +10,6 @@ from rich.table import Table
 
 from asdcli.cli.common import CacheOption, handle_errors, out
 from asdcli.errors import ConfigError
-from asdcli.models.registry import BRANCHES
-from asdcli.services.branch_prior import save_prior
-from asdcli.services.learn_prior import learn_from_runs
 
 
 @handle_errors
@@ -28,6 +25,10 @@ def learn_prior(
 ) -> None:
     """Learn the fusion's prior over branches from labelled faults of other machines. Never give
     labelled clips of the machine you will score: that would tune the fusion on its own test set."""
+    from asdcli.models.registry import BRANCHES
+    from asdcli.services.branch_prior import save_prior
+    from asdcli.services.learn_prior import learn_from_runs
+
     if len(run) != len(data):
         raise ConfigError(f"--run and --data pair up: got {len(run)} --run and {len(data)} --data")
     prior = learn_from_runs(list(zip(run, data)), cache_dir, description)

@@ -10,7 +10,6 @@ from rich.table import Table
 
 from asdcli.cli.common import (show_notice, GpuOption, OverridesArgument, DeviceOption, RunOption, SeedOption, gpu_or_cpu, handle_errors, out, progress_bar, report_failures,
                                resolve_run_config, run_config_option)
-from asdcli.services.meta import meta_train as meta_service
 
 
 @handle_errors
@@ -35,6 +34,8 @@ def meta_train(
 
 def fit_meta(opened, cfg, holdout, data: Path | None, torch_device) -> None:
     """Meta-train with a progress bar, then print the query losses (or why it abstains)."""
+    from asdcli.services.meta import meta_train as meta_service
+
     run = opened.path
     with progress_bar(unit="steps") as bar:
         made = bar.add_task("scoring pseudo-anomalies", total=None, visible=data is not None, unit="clips")

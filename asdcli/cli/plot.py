@@ -9,7 +9,6 @@ import typer
 
 from asdcli.cli.common import err, handle_errors
 from asdcli.errors import DataError
-from asdcli.services.plot import log_kind, plot_debug, plot_epochs, plot_scores, run_logs
 
 
 @handle_errors
@@ -20,6 +19,8 @@ def plot(
 ) -> None:
     """Plot logs and results as one PNG: freeze-debug losses and gradient norms per part; ROC curves
     (pAUC region marked) and score histograms by domain and label; training-loss curves of a run."""
+    from asdcli.services.plot import log_kind, plot_debug, plot_epochs, plot_scores, run_logs
+
     for path in paths:
         if not path.exists():
             raise DataError(f"{path}: no such file or folder")

@@ -4,24 +4,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
-import numpy as np
 import typer
 
 from asdcli.cli.common import show_notice, gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures
-from asdcli.config import AudioConfig
-from asdcli.data.audio import length_notice
-from asdcli.data.layout import discover
-from asdcli.models.registry import BRANCHES
-from asdcli.services.features import default_cache_dir
-from asdcli.services.runs import open_run
-from asdcli.services.dcase_files import csv_text, write_dcase_files
-from asdcli.services.score import METHODS, ScoreResult, score_clips
+
+if TYPE_CHECKING:
+    from asdcli.services.score import ScoreResult
 
 
 def _clips(path: Path) -> list:
     """The clips a DATA argument names: a folder's test clips (all of them where it has none), or a file."""
+    from asdcli.data.layout import discover
+
     clips = [c for c in discover(path) if c.split != "train" or path.is_file()]
     return clips or discover(path)
 
@@ -36,6 +32,10 @@ def _name(path: Path, roots: list[Path]) -> str:
 
 def _explained(result: ScoreResult, rows: list[tuple], decision: bool) -> list[tuple]:
     """Header + per clip: final score, fused score, then z_<id> and w_<id> of every branch."""
+    import numpy as np
+
+    from asdcli.models.registry import BRANCHES
+
     ids = [BRANCHES[n].bid for n in result.branches]
     header = ("filename", "score") + (("decision",) if decision else ()) + ("fused",) + tuple(
         f"{kind}_{i}" for i in ids for kind in ("z", "w"))
@@ -71,6 +71,14 @@ def score(
 ) -> None:
     """Anomaly score per clip (higher = more anomalous) as CSV on stdout: filename,score[,decision]
     (no header, as the DCASE files), or with --explain a header and how each branch contributed."""
+    from asdcli.config import AudioConfig
+    from asdcli.data.audio import length_notice
+    from asdcli.data.layout import discover
+    from asdcli.services.dcase_files import csv_text, write_dcase_files
+    from asdcli.services.features import default_cache_dir
+    from asdcli.services.runs import open_run
+    from asdcli.services.score import METHODS, score_clips
+
     clips = [c for path in data for c in _clips(path)]
     if machine is not None or section is not None:
         clips = [replace(c, machine=machine or c.machine, section=f"{section:02d}" if section is not None else c.section)

@@ -8,7 +8,6 @@ from typing import List, Optional
 import typer
 
 from asdcli.cli.common import OverridesArgument, ConfigOption, SeedOption, err, handle_errors, progress_bar, resolve_config
-from asdcli.data.synth import count_clips, generate
 
 
 @handle_errors
@@ -19,6 +18,8 @@ def synth(
     seed: Optional[int] = SeedOption,
 ) -> None:
     """Generate the seeded synthetic dataset (DCASE 2021+ layout): same seed, same files."""
+    from asdcli.data.synth import count_clips, generate
+
     cfg = resolve_config(config, overrides, seed=seed)
     with progress_bar() as bar:
         task = bar.add_task("synth", total=count_clips(cfg.synth))

@@ -16,15 +16,6 @@ from asdcli.cli.evaluate import means_table, section_table
 from asdcli.cli.meta_train import fit_meta
 from asdcli.cli.train_branch import run_branch
 from asdcli.cli.train_fusion import fit_head
-from asdcli.data.audio import length_notice
-from asdcli.data.layout import discover
-from asdcli.services.dataset import training_clips
-from asdcli.services.dcase_files import write_dcase_files
-from asdcli.services.evaluate import clip_rows, evaluate_rows
-from asdcli.services.features import default_cache_dir
-from asdcli.services.pipeline import FUSION, plan, preflight
-from asdcli.services.runs import open_run, saved_config
-from asdcli.services.score import METHODS, score_clips
 
 
 @handle_errors
@@ -47,6 +38,12 @@ def train(
     """Train every stage of a run in order: the branches (b2, b3, b4, b1, b5), the fusion head and the
     meta-learner. Every stage is checked before the first long step; a second call continues where the
     first stopped (finished stages are kept, an interrupted training resumes)."""
+    from asdcli.data.audio import length_notice
+    from asdcli.services.dataset import training_clips
+    from asdcli.services.features import default_cache_dir
+    from asdcli.services.pipeline import FUSION, plan, preflight
+    from asdcli.services.runs import open_run, saved_config
+
     cfg = resolve_config(config or saved_config(run), overrides, seed=seed)
     steps = plan(run, cfg, skip)
     clips = preflight(data, cfg, steps)
@@ -83,6 +80,12 @@ def train(
 
 def _score_tests(data: Path, run: Path, cache: Path, torch_device, evaluate: bool | None, out_dir: Path | None) -> None:
     """Score the test clips (where asked or labelled): DCASE files and the evaluation table."""
+    from asdcli.data.layout import discover
+    from asdcli.services.dcase_files import write_dcase_files
+    from asdcli.services.evaluate import clip_rows, evaluate_rows
+    from asdcli.services.runs import open_run
+    from asdcli.services.score import METHODS, score_clips
+
     tests = [c for c in discover(data) if c.split == "test"]
     labelled = any(c.label is not None for c in tests)
     show = labelled if evaluate is None else evaluate

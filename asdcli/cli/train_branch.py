@@ -10,14 +10,6 @@ from rich.table import Table
 
 from asdcli.cli.common import (show_notice, gpu_or_cpu, DeviceOption, GpuOption, OverridesArgument, CacheOption, ConfigOption, DataOption, RunOption, SeedOption, WorkersOption, err, handle_errors, out,
                                progress_bar, report_failures, resolve_config)
-from asdcli.data.audio import length_notice
-from asdcli.models.registry import canonical_name
-from asdcli.services.dataset import training_clips
-from asdcli.services.features import default_cache_dir
-from asdcli.services.reliability import heldout_gap, heldout_summary
-from asdcli.services.run_meta import HeldOut
-from asdcli.services.runs import has_finished, saved_config
-from asdcli.services.train import train_branch as train_service
 
 
 @handle_errors
@@ -36,6 +28,12 @@ def train_branch(
     workers: Optional[int] = WorkersOption,
 ) -> None:
     """Train one branch on the normal training clips of every machine section under --data."""
+    from asdcli.data.audio import length_notice
+    from asdcli.models.registry import canonical_name
+    from asdcli.services.dataset import training_clips
+    from asdcli.services.features import default_cache_dir
+    from asdcli.services.runs import has_finished, saved_config
+
     name = canonical_name(name)
     key = f"branches.{name.replace('-', '_')}.epochs"
     config = config or saved_config(run)  # a later branch of a run: the run's own config
@@ -52,6 +50,8 @@ def train_branch(
 
 def run_branch(name: str, data: Path, run: Path, cfg, torch_device, cache_dir: Path, resume: bool) -> None:
     """Train one branch with a progress bar, then print its statistics and reliability."""
+    from asdcli.services.train import train_branch as train_service
+
     with progress_bar(unit="steps") as bar:
         task = bar.add_task(f"{name}", total=None, visible=False)  # shown once it trains (a frozen b1 does not)
 
@@ -85,6 +85,9 @@ def run_branch(name: str, data: Path, run: Path, cfg, torch_device, cache_dir: P
 
 def _report_reliability(result, max_z: float, min_clips: int) -> None:
     """What the branch says it cannot learn, and how its held-out clips scored."""
+    from asdcli.services.reliability import heldout_gap, heldout_summary
+    from asdcli.services.run_meta import HeldOut
+
     if result.limitation:
         show_notice(f"{result.branch}: {result.limitation}; the fusion leaves it out")
     z, clips = result.heldout.get("median_z"), result.heldout.get("clips", 0)

@@ -10,8 +10,6 @@ from rich.table import Table
 
 from asdcli.cli.common import (show_notice, GpuOption, OverridesArgument, DeviceOption, DataOption, RunOption, SeedOption, gpu_or_cpu, handle_errors, out, progress_bar,
                                report_failures, resolve_run_config, run_config_option)
-from asdcli.services.fuse import train_fusion as train_service
-from asdcli.services.info import prior_summary
 
 
 @handle_errors
@@ -35,6 +33,9 @@ def train_fusion(
 
 def fit_head(data: Path, opened, cfg, branch, torch_device) -> None:
     """Fit the fusion head with a progress bar, then print its weights and evidence."""
+    from asdcli.services.fuse import train_fusion as train_service
+    from asdcli.services.info import prior_summary
+
     run = opened.path
     with progress_bar() as bar:
         task = bar.add_task("scoring pseudo-anomalies", total=None)

@@ -206,6 +206,19 @@ def test_asd_help_lists_every_command_without_loading_torch():
         assert f"  {name} " in result.stdout
 
 
+def test_every_command_help_answers_without_loading_torch_or_scipy():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom asdcli.cli import main, COMMANDS\nfor name in COMMANDS:\n    try:\n"
+            "        main([name, '--help'])\n    except SystemExit as e:\n        assert e.code == 0, name\n"
+            "print('LOADED', sorted(m for m in ('torch', 'scipy', 'numpy', 'torchaudio') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == "LOADED []"
+    assert result.stdout.count("Usage: asd ") == len(__import__("asdcli.cli").cli.COMMANDS)
+
+
 def test_score_takes_the_machine_and_section_of_clips_whose_names_say_neither(tmp_path, synth_root):
     import shutil
 

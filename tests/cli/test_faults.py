@@ -223,12 +223,10 @@ def test_a_failed_first_training_does_not_tie_the_folder(tmp_path, synth_root):
 
 
 def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, synth_root, monkeypatch):
-    import asdcli.cli.train_branch as cli
-
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "train_service", interrupted)
+    monkeypatch.setattr("asdcli.services.train.train_branch", interrupted)  # imported when it runs
     result = runner.invoke(app, ["train-branch", "b2", "--data", str(synth_root), "--run", str(tmp_path / "r"), "-c", "tiny"])
     assert result.exit_code == 130
     assert "--resume" in _plain(result.output) and "Traceback" not in _plain(result.output)
