@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from asdcli.config import PretrainedConfig
 from asdcli.errors import ConfigError
-from asdcli.models.efficientat import FRONTEND_VERSION, MobileNetAudio
+from asdcli.models.efficientat import FRONTEND_VERSION, MobileNetAudio, folded_for_inference
 
 DB_PER_NATURAL_LOG = 10.0 / math.log(10.0)
 
@@ -120,6 +120,7 @@ class EfficientAtBackbone(nn.Module):
             if path is not None:
                 self._load(_state_dict(path), path)
         self.dim = self.model.dim
+        self._inference: tuple | None = None
 
     def _load(self, state: dict[str, Tensor], path: Path) -> None:
         own = self.model.state_dict()
@@ -136,7 +137,7 @@ class EfficientAtBackbone(nn.Module):
 
     def settings(self) -> dict:
         """What its embeddings depend on besides its weights (the key of cached embeddings)."""
-        return {**self.extra_meta(), "frontend": FRONTEND_VERSION}
+        return {**self.extra_meta(), "frontend": FRONTEND_VERSION, "inference": "folded, channels-last"}
 
     def inputs(self, wave: Tensor, rate: int) -> Tensor:
         """(B, samples) -> (B, 1, 128, frames) log-mel image."""
@@ -151,8 +152,16 @@ class EfficientAtBackbone(nn.Module):
         return ((db / DB_PER_NATURAL_LOG + 4.5) / 5.0)[:, None]
 
     def forward(self, x: Tensor) -> Tensor:
-        """Model input -> (B, D) embedding."""
-        return self.model.forward_mel(x).embedding
+        """Model input -> (B, D) embedding. Outside a fine-tuning step (which needs gradients and
+        batch norms) it runs a copy with the batch norms folded in, channels-last (about 3x faster on
+        a CPU), made again whenever a weight or statistic of the model changed."""
+        if self.training and torch.is_grad_enabled():
+            return self.model.forward_mel(x).embedding
+        tensors = [*self.model.parameters(), *self.model.buffers()]
+        key = tuple((t.data_ptr(), t._version) for t in tensors)
+        if self._inference is None or self._inference[0] != key:
+            self._inference = (key, folded_for_inference(self.model))  # a tuple: not a submodule, never saved
+        return self._inference[1].forward_mel(x.contiguous(memory_format=torch.channels_last)).embedding
 
     def blocks(self) -> list[nn.Module]:
         """Its feature blocks, from the input to the output."""

@@ -10,6 +10,7 @@ hop 320, centred) -> 128 Kaldi-style mel bands 0-15 kHz -> log(mel + 1e-5) -> (x
 
 from __future__ import annotations
 
+import copy
 import functools
 import math
 from dataclasses import dataclass
@@ -49,6 +50,20 @@ def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1, groups: int = 1,
     if act is not None:
         layers.append(act())
     return nn.Sequential(*layers)
+
+
+def folded_for_inference(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` in eval mode with each batch norm folded into the convolution before it
+    and in the channels-last layout: the same function (to float rounding), about 3x faster on a
+    CPU. Only for inference: the copy's batch norms are gone."""
+    folded = copy.deepcopy(model).eval()
+    for module in folded.modules():
+        if isinstance(module, nn.Sequential):
+            for i in range(len(module) - 1):
+                if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+                    module[i] = torch.nn.utils.fusion.fuse_conv_bn_eval(module[i], module[i + 1])
+                    module[i + 1] = nn.Identity()
+    return folded.requires_grad_(False).to(memory_format=torch.channels_last)
 
 
 class SqueezeExcitation(nn.Module):

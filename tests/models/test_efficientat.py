@@ -38,3 +38,35 @@ def test_16khz_audio_embeds_as_if_resampled_to_32khz():
             direct = model(wave, rate).embedding
             resampled = model(AF.resample(wave, rate, 32000), 32000).embedding
         assert float(F.cosine_similarity(direct, resampled)) > 0.998, path.name
+
+
+def test_inference_copy_folds_batch_norms_and_follows_the_weights():
+    from asdcli.config_branches import PretrainedConfig
+    from asdcli.models.backbones import EfficientAtBackbone
+
+    torch.manual_seed(0)
+    backbone = EfficientAtBackbone(PretrainedConfig(source="random"))
+    for module in backbone.modules():  # statistics and affine terms far from a fresh batch norm's
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    x = torch.randn(3, 1, 128, 200)
+    backbone.eval()
+    with torch.no_grad():
+        plain = backbone.model.forward_mel(x).embedding
+        fast = backbone(x)
+        assert torch.allclose(fast, plain, rtol=1e-4, atol=1e-5)
+        assert not any("_inference" in k for k in backbone.state_dict())
+        first = backbone._inference[1]
+        assert backbone(x) is not None and backbone._inference[1] is first  # weights unchanged: reused
+        backbone.model.features[0][0].weight.mul_(2.0)  # a weight changes: a new folded copy
+        changed = backbone(x)
+        assert backbone._inference[1] is not first
+        assert torch.allclose(changed, backbone.model.forward_mel(x).embedding, rtol=1e-4, atol=1e-5)
+    backbone.train()
+    with torch.enable_grad():
+        loss = backbone(x).sum()  # a fine-tuning step: the model itself, with gradients
+    loss.backward()
+    assert backbone.model.features[0][0].weight.grad is not None
