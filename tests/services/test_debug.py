@@ -18,8 +18,9 @@ from asdcli.services.train import train_branch
 
 @pytest.fixture(scope="module")
 def cfg(tiny):
+    # a prior that trusts the pseudo-anomalies, so that the fusion head trains (the shipped one, trust 0: below)
     return tiny.with_overrides(**{"train.epochs": 1, "train.batch_size": 8, "meta.support_normals": 2,
-                                  "meta.query": 3})
+                                  "meta.query": 3, "fusion.prior": "none"})
 
 
 @pytest.fixture(scope="module")
@@ -186,3 +187,14 @@ def test_freeze_debug_trains_what_the_commands_train(synth_root, cfg, run_with_e
     meta = sum(float(loss) for _, loss in step_losses(maml, x, y, examples, task_groups(examples, trusting.meta, []),
                                                        trusting.meta, np.random.default_rng(trusting.seed), begin))
     assert float(step["loss_meta"]) == pytest.approx(meta, rel=1e-5)
+
+
+def test_a_fusion_head_the_prior_does_not_let_train_is_frozen_with_a_notice(synth_root, cfg, run_with_examples, tmp_path):
+    from asdcli.services.branch_prior import load_prior
+
+    shipped = cfg.with_settings({"fusion.prior": "builtin"})
+    if load_prior("builtin").trust > 0:
+        pytest.skip("the shipped prior trusts pseudo-anomalies: asd train-fusion trains the head")
+    result = freeze_debug(synth_root, shipped, ["b3"], 1, tmp_path / "logs" / "debug.csv", run_with_examples)
+    assert result.frozen == ["contrastive", "fusion"] and result.unchanged["fusion"]
+    assert any("trust 0" in n for n in result.notices)
