@@ -51,7 +51,7 @@ def fit_head(data: Path, opened, cfg, branch, torch_device) -> None:
     table = Table(title=f"fusion of {len(result.branches)} branches -> {run}",
                   caption=f"examples: {counts}; {prior_summary(prior)}. Fair AUC: normal vs the pseudo-anomaly kinds "
                           f"the branch's own training did not already separate (temperature "
-                          f"{result.prior_temperature:.3f}); it moves the weights by the trust.")
+                          f"{result.prior_temperature:.3f}); it moves the weights as far as the prior trusts it.")
     for column in ("branch", "prior", "pseudo-anomaly AUC (mean over sections)", "fair AUC", "mean attention weight"):
         table.add_column(column, justify="left" if column == "branch" else "right")
     for name in result.branches:

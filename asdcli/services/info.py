@@ -131,7 +131,8 @@ def prior_summary(prior: dict) -> str:
         return "prior: none (fusion.prior none: the pseudo-anomalies alone)"
     weights = ", ".join(f"{BRANCHES[n].bid} {w:.2f}" for n, w in prior.get("prior_weights", {}).items() if n in BRANCHES)
     return (f"prior {weights} learned from labelled faults of {', '.join(prior.get('sets', [])) or '?'} "
-            f"({prior.get('source')}; digest {prior.get('digest')}), pseudo-anomaly trust {prior.get('trust')}")
+            f"({prior.get('source')}; digest {prior.get('digest')}), pseudo-anomaly trust {prior.get('trust')}"
+            + (" (the attention keeps the prior's weights: the head is not trained)" if prior.get("trust") == 0 else ""))
 
 
 def _meta_stage(run: Run) -> Stage:
