@@ -196,6 +196,7 @@ def test_an_unwritable_cache_slows_scoring_but_does_not_stop_it(run, synth_root,
     assert len(result.score) == 8 and any("cannot be written" in n for n in result.notices)
 
 
+@pytest.mark.slow
 def test_safetensors_files_have_the_same_bytes_in_every_process(tmp_path):
     script = ("import sys, torch; from pathlib import Path; from asdcli.checkpoints import save_arrays; "
               "save_arrays(Path(sys.argv[1]), {'b': torch.ones(3), 'a': torch.zeros(2)}, "

@@ -4,12 +4,15 @@ import shutil
 import subprocess
 import sys
 import zipfile
+
+import pytest
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_a_wheel_install_finds_every_preset(tmp_path):
+@pytest.mark.slow
+def test_a_wheel_install_finds_every_preset_and_the_shipped_prior(tmp_path):
     source = tmp_path / "source"  # built from a copy: the build leaves its folders behind
     shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "demo",
                                                                   ".pytest_cache", "__pycache__", "checkpoints", "logs"))
@@ -27,7 +30,9 @@ def test_a_wheel_install_finds_every_preset(tmp_path):
     names = [Path(p).stem for p in presets]
     code = ("import asdcli, sys; from asdcli.config import load_config; "
             f"assert asdcli.__file__.startswith({str(site)!r}), asdcli.__file__; "
-            f"print([load_config(n).seed for n in {names!r}])")
+            f"print([load_config(n).seed for n in {names!r}]); "
+            "from asdcli.services.branch_prior import load_prior; print(sorted(load_prior('builtin').branches))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                             capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert "transformer-ae" in loaded.stdout, loaded.stdout

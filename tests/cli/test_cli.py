@@ -50,6 +50,7 @@ def test_freeze_debug_cli_writes_the_named_log_and_plots_it(tmp_path, synth_root
     assert plotted.exit_code == 0 and (logs / "debug_freeze_b3_b4.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow
 def test_synth_then_features_then_cached(tmp_path):
     data, cache = tmp_path / "data", tmp_path / "cache"
     result = runner.invoke(app, ["synth", str(data), "-c", "tiny"])

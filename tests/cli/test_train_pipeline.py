@@ -32,6 +32,7 @@ def test_a_branch_that_cannot_get_its_weights_stops_the_pipeline_before_any_trai
     preflight(synth_root, cfg, skipped)
 
 
+@pytest.mark.slow
 def test_an_interrupted_pipeline_continues_without_redoing_finished_stages(synth_root, tiny, tmp_path):
     run, cache = tmp_path / "run", tmp_path / "cache"
     cfg = tiny.with_overrides(**{"train.epochs": 2, "meta.iterations": 5})

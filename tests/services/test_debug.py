@@ -107,6 +107,7 @@ def test_trouble_detector_finds_exploding_and_vanishing_gradients():
     assert detector.check("meta", 1.0, None, 1, 1) == []  # frozen: no gradient expected
 
 
+@pytest.mark.slow
 def test_plots_are_pngs_and_bad_logs_get_clear_errors(synth_root, cfg, run_with_examples, tmp_path):
     a, b = tmp_path / "debug_freeze_b3.csv", tmp_path / "debug_freeze_b2.csv"
     freeze_debug(synth_root, cfg, ["b3"], 1, a, run_with_examples)

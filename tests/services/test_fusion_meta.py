@@ -244,6 +244,7 @@ def _sections(seed: int, informative: list[int], per_label: int) -> Examples:
                     np.array(label), np.array(group), kind)
 
 
+@pytest.mark.slow
 def test_meta_learner_adapts_to_a_held_out_section_from_its_support_set():
     # Training sections reward branch a or b; the held-out one only branch c, which no task taught.
     informative = [0, 1, 0, 1, 0, 1, 2]

@@ -80,6 +80,7 @@ def cfg(tiny):
     return tiny.with_overrides(**{"train.epochs": 2, "meta.iterations": 5})
 
 
+@pytest.mark.slow
 def test_an_interrupted_branch_training_scores_as_before_or_after(tmp_path, monkeypatch, synth_root, cfg):
     cache, base = tmp_path / "cache", tmp_path / "base"
     train_branch("b2", synth_root, base, cfg, cache_dir=cache)
@@ -104,6 +105,7 @@ def test_an_interrupted_branch_training_scores_as_before_or_after(tmp_path, monk
         shutil.rmtree(run)
 
 
+@pytest.mark.slow
 def test_an_interrupted_fusion_and_meta_training_score_as_before_or_after(tmp_path, monkeypatch, synth_root, cfg):
     cache, base = tmp_path / "cache", tmp_path / "base"
     for name in ("b2", "b3"):

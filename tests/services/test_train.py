@@ -104,6 +104,7 @@ def test_gpu_request_without_cuda_is_an_error():
     assert resolve_device(device="cpu").type == "cpu"
 
 
+@pytest.mark.slow
 def test_two_process_ddp_ends_with_identical_weights(synth_root, tmp_path):
     env = {**os.environ, "ASD_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
