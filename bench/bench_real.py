@@ -303,6 +303,38 @@ def print_held(held: list) -> None:
               f"{h.default_rules_auc:.3f} | {h.chosen_rules_auc:.3f} |")
 
 
+def print_without(records: list[dict], work: Path, suffix: str, bid: str = "b1") -> None:
+    """Per set, the fused score's AUC with and without one branch: its saved per-branch scores
+    fused again with the run's mean attention weights, that branch's share spread over the rest
+    (with a uniform prior and trust 0 the weights are the same for every clip: exactly the fusion
+    without it). Whether the branch helps the fused score."""
+    rows = {}
+    for r in records:
+        saved = np.load(work / r["set"] / f"fold{r['fold']}" / f"seed{r['seed']}" / f"scores{suffix}.npz")
+        weights = {BRANCHES[n].bid: w for n, w in r["mean_weights"].items()}
+        groups, labels = [str(g) for g in saved["groups"]], saved["labels"]
+
+        def fused(ids: list[str]) -> float:
+            total = sum(weights[i] for i in ids)
+            score = sum(weights[i] / total * np.arcsinh(saved[i]) for i in ids)
+            return float(np.mean([a for a, _ in section_metrics(groups, labels, score).values()]))
+
+        others = [i for i in weights if i != bid]
+        rows.setdefault(r["set"], []).append((fused(list(weights)), fused(others) if others else float("nan"),
+                                             bid in weights))
+    print(f"\nThe fused score with and without {bid} (AUC, mean ± standard deviation over folds and seeds; the "
+          f"runs' mean attention weights, {bid}'s share spread over the other fused branches)\n")
+    print(f"| set | runs | {bid} fused in | fused | fused without {bid} | difference |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    everything = []
+    for name, values in sorted(rows.items()) + [("all", None)]:
+        values = values if values is not None else everything
+        with_it, without, used = (np.array(v, dtype=float) for v in zip(*values))
+        print(f"| {name} | {len(values)} | {int(used.sum())} | {with_it.mean():.3f} ± {with_it.std():.3f} | "
+              f"{np.nanmean(without):.3f} ± {np.nanstd(without):.3f} | {np.nanmean(with_it - without):+.3f} |")
+        everything += values if name != "all" else []
+
+
 def print_attention(records: list[dict]) -> None:
     print("\nFusion: mean attention weight per branch (normal-vs-pseudo-anomaly AUC on every kind / on the kinds "
           "the branch was not trained on), prior temperature, per run\n")
@@ -424,6 +456,8 @@ def report(args, available: dict, names: list[str], unavailable: dict, results: 
             print_checks(records, {n: available[n].role for n in names})
             if held:
                 print_held(held)
+            if args.b1:
+                print_without(records, args.work, next(v.suffix for v in variants(args) if v.name == variant))
             print_attention(records)
             print(f"\nPipeline time per run (train + score): mean {np.mean([r['seconds'] for r in records]):.0f} s; "
                   f"reference training: mean {np.mean([r['reference_s'] for r in records]):.0f} s")
