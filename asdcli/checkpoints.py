@@ -1,21 +1,6 @@
-"""Run folders: resolved config, per-branch safetensors weights with JSON metadata, and the
-optimizer state for resuming, each written atomically.
-
-```
-<run>/run.json                 format version, machine sections (groups) and classes of the run
-<run>/config.yaml              the fully resolved config of the first command that made the run
-<run>/<branch>.safetensors     weights and buffers (memory banks, statistics) of a finished branch
-<run>/<branch>.json            its metadata: epochs, seed, config, versions, score statistics, held-out check
-<run>/<branch>.train_scores.json   its score of every training clip (the fusion's normal examples)
-<run>/<branch>.train.safetensors   an unfinished training (weights, optimizer state, progress in
-                               one file), for --resume; removed when the training completes
-<run>/logs/<branch>_train.csv  one row per epoch
-<run>/examples.safetensors     normalised branch scores of training clips and pseudo-anomalies
-<run>/fusion.safetensors + fusion.json   attention fusion head
-<run>/meta_examples.safetensors   the meta-learner's own pseudo-anomaly examples
-<run>/meta.safetensors + meta.json       MAML meta-learner
-```
-"""
+"""Writing and reading a run's files: safetensors weights with JSON metadata and the optimizer
+state for resuming, each written atomically. Which files a run holds, and their names:
+:class:`asdcli.services.runs.Run`."""
 
 from __future__ import annotations
 
@@ -37,6 +22,9 @@ from asdcli.atomic import atomic_path, write_text
 from asdcli.errors import CheckpointError, OutputError
 
 FORMAT_VERSION = 1
+# file names that records written into a run refer to (the other names: asdcli.services.runs.Run)
+EXAMPLES_FILE = "examples.safetensors"
+META_EXAMPLES_FILE = "meta_examples.safetensors"
 
 
 def versions() -> dict[str, str]:

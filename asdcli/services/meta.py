@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, save_weights, versions, write_json
+from asdcli.checkpoints import EXAMPLES_FILE, FORMAT_VERSION, load_weights, read_json, save_weights, versions, write_json
 from asdcli.config import AsdConfig, MetaConfig
 from asdcli.errors import CheckpointError, DataError
 from asdcli.models.fusion_attention import AttentionFusion
@@ -95,7 +95,7 @@ class MetaResult:
     final_loss: float
     query_loss_unadapted: float
     query_loss_adapted: float
-    examples: str = "examples.safetensors"
+    examples: str = EXAMPLES_FILE
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     abstained: str | None = None  # why it keeps the fused score (too few sections), or None
 

@@ -61,10 +61,10 @@ def _save(fig, out: Path) -> Path:
 def run_logs(path: Path) -> tuple[list[Path], Path]:
     """A run folder's per-epoch training logs and where its loss plot goes by default."""
     run = open_run(path)
-    logs = sorted(run.logs.glob("*_train.csv"))
+    logs = run.train_logs()
     if not logs:
         raise DataError(f"{path}: no training logs (logs/<branch>_train.csv) in this run")
-    return logs, run.logs / "training_loss.png"
+    return logs, run.loss_plot
 
 
 def log_kind(path: Path) -> str:

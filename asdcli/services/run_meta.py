@@ -9,10 +9,9 @@ from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
-
-from asdcli.models.registry import BRANCHES
-
+from asdcli.checkpoints import EXAMPLES_FILE
 from asdcli.errors import CheckpointError
+from asdcli.models.registry import BRANCHES
 
 
 def _branch_name(name: str) -> str:
@@ -112,7 +111,7 @@ class MetaMeta(_Meta):
     in_dim: int
     meta: dict
     seed: int
-    examples: str = "examples.safetensors"
+    examples: str = EXAMPLES_FILE  # runs before meta_examples.safetensors existed
     fusion_digest: str | None = None
     holdout: list[str] = []
     abstained: str | None = None  # why it keeps the fused score (too few sections), or None

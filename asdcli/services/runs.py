@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_json, training_progress, write_json
+from asdcli.checkpoints import (EXAMPLES_FILE, FORMAT_VERSION, META_EXAMPLES_FILE, load_weights, read_json,
+                                 training_progress, write_json)
 from asdcli.atomic import write_text
 from asdcli.config import AsdConfig, dump_config, load_config, validate_config
 from asdcli.data.features import num_frames
@@ -34,7 +35,23 @@ def is_run(path: Path) -> bool:
 class Run:
     """A run folder: its sections and classes, the feature settings all its branches share, and
     the keys of the normal training clips its branches' networks never train on (held out).
-    Every file of a run is named here."""
+    Every file of a run is named here:
+
+    ```
+    <run>/run.json                 format version, machine sections (groups) and classes of the run
+    <run>/config.yaml              the fully resolved config of the first command that made the run
+    <run>/<branch>.safetensors     weights and buffers (memory banks, statistics) of a finished branch
+    <run>/<branch>.json            its metadata: epochs, seed, config, versions, score statistics, held-out check
+    <run>/<branch>.train_scores.json   its score of every training clip (the fusion's normal examples)
+    <run>/<branch>.train.safetensors   an unfinished training (weights, optimizer state, progress in
+                                   one file), for --resume; removed when the training completes
+    <run>/logs/<branch>_train.csv  one row per epoch
+    <run>/examples.safetensors     normalised branch scores of training clips and pseudo-anomalies
+    <run>/fusion.safetensors + fusion.json   attention fusion head
+    <run>/meta_examples.safetensors   the meta-learner's own pseudo-anomaly examples
+    <run>/meta.safetensors + meta.json       MAML meta-learner
+    ```
+    """
 
     path: Path
     vocab: Vocabulary
@@ -57,7 +74,7 @@ class Run:
     @property
     def examples(self) -> Path:
         """The fusion head's training examples (normal clips and pseudo-anomalies)."""
-        return self.path / "examples.safetensors"
+        return self.path / EXAMPLES_FILE
 
     @property
     def meta_weights(self) -> Path:
@@ -70,7 +87,7 @@ class Run:
     @property
     def meta_examples(self) -> Path:
         """The meta-learner's own examples (``meta-train --data``)."""
-        return self.path / "meta_examples.safetensors"
+        return self.path / META_EXAMPLES_FILE
 
     @property
     def logs(self) -> Path:
@@ -92,6 +109,15 @@ class Run:
 
     def log_path(self, name: str) -> Path:
         return self.logs / f"{name}_train.csv"
+
+    def train_logs(self) -> list[Path]:
+        """Every branch's per-epoch log that the run holds (:meth:`log_path`), by name."""
+        return sorted(self.logs.glob("*_train.csv"))
+
+    @property
+    def loss_plot(self) -> Path:
+        """Where ``asd plot RUN`` puts the training-loss curves by default."""
+        return self.logs / "training_loss.png"
 
     @property
     def config_path(self) -> Path:
