@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asdcli.checkpoints import FORMAT_VERSION, load_weights, read_bytes, read_json, save_weights, versions, write_json
+from asdcli.checkpoints import FORMAT_VERSION, save_weights, versions, write_json
 from asdcli.config import AsdConfig
 from asdcli.errors import CheckpointError
 from asdcli.metrics import auc
@@ -21,40 +20,9 @@ from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_prior import BranchPrior, combine, load_prior, prior_digest
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
-from asdcli.services.reliability import split_usable
-from asdcli.services.run_meta import FusionMeta, read_typed
 from asdcli.services.commits import commit_stage, writing
-from asdcli.services.runs import Run, open_run, read_branch_meta
-
-
-def file_digest(path: Path) -> str:
-    """SHA-1 of one file (read once per process: :func:`~asdcli.checkpoints.read_bytes`)."""
-    return hashlib.sha1(read_bytes(path)).hexdigest()
-
-
-def stage_digest(meta_path: Path, weights_path: Path) -> str:
-    """SHA-1 of a stage's metadata and weights together: it changes whenever the stage is
-    retrained or its weights file is replaced, so a later stage that records it can tell it was
-    built on another one."""
-    return hashlib.sha1((file_digest(meta_path) + file_digest(weights_path)).encode()).hexdigest()
-
-
-def is_current(recorded: str | None, meta_path: Path, weights_path: Path) -> bool:
-    """Whether a digest a later stage recorded is that of this stage as it is now (a digest of
-    the metadata alone, as runs recorded before the weights counted, is still accepted)."""
-    return recorded in (stage_digest(meta_path, weights_path), file_digest(meta_path))
-
-
-def branch_digests(run: Run, names: list[str]) -> dict[str, str]:
-    """:func:`stage_digest` of each branch."""
-    return {n: stage_digest(run.meta_path(n), run.weights(n)) for n in names}
-
-
-def usable_branches(run: Run, names: list[str], config: AsdConfig) -> tuple[list[str], dict[str, str]]:
-    """``names`` split into the branches to fuse and those left out, with why
-    (:func:`~asdcli.services.reliability.split_usable`)."""
-    metas = {n: read_branch_meta(run, n) for n in {*names, *trained_branches(run)}}
-    return split_usable(names, metas, config)
+from asdcli.services.runs import Run, open_run
+from asdcli.services.stages import branch_digests, usable_branches
 
 
 @dataclass
@@ -272,22 +240,3 @@ def prior_record(start: Start, names: list[str]) -> dict:
             "evidence_weights": dict(zip(names, start.evidence.tolist())),
             "start_weights": dict(zip(names, start.weights.tolist()))}
 
-
-def stale_branches(run: Run, meta: FusionMeta) -> list[str]:
-    """The fused branches (fusion metadata ``meta``) retrained after the fusion head."""
-    return [n for n in meta.branches if not is_current(meta.branch_digests.get(n), run.meta_path(n), run.weights(n))]
-
-
-def load_fusion(run: Run) -> tuple[AttentionFusion, FusionMeta]:
-    """The run's fusion head and metadata; an error when it is missing or older than a branch."""
-    weights_path, meta_path = run.fusion_weights, run.fusion_meta
-    if not meta_path.exists():
-        raise CheckpointError(f"no fusion head in {run.path}; run: asd train-fusion --run {run.path} --data DIR")
-    meta = read_typed(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
-    stale = stale_branches(run, meta)
-    if stale:
-        raise CheckpointError(f"{meta_path}: branch(es) {', '.join(stale)} were retrained after the fusion head; "
-                              f"rerun: asd train-fusion --run {run.path} --data DIR")
-    model = AttentionFusion(len(meta.branches), meta.hidden)
-    load_weights(model, weights_path)
-    return model.eval(), meta

@@ -9,8 +9,8 @@ from pathlib import Path
 from asdcli.checkpoints import read_json, training_progress
 from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.registry import BRANCHES, branch_config
-from asdcli.services.fuse import stale_branches
-from asdcli.services.meta import fusion_changed
+from asdcli.services.stages import stale_branches
+from asdcli.services.stages import fusion_changed
 from asdcli.services.reliability import heldout_gap
 from asdcli.services.run_meta import FusionMeta, MetaMeta, read_typed
 from asdcli.services.commits import reading

@@ -19,7 +19,8 @@ from asdcli.errors import DataError
 from asdcli.services.branch_prior import BranchPrior, Labelled, learn_prior
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
-from asdcli.services.fuse import fusion_prior, usable_branches
+from asdcli.services.fuse import fusion_prior
+from asdcli.services.stages import usable_branches
 from asdcli.services.runs import Run, open_run, read_branch_meta, run_config
 from asdcli.services.score import score_clips
 

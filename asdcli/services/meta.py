@@ -18,43 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from asdcli.checkpoints import EXAMPLES_FILE, FORMAT_VERSION, load_weights, read_json, save_weights, versions, write_json
+from asdcli.checkpoints import EXAMPLES_FILE, FORMAT_VERSION, save_weights, versions, write_json
 from asdcli.config import AsdConfig, MetaConfig
-from asdcli.errors import CheckpointError, DataError
-from asdcli.models.fusion_attention import AttentionFusion
-from asdcli.models.meta_learner import MetaClassifier, adapted, adapted_copy, maml_wrapper, meta_features
+from asdcli.errors import DataError
+from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper
 from asdcli.services.examples import Examples, build_examples
-from asdcli.services.fuse import is_current, load_fusion, stage_digest
-from asdcli.services.run_meta import MetaMeta, read_typed
-from asdcli.services.commits import commit_stage, run_file, writing
+from asdcli.services.commits import commit_stage, writing
 from asdcli.services.runs import Run, open_run
-
-
-def meta_examples(run: Run, meta: MetaMeta) -> Examples:
-    """The examples the meta-learner (metadata ``meta``) was trained on and adapts from: its own
-    (``meta-train --data``) or else the fusion head's."""
-    return Examples.load(run_file(run.path, meta.examples, run.meta_meta, "examples"))
-
-
-def fused_features(fusion: AttentionFusion, z: np.ndarray) -> Tensor:
-    """(N, K) standardised branch scores -> (N, 2K + 1) meta-learner inputs."""
-    with torch.no_grad():
-        return meta_features(fusion(torch.from_numpy(z).float()))
-
-
-def support_sizes(n_normals: int, n_pseudo: int, cfg: MetaConfig) -> tuple[int, int]:
-    """(normal, pseudo-anomalous) support clips of a section with ``n_normals`` normal training clips
-    and ``n_pseudo`` pseudo-anomalies: the configured sizes, at most half of what the section has
-    (at least one each), so that a machine with a handful of clips still leaves a query set."""
-    return (max(1, min(cfg.support_normals, n_normals // 2)), max(1, min(cfg.support_anomalies, n_pseudo // 2)))
-
-
-def support_rows(examples: Examples, group: int, cfg: MetaConfig, seed: int) -> np.ndarray:
-    """The fixed support set a section adapts from at scoring time (seeded choice)."""
-    rng = np.random.default_rng([seed, group])
-    normals, pseudo = examples.rows(group, 0), examples.rows(group, 1)
-    n_sup, a_sup = support_sizes(len(normals), len(pseudo), cfg)
-    return np.concatenate([rng.permutation(normals)[:n_sup], rng.permutation(pseudo)[:a_sup]])
+from asdcli.services.stages import fused_features, load_fusion, stage_digest, support_sizes
 
 
 def sample_task(examples: Examples, group: int, cfg: MetaConfig, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -241,48 +212,3 @@ def _finite(value: float) -> float | None:
     """A loss for JSON: None where there is none (NaN)."""
     return value if np.isfinite(value) else None
 
-
-@dataclass
-class MetaLearner:
-    """A trained meta-learner (its classifier, not MAML-wrapped: scoring only adapts it) with what
-    adapting it needs."""
-
-    model: torch.nn.Module
-    cfg: MetaConfig
-    seed: int
-    meta: MetaMeta
-
-    def adapt(self, support_x: Tensor | None, support_y: Tensor | None) -> torch.nn.Module:
-        """The classifier adapted on the support set (S, F) / (S,), or unadapted without one or
-        when it abstained (too few sections to meta-learn from: it ranks as the fused score)."""
-        if support_x is None or self.meta.abstained:
-            return self.model
-        return adapted_copy(self.model, support_x, support_y, self.cfg.inner_steps, self.cfg.inner_lr)
-
-    def scores(self, x: Tensor, support_x: Tensor | None, support_y: Tensor | None) -> np.ndarray:
-        """(N,) final logits of ``x`` (N, F), adapted on the support set when one is given."""
-        learner = self.adapt(support_x, support_y)  # adapting needs gradients: outside no_grad
-        with torch.no_grad():
-            return learner(x).double().numpy()
-
-
-def fusion_changed(run: Run, meta: MetaMeta) -> bool:
-    """Whether the fusion head was retrained after the meta-learner (metadata ``meta``)."""
-    fusion_meta = run.fusion_meta
-    recorded = meta.fusion_digest  # absent where written before this check existed: not checked
-    return bool(recorded) and fusion_meta.exists() and not is_current(recorded, fusion_meta, run.fusion_weights)
-
-
-def load_meta(run: Run) -> MetaLearner:
-    """The run's meta-learner; an error when it is missing."""
-    weights_path, meta_path = run.meta_weights, run.meta_meta
-    if not meta_path.exists():
-        raise CheckpointError(f"no meta-learner in {run.path}; run: asd meta-train --run {run.path}")
-    meta = read_typed(MetaMeta, read_json(meta_path, "meta-learner metadata"), meta_path)
-    if fusion_changed(run, meta):
-        raise CheckpointError(f"{meta_path}: the fusion head was retrained after the meta-learner; "
-                              f"rerun: asd meta-train --run {run.path}")
-    cfg = MetaConfig.model_validate(meta.meta)
-    model = MetaClassifier(meta.in_dim, cfg.hidden, (meta.in_dim - 1) // 2)
-    load_weights(model, weights_path)
-    return MetaLearner(model, cfg, meta.seed, meta)

@@ -20,7 +20,7 @@ from asdcli.config import AsdConfig
 from asdcli.errors import AsdError, ConfigError
 from asdcli.models.registry import BRANCHES, branch_config, canonical_name
 from asdcli.services.dataset import training_clips
-from asdcli.services.fuse import is_current, stale_branches
+from asdcli.services.stages import is_current, stale_branches
 from asdcli.services.run_meta import FusionMeta, MetaMeta, read_typed
 from asdcli.services.runs import Run, is_run, open_run
 

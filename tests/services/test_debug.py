@@ -159,7 +159,8 @@ def test_freeze_debug_trains_what_the_commands_train(synth_root, cfg, run_with_e
 
     from asdcli.services.examples import Examples
     from asdcli.services.fuse import attention_start, fusion_objective, new_head
-    from asdcli.services.meta import fused_features, new_meta_learner, step_losses, task_groups
+    from asdcli.services.meta import new_meta_learner, step_losses, task_groups
+    from asdcli.services.stages import fused_features
 
     first = {}
     for name in ("b2", "b3"):

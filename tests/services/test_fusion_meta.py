@@ -12,9 +12,11 @@ from asdcli.metrics import auc
 from asdcli.models.fusion_attention import AttentionFusion, separability_prior
 from asdcli.services.branch_scores import DomainShift
 from asdcli.services.examples import KINDS, Examples, normal_examples
-from asdcli.services.fuse import load_fusion, train_fusion
+from asdcli.services.fuse import train_fusion
+from asdcli.services.stages import load_fusion
 from asdcli.services.run_meta import MetaMeta
-from asdcli.services.meta import MetaLearner, fit_meta, fused_features, load_meta, meta_train, support_rows
+from asdcli.services.meta import fit_meta, meta_train
+from asdcli.services.stages import MetaLearner, fused_features, load_meta, support_rows
 from asdcli.services.runs import open_run
 from asdcli.services.score import score_clips
 from asdcli.services.train import train_branch
@@ -265,7 +267,7 @@ def test_meta_learner_adapts_to_a_held_out_section_from_its_support_set():
 
 
 def test_support_sizes_leave_a_query_set_for_a_handful_of_clips(cfg):
-    from asdcli.services.meta import support_sizes
+    from asdcli.services.stages import support_sizes
 
     meta = cfg.meta.model_copy(update={"support_normals": 8, "support_anomalies": 8})
     assert support_sizes(100, 100, meta) == (8, 8)
