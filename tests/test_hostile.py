@@ -29,7 +29,7 @@ from asdcli.services.dcase_files import write_dcase_files
 from asdcli.services.evaluate import evaluate, read_ground_truth
 from asdcli.services.fuse import train_fusion
 from asdcli.services.meta import meta_train
-from asdcli.services.run_meta import BranchMeta
+from asdcli.services.records import BranchMeta
 from asdcli.services.score import Detector, score_clips
 from asdcli.services.train import train_branch
 from tests.conftest import noise, write_wav

@@ -86,7 +86,7 @@ def run_branch(name: str, data: Path, run: Path, cfg, torch_device, cache_dir: P
 def _report_reliability(result, max_z: float, min_clips: int) -> None:
     """What the branch says it cannot learn, and how its held-out clips scored."""
     from asdcli.services.reliability import heldout_gap, heldout_summary
-    from asdcli.services.run_meta import HeldOut
+    from asdcli.services.records import HeldOut
 
     if result.limitation:
         show_notice(f"{result.branch}: {result.limitation}; the fusion leaves it out")

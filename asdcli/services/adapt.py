@@ -17,7 +17,7 @@ from asdcli.errors import DataError
 from asdcli.services.branch_scores import DomainShift, load_with_upstream, normalize, score_branches
 from asdcli.services.examples import perturbed, score_pseudo
 from asdcli.services.runs import Run
-from asdcli.services.run_meta import BranchMeta, ScoreStats
+from asdcli.services.records import BranchMeta, ScoreStats
 
 
 @dataclass

@@ -18,7 +18,7 @@ from asdcli.services.dataset import ClipSet
 from asdcli.services.embeddings import EmbeddingCaches, model_batches
 from asdcli.services.features import make_extractor
 from asdcli.services.runs import Run, load_branch, open_run, read_branch_meta, stored_config
-from asdcli.services.run_meta import BranchMeta
+from asdcli.services.records import BranchMeta
 
 
 @dataclass
@@ -55,7 +55,7 @@ def score_branches(run_dir: Path | Run, names: list[str], clips: list[Clip], cac
     clips in all)."""
     run = open_run(run_dir)
     names = [canonical_name(n) for n in names]
-    config = stored_config(read_branch_meta(run, names[0]), run.meta_path(names[0]))
+    config = stored_config(read_branch_meta(run, names[0]), run.record(names[0]))
     branches, upstream = loaded or load_with_upstream(run, names, device)
     needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
     extractor = make_extractor(config, cache_dir)
@@ -89,9 +89,9 @@ def trained_branches(run_dir: Path | Run) -> list[str]:
     run = open_run(run_dir)
     done = []
     for name in BRANCHES:
-        if not run.meta_path(name).exists():
+        if not run.record(name).exists():
             continue
-        if read_json(run.meta_path(name), f"{name} metadata").get("status") != "complete":
+        if read_json(run.record(name), f"{name} metadata").get("status") != "complete":
             continue  # written by an older version while training
         read_branch_meta(run, name)  # a damaged or edited file is an error
         done.append(name)
@@ -105,7 +105,7 @@ def unfinished_branches(run_dir: Path | Run) -> dict[str, str]:
     out = {}
     for name in BRANCHES:
         progress = training_progress(run.train_state(name))
-        if progress is not None and not run.meta_path(name).exists():
+        if progress is not None and not run.record(name).exists():
             out[name] = (f"{name}: its training stopped at epoch {progress.get('epochs_done')}/{progress.get('epochs')} "
                          f"and is not used; finish it with asd train-branch {name} --run {run.path} --data DIR --resume")
     return out

@@ -132,7 +132,7 @@ def _build_branches(clipset: ClipSet, run: Run | None, config: AsdConfig, frozen
     branches: dict[str, Branch] = {}
     for name in names:
         upstream = {canonical_name(u): branches[canonical_name(u)] for u in BRANCHES[name].upstream(branch_config(config, name))}
-        if name in frozen and run is not None and run.meta_path(name).exists():
+        if name in frozen and run is not None and run.record(name).exists():
             branches[name] = load_branch(run, name, device)
             continue
         probe = with_embeddings(clipset.batch([0]).to(device), upstream)
@@ -160,13 +160,13 @@ class _Heads:
             frozen.append("fusion")
             notices.append("fusion: the prior does not trust pseudo-anomalies (trust 0), so asd train-fusion does not "
                            "train the head: frozen at its start here too (its fit term is logged)")
-        use_run = "fusion" in frozen and run.fusion_meta.exists()
+        use_run = "fusion" in frozen and run.fusion_record.exists()
         self.fusion = load_fusion(run)[0] if use_run else new_head(examples, config, start)
-        self.examples = meta_examples(run, load_meta(run).meta) if run.meta_meta.exists() else examples
+        self.examples = meta_examples(run, load_meta(run).meta) if run.meta_learner_record.exists() else examples
         self.cfg = config
         k = len(self.examples.branches)
         self.maml = new_meta_learner(2 * k + 1, k, config)
-        if "meta" in frozen and run.meta_meta.exists():
+        if "meta" in frozen and run.meta_learner_record.exists():
             self.maml.module.load_state_dict(load_meta(run).model.state_dict())
         self.start = [p.detach().clone() for p in self.maml.parameters()]
         self.z = torch.from_numpy(self.examples.z).float()

@@ -30,7 +30,7 @@ from asdcli.models.base import Batch
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import DomainShift, load_with_upstream, normalize
 from asdcli.services.dataset import clip_key, training_clips
-from asdcli.services.run_meta import TrainScores, read_typed
+from asdcli.services.records import TrainScores, read_typed
 from asdcli.services.embeddings import with_embeddings
 from asdcli.services.runs import Run, read_branch_meta
 

@@ -202,7 +202,7 @@ def train_fusion(data: Path, run_dir: Path | Run, config: AsdConfig, names: list
 
 def _train_fusion(run: Run, data: Path, names: list[str], left_out: dict[str, str], config: AsdConfig,
                   device: torch.device | str, progress: Callable[[int, int], None] | None) -> FusionResult:
-    weights_path, meta_path, examples_path = run.fusion_weights, run.fusion_meta, run.examples
+    weights_path, meta_path, examples_path = run.fusion_weights, run.fusion_record, run.examples
     examples = build_examples(run, data, names, config, device, progress)
     start = attention_start(examples, config)
     model, loss = fit_fusion(examples, config, start)

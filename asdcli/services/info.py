@@ -12,7 +12,7 @@ from asdcli.models.registry import BRANCHES, branch_config
 from asdcli.services.stages import stale_branches
 from asdcli.services.stages import fusion_changed
 from asdcli.services.reliability import heldout_gap
-from asdcli.services.run_meta import FusionMeta, MetaMeta, read_typed
+from asdcli.services.records import FusionMeta, MetaLearnerRecord, read_typed
 from asdcli.services.commits import reading
 from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
 
@@ -67,7 +67,7 @@ def _base(run: Run) -> dict:
 def _branch_stage(run: Run, name: str) -> Stage:
     cls = BRANCHES[name]
     label = f"{cls.bid} {name}"
-    if not run.meta_path(name).exists():
+    if not run.record(name).exists():
         progress = training_progress(run.train_state(name))
         if progress is None:
             return Stage(label, "missing", "not trained")
@@ -75,7 +75,7 @@ def _branch_stage(run: Run, name: str) -> Stage:
                                           "finish it with --resume")
     try:
         meta = read_branch_meta(run, name)
-        config = stored_config(meta, run.meta_path(name))
+        config = stored_config(meta, run.record(name))
     except CheckpointError as error:
         return Stage(label, "damaged", str(error))
     bcfg = branch_config(config, name)
@@ -99,7 +99,7 @@ def _branch_stage(run: Run, name: str) -> Stage:
 
 
 def _fusion_stage(run: Run) -> Stage:
-    meta_path = run.fusion_meta
+    meta_path = run.fusion_record
     if not meta_path.exists():
         return Stage("fusion head", "missing", "run asd train-fusion")
     try:
@@ -136,11 +136,11 @@ def prior_summary(prior: dict) -> str:
 
 
 def _meta_stage(run: Run) -> Stage:
-    meta_path = run.meta_meta
+    meta_path = run.meta_learner_record
     if not meta_path.exists():
         return Stage("meta-learner", "missing", "run asd meta-train")
     try:
-        meta = read_typed(MetaMeta, read_json(meta_path, "meta-learner metadata"), meta_path)
+        meta = read_typed(MetaLearnerRecord, read_json(meta_path, "meta-learner metadata"), meta_path)
         cfg = meta.meta
     except (CheckpointError, KeyError) as error:
         return Stage("meta-learner", "damaged", str(error))
@@ -169,7 +169,7 @@ def _run_info(run: Run) -> RunInfo:
     stages = [_branch_stage(run, name) for name in BRANCHES] + [_fusion_stage(run), _meta_stage(run)]
     sections = {g: 0 for g in run.vocab.groups}
     for name in BRANCHES:
-        if run.meta_path(name).exists():
+        if run.record(name).exists():
             try:
                 stats = read_branch_meta(run, name).score_stats
             except CheckpointError:

@@ -190,7 +190,7 @@ def _meta_train(run: Run, config: AsdConfig, holdout: list[str], progress: Calla
         examples = build_examples(run, data, fusion_meta.branches, config, device, example_progress, stream=1)
     x = fused_features(fusion, examples.z)
     maml, tasks, loss_value, unadapted, adapted_loss = fit_meta(examples, x, config, holdout, progress)
-    weights_path, meta_path = run.meta_weights, run.meta_meta
+    weights_path, meta_path = run.meta_learner_weights, run.meta_learner_record
     names = [examples.groups[g] for g in tasks]
     abstained = abstain_reason(len(tasks), config.meta)
     with commit_stage(run.path) as place:  # its own examples, weights and metadata as one unit
@@ -199,7 +199,7 @@ def _meta_train(run: Run, config: AsdConfig, holdout: list[str], progress: Calla
         save_weights(maml.module, place(weights_path), {"part": "meta"})
         write_json(place(meta_path), {
             "format_version": FORMAT_VERSION, "status": "complete", "tasks": names, "holdout": holdout,
-            "examples": examples_name, "fusion_digest": stage_digest(run.fusion_meta, run.fusion_weights),
+            "examples": examples_name, "fusion_digest": stage_digest(run.fusion_record, run.fusion_weights),
             "in_dim": int(x.shape[1]), "meta": config.meta.model_dump(mode="json"), "seed": config.seed,
             "fusion_loss": fusion_meta.loss, "final_loss": _finite(loss_value),
             "query_loss_unadapted": _finite(unadapted), "query_loss_adapted": _finite(adapted_loss),

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from asdcli.config import AsdConfig
-from asdcli.services.run_meta import BranchMeta, HeldOut
+from asdcli.services.records import BranchMeta, HeldOut
 
 
 def heldout_check(scores: np.ndarray, groups: np.ndarray, held: np.ndarray) -> dict:

@@ -18,7 +18,7 @@ from asdcli.models.base import Branch, BranchContext
 from asdcli.models.registry import BRANCHES, build_branch, canonical_name
 from asdcli.services.dataset import Vocabulary
 from asdcli.services.commits import recover
-from asdcli.services.run_meta import BranchMeta, RunInfo, read_typed
+from asdcli.services.records import BranchMeta, RunInfo, read_typed
 
 
 RUN_FILE = "run.json"
@@ -68,7 +68,7 @@ class Run:
         return self.path / "fusion.safetensors"
 
     @property
-    def fusion_meta(self) -> Path:
+    def fusion_record(self) -> Path:
         return self.path / "fusion.json"
 
     @property
@@ -77,11 +77,11 @@ class Run:
         return self.path / EXAMPLES_FILE
 
     @property
-    def meta_weights(self) -> Path:
+    def meta_learner_weights(self) -> Path:
         return self.path / "meta.safetensors"
 
     @property
-    def meta_meta(self) -> Path:
+    def meta_learner_record(self) -> Path:
         return self.path / "meta.json"
 
     @property
@@ -97,7 +97,8 @@ class Run:
     def weights(self, name: str) -> Path:
         return self.path / f"{name}.safetensors"
 
-    def meta_path(self, name: str) -> Path:
+    def record(self, name: str) -> Path:
+        """A branch's record: ``<branch>.json``, its metadata (:class:`~asdcli.services.records.BranchMeta`)."""
         return self.path / f"{name}.json"
 
     def train_state(self, name: str) -> Path:
@@ -191,7 +192,7 @@ def branch_context(run: Run, config: AsdConfig, embed_dims: dict[str, int] | Non
 def read_branch_meta(run: Run, name: str) -> BranchMeta:
     """A trained branch's metadata; errors say what to run when it is missing or unfinished."""
     name = canonical_name(name)
-    if not run.meta_path(name).exists():
+    if not run.record(name).exists():
         progress = training_progress(run.train_state(name))
         if progress is not None:
             raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {progress.get('epochs_done')}/"
@@ -199,7 +200,7 @@ def read_branch_meta(run: Run, name: str) -> BranchMeta:
                                   "--data DIR --resume")
         raise CheckpointError(f"branch '{name}' is not trained in {run.path}; run: asd train-branch {name} "
                               f"--run {run.path} --data DIR")
-    meta = read_typed(BranchMeta, read_json(run.meta_path(name), f"{name} metadata"), run.meta_path(name))
+    meta = read_typed(BranchMeta, read_json(run.record(name), f"{name} metadata"), run.record(name))
     if meta.status != "complete":
         raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {meta.epochs_done}/{meta.epochs}; "
                               f"finish it with: asd train-branch {name} --run {run.path} --resume")
@@ -221,7 +222,7 @@ def load_branch(run: Run, name: str, device: torch.device | str = "cpu") -> Bran
     """A complete trained branch in eval mode, rebuilt from its own resolved config."""
     name = canonical_name(name)
     meta = read_branch_meta(run, name)
-    config = stored_config(meta, run.meta_path(name))
+    config = stored_config(meta, run.record(name))
     branch = build_branch(name, config, branch_context(run, config, meta.embed_dims), meta.extra or None)
     load_weights(branch, run.weights(name), type(branch).migrate_state)
     return branch.to(device).eval()

@@ -24,7 +24,7 @@ from asdcli.services.examples import Examples, Normals, normal_examples
 from asdcli.services.stages import load_fusion, usable_branches
 from asdcli.services.stages import MetaLearner, fused_features, load_meta, meta_examples, support_rows
 from asdcli.services.adapt import Support, section_support
-from asdcli.services.run_meta import BranchMeta
+from asdcli.services.records import BranchMeta
 from asdcli.services.commits import reading
 from asdcli.services.embeddings import with_embeddings
 from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
@@ -126,11 +126,11 @@ class _Pipeline:
 def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
     """The stages the run has: fusion and meta-learner when trained (and not narrowed by ``names``)."""
     pipe = _Pipeline(run)
-    if run.fusion_meta.exists():
+    if run.fusion_record.exists():
         fusion, meta = load_fusion(run)
         if names is None or names == meta.branches:
             pipe.fusion, names = fusion, meta.branches
-            if run.meta_meta.exists():
+            if run.meta_learner_record.exists():
                 meta_learner = load_meta(run)
                 if meta_learner.meta.abstained:  # it keeps the fused score: say so, and score with the fusion
                     pipe.abstained = meta_learner.meta.abstained
@@ -318,7 +318,7 @@ class Detector:
         ``sample_rate`` (float in about [-1, 1], or integer PCM, scaled as a WAV reader would), of
         ``machine`` section ``section`` (``domain`` "source" or "target" where known). It is
         prepared as a file would be (channel, resampling, length)."""
-        config = stored_config(self.metas[self.names[0]], self.run.meta_path(self.names[0]))
+        config = stored_config(self.metas[self.names[0]], self.run.record(self.names[0]))
         what = f"waveform of {machine} section {section}"
         if domain not in (None, "source", "target"):
             raise DataError(f"{what}: domain {domain!r} is not 'source', 'target' or None")

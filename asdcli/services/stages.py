@@ -22,7 +22,7 @@ from asdcli.services.branch_scores import trained_branches
 from asdcli.services.commits import run_file
 from asdcli.services.examples import Examples
 from asdcli.services.reliability import split_usable
-from asdcli.services.run_meta import FusionMeta, MetaMeta, read_typed
+from asdcli.services.records import FusionMeta, MetaLearnerRecord, read_typed
 from asdcli.services.runs import Run, read_branch_meta
 
 
@@ -46,7 +46,7 @@ def is_current(recorded: str | None, meta_path: Path, weights_path: Path) -> boo
 
 def branch_digests(run: Run, names: list[str]) -> dict[str, str]:
     """:func:`stage_digest` of each branch."""
-    return {n: stage_digest(run.meta_path(n), run.weights(n)) for n in names}
+    return {n: stage_digest(run.record(n), run.weights(n)) for n in names}
 
 
 def usable_branches(run: Run, names: list[str], config: AsdConfig) -> tuple[list[str], dict[str, str]]:
@@ -58,12 +58,12 @@ def usable_branches(run: Run, names: list[str], config: AsdConfig) -> tuple[list
 
 def stale_branches(run: Run, meta: FusionMeta) -> list[str]:
     """The fused branches (fusion metadata ``meta``) retrained after the fusion head."""
-    return [n for n in meta.branches if not is_current(meta.branch_digests.get(n), run.meta_path(n), run.weights(n))]
+    return [n for n in meta.branches if not is_current(meta.branch_digests.get(n), run.record(n), run.weights(n))]
 
 
 def load_fusion(run: Run) -> tuple[AttentionFusion, FusionMeta]:
     """The run's fusion head and metadata; an error when it is missing or older than a branch."""
-    weights_path, meta_path = run.fusion_weights, run.fusion_meta
+    weights_path, meta_path = run.fusion_weights, run.fusion_record
     if not meta_path.exists():
         raise CheckpointError(f"no fusion head in {run.path}; run: asd train-fusion --run {run.path} --data DIR")
     meta = read_typed(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
@@ -76,10 +76,10 @@ def load_fusion(run: Run) -> tuple[AttentionFusion, FusionMeta]:
     return model.eval(), meta
 
 
-def meta_examples(run: Run, meta: MetaMeta) -> Examples:
+def meta_examples(run: Run, meta: MetaLearnerRecord) -> Examples:
     """The examples the meta-learner (metadata ``meta``) was trained on and adapts from: its own
     (``meta-train --data``) or else the fusion head's."""
-    return Examples.load(run_file(run.path, meta.examples, run.meta_meta, "examples"))
+    return Examples.load(run_file(run.path, meta.examples, run.meta_learner_record, "examples"))
 
 
 def fused_features(fusion: AttentionFusion, z: np.ndarray) -> Tensor:
@@ -111,7 +111,7 @@ class MetaLearner:
     model: torch.nn.Module
     cfg: MetaConfig
     seed: int
-    meta: MetaMeta
+    meta: MetaLearnerRecord
 
     def adapt(self, support_x: Tensor | None, support_y: Tensor | None) -> torch.nn.Module:
         """The classifier adapted on the support set (S, F) / (S,), or unadapted without one or
@@ -127,19 +127,19 @@ class MetaLearner:
             return learner(x).double().numpy()
 
 
-def fusion_changed(run: Run, meta: MetaMeta) -> bool:
+def fusion_changed(run: Run, meta: MetaLearnerRecord) -> bool:
     """Whether the fusion head was retrained after the meta-learner (metadata ``meta``)."""
-    fusion_meta = run.fusion_meta
+    fusion_meta = run.fusion_record
     recorded = meta.fusion_digest  # absent where written before this check existed: not checked
     return bool(recorded) and fusion_meta.exists() and not is_current(recorded, fusion_meta, run.fusion_weights)
 
 
 def load_meta(run: Run) -> MetaLearner:
     """The run's meta-learner; an error when it is missing."""
-    weights_path, meta_path = run.meta_weights, run.meta_meta
+    weights_path, meta_path = run.meta_learner_weights, run.meta_learner_record
     if not meta_path.exists():
         raise CheckpointError(f"no meta-learner in {run.path}; run: asd meta-train --run {run.path}")
-    meta = read_typed(MetaMeta, read_json(meta_path, "meta-learner metadata"), meta_path)
+    meta = read_typed(MetaLearnerRecord, read_json(meta_path, "meta-learner metadata"), meta_path)
     if fusion_changed(run, meta):
         raise CheckpointError(f"{meta_path}: the fusion head was retrained after the meta-learner; "
                               f"rerun: asd meta-train --run {run.path}")

@@ -169,7 +169,7 @@ def _save(s: _Setup, config: AsdConfig, epochs_done: int, score_stats: dict, per
                                                                "epoch": str(epochs_done)})
         write_json(place(s.run.train_scores(s.name)), {"format_version": FORMAT_VERSION, "branch": s.name,
                                                         "scores": per_clip})
-        write_json(place(s.run.meta_path(s.name)), _metadata(s, config, "complete", epochs_done, score_stats, heldout))
+        write_json(place(s.run.record(s.name)), _metadata(s, config, "complete", epochs_done, score_stats, heldout))
 
 
 def _progress(s: _Setup, config: AsdConfig, epochs_done: int) -> dict:
@@ -198,8 +198,8 @@ def _resume(s: _Setup, optimizer: torch.optim.Optimizer, config: AsdConfig) -> i
     interrupted training."""
     path = s.run.train_state(s.name)
     if not path.is_file():
-        if s.run.meta_path(s.name).exists():
-            raise CheckpointError(f"{s.run.meta_path(s.name)}: training already finished; nothing to resume")
+        if s.run.record(s.name).exists():
+            raise CheckpointError(f"{s.run.record(s.name)}: training already finished; nothing to resume")
         raise CheckpointError(f"{s.run.path}: no interrupted training of '{s.name}' to resume; run without --resume")
     progress = load_training_state(s.branch, optimizer, path)
     now = _progress(s, config, progress["epochs_done"])

@@ -14,7 +14,7 @@ from asdcli.services.branch_scores import DomainShift
 from asdcli.services.examples import KINDS, Examples, normal_examples
 from asdcli.services.fuse import train_fusion
 from asdcli.services.stages import load_fusion
-from asdcli.services.run_meta import MetaMeta
+from asdcli.services.records import MetaLearnerRecord
 from asdcli.services.meta import fit_meta, meta_train
 from asdcli.services.stages import MetaLearner, fused_features, load_meta, support_rows
 from asdcli.services.runs import open_run
@@ -256,7 +256,7 @@ def test_meta_learner_adapts_to_a_held_out_section_from_its_support_set():
     maml, tasks, _, unadapted, adapted_loss = fit_meta(examples, fused_features(fusion, examples.z), config, ["s6"])
     assert [examples.groups[g] for g in tasks] == [f"s{g}" for g in range(6)]
     assert adapted_loss < unadapted  # on fresh tasks of the training sections
-    learner = MetaLearner(maml.module, config.meta, config.seed, MetaMeta(tasks=[], in_dim=0, meta={}, seed=config.seed))
+    learner = MetaLearner(maml.module, config.meta, config.seed, MetaLearnerRecord(tasks=[], in_dim=0, meta={}, seed=config.seed))
     support = support_rows(examples, 6, config.meta, config.seed)
     rows = fresh.rows(6)
     x = fused_features(fusion, fresh.z[rows])

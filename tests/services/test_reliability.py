@@ -16,7 +16,7 @@ from asdcli.models.branch_transformer_ae import TransformerAEBranch
 from asdcli.services.dataset import clip_key, holdout_keys
 from asdcli.services.fuse import train_fusion
 from asdcli.services.reliability import heldout_check, left_out_reason
-from asdcli.services.run_meta import BranchMeta
+from asdcli.services.records import BranchMeta
 from asdcli.services.score import score_clips
 from asdcli.services.train import train_branch
 

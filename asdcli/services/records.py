@@ -1,4 +1,4 @@
-"""Typed schemas of the metadata a run's stages write: the run description, a branch's, the
+"""Records: the typed schemas of the metadata (JSON) a run's stages write: the run description, a branch's, the
 fusion head's and the meta-learner's. Every stage's metadata is validated when it is read, so that a hand-edited or
 foreign file is one error naming the file and the field, not a failure deep in scoring."""
 
@@ -104,7 +104,7 @@ class TrainScores(_Meta):
         return value
 
 
-class MetaMeta(_Meta):
+class MetaLearnerRecord(_Meta):
     """``meta.json``."""
 
     tasks: list[str]
