@@ -50,3 +50,21 @@ def noise(seconds: float, rate: int = 16000, channels: int = 1, seed: int = 0) -
     rng = np.random.default_rng(seed)
     shape = (int(seconds * rate),) if channels == 1 else (int(seconds * rate), channels)
     return (0.1 * rng.standard_normal(shape)).astype(np.float32)
+
+
+@pytest.fixture
+def run_fresh():
+    """``run_fresh(code, watched)``: run ``code`` in a fresh interpreter; its output, and which of the
+    ``watched`` modules it loaded."""
+    return _run_fresh
+
+
+def _run_fresh(code: str, watched: tuple[str, ...]) -> tuple[str, list[str]]:
+    import subprocess
+    import sys
+
+    probe = f"\nimport sys as _sys\nprint('LOADED', sorted(m for m in {watched!r} if m in _sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code + probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    *output, loaded = result.stdout.splitlines()
+    return "\n".join(output), eval(loaded[len("LOADED "):])

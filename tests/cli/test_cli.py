@@ -194,30 +194,24 @@ def test_dcase2020_round_trip_writes_and_reads_2020_names(tmp_path, shared_data)
     assert (tmp_path / "result.csv").read_text().startswith("slider\nid,AUC,pAUC\n00,")
 
 
-def test_asd_help_lists_every_command_without_loading_torch():
-    import subprocess
-    import sys
+def test_asd_help_lists_every_command_without_loading_torch(run_fresh):
+    code = "from asdcli.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n    assert e.code == 0"
+    from asdcli.cli import COMMANDS as every
 
-    code = ("import sys\nfrom asdcli.cli import main, COMMANDS\ntry:\n    main(['--help'])\nexcept SystemExit as e:\n"
-            "    assert e.code == 0\nprint('torch' in sys.modules, sorted(COMMANDS))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1].startswith("False")
-    for name in COMMANDS:
-        assert f"  {name} " in result.stdout
+    output, loaded = run_fresh(code, ("torch",))
+    assert loaded == []
+    for name in every:
+        assert f"  {name} " in output
 
 
-def test_every_command_help_answers_without_loading_torch_or_scipy():
-    import subprocess
-    import sys
+def test_every_command_help_answers_without_loading_torch_or_scipy(run_fresh):
+    code = ("from asdcli.cli import main, COMMANDS\nfor name in COMMANDS:\n    try:\n"
+            "        main([name, '--help'])\n    except SystemExit as e:\n        assert e.code == 0, name")
+    from asdcli.cli import COMMANDS as every
 
-    code = ("import sys\nfrom asdcli.cli import main, COMMANDS\nfor name in COMMANDS:\n    try:\n"
-            "        main([name, '--help'])\n    except SystemExit as e:\n        assert e.code == 0, name\n"
-            "print('LOADED', sorted(m for m in ('torch', 'scipy', 'numpy', 'torchaudio') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1] == "LOADED []"
-    assert result.stdout.count("Usage: asd ") == len(__import__("asdcli.cli").cli.COMMANDS)
+    output, loaded = run_fresh(code, ("torch", "scipy", "numpy", "torchaudio"))
+    assert loaded == []
+    assert output.count("Usage: asd ") == len(every)
 
 
 def test_score_takes_the_machine_and_section_of_clips_whose_names_say_neither(tmp_path, synth_root):
