@@ -29,13 +29,13 @@ def train_branch(
 ) -> None:
     """Train one branch on the normal training clips of every machine section under --data."""
     from asdcli.data.audio import length_notice
-    from asdcli.models.registry import canonical_name
+    from asdcli.models.registry import canonical_name, config_key
     from asdcli.services.dataset import training_clips
     from asdcli.services.features import default_cache_dir
     from asdcli.services.runs import has_finished, saved_config
 
     name = canonical_name(name)
-    key = f"branches.{name.replace('-', '_')}.epochs"
+    key = f"{config_key(name)}.epochs"
     config = config or saved_config(run)  # a later branch of a run: the run's own config
     cfg = resolve_config(config, overrides, seed=seed, **{key: epochs, "loader.workers": workers})
     torch_device = gpu_or_cpu(gpu, device)

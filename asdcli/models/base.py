@@ -82,6 +82,7 @@ class Branch(nn.Module, ABC):
 
     name: ClassVar[str]
     bid: ClassVar[str]
+    config_field: ClassVar[str]  # its section of the config: branches.<config_field>
     loss_name: ClassVar[str] = "training loss"  # what its loss measures, for plots
     # the config field (of its branch section) giving the share of epochs after which its loss
     # changes by design (a second objective joins), for plots; None: it never does

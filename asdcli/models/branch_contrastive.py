@@ -55,6 +55,7 @@ class ContrastiveBranch(Branch):
 
     name = "contrastive"
     bid = "b3"
+    config_field = "contrastive"
     loss_name = "supervised contrastive loss (+ ID cross-entropy after the switch)"
     switch_field = "pretrain_fraction"
 

@@ -74,6 +74,7 @@ class DiffusionBranch(ReconstructionScoring, Branch):
 
     name = "diffusion"
     bid = "b4"
+    config_field = "diffusion"
     loss_name = "noise-prediction MSE"
 
     def __init__(self, context: BranchContext, cfg: DiffusionConfig):

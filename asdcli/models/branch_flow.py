@@ -43,6 +43,7 @@ class FlowBranch(Branch):
 
     name = "flow"
     bid = "b5"
+    config_field = "flow"
     loss_name = "negative log-likelihood per clip (nats)"
 
     def __init__(self, context: BranchContext, cfg: FlowConfig):

@@ -50,6 +50,7 @@ class PretrainedBranch(Branch):
 
     name = "pretrained"
     bid = "b1"
+    config_field = "pretrained"
     loss_name = "section/attribute ArcFace loss (fine-tuned blocks)"
     needs_wave = True
 

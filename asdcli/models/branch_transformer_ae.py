@@ -23,6 +23,7 @@ class TransformerAEBranch(ReconstructionScoring, Branch):
 
     name = "transformer-ae"
     bid = "b2"
+    config_field = "transformer_ae"
     loss_name = "masked-patch reconstruction MSE"
 
     def __init__(self, context: BranchContext, cfg: TransformerAEConfig):

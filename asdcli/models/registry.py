@@ -29,9 +29,14 @@ def canonical_name(name_or_id: str) -> str:
     raise ConfigError(f"unknown branch '{name_or_id}' (choose from {choices})")
 
 
+def config_key(name: str) -> str:
+    """The dotted config name of a branch's settings (``transformer-ae`` -> ``branches.transformer_ae``)."""
+    return f"branches.{BRANCHES[canonical_name(name)].config_field}"
+
+
 def branch_config(config: AsdConfig, name: str):
     """The config section of a branch (``transformer-ae`` -> ``config.branches.transformer_ae``)."""
-    return getattr(config.branches, name.replace("-", "_"))
+    return getattr(config.branches, BRANCHES[canonical_name(name)].config_field)
 
 
 def build_branch(name: str, config: AsdConfig, context: BranchContext, saved: dict | None = None) -> Branch:

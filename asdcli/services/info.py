@@ -8,7 +8,7 @@ from pathlib import Path
 
 from asdcli.checkpoints import read_json, training_progress
 from asdcli.errors import CheckpointError, ConfigError
-from asdcli.models.registry import BRANCHES, branch_config
+from asdcli.models.registry import BRANCHES, branch_config, config_key
 from asdcli.services.stages import stale_branches
 from asdcli.services.stages import fusion_changed
 from asdcli.services.reliability import heldout_gap
@@ -82,7 +82,7 @@ def _branch_stage(run: Run, name: str) -> Stage:
     lr = bcfg.lr if bcfg.lr is not None else config.train.lr
     notes = []
     base = _base(run)
-    changed = changes(meta.config, base, ("train.", f"branches.{name.replace('-', '_')}.", "seed")) if base else ""
+    changed = changes(meta.config, base, ("train.", f"{config_key(name)}.", "seed")) if base else ""
     if changed:
         notes.append(f"trained with {changed} (unlike the run's config.yaml)")
     if meta.limitation:

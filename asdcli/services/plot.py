@@ -17,7 +17,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 from sklearn.metrics import roc_curve  # noqa: E402
 
 from asdcli.atomic import atomic_path  # noqa: E402
-from asdcli.errors import DataError  # noqa: E402
+from asdcli.errors import AsdError, DataError  # noqa: E402
 from asdcli.metrics import MAX_FPR, auc, pauc  # noqa: E402
 from asdcli.models.registry import BRANCHES  # noqa: E402
 from asdcli.services.runs import is_run, open_run  # noqa: E402
@@ -149,11 +149,11 @@ def _objective_switch(log: Path) -> float | None:
     field = getattr(BRANCHES.get(name), "switch_field", None)
     if field is None:
         return None
-    try:
-        meta = json.loads((log.parent.parent / f"{name}.json").read_text(encoding="utf-8"))
-        fraction = float(meta["config"]["branches"][name.replace("-", "_")][field])
+    try:  # the log of a run: <run>/logs/<branch>_train.csv beside the branch's record
+        meta = json.loads(open_run(log.parent.parent).record(name).read_text(encoding="utf-8"))
+        fraction = float(meta["config"]["branches"][BRANCHES[name].config_field][field])
         epochs = int(meta["epochs"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except (AsdError, OSError, ValueError, KeyError, TypeError):
         return None
     first = math.ceil(fraction * epochs)  # the first epoch (0-based) trained with the classifier
     return first + 0.5 if 0 < first < epochs else None

@@ -10,7 +10,7 @@ import torch
 
 from asdcli.config import AsdConfig
 from asdcli.errors import ConfigError
-from asdcli.models.registry import branch_config, canonical_name
+from asdcli.models.registry import branch_config, canonical_name, config_key
 from asdcli.services.dataset import ClipSet
 from asdcli.services.device import DistInfo, native_bf16
 
@@ -61,7 +61,7 @@ class Precision:
     def of(cls, config: AsdConfig, name: str, device: torch.device) -> "Precision":
         name = canonical_name(name)
         own = branch_config(config, name).precision
-        field = f"branches.{name.replace('-', '_')}.precision" if own is not None else "train.precision"
+        field = f"{config_key(name)}.precision" if own is not None else "train.precision"
         chosen = own if own is not None else config.train.precision
         if chosen == "auto":
             chosen = "bf16" if native_bf16(device) else "fp32"

@@ -30,7 +30,7 @@ from asdcli.config import AsdConfig
 from asdcli.errors import CheckpointError, TrainingError
 from asdcli.metrics import gamma_threshold
 from asdcli.models.base import Batch, Branch, state_digest
-from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
+from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name, config_key
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
 from asdcli.services.device import DistInfo, distributed
 from asdcli.services.schedule import Precision, epoch_chunks, lr_at
@@ -209,7 +209,7 @@ def _resume(s: _Setup, optimizer: torch.optim.Optimizer, config: AsdConfig) -> i
         differ.append("the training clips (same count, other files)")
     differ += [d for d in _differences(progress.get("config", {}), now["config"])
                if not d.startswith(("seed ", "train.epochs ", "branches.", "fusion.", "meta.", "debug.", "loader."))
-               or d.startswith(f"branches.{s.name.replace('-', '_')}.")]
+               or d.startswith(f"{config_key(s.name)}.")]
     if differ:
         raise CheckpointError(f"{path}: cannot resume: the interrupted training had " + "; ".join(differ[:4])
                               + ("; ..." if len(differ) > 4 else "") + ". Give the same settings and data, or start "
@@ -226,7 +226,7 @@ def _check_finite(s: _Setup, row: dict) -> None:
     what = f"loss {row['loss']}" + (f", {len(bad)} of {len(list(s.branch.parameters()))} weight tensors not finite"
                                     if bad else "")
     raise TrainingError(f"{s.name} diverged in epoch {row['epoch']} ({what}): lower its learning rate (now {s.lr:g}; "
-                        f"train.lr or branches.{s.name.replace('-', '_')}.lr) or check the training clips. Nothing of this "
+                        f"train.lr or {config_key(s.name)}.lr) or check the training clips. Nothing of this "
                         "training was saved; the run is as it was before")
 
 
