@@ -43,9 +43,13 @@ ConfigOption = typer.Option(None, "--config", "-c", help="Preset name (default, 
 SeedOption = typer.Option(None, "--seed", help="Random seed (overrides the config's seed).")
 WorkersOption = typer.Option(None, "--workers", "-j", min=1, help="Threads decoding audio (overrides loader.workers).")
 DataOption = typer.Option(..., "--data", "-d", help="Dataset root with <machine>/train/*.wav (or one machine folder).")
-RunOption = typer.Option(
-    Path("checkpoints/run"), "--run", "--run-dir", "-r",
-    help="Run folder for checkpoints and logs (under torchrun write --run-dir: torchrun takes --run for its own --run-path).")
+def run_option(help: str, default: Optional[Path] = Path("checkpoints/run")):
+    """``--run`` (also ``--run-dir``: under torchrun, which takes ``--run`` for its own ``--run-path``, and ``-r``)."""
+    return typer.Option(default, "--run", "--run-dir", "-r", help=help)
+
+
+RunOption = run_option("Run folder for checkpoints and logs (under torchrun write --run-dir: torchrun takes --run for "
+                       "its own --run-path).")
 CacheOption = typer.Option(
     None, "--cache-dir", help="Feature cache folder (default: $ASD_CACHE_DIR or ~/.cache/asd/features)."
 )

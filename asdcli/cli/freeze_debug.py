@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from asdcli.cli.common import (show_notice, say, GpuOption, OverridesArgument, DeviceOption, CacheOption, ConfigOption, SeedOption, err, gpu_or_cpu, handle_errors, out,
-                               progress_bar, resolve_config)
+                               progress_bar, resolve_config, run_option)
 
 
 @handle_errors
@@ -18,8 +18,8 @@ def freeze_debug(
                                      "repeatable."),
     epochs: int = typer.Option(10, "--epochs", "-e", min=1, help="Epochs over the training clips."),
     data: Path = typer.Option(Path("data"), "--data", "-d", help="Dataset root with <machine>/train/*.wav."),
-    run: Optional[Path] = typer.Option(None, "--run", "--run-dir", "-r", help="A trained run: frozen branches start "
-                                       "from its checkpoints, fusion and meta-learner train on its examples."),
+    run: Optional[Path] = run_option("A trained run: frozen branches start from its checkpoints, fusion and "
+                                     "meta-learner train on its examples.", default=None),
     log_dir: Path = typer.Option(Path("logs"), "--log-dir", help="Folder of debug_freeze_<parts>.csv."),
     config: Optional[str] = ConfigOption,
     overrides: Optional[List[str]] = OverridesArgument,

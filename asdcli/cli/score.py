@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from asdcli.cli.common import show_notice, gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures
+from asdcli.cli.common import show_notice, gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures, run_option
 
 if TYPE_CHECKING:
     from asdcli.services.score import ScoreResult
@@ -51,7 +51,7 @@ def _explained(result: ScoreResult, rows: list[tuple], decision: bool) -> list[t
 @handle_errors
 def score(
     data: List[Path] = typer.Argument(..., help="DCASE test folders, a dataset root, folders of audio or files."),
-    run: Path = typer.Option(Path("checkpoints/run"), "--run", "--run-dir", "-r", help="Trained run folder."),
+    run: Path = run_option("Trained run folder."),
     branch: Optional[List[str]] = typer.Option(None, "--branch", "-b", help="Use only these branches (repeatable)."),
     decision: bool = typer.Option(False, "--decision", help="Add the 0/1 decision as a third column."),
     fpr: Optional[float] = typer.Option(None, "--fpr", help="Decide at this false-positive rate of the training clips "

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from asdcli.cli.common import (show_notice, say, CacheOption, ConfigOption, DeviceOption, GpuOption, OverridesArgument, SeedOption, err,
-                               gpu_or_cpu, handle_errors, out, resolve_config)
+                               gpu_or_cpu, handle_errors, out, resolve_config, run_option)
 from asdcli.cli.evaluate import means_table, section_table
 from asdcli.cli.meta_train import fit_meta
 from asdcli.cli.train_branch import run_branch
@@ -22,7 +22,7 @@ from asdcli.cli.train_fusion import fit_head
 def train(
     data: Path = typer.Argument(..., help="Dataset root with <machine>/train/*.wav (and test/*.wav to score)."),
     overrides: Optional[List[str]] = OverridesArgument,
-    run: Path = typer.Option(Path("checkpoints/run"), "--run", "--run-dir", "-r", help="Run folder (made or continued)."),
+    run: Path = run_option("Run folder (made or continued)."),
     config: Optional[str] = ConfigOption,
     skip: Optional[List[str]] = typer.Option(None, "--skip", help="Leave this branch out (repeatable), e.g. --skip b1 "
                                              "where its pretrained weights cannot be had."),
