@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asdcli.checkpoints import FORMAT_VERSION, save_weights, versions, write_json
+from asdcli.checkpoints import save_weights, versions
 from asdcli.config import AsdConfig
 from asdcli.errors import CheckpointError
 from asdcli.metrics import auc
@@ -21,6 +21,7 @@ from asdcli.services.branch_prior import BranchPrior, combine, load_prior, prior
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.commits import commit_stage, writing
+from asdcli.services.records import FusionMeta, write_record
 from asdcli.services.runs import Run, open_run
 from asdcli.services.stages import branch_digests, usable_branches
 
@@ -214,14 +215,12 @@ def _train_fusion(run: Run, data: Path, names: list[str], left_out: dict[str, st
     with commit_stage(run.path) as place:  # examples, head and metadata as one unit
         examples.save(place(examples_path))
         save_weights(model, place(weights_path), {"part": "fusion"})
-        write_json(place(meta_path), {
-            "format_version": FORMAT_VERSION, "status": "complete", "branches": names, "left_out": left_out,
-            "branch_digests": branch_digests(run, names), "hidden": config.fusion.hidden,
-            "config": config.model_dump(mode="json"), "loss": loss, "examples": examples.counts(),
-            "mean_weights": mean_weights, "pseudo_auc": pseudo_auc, "fair_pseudo_auc": dict(zip(names, start.fair_auc)),
-            "trained_kinds": examples.trained_kinds, "prior_temperature": start.temperature, "versions": versions(),
-            "prior": prior_record(start, names),
-        })
+        write_record(place(meta_path), FusionMeta,
+                     status="complete", branches=names, left_out=left_out, branch_digests=branch_digests(run, names),
+                     hidden=config.fusion.hidden, config=config.model_dump(mode="json"), loss=loss,
+                     examples=examples.counts(), mean_weights=mean_weights, pseudo_auc=pseudo_auc,
+                     fair_pseudo_auc=dict(zip(names, start.fair_auc)), trained_kinds=examples.trained_kinds,
+                     prior_temperature=start.temperature, versions=versions(), prior=prior_record(start, names))
     missing = [n for n in BRANCHES if n not in names and n not in left_out]
     return FusionResult(names, missing, left_out, examples.counts(), loss, mean_weights, pseudo_auc,
                         dict(zip(names, start.fair_auc)), start.temperature, examples.skipped,

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from asdcli.checkpoints import EXAMPLES_FILE, FORMAT_VERSION, save_weights, versions, write_json
+from asdcli.checkpoints import EXAMPLES_FILE, save_weights, versions
 from asdcli.config import AsdConfig, MetaConfig
 from asdcli.errors import DataError
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.commits import commit_stage, writing
+from asdcli.services.records import MetaLearnerRecord, write_record
 from asdcli.services.runs import Run, open_run
 from asdcli.services.stages import fused_features, load_fusion, stage_digest, support_sizes
 
@@ -197,14 +198,12 @@ def _meta_train(run: Run, config: AsdConfig, holdout: list[str], progress: Calla
         if data is not None:
             examples.save(place(run.path / examples_name))
         save_weights(maml.module, place(weights_path), {"part": "meta"})
-        write_json(place(meta_path), {
-            "format_version": FORMAT_VERSION, "status": "complete", "tasks": names, "holdout": holdout,
-            "examples": examples_name, "fusion_digest": stage_digest(run.fusion_record, run.fusion_weights),
-            "in_dim": int(x.shape[1]), "meta": config.meta.model_dump(mode="json"), "seed": config.seed,
-            "fusion_loss": fusion_meta.loss, "final_loss": _finite(loss_value),
-            "query_loss_unadapted": _finite(unadapted), "query_loss_adapted": _finite(adapted_loss),
-            "abstained": abstained, "versions": versions(),
-        })
+        write_record(place(meta_path), MetaLearnerRecord,
+                     status="complete", tasks=names, holdout=holdout, examples=examples_name,
+                     fusion_digest=stage_digest(run.fusion_record, run.fusion_weights), in_dim=int(x.shape[1]),
+                     meta=config.meta.model_dump(mode="json"), seed=config.seed, fusion_loss=fusion_meta.loss,
+                     final_loss=_finite(loss_value), query_loss_unadapted=_finite(unadapted),
+                     query_loss_adapted=_finite(adapted_loss), abstained=abstained, versions=versions())
     return MetaResult(names, holdout, loss_value, unadapted, adapted_loss, examples_name, examples.skipped, abstained)
 
 

@@ -9,7 +9,7 @@ from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
-from asdcli.checkpoints import EXAMPLES_FILE
+from asdcli.checkpoints import EXAMPLES_FILE, FORMAT_VERSION, write_json
 from asdcli.errors import CheckpointError
 from asdcli.models.registry import BRANCHES
 
@@ -87,6 +87,8 @@ class FusionMeta(_Meta):
     mean_weights: dict[str, float] = {}
     config: dict = {}
     prior_temperature: float | None = None
+    pseudo_auc: dict[str, float] = {}  # NaN where a branch's AUC could not be measured
+    fair_pseudo_auc: dict[str, float] = {}
     prior: dict = {}  # :func:`asdcli.services.fuse.prior_record`; absent in runs fused before priors existed
 
 
@@ -113,11 +115,20 @@ class MetaLearnerRecord(_Meta):
     seed: int
     examples: str = EXAMPLES_FILE  # runs before meta_examples.safetensors existed
     fusion_digest: str | None = None
+    fusion_loss: float | None = None  # NaN: the fusion head was not trained (its prior's trust is 0)
     holdout: list[str] = []
     abstained: str | None = None  # why it keeps the fused score (too few sections), or None
 
 
 Model = TypeVar("Model", bound=_Meta)
+
+
+def write_record(path: Path, schema: type[Model], **fields: object) -> None:
+    """Write a record through its schema: ``fields`` (with the format version) validated as every
+    reader will read them, so that a stage cannot commit a record its readers would refuse (a
+    failure here is a bug), then written as JSON (atomically)."""
+    record = schema.model_validate({"format_version": FORMAT_VERSION, **fields})
+    write_json(path, record.model_dump(mode="json"))
 
 
 def read_typed(schema: type[Model], data: dict, path: Path) -> Model:

@@ -24,8 +24,7 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from asdcli.atomic import write_text
-from asdcli.checkpoints import (FORMAT_VERSION, load_training_state, save_training_state, save_weights,
-                                versions, write_json)
+from asdcli.checkpoints import load_training_state, save_training_state, save_weights, versions
 from asdcli.config import AsdConfig
 from asdcli.errors import CheckpointError, TrainingError
 from asdcli.metrics import gamma_threshold
@@ -38,6 +37,7 @@ from asdcli.services.embeddings import EmbeddingCaches, embed_once, model_batche
 from asdcli.services.features import make_extractor
 from asdcli.services.reliability import heldout_check
 from asdcli.services.commits import commit_stage, writing
+from asdcli.services.records import BranchMeta, TrainScores, write_record
 from asdcli.services.runs import (CONFIG_FILE, RUN_FILE, Run, branch_context, is_run, load_branch,
                                   open_or_create_run, open_run)
 
@@ -153,7 +153,7 @@ def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: to
 def _metadata(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score_stats: dict,
               heldout: dict | None) -> dict:
     return {
-        "format_version": FORMAT_VERSION, "branch": s.name, "id": s.branch.bid, "status": status,
+        "branch": s.name, "id": s.branch.bid, "status": status,
         "epochs_done": epochs_done, "epochs": s.epochs, "seed": config.seed, "clips": len(s.clipset),
         "trained_clips": len(s.trained), "groups": s.run.vocab.groups, "config": config.model_dump(mode="json"),
         "embed_dims": s.embed_dims, "upstream": list(s.upstream), "extra": s.branch.extra_meta(),
@@ -167,9 +167,9 @@ def _save(s: _Setup, config: AsdConfig, epochs_done: int, score_stats: dict, per
     with commit_stage(s.run.path) as place:
         save_weights(s.branch, place(s.run.weights(s.name)), {"branch": s.name, "status": "complete",
                                                                "epoch": str(epochs_done)})
-        write_json(place(s.run.train_scores(s.name)), {"format_version": FORMAT_VERSION, "branch": s.name,
-                                                        "scores": per_clip})
-        write_json(place(s.run.record(s.name)), _metadata(s, config, "complete", epochs_done, score_stats, heldout))
+        write_record(place(s.run.train_scores(s.name)), TrainScores, branch=s.name, scores=per_clip)
+        write_record(place(s.run.record(s.name)), BranchMeta,
+                     **_metadata(s, config, "complete", epochs_done, score_stats, heldout))
 
 
 def _progress(s: _Setup, config: AsdConfig, epochs_done: int) -> dict:
