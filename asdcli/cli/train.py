@@ -72,7 +72,7 @@ def train(
     summary.add_column("this call", justify="right")
     for step in steps:
         seconds = dict(done).get(step.label)
-        summary.add_row(step.label, f"trained in {seconds:.0f} s" if seconds is not None else
+        summary.add_row(step.label, f"done in {seconds:.0f} s" if seconds is not None else
                         f"{step.action}" + (f": {step.why}" if step.why else ""))
     out.print(summary)
     _score_tests(data, run, cache, torch_device, evaluate, out_dir)
