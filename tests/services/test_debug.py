@@ -181,7 +181,7 @@ def test_freeze_debug_trains_what_the_commands_train(synth_root, cfg, run_with_e
     examples = Examples.load(open_run(run_with_examples).examples)
     start = attention_start(examples, trusting)
     assert float(step["loss_fusion"]) == pytest.approx(float(fusion_objective(examples, trusting, start)(
-        new_head(examples, trusting, start))), rel=1e-5)
+        new_head(examples, trusting, start)).detach()), rel=1e-5)
     head = new_head(examples, trusting, start)
     x, y = fused_features(head, examples.z), torch.from_numpy(examples.label).float()
     maml = new_meta_learner(x.shape[1], len(examples.branches), trusting)
