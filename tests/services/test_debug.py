@@ -186,7 +186,7 @@ def test_freeze_debug_trains_what_the_commands_train(synth_root, cfg, run_with_e
     x, y = fused_features(head, examples.z), torch.from_numpy(examples.label).float()
     maml = new_meta_learner(x.shape[1], len(examples.branches), trusting)
     begin = [p.detach().clone() for p in maml.parameters()]
-    meta = sum(float(loss) for _, loss in step_losses(maml, x, y, examples, task_groups(examples, trusting.meta, []),
+    meta = sum(float(loss.detach()) for _, loss in step_losses(maml, x, y, examples, task_groups(examples, trusting.meta, []),
                                                        trusting.meta, np.random.default_rng(trusting.seed), begin))
     assert float(step["loss_meta"]) == pytest.approx(meta, rel=1e-5)
 
