@@ -36,9 +36,8 @@ from asdcli.services.evaluate import clip_rows, evaluate_rows
 from asdcli.models.registry import canonical_name
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.fuse import train_fusion
-from asdcli.services.stages import load_fusion
+from asdcli.services.stages import fused_features, load_fusion, load_meta, meta_examples, support_rows
 from asdcli.services.meta import meta_train
-from asdcli.services.stages import fused_features, load_meta, meta_examples, support_rows
 from asdcli.services.runs import open_run
 from asdcli.services.score import score_clips
 from asdcli.services.train import train_branch

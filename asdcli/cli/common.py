@@ -39,10 +39,13 @@ def show_notice(text: str) -> None:
     """A notice on stderr."""
     say("notice: ", "yellow", text)
 
+
 ConfigOption = typer.Option(None, "--config", "-c", help="Preset name (default, tiny, large) or a YAML file.")
 SeedOption = typer.Option(None, "--seed", help="Random seed (overrides the config's seed).")
 WorkersOption = typer.Option(None, "--workers", "-j", min=1, help="Threads decoding audio (overrides loader.workers).")
 DataOption = typer.Option(..., "--data", "-d", help="Dataset root with <machine>/train/*.wav (or one machine folder).")
+
+
 def run_option(help: str, default: Optional[Path] = Path("checkpoints/run")):
     """``--run`` (also ``--run-dir``: under torchrun, which takes ``--run`` for its own ``--run-path``, and ``-r``)."""
     return typer.Option(default, "--run", "--run-dir", "-r", help=help)

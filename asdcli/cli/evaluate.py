@@ -99,7 +99,7 @@ def evaluate(
         out.print(section_table(result))
         out.print(means_table(result))
     for notice in result.notices:
-        show_notice(f"{notice}")
+        show_notice(notice)
     if result.unlabeled:
         err.print(f"{result.unlabeled} clip(s) without a label (in their name or the ground truth) were left out",
                   highlight=False)

@@ -37,6 +37,6 @@ def features(
     report_failures(report.failures)
     notice = length_notice([c.path for c in clips], cfg.audio)
     if notice:
-        show_notice(f"{notice}")
+        show_notice(notice)
     if report.failures and len(report.failures) == report.total:
         raise DataError(f"no clip under {data} could be read")

@@ -50,7 +50,7 @@ def freeze_debug(
         result = debug_service(data, cfg, frozen, epochs, log_path, run, gpu_or_cpu(gpu, device),
                                cache_dir or default_cache_dir(), on_step, on_trouble)
     for notice in result.notices:
-        show_notice(f"{notice}")
+        show_notice(notice)
     table = Table(title=f"freeze-debug: {result.steps} steps -> {result.log}")
     table.add_column("part")
     table.add_column("state")

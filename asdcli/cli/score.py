@@ -91,7 +91,7 @@ def score(
         result = score_clips(opened, clips, cache_dir or default_cache_dir(), branch, fpr, torch_device, support_clips,
                              progress=lambda n: bar.advance(task, n / 2))  # each clip: features, then scoring
     for notice in result.notices:
-        show_notice(f"{notice}")
+        show_notice(notice)
     err.print(f"{len(result.clips)} clips scored with {', '.join(result.branches)}: {METHODS[result.method]}",
               highlight=False)
     rows = [(_name(c.path, data), f"{s:.6f}") + ((str(d),) if decision else ())
@@ -106,4 +106,4 @@ def score(
     report_failures(result.skipped)
     notice = length_notice([c.path for c in result.clips], AudioConfig(**opened.features["audio"]))
     if notice:
-        show_notice(f"{notice}")
+        show_notice(notice)

@@ -53,7 +53,7 @@ def train(
                           for s in steps), highlight=False)
     notice = length_notice([c.path for c in training_clips(str(data))], cfg.audio)
     if notice:
-        show_notice(f"{notice}")
+        show_notice(notice)
     done = []
     for step in steps:
         if step.action in ("keep", "skip"):
@@ -94,7 +94,7 @@ def _score_tests(data: Path, run: Path, cache: Path, torch_device, evaluate: boo
     result = score_clips(open_run(run), tests, cache, device=torch_device)
     err.print(f"{len(result.clips)} test clips scored: {METHODS[result.method]}", highlight=False)
     for notice in result.notices:
-        show_notice(f"{notice}")
+        show_notice(notice)
     if out_dir is not None:
         written = write_dcase_files(result, out_dir)
         err.print(f"wrote {len(written)} DCASE files to {out_dir}", highlight=False)
@@ -103,4 +103,4 @@ def _score_tests(data: Path, run: Path, cache: Path, torch_device, evaluate: boo
         out.print(section_table(evaluation))
         out.print(means_table(evaluation))
         for notice in evaluation.notices:
-            show_notice(f"{notice}")
+            show_notice(notice)

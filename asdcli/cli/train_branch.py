@@ -41,11 +41,11 @@ def train_branch(
     torch_device = gpu_or_cpu(gpu, device)
     if not resume and has_finished(run, name):
         show_notice(f"{run} has a finished {name}; this training replaces it when it completes "
-                  "(until then, and if it fails, the finished one stays)")
+                    "(until then, and if it fails, the finished one stays)")
     run_branch(name, data, run, cfg, torch_device, cache_dir or default_cache_dir(), resume)
     notice = length_notice([c.path for c in training_clips(str(data))], cfg.audio)
     if notice:
-        show_notice(f"{notice}")
+        show_notice(notice)
 
 
 def run_branch(name: str, data: Path, run: Path, cfg, torch_device, cache_dir: Path, resume: bool) -> None:
@@ -98,10 +98,10 @@ def _report_reliability(result, max_z: float, min_clips: int) -> None:
                   "generalises from its training clips is not checked", highlight=False)
     elif gap > max_z and clips < min_clips:
         show_notice(f"{result.branch}: {heldout_summary(held)}; too few held-out clips "
-                  f"(fewer than train.heldout_min_clips={min_clips}) to leave it out of the fusion")
+                    f"(fewer than train.heldout_min_clips={min_clips}) to leave it out of the fusion")
     elif gap > max_z:
         show_notice(f"{result.branch}: {heldout_summary(held)}: it does not generalise "
-                  "from them; the fusion leaves it out")
+                    "from them; the fusion leaves it out")
     else:
         err.print(f"held-out normal clips: {clips}, median {z:+.2f} standard deviations from the training clips "
                   f"({gap:+.2f} as a normal deviate given how few they are; limit {max_z:g})", highlight=False)

@@ -36,9 +36,8 @@ from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys,
 from asdcli.services.examples import Examples
 from asdcli.services.features import make_extractor
 from asdcli.services.fuse import attention_start, fusion_objective, new_head
-from asdcli.services.stages import load_fusion
+from asdcli.services.stages import load_fusion, load_meta, meta_examples
 from asdcli.services.meta import new_meta_learner, sample_task, step_losses, task_groups
-from asdcli.services.stages import load_meta, meta_examples
 from asdcli.services.embeddings import model_batches, with_embeddings
 from asdcli.services.runs import Run, branch_context, is_run, load_branch, open_run
 from asdcli.services.schedule import Precision, epoch_chunks, lr_at

@@ -9,8 +9,7 @@ from pathlib import Path
 from asdcli.checkpoints import read_json, training_progress
 from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.registry import BRANCHES, branch_config, config_key
-from asdcli.services.stages import stale_branches
-from asdcli.services.stages import fusion_changed
+from asdcli.services.stages import fusion_changed, stale_branches
 from asdcli.services.reliability import heldout_gap
 from asdcli.services.records import FusionMeta, MetaLearnerRecord, read_typed
 from asdcli.services.commits import reading

@@ -1,6 +1,7 @@
-"""Records: the typed schemas of the metadata (JSON) a run's stages write: the run description, a branch's, the
-fusion head's and the meta-learner's. Every stage's metadata is validated when it is read, so that a hand-edited or
-foreign file is one error naming the file and the field, not a failure deep in scoring."""
+"""Records: the typed schemas of the metadata (JSON) a run's stages write: the run description, a
+branch's, the fusion head's and the meta-learner's. Every record is validated when it is written
+and when it is read, so that a hand-edited or foreign file is one error naming the file and the
+field, not a failure deep in scoring."""
 
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import (load_with_upstream, normalize, score_branches, thin_sections, trained_branches,
                                           unfinished_branches)
 from asdcli.services.examples import Examples, Normals, normal_examples
-from asdcli.services.stages import load_fusion, usable_branches
-from asdcli.services.stages import MetaLearner, fused_features, load_meta, meta_examples, support_rows
+from asdcli.services.stages import (MetaLearner, fused_features, load_fusion, load_meta,
+                                    meta_examples, support_rows, usable_branches)
 from asdcli.services.adapt import Support, section_support
 from asdcli.services.records import BranchMeta
 from asdcli.services.commits import reading

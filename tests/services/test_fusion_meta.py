@@ -13,10 +13,9 @@ from asdcli.models.fusion_attention import AttentionFusion, separability_prior
 from asdcli.services.branch_scores import DomainShift
 from asdcli.services.examples import KINDS, Examples, normal_examples
 from asdcli.services.fuse import train_fusion
-from asdcli.services.stages import load_fusion
+from asdcli.services.stages import MetaLearner, fused_features, load_fusion, load_meta, support_rows
 from asdcli.services.records import MetaLearnerRecord
 from asdcli.services.meta import fit_meta, meta_train
-from asdcli.services.stages import MetaLearner, fused_features, load_meta, support_rows
 from asdcli.services.runs import open_run
 from asdcli.services.score import score_clips
 from asdcli.services.train import train_branch
