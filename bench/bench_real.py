@@ -326,13 +326,10 @@ def print_without(records: list[dict], work: Path, suffix: str, bid: str = "b1")
           f"runs' mean attention weights, {bid}'s share spread over the other fused branches)\n")
     print(f"| set | runs | {bid} fused in | fused | fused without {bid} | difference |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    everything = []
-    for name, values in sorted(rows.items()) + [("all", None)]:
-        values = values if values is not None else everything
+    for name, values in sorted(rows.items()) + [("all", [v for vs in rows.values() for v in vs])]:
         with_it, without, used = (np.array(v, dtype=float) for v in zip(*values))
         print(f"| {name} | {len(values)} | {int(used.sum())} | {with_it.mean():.3f} ± {with_it.std():.3f} | "
               f"{np.nanmean(without):.3f} ± {np.nanstd(without):.3f} | {np.nanmean(with_it - without):+.3f} |")
-        everything += values if name != "all" else []
 
 
 def print_attention(records: list[dict]) -> None:
