@@ -35,7 +35,6 @@ import torch
 from asdcli.config import load_config
 from asdcli.data.layout import discover
 from asdcli.errors import AsdError
-from asdcli.metrics import auc, pauc
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.dataset import training_clips
@@ -48,21 +47,11 @@ from asdcli.services.learn_prior import labelled_run
 from baseline_ae import ReferenceScores, reference_scores
 from loso import DEFAULT_RULES, RunRecord, fused_records, hold_out, load_record, save_record
 from real_folds import build_fold, real_sets
+from real_report import (REFERENCES, print_attention, print_checks, print_fixed_rules, print_held, print_runs,
+                         print_summary, print_without, section_metrics)
 
 ORDER = ["b2", "b3", "b4", "b1", "b5"]  # b5 models embeddings of b3, so it comes after
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-STAGES = ["average", "fused", "final"]
-REFERENCES = ["ref AE (MSE)", "ref AE (Mahalanobis)"]
-
-
-def section_metrics(groups: list[str], labels: np.ndarray, scores: np.ndarray) -> dict[str, tuple[float, float]]:
-    """(AUC, pAUC) per section that has both classes."""
-    out = {}
-    for g in sorted(set(groups)):
-        rows = np.array([x == g for x in groups])
-        if len(set(labels[rows].tolist())) == 2:
-            out[g] = (auc(labels[rows], scores[rows]), pauc(labels[rows], scores[rows]))
-    return out
 
 
 def _train_branches(data: Path, run: Path, config, cache: Path, unavailable: dict[str, str]) -> None:
@@ -209,143 +198,6 @@ def _reference(out: Path, clips, expected: tuple[np.ndarray, np.ndarray], reuse:
                            float("nan"))
 
 
-def _mean_metric(record: dict, name: str, k: int) -> float:
-    values = [v[k] for v in record["metrics"].get(name, {}).values()]
-    return float(np.mean(values)) if values else float("nan")
-
-
-def _columns(records: list[dict]) -> list[str]:
-    branches = sorted({n for r in records for n in r["metrics"]} - set(STAGES) - set(REFERENCES))
-    return branches + STAGES + REFERENCES
-
-
-def print_runs(records: list[dict], k: int, what: str) -> None:
-    cols = _columns(records)
-    print(f"\n{what} (mean over the set's sections), every fold and seed\n")
-    print("| set | fold | seed | " + " | ".join(cols) + " |")
-    print("| --- | ---: | ---: | " + " | ".join("---:" for _ in cols) + " |")
-    for r in records:
-        cells = [f"{_mean_metric(r, c, k):.3f}" for c in cols]
-        print(f"| {r['set']} | {r['fold']} | {r['seed']} | " + " | ".join(cells) + " |")
-
-
-def print_summary(records: list[dict], k: int, what: str) -> None:
-    cols = _columns(records)
-    print(f"\n{what}: mean ± standard deviation over folds and seeds\n")
-    print("| set | runs | " + " | ".join(cols) + " |")
-    print("| --- | ---: | " + " | ".join("---:" for _ in cols) + " |")
-    sets = sorted({r["set"] for r in records})
-    for name in sets + (["all"] if len(sets) > 1 else []):
-        chosen = [r for r in records if name in ("all", r["set"])]
-        cells = []
-        for c in cols:
-            v = np.array([_mean_metric(r, c, k) for r in chosen])
-            cells.append(f"{np.nanmean(v):.3f} ± {np.nanstd(v):.3f}" if np.isfinite(v).any() else "-")
-        print(f"| {name} | {len(chosen)} | " + " | ".join(cells) + " |")
-
-
-def print_checks(records: list[dict], roles: dict[str, str]) -> None:
-    """Per set, the final score's AUC against what it must not lose to: the set's best branch
-    (chosen after the fact, by test labels: the best mean over the set's runs), in the mean and in
-    every run, and the plain average; then the worst set."""
-    print("\nFinal score's AUC against the set's best branch and the plain average (each set judged with the "
-          "prior and rules chosen without it)\n")
-    print("| set | role | runs | best branch | final - best (mean) | worst run: final - best | final - average | "
-          "final - ref AE (MSE) | holds (>= -0.02, >= average, no run < -0.05) | branch chosen on the other folds, "
-          "with this set's labels - best |")
-    print("| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | --- | ---: |")
-    worst = None
-    for name in sorted({r["set"] for r in records}):
-        chosen = [r for r in records if r["set"] == name]
-        table = {c: np.array([_mean_metric(r, c, 0) for r in chosen]) for c in _columns(chosen)}
-        branches = [c for c in table if c.startswith("b") and np.isfinite(table[c]).any()]
-        best = max(branches, key=lambda b: np.nanmean(table[b]))
-        gap = table["final"] - table[best]
-        vs_average = np.nanmean(table["final"] - table["average"])
-        holds = np.nanmean(gap) >= -0.02 and vs_average >= -1e-9 and np.nanmin(gap) >= -0.05
-        oracle = _cross_fold_choice(chosen, branches) - np.nanmean(table[best])
-        print(f"| {name} | {roles.get(name, '')} | {len(chosen)} | {best} ({np.nanmean(table[best]):.3f}) | "
-              f"{np.nanmean(gap):+.3f} | {np.nanmin(gap):+.3f} | {vs_average:+.3f} | "
-              f"{np.nanmean(table['final'] - table[REFERENCES[0]]):+.3f} | {'yes' if holds else 'NO'} | {oracle:+.3f} |")
-        if worst is None or np.nanmean(gap) < worst[1]:
-            worst = (name, float(np.nanmean(gap)))
-    if worst:
-        print(f"\nWorst set: {worst[0]}, final - its best branch {worst[1]:+.3f} (mean over its runs)")
-
-
-def _cross_fold_choice(records: list[dict], branches: list[str]) -> float:
-    """Mean AUC of the branch picked, for each fold, by its mean AUC on the set's *other* folds
-    (with the set's own test labels, which no rule here may use): how well even a choice made on
-    the same machine's labelled clips tracks the best branch chosen after the fact."""
-    values = []
-    for fold in sorted({r["fold"] for r in records}):
-        train = [r for r in records if r["fold"] != fold]
-        if not train:
-            return float("nan")
-        pick = max(branches, key=lambda b: np.nanmean([_mean_metric(r, b, 0) for r in train]))
-        values += [_mean_metric(r, pick, 0) for r in records if r["fold"] == fold]
-    return float(np.nanmean(values))
-
-
-def print_held(held: list) -> None:
-    """What leaving each set out chose: the prior's weights, temperature and trust, the rules, and
-    the rules' effect on the held-out set."""
-    print("\nLeave one set out: the prior learned and the rules chosen without each set\n")
-    print("| held-out set | prior (mean real AUC on the other sets -> weight) | temperature | trust | rules chosen | "
-          "held-out AUC, default rules | chosen rules |")
-    print("| --- | --- | ---: | ---: | --- | ---: | ---: |")
-    for h in held:
-        names = list(h.prior.branches)
-        weights = h.prior.weights(names)
-        prior = ", ".join(f"{BRANCHES[n].bid} {h.prior.branches[n].auc:.2f}->{w:.2f}" for n, w in zip(names, weights))
-        rules = "default" if h.rules == DEFAULT_RULES else ", ".join(f"{k} {v}" for k, v in h.rules.items())
-        print(f"| {h.name} | {prior} | {h.prior.temperature:g} | {h.prior.trust:g} | {rules} | "
-              f"{h.default_rules_auc:.3f} | {h.chosen_rules_auc:.3f} |")
-
-
-def print_without(records: list[dict], work: Path, suffix: str, bid: str = "b1") -> None:
-    """Per set, the fused score's AUC with and without one branch: its saved per-branch scores
-    fused again with the run's mean attention weights, that branch's share spread over the rest
-    (with a uniform prior and trust 0 the weights are the same for every clip: exactly the fusion
-    without it). Whether the branch helps the fused score."""
-    rows = {}
-    for r in records:
-        saved = np.load(work / r["set"] / f"fold{r['fold']}" / f"seed{r['seed']}" / f"scores{suffix}.npz")
-        weights = {BRANCHES[n].bid: w for n, w in r["mean_weights"].items()}
-        groups, labels = [str(g) for g in saved["groups"]], saved["labels"]
-
-        def fused(ids: list[str]) -> float:
-            total = sum(weights[i] for i in ids)
-            score = sum(weights[i] / total * np.arcsinh(saved[i]) for i in ids)
-            return float(np.mean([a for a, _ in section_metrics(groups, labels, score).values()]))
-
-        others = [i for i in weights if i != bid]
-        rows.setdefault(r["set"], []).append((fused(list(weights)), fused(others) if others else float("nan"),
-                                             bid in weights))
-    print(f"\nThe fused score with and without {bid} (AUC, mean ± standard deviation over folds and seeds; the "
-          f"runs' mean attention weights, {bid}'s share spread over the other fused branches)\n")
-    print(f"| set | runs | {bid} fused in | fused | fused without {bid} | difference |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for name, values in sorted(rows.items()) + [("all", [v for vs in rows.values() for v in vs])]:
-        with_it, without, used = (np.array(v, dtype=float) for v in zip(*values))
-        print(f"| {name} | {len(values)} | {int(used.sum())} | {with_it.mean():.3f} ± {with_it.std():.3f} | "
-              f"{np.nanmean(without):.3f} ± {np.nanstd(without):.3f} | {np.nanmean(with_it - without):+.3f} |")
-
-
-def print_attention(records: list[dict]) -> None:
-    print("\nFusion: mean attention weight per branch (normal-vs-pseudo-anomaly AUC on every kind / on the kinds "
-          "the branch was not trained on), prior temperature, per run\n")
-    for r in records:
-        fair = r.get("fair_pseudo_auc", {})
-        parts = [f"{BRANCHES[n].bid} {w:.2f} ({r['pseudo_auc'].get(n, float('nan')):.2f}/{fair.get(n, float('nan')):.2f})"
-                 for n, w in r["mean_weights"].items()]
-        left = [f"{BRANCHES[n].bid} left out" for n in r.get("left_out", {})]
-        prior = r.get("prior", {}).get("prior_weights", {})
-        start = ", ".join(f"{BRANCHES[n].bid} {w:.2f}" for n, w in prior.items())
-        print(f"{r['set']} fold {r['fold']} seed {r['seed']}: " + ", ".join(parts + left)
-              + f"; T {r.get('prior_temperature', float('nan')):.3f}; labelled prior {start or '-'}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, default=SHARED, help="the shared data folder (default: %(default)s)")
@@ -453,8 +305,10 @@ def report(args, available: dict, names: list[str], unavailable: dict, results: 
             print_checks(records, {n: available[n].role for n in names})
             if held:
                 print_held(held)
+            suffix = next(v.suffix for v in variants(args) if v.name == variant)
             if args.b1:
-                print_without(records, args.work, next(v.suffix for v in variants(args) if v.name == variant))
+                print_without(records, args.work, suffix)
+            print_fixed_rules(records, args.work, suffix)
             print_attention(records)
             print(f"\nPipeline time per run (train + score): mean {np.mean([r['seconds'] for r in records]):.0f} s; "
                   f"reference training: mean {np.mean([r['reference_s'] for r in records]):.0f} s")
