@@ -5,6 +5,7 @@ state for resuming, each written atomically. Which files a run holds, and their 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import platform
@@ -21,7 +22,8 @@ from asdcli import __version__
 from asdcli.atomic import atomic_path, write_text
 from asdcli.errors import CheckpointError, OutputError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # older formats are read through asdcli.services.migrate
 # file names that records written into a run refer to (the other names: asdcli.services.runs.Run)
 EXAMPLES_FILE = "examples.safetensors"
 META_EXAMPLES_FILE = "meta_examples.safetensors"
@@ -56,6 +58,11 @@ def read_bytes(path: Path) -> bytes:
     return cached[1]
 
 
+def file_digest(path: Path) -> str:
+    """SHA-1 of one file (read once per process: :func:`read_bytes`)."""
+    return hashlib.sha1(read_bytes(path)).hexdigest()
+
+
 def read_json(path: Path, what: str) -> dict:
     """Parse a JSON file of a run, with a clear error when it is missing or damaged (each call
     gets its own copy; the file is read once while it is unchanged, :func:`read_bytes`)."""
@@ -65,10 +72,10 @@ def read_json(path: Path, what: str) -> dict:
         raise CheckpointError(f"{path}: missing ({what})") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise CheckpointError(f"{path}: damaged {what} ({error})") from None
-    if not isinstance(data, dict) or data.get("format_version") != FORMAT_VERSION:
+    if not isinstance(data, dict) or data.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path}: {what} has format version {data.get('format_version') if isinstance(data, dict) else '?'}; "
-            f"this asd reads version {FORMAT_VERSION}"
+            f"this asd reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     return data
 
@@ -125,9 +132,13 @@ def _resize_buffers(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> No
 
 def load_weights(module: nn.Module, path: Path, migrate=None) -> dict[str, str]:
     """Load weights saved by :func:`save_weights` into ``module``; returns the file's metadata.
-    ``migrate``: renames the keys of a file written by an older version."""
+    ``migrate(state, version)``: the tensors of a file written in an older format, renamed."""
     state, meta = _read_safetensors(path, "checkpoint")
-    state = migrate(state) if migrate else state
+    version = meta.get("format_version", "1")
+    if version not in {str(v) for v in READABLE_VERSIONS}:
+        raise CheckpointError(f"{path}: checkpoint has format version {version}; this asd reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+    state = migrate(state, version) if migrate else state
     _resize_buffers(module, {k: tuple(v.shape) for k, v in state.items()})
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
@@ -206,7 +217,7 @@ def save_arrays(path: Path, arrays: dict[str, torch.Tensor], meta: dict[str, str
 def load_arrays(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata written by :func:`save_arrays`, with a clear error when missing or damaged."""
     arrays, meta = _read_safetensors(path, what)
-    if meta.get("format_version") != str(FORMAT_VERSION):
+    if meta.get("format_version") not in {str(v) for v in READABLE_VERSIONS}:
         raise CheckpointError(f"{path}: {what} has format version {meta.get('format_version')}; "
-                              f"this asd reads version {FORMAT_VERSION}")
+                              f"this asd reads versions {', '.join(map(str, READABLE_VERSIONS))}")
     return arrays, meta

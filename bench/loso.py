@@ -21,7 +21,7 @@ from asdcli.config import AsdConfig
 from asdcli.services.branch_prior import BranchPrior, Labelled, combine, learn_prior
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.reliability import split_usable
-from asdcli.services.runs import open_run, read_branch_meta
+from asdcli.services.runs import open_run, read_branch_record
 
 RULES = {"train.heldout_max_z": (3.0, 5.0, 1e9), "train.heldout_min_clips": (1, 2, 3), "flow limitation": (True, False)}
 DEFAULT_RULES = {"train.heldout_max_z": 3.0, "train.heldout_min_clips": 2, "flow limitation": True}
@@ -53,7 +53,7 @@ class RunRecord:
 def kept(record: RunRecord, rules: dict, config: AsdConfig) -> list[str]:
     """The branches the fusion keeps under ``rules`` (the product's split_usable)."""
     run = open_run(record.run)
-    metas = {n: read_branch_meta(run, n) for n in trained_branches(run)}
+    metas = {n: read_branch_record(run, n) for n in trained_branches(run)}
     if not rules["flow limitation"] and "flow" in metas:
         metas["flow"] = metas["flow"].model_copy(update={"limitation": None})
     overrides = {k: v for k, v in rules.items() if "." in k}

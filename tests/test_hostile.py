@@ -29,7 +29,7 @@ from asdcli.services.dcase_files import write_dcase_files
 from asdcli.services.evaluate import evaluate, read_ground_truth
 from asdcli.services.fuse import train_fusion
 from asdcli.services.meta import meta_train
-from asdcli.services.records import BranchMeta
+from asdcli.services.records import BranchRecord
 from asdcli.services.score import Detector, score_clips
 from asdcli.services.train import train_branch
 from tests.conftest import noise, write_wav
@@ -181,10 +181,12 @@ def test_dcase_files_are_written_all_or_none(run, base, synth_root, tmp_path, mo
 
 
 def test_a_section_with_one_training_clip_borrows_the_others_spread(base):
-    meta = BranchMeta.model_validate({"branch": "transformer-ae", "status": "complete", "epochs_done": 1, "epochs": 1,
+    meta = BranchRecord.model_validate({"branch": "transformer-ae", "status": "complete", "epochs_done": 1, "epochs": 1,
                                       "seed": 0, "config": {}, "groups": ["a", "b"],
                                       "score_stats": {"a": {"count": 1, "mean": 5.0, "std": 0.0},
-                                                      "b": {"count": 9, "mean": 0.0, "std": 2.0}}})
+                                                      "b": {"count": 9, "mean": 0.0, "std": 2.0}},
+                                      "embed_dims": {}, "upstream": [], "extra": None, "heldout": None,
+                                      "limitation": None, "trained_clips": None})
     assert thin_sections(meta) == ["a"]
     assert normalize(np.array([7.0]), ["a"], meta)[0] == pytest.approx(1.0)
 

@@ -173,11 +173,6 @@ class Branch(nn.Module, ABC):
         """Raise a one-line error at once where this branch cannot be built from ``cfg`` (weights
         that cannot be had): what a pipeline checks before its first long step."""
 
-    @classmethod
-    def migrate_state(cls, state: dict) -> dict:
-        """Tensors of a checkpoint written by an older version, renamed to this version's keys."""
-        return state
-
     def is_trainable(self) -> bool:
         """Whether any parameter receives gradients (a frozen branch only prepares scoring)."""
         return any(p.requires_grad for p in self.parameters())

@@ -57,7 +57,7 @@ class PretrainedBranch(Branch):
     def __init__(self, context: BranchContext, cfg: PretrainedConfig, saved: dict | None = None):
         super().__init__(context)
         self.cfg = cfg
-        kind = saved.get("backbone", "ast") if saved else cfg.backbone  # runs before EfficientAT saved AST only
+        kind = saved["backbone"] if saved else cfg.backbone
         self.backbone = BACKBONES[kind](cfg, saved)
         self.backbone.requires_grad_(False)
         # pretrained batch-norm statistics are kept while fine-tuning; an untrained model has none worth keeping
@@ -75,14 +75,6 @@ class PretrainedBranch(Branch):
     def check(cls, cfg: PretrainedConfig) -> None:
         """Raise at once where the backbone's weights cannot be had (see :func:`check_source`)."""
         check_source(cfg)
-
-    @classmethod
-    def migrate_state(cls, state: dict) -> dict:
-        """Runs made before the backbones: the AST under ``ast.``, a linear ID head (not used to score)."""
-        if not any(k.startswith("ast.") for k in state):
-            return state
-        return {("backbone." + k if k.startswith("ast.") else k): v for k, v in state.items()
-                if not k.startswith("classifier.")}
 
     def train(self, mode: bool = True) -> "PretrainedBranch":
         super().train(mode)

@@ -17,7 +17,7 @@ from asdcli.errors import DataError
 from asdcli.services.branch_scores import DomainShift, load_with_upstream, normalize, score_branches
 from asdcli.services.examples import perturbed, score_pseudo
 from asdcli.services.runs import Run
-from asdcli.services.records import BranchMeta, ScoreStats
+from asdcli.services.records import BranchRecord, ScoreStats
 
 
 @dataclass
@@ -27,7 +27,7 @@ class Support:
     with the new sections' score statistics added, ``shift`` the target-domain shift of the new
     sections (from their target-domain normal clips, if any were given)."""
 
-    metas: dict[str, BranchMeta]
+    metas: dict[str, BranchRecord]
     shift: DomainShift = field(default_factory=DomainShift)
     z: dict[str, np.ndarray] = field(default_factory=dict)
     label: dict[str, np.ndarray] = field(default_factory=dict)
@@ -42,7 +42,7 @@ def _stats(values: np.ndarray) -> dict:
     return {"count": int(values.size), "mean": float(values.mean()), "std": float(values.std(ddof=1))}
 
 
-def section_support(run: Run, clips: list[Clip], names: list[str], metas: dict[str, BranchMeta], config: AsdConfig,
+def section_support(run: Run, clips: list[Clip], names: list[str], metas: dict[str, BranchRecord], config: AsdConfig,
                     cache_dir: Path | None, device: torch.device | str = "cpu",
                     loaded: tuple[dict, dict] | None = None) -> Support:
     """Score the normal clips of sections the run never saw (clips of known sections are ignored)

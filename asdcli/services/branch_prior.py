@@ -40,7 +40,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class BranchRecord(_Strict):
+class PriorBranch(_Strict):
     """One branch's evidence in the labelled data: its real AUC relative to the other branches of
     the same sets, on the scale of the sets' mean AUC (:func:`branch_aucs`), and on how many sets
     and sections it was measured."""
@@ -67,7 +67,7 @@ class BranchPrior(_Strict):
 
     format_version: Literal[1]
     kind: Literal["asd-branch-prior"]
-    branches: dict[str, BranchRecord]
+    branches: dict[str, PriorBranch]
     temperature: float = Field(gt=0)
     trust: float = Field(ge=0, le=1)
     source: PriorSource
@@ -165,7 +165,7 @@ def rank_auc(label: np.ndarray, score: np.ndarray) -> float:
     return float((ranks[positive].sum() - n1 * (n1 + 1) / 2) / (n0 * n1))
 
 
-def branch_aucs(runs: list[Labelled]) -> dict[str, BranchRecord]:
+def branch_aucs(runs: list[Labelled]) -> dict[str, PriorBranch]:
     """Per branch, its mean section AUC within each set, measured against the other branches of
     the same set: the mean over sets of (its AUC - the set's mean over its branches), plus the
     mean AUC of every set and branch. A branch used only on easy sets (the flow needs 20 clips per
@@ -183,11 +183,11 @@ def branch_aucs(runs: list[Labelled]) -> dict[str, BranchRecord]:
     for name in sorted({n for m in means.values() for n in m}):
         gaps = [m[name] - float(np.mean(list(m.values()))) for m in means.values() if name in m]
         sections = sum(len(per_set[s][name]) for s in means if name in means[s])
-        out[name] = BranchRecord(auc=float(np.clip(grand + np.mean(gaps), 0.0, 1.0)), sets=len(gaps), sections=sections)
+        out[name] = PriorBranch(auc=float(np.clip(grand + np.mean(gaps), 0.0, 1.0)), sets=len(gaps), sections=sections)
     return out
 
 
-def fused_auc(run: Labelled, records: dict[str, BranchRecord], temperature: float, trust: float) -> float:
+def fused_auc(run: Labelled, records: dict[str, PriorBranch], temperature: float, trust: float) -> float:
     """Mean section AUC of ``run`` fused with a prior of ``records`` at ``temperature`` and ``trust``."""
     prior = BranchPrior(format_version=1, kind="asd-branch-prior", branches=records, temperature=temperature,
                         trust=trust, source=PriorSource(description="", sets=[], sections=0, test_clips=0,

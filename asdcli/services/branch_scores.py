@@ -9,7 +9,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from asdcli.checkpoints import read_json, training_progress
+from asdcli.checkpoints import training_progress
 from asdcli.data.layout import Clip
 from asdcli.errors import DataError
 from asdcli.models.base import Branch
@@ -17,8 +17,8 @@ from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.dataset import ClipSet
 from asdcli.services.embeddings import EmbeddingCaches, model_batches
 from asdcli.services.features import make_extractor
-from asdcli.services.runs import Run, load_branch, open_run, read_branch_meta, stored_config
-from asdcli.services.records import BranchMeta
+from asdcli.services.runs import Run, load_branch, open_run, read_branch_record, stored_config
+from asdcli.services.records import BranchRecord, read_record
 
 
 @dataclass
@@ -55,7 +55,7 @@ def score_branches(run_dir: Path | Run, names: list[str], clips: list[Clip], cac
     clips in all)."""
     run = open_run(run_dir)
     names = [canonical_name(n) for n in names]
-    config = stored_config(read_branch_meta(run, names[0]), run.record(names[0]))
+    config = stored_config(read_branch_record(run, names[0]), run.record(names[0]))
     branches, upstream = loaded or load_with_upstream(run, names, device)
     needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
     extractor = make_extractor(config, cache_dir)
@@ -91,9 +91,8 @@ def trained_branches(run_dir: Path | Run) -> list[str]:
     for name in BRANCHES:
         if not run.record(name).exists():
             continue
-        if read_json(run.record(name), f"{name} metadata").get("status") != "complete":
-            continue  # written by an older version while training
-        read_branch_meta(run, name)  # a damaged or edited file is an error
+        if read_record(BranchRecord, run.record(name), f"{name} metadata").status != "complete":
+            continue  # a format-1 run wrote it while training; a damaged or edited file is an error
         done.append(name)
     return done
 
@@ -111,13 +110,13 @@ def unfinished_branches(run_dir: Path | Run) -> dict[str, str]:
     return out
 
 
-def _spread(meta: BranchMeta) -> float:
+def _spread(meta: BranchRecord) -> float:
     """The median spread of the sections with at least two training scores (1 where none has)."""
     stds = [e.std for e in meta.score_stats.values() if e.count >= 2 and e.std > 0]
     return float(max(np.median(stds), 1e-6)) if stds else 1.0
 
 
-def _stats(meta: BranchMeta, group: str) -> tuple[float, float] | None:
+def _stats(meta: BranchRecord, group: str) -> tuple[float, float] | None:
     entry = meta.score_stats.get(group)
     if entry is None:
         return None
@@ -126,18 +125,18 @@ def _stats(meta: BranchMeta, group: str) -> tuple[float, float] | None:
     return entry.mean, max(entry.std, 1e-6)
 
 
-def thin_sections(meta: BranchMeta) -> list[str]:
+def thin_sections(meta: BranchRecord) -> list[str]:
     """Sections whose training scores have no spread of their own (fewer than two clips, or all
     equal): :func:`normalize` borrows the other sections' spread for them."""
     return [g for g, e in meta.score_stats.items() if e.count < 2 or e.std <= 1e-9 * max(1.0, abs(e.mean))]
 
 
-def _pooled_stats(meta: BranchMeta) -> tuple[float, float]:
+def _pooled_stats(meta: BranchRecord) -> tuple[float, float]:
     entries = list(meta.score_stats.values())
     return float(np.median([e.mean for e in entries])), _spread(meta)
 
 
-def normalize(values: np.ndarray, groups: list[str], meta: BranchMeta) -> np.ndarray:
+def normalize(values: np.ndarray, groups: list[str], meta: BranchRecord) -> np.ndarray:
     """Standardise a branch's raw scores with its training statistics of each clip's section."""
     out = np.empty_like(values, dtype=float)
     for i, (value, group) in enumerate(zip(values, groups)):

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from asdcli.checkpoints import load_arrays, read_json, save_arrays
+from asdcli.checkpoints import load_arrays, save_arrays
 from asdcli.config import AsdConfig, SynthConfig
 from asdcli.data.audio import load_audio
 from asdcli.data.features import LogMel
@@ -30,9 +30,10 @@ from asdcli.models.base import Batch
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import DomainShift, load_with_upstream, normalize
 from asdcli.services.dataset import clip_key, training_clips
-from asdcli.services.records import TrainScores, read_typed
+from asdcli.services.records import TrainScores, read_record
 from asdcli.services.embeddings import with_embeddings
-from asdcli.services.runs import Run, read_branch_meta
+from asdcli.services.migrate import upgrade_examples
+from asdcli.services.runs import Run, read_branch_record
 
 OUTLIER, SYNTH = OTHER_SECTION, SYNTHETIC_MACHINE
 
@@ -77,9 +78,10 @@ class Examples:
     @classmethod
     def load(cls, path: Path) -> "Examples":
         arrays, meta = load_arrays(path, "fusion training examples (asd train-fusion writes them)")
+        meta = upgrade_examples(meta)
         return cls(meta["branches"].split(","), meta["groups"].split(","), arrays["z"].double().numpy(),
                    arrays["label"].numpy(), arrays["group"].numpy(), arrays["kind"].numpy(),
-                   json.loads(meta.get("trained_kinds", "{}")))
+                   json.loads(meta["trained_kinds"]))
 
 
 @dataclass
@@ -97,8 +99,7 @@ class Normals:
 
 def normal_examples(run: Run, names: list[str]) -> Normals:
     """The run's normal training clips, from ``<branch>.train_scores.json``."""
-    per_branch = {n: read_typed(TrainScores, read_json(run.train_scores(n), f"{n} training scores"),
-                                run.train_scores(n)).scores for n in names}
+    per_branch = {n: read_record(TrainScores, run.train_scores(n), f"{n} training scores").scores for n in names}
     common = set.intersection(*(set(v) for v in per_branch.values()))
     if not common:
         raise CheckpointError(f"{run.path}: the training scores of {', '.join(names)} share no clip; the files were "
@@ -106,7 +107,7 @@ def normal_examples(run: Run, names: list[str]) -> Normals:
     keys = [k for k in per_branch[names[0]] if k in common]
     groups = [k.split("/", 1)[0] for k in keys]
     domains = [parse_clip(k.split("/", 1)[1]).domain for k in keys]
-    metas = {n: read_branch_meta(run, n) for n in names}
+    metas = {n: read_branch_record(run, n) for n in names}
     z = np.stack([normalize(np.array([per_branch[n][k] for k in keys]), groups, metas[n]) for n in names], axis=1)
     shift = DomainShift.fit(z, groups, domains)
     return Normals(keys, shift.apply(z, groups, domains, fitted=True), groups, domains, shift)
@@ -243,7 +244,7 @@ def build_examples(run: Run, data: Path, names: list[str], config: AsdConfig,
                         "give the --data the branches were trained on")
     plan = _plan(run, clips, rows, config, stream)
     branches, upstream = load_with_upstream(run, names, device)
-    metas = {n: read_branch_meta(run, n) for n in names}
+    metas = {n: read_branch_record(run, n) for n in names}
     done_items, raw, failures = score_pseudo(plan, branches, upstream, config, device, progress)
     groups = [i.section for i in done_items]
     z_pseudo = np.stack([normalize(raw[n], groups, metas[n]) for n in names], axis=1)

@@ -21,7 +21,7 @@ from asdcli.services.branch_prior import BranchPrior, combine, load_prior, prior
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.commits import commit_stage, writing
-from asdcli.services.records import FusionMeta, write_record
+from asdcli.services.records import FusionRecord, write_record
 from asdcli.services.runs import Run, open_run
 from asdcli.services.stages import branch_digests, usable_branches
 
@@ -215,7 +215,7 @@ def _train_fusion(run: Run, data: Path, names: list[str], left_out: dict[str, st
     with commit_stage(run.path) as place:  # examples, head and metadata as one unit
         examples.save(place(examples_path))
         save_weights(model, place(weights_path), {"part": "fusion"})
-        write_record(place(meta_path), FusionMeta,
+        write_record(place(meta_path), FusionRecord,
                      status="complete", branches=names, left_out=left_out, branch_digests=branch_digests(run, names),
                      hidden=config.fusion.hidden, config=config.model_dump(mode="json"), loss=loss,
                      examples=examples.counts(), mean_weights=mean_weights, pseudo_auc=pseudo_auc,

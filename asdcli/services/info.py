@@ -6,14 +6,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asdcli.checkpoints import read_json, training_progress
+from asdcli.checkpoints import training_progress
 from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.registry import BRANCHES, branch_config, config_key
 from asdcli.services.stages import fusion_changed, stale_branches
 from asdcli.services.reliability import heldout_gap
-from asdcli.services.records import FusionMeta, MetaLearnerRecord, read_typed
+from asdcli.services.records import FusionRecord, MetaLearnerRecord, read_record
 from asdcli.services.commits import reading
-from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
+from asdcli.services.runs import Run, open_run, read_branch_record, run_config, stored_config
 
 
 @dataclass
@@ -73,7 +73,7 @@ def _branch_stage(run: Run, name: str) -> Stage:
         return Stage(label, "unfinished", f"stopped at epoch {progress.get('epochs_done')}/{progress.get('epochs')}; "
                                           "finish it with --resume")
     try:
-        meta = read_branch_meta(run, name)
+        meta = read_branch_record(run, name)
         config = stored_config(meta, run.record(name))
     except CheckpointError as error:
         return Stage(label, "damaged", str(error))
@@ -102,7 +102,7 @@ def _fusion_stage(run: Run) -> Stage:
     if not meta_path.exists():
         return Stage("fusion head", "missing", "run asd train-fusion")
     try:
-        meta = read_typed(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
+        meta = read_record(FusionRecord, meta_path, "fusion metadata")
         stale = stale_branches(run, meta)
     except (CheckpointError, KeyError, OSError) as error:
         return Stage("fusion head", "damaged", str(error))
@@ -139,7 +139,7 @@ def _meta_stage(run: Run) -> Stage:
     if not meta_path.exists():
         return Stage("meta-learner", "missing", "run asd meta-train")
     try:
-        meta = read_typed(MetaLearnerRecord, read_json(meta_path, "meta-learner metadata"), meta_path)
+        meta = read_record(MetaLearnerRecord, meta_path, "meta-learner metadata")
         cfg = meta.meta
     except (CheckpointError, KeyError) as error:
         return Stage("meta-learner", "damaged", str(error))
@@ -170,7 +170,7 @@ def _run_info(run: Run) -> RunInfo:
     for name in BRANCHES:
         if run.record(name).exists():
             try:
-                stats = read_branch_meta(run, name).score_stats
+                stats = read_branch_record(run, name).score_stats
             except CheckpointError:
                 continue
             sections.update({g: s.count for g, s in stats.items()})

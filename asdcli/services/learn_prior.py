@@ -21,7 +21,7 @@ from asdcli.services.branch_scores import trained_branches
 from asdcli.services.examples import Examples, build_examples
 from asdcli.services.fuse import fusion_prior
 from asdcli.services.stages import usable_branches
-from asdcli.services.runs import Run, open_run, read_branch_meta, run_config
+from asdcli.services.runs import Run, open_run, read_branch_record, run_config
 from asdcli.services.score import score_clips
 
 
@@ -53,7 +53,7 @@ def labelled_run(run_dir: Path | Run, data: Path, set_name: str, cache_dir: Path
     result = score_clips(run, labelled_clips(data), cache_dir, names=names)
     z = np.stack([result.normalized[n] for n in names], axis=1)  # (N, K)
     evidence = fusion_prior(run_examples(run, data, names, config), config)[0].double().numpy()
-    counts = [s.count for s in read_branch_meta(run, names[0]).score_stats.values()]
+    counts = [s.count for s in read_branch_record(run, names[0]).score_stats.values()]
     return Labelled(set_name, names, z, np.array([int(c.is_anomaly) for c in result.clips]),
                     np.array([run.vocab.group_name(c) for c in result.clips]), evidence, max(counts, default=0))
 

@@ -15,13 +15,13 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from asdcli.checkpoints import read_json, training_progress
+from asdcli.checkpoints import training_progress
 from asdcli.config import AsdConfig
 from asdcli.errors import AsdError, ConfigError
 from asdcli.models.registry import BRANCHES, branch_config, canonical_name
 from asdcli.services.dataset import training_clips
 from asdcli.services.stages import is_current, stale_branches
-from asdcli.services.records import FusionMeta, MetaLearnerRecord, read_typed
+from asdcli.services.records import BranchRecord, FusionRecord, MetaLearnerRecord, read_record
 from asdcli.services.runs import Run, is_run, open_run
 
 ORDER = ("transformer-ae", "contrastive", "diffusion", "pretrained", "flow")
@@ -49,7 +49,7 @@ def _branch_step(run: Run | None, name: str, config: AsdConfig, skipped: set[str
         return Step(name, "skip", f"it models the embeddings of {next(u for u in ups if u in skipped)}, which is skipped")
     if run is None:
         return Step(name, "train")
-    if run.record(name).exists() and read_json(run.record(name), f"{name} metadata").get("status") == "complete":
+    if run.record(name).exists() and read_record(BranchRecord, run.record(name), f"{name} metadata").status == "complete":
         return Step(name, "keep", "finished")
     progress = training_progress(run.train_state(name))
     if progress is not None:
@@ -66,13 +66,13 @@ def _head_steps(run: Run | None, branches: list[Step]) -> list[Step]:
     kept = {s.stage for s in branches if s.action == "keep"}
     if not run.fusion_record.exists():
         return [Step(FUSION, "train"), Step(META, "train")]
-    fusion = read_typed(FusionMeta, read_json(run.fusion_record, "fusion metadata"), run.fusion_record)
+    fusion = read_record(FusionRecord, run.fusion_record, "fusion metadata")
     if stale_branches(run, fusion) or not set(fusion.branches) <= kept:
         return [Step(FUSION, "train", "a branch changed after it"), Step(META, "train", "after the fusion")]
     steps = [Step(FUSION, "keep", "finished")]
     if not run.meta_learner_record.exists():
         return steps + [Step(META, "train")]
-    meta = read_typed(MetaLearnerRecord, read_json(run.meta_learner_record, "meta-learner metadata"), run.meta_learner_record)
+    meta = read_record(MetaLearnerRecord, run.meta_learner_record, "meta-learner metadata")
     current = is_current(meta.fusion_digest, run.fusion_record, run.fusion_weights)
     return steps + [Step(META, "keep", "finished") if current else Step(META, "train", "the fusion changed after it")]
 

@@ -10,9 +10,10 @@ from typing import Annotated, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
-from asdcli.checkpoints import EXAMPLES_FILE, FORMAT_VERSION, write_json
+from asdcli.checkpoints import FORMAT_VERSION, read_json, write_json
 from asdcli.errors import CheckpointError
 from asdcli.models.registry import BRANCHES
+from asdcli.services.migrate import upgrade_record
 
 
 def _branch_name(name: str) -> str:
@@ -25,11 +26,11 @@ def _branch_name(name: str) -> str:
 BranchName = Annotated[str, AfterValidator(_branch_name)]
 
 
-class _Meta(BaseModel):
+class _Record(BaseModel):
     model_config = ConfigDict(extra="allow")  # fields added by later versions are kept
 
 
-class RunInfo(_Meta):
+class RunDescription(_Record):
     """``run.json``: the run's sections (groups) and classes, its held-out clips and the audio and
     feature settings every branch shares. ``group_names`` 2: DCASE 2020 machine IDs have groups of
     their own (``<machine>_id_<XX>``); absent in runs made before, which name them as sections."""
@@ -38,27 +39,27 @@ class RunInfo(_Meta):
     labels: list[str]
     audio: dict
     features: dict
-    holdout: list[str] = []
-    group_names: int = 1
+    holdout: list[str]
+    group_names: int
 
 
-class ScoreStats(_Meta):
+class ScoreStats(_Record):
     count: int
     mean: float
     std: float
     threshold: float | None = None
 
 
-class HeldOut(_Meta):
+class HeldOut(_Record):
     """How a branch's held-out normal clips scored against its training clips
     (:func:`asdcli.services.reliability.heldout_check`)."""
 
     clips: int
-    median_z: float | None = None
-    median_normal_z: float | None = None
+    median_z: float | None
+    median_normal_z: float | None
 
 
-class BranchMeta(_Meta):
+class BranchRecord(_Record):
     """``<branch>.json``."""
 
     branch: str
@@ -69,31 +70,31 @@ class BranchMeta(_Meta):
     config: dict
     groups: list[str]
     score_stats: dict[str, ScoreStats]
-    embed_dims: dict[str, int] = {}
-    upstream: list[BranchName] = []
-    extra: dict | None = None
-    heldout: HeldOut | None = None
-    limitation: str | None = None
-    trained_clips: int | None = None
+    embed_dims: dict[str, int]
+    upstream: list[BranchName]
+    extra: dict | None
+    heldout: HeldOut | None
+    limitation: str | None
+    trained_clips: int | None
 
 
-class FusionMeta(_Meta):
+class FusionRecord(_Record):
     """``fusion.json``."""
 
     branches: list[BranchName]
     branch_digests: dict[BranchName, str]
     hidden: int
     loss: float
-    left_out: dict[str, str] = {}
-    mean_weights: dict[str, float] = {}
-    config: dict = {}
-    prior_temperature: float | None = None
-    pseudo_auc: dict[str, float] = {}  # NaN where a branch's AUC could not be measured
-    fair_pseudo_auc: dict[str, float] = {}
-    prior: dict = {}  # :func:`asdcli.services.fuse.prior_record`; absent in runs fused before priors existed
+    left_out: dict[str, str]
+    mean_weights: dict[str, float]
+    config: dict
+    prior_temperature: float | None
+    pseudo_auc: dict[str, float]  # NaN where a branch's AUC could not be measured
+    fair_pseudo_auc: dict[str, float]
+    prior: dict  # :func:`asdcli.services.fuse.prior_record`
 
 
-class TrainScores(_Meta):
+class TrainScores(_Record):
     """``<branch>.train_scores.json``: every normal training clip's score (clip key -> score)."""
 
     branch: BranchName
@@ -107,21 +108,21 @@ class TrainScores(_Meta):
         return value
 
 
-class MetaLearnerRecord(_Meta):
+class MetaLearnerRecord(_Record):
     """``meta.json``."""
 
     tasks: list[str]
     in_dim: int
     meta: dict
     seed: int
-    examples: str = EXAMPLES_FILE  # runs before meta_examples.safetensors existed
-    fusion_digest: str | None = None
-    fusion_loss: float | None = None  # NaN: the fusion head was not trained (its prior's trust is 0)
-    holdout: list[str] = []
-    abstained: str | None = None  # why it keeps the fused score (too few sections), or None
+    examples: str
+    fusion_digest: str
+    fusion_loss: float | None  # NaN: the fusion head was not trained (its prior's trust is 0)
+    holdout: list[str]
+    abstained: str | None  # why it keeps the fused score (too few sections), or None
 
 
-Model = TypeVar("Model", bound=_Meta)
+Model = TypeVar("Model", bound=_Record)
 
 
 def write_record(path: Path, schema: type[Model], **fields: object) -> None:
@@ -132,20 +133,16 @@ def write_record(path: Path, schema: type[Model], **fields: object) -> None:
     write_json(path, record.model_dump(mode="json"))
 
 
-def read_typed(schema: type[Model], data: dict, path: Path) -> Model:
-    """``data`` as a ``schema`` object (:func:`validated`)."""
-    return schema.model_validate(validated(schema, data, path))
-
-
-def validated(schema: type[Model], data: dict, path: Path) -> dict:
-    """``data`` checked against ``schema`` (returned as read); a :class:`CheckpointError` naming
-    the file and the first bad field otherwise."""
+def read_record(schema: type[Model], path: Path, what: str) -> Model:
+    """The record at ``path`` as a ``schema`` object, a file of an older format upgraded first
+    (:func:`asdcli.services.migrate.upgrade_record`); a :class:`CheckpointError` naming the file
+    and the first bad field where it does not fit the schema."""
+    data = upgrade_record(schema.__name__, read_json(path, what))
     try:
-        schema.model_validate(data)
+        return schema.model_validate(data)
     except ValidationError as error:
         first = error.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
         reason = "is missing" if first["type"] == "missing" else f"is not valid ({first['msg']})"
         raise CheckpointError(f"{path}: field '{field}' {reason}; the file was edited or is not this stage's "
                               "metadata: train the stage again") from None
-    return data

@@ -15,7 +15,7 @@ import numpy as np
 from scipy import stats
 
 from asdcli.config import AsdConfig
-from asdcli.services.records import BranchMeta, HeldOut
+from asdcli.services.records import BranchRecord, HeldOut
 
 
 def heldout_check(scores: np.ndarray, groups: np.ndarray, held: np.ndarray) -> dict:
@@ -49,14 +49,11 @@ def heldout_check(scores: np.ndarray, groups: np.ndarray, held: np.ndarray) -> d
 
 def heldout_gap(held: HeldOut | None) -> float | None:
     """How far a branch's held-out clips lie above its training clips, in standard normal
-    deviates of the same tail probability (:func:`heldout_check`; metadata written before that
-    measure existed gives its plain median z)."""
-    if held is None:
-        return None
-    return held.median_normal_z if held.median_normal_z is not None else held.median_z
+    deviates of the same tail probability (:func:`heldout_check`)."""
+    return None if held is None else held.median_normal_z
 
 
-def left_out_reason(name: str, metas: dict[str, BranchMeta], config: AsdConfig) -> str | None:
+def left_out_reason(name: str, metas: dict[str, BranchRecord], config: AsdConfig) -> str | None:
     """Why the fusion must not use branch ``name`` (metadata in ``metas``, with its input
     branches'), or None: a limitation the branch stated at training, held-out clips that score
     more than ``train.heldout_max_z`` above its training clips (judged on at least
@@ -80,7 +77,7 @@ def left_out_reason(name: str, metas: dict[str, BranchMeta], config: AsdConfig) 
     return None
 
 
-def split_usable(names: list[str], metas: dict[str, BranchMeta], config: AsdConfig) -> tuple[list[str], dict[str, str]]:
+def split_usable(names: list[str], metas: dict[str, BranchRecord], config: AsdConfig) -> tuple[list[str], dict[str, str]]:
     """``names`` split into the branches to fuse and those left out, with why
     (:func:`left_out_reason`; ``metas`` holds every trained branch's metadata). Where every
     branch would be left out, the one whose held-out clips score lowest is kept (its reason says so)."""

@@ -8,22 +8,23 @@ from pathlib import Path
 
 import torch
 
-from asdcli.checkpoints import (EXAMPLES_FILE, FORMAT_VERSION, META_EXAMPLES_FILE, load_weights, read_json,
+from asdcli.checkpoints import (EXAMPLES_FILE, FORMAT_VERSION, META_EXAMPLES_FILE, load_weights,
                                  training_progress, write_json)
 from asdcli.atomic import write_text
 from asdcli.config import AsdConfig, dump_config, load_config, validate_config
 from asdcli.data.features import num_frames
 from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.base import Branch, BranchContext
-from asdcli.models.registry import BRANCHES, build_branch, canonical_name
+from asdcli.models.registry import build_branch, canonical_name
 from asdcli.services.dataset import Vocabulary
 from asdcli.services.commits import recover
-from asdcli.services.records import BranchMeta, RunInfo, read_typed
+from asdcli.services.migrate import config_of_v1_run, upgrade_state
+from asdcli.services.records import BranchRecord, RunDescription, read_record
 
 
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
-GROUP_NAMES = 2  # run.json "group_names": DCASE 2020 IDs are groups <machine>_id_<XX> (RunInfo)
+GROUP_NAMES = 2  # run.json "group_names": DCASE 2020 IDs are groups <machine>_id_<XX> (RunDescription)
 
 
 def is_run(path: Path) -> bool:
@@ -98,7 +99,7 @@ class Run:
         return self.path / f"{name}.safetensors"
 
     def record(self, name: str) -> Path:
-        """A branch's record: ``<branch>.json``, its metadata (:class:`~asdcli.services.records.BranchMeta`)."""
+        """A branch's record: ``<branch>.json``, its metadata (:class:`~asdcli.services.records.BranchRecord`)."""
         return self.path / f"{name}.json"
 
     def train_state(self, name: str) -> Path:
@@ -177,7 +178,7 @@ def open_run(path: Path | Run) -> Run:
         raise CheckpointError(f"run folder {path} does not exist; train a branch first (asd train-branch NAME --run {path})")
     recover(path)
     info_path = path / RUN_FILE
-    info = read_typed(RunInfo, read_json(info_path, "run description"), info_path)
+    info = read_record(RunDescription, info_path, "run description")
     return Run(path, Vocabulary(info.groups, info.labels, legacy_2020=info.group_names < GROUP_NAMES),
                {"audio": info.audio, "features": info.features}, frozenset(info.holdout))
 
@@ -189,7 +190,7 @@ def branch_context(run: Run, config: AsdConfig, embed_dims: dict[str, int] | Non
                          n_labels=len(run.vocab.labels), embed_dims=embed_dims or {})
 
 
-def read_branch_meta(run: Run, name: str) -> BranchMeta:
+def read_branch_record(run: Run, name: str) -> BranchRecord:
     """A trained branch's metadata; errors say what to run when it is missing or unfinished."""
     name = canonical_name(name)
     if not run.record(name).exists():
@@ -200,7 +201,7 @@ def read_branch_meta(run: Run, name: str) -> BranchMeta:
                                   "--data DIR --resume")
         raise CheckpointError(f"branch '{name}' is not trained in {run.path}; run: asd train-branch {name} "
                               f"--run {run.path} --data DIR")
-    meta = read_typed(BranchMeta, read_json(run.record(name), f"{name} metadata"), run.record(name))
+    meta = read_record(BranchRecord, run.record(name), f"{name} metadata")
     if meta.status != "complete":
         raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {meta.epochs_done}/{meta.epochs}; "
                               f"finish it with: asd train-branch {name} --run {run.path} --resume")
@@ -212,7 +213,7 @@ def read_branch_meta(run: Run, name: str) -> BranchMeta:
 LATER_STAGES = ("fusion", "meta", "debug")
 
 
-def stored_config(meta: BranchMeta, path: Path) -> AsdConfig:
+def stored_config(meta: BranchRecord, path: Path) -> AsdConfig:
     """The resolved config stored in a branch's metadata, without the later stages' settings."""
     data = {k: v for k, v in meta.config.items() if k not in LATER_STAGES}
     return validate_config(data, source=str(path))
@@ -221,10 +222,10 @@ def stored_config(meta: BranchMeta, path: Path) -> AsdConfig:
 def load_branch(run: Run, name: str, device: torch.device | str = "cpu") -> Branch:
     """A complete trained branch in eval mode, rebuilt from its own resolved config."""
     name = canonical_name(name)
-    meta = read_branch_meta(run, name)
+    meta = read_branch_record(run, name)
     config = stored_config(meta, run.record(name))
     branch = build_branch(name, config, branch_context(run, config, meta.embed_dims), meta.extra or None)
-    load_weights(branch, run.weights(name), type(branch).migrate_state)
+    load_weights(branch, run.weights(name), lambda state, version: upgrade_state(name, state, version))
     return branch.to(device).eval()
 
 
@@ -240,7 +241,7 @@ def run_config(run: Run, given: AsdConfig | None = None) -> AsdConfig:
         return given
     if run.config_path.is_file():
         return load_config(run.config_path)
-    for meta_path in sorted(run.path.glob("*.json")):
-        if meta_path.stem in BRANCHES:
-            return validate_config(read_json(meta_path, "branch metadata")["config"], source=str(meta_path))
+    found = config_of_v1_run(list(run.path.glob("*.json")))
+    if found is not None:
+        return validate_config(found[0], source=str(found[1]))
     raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")

@@ -24,10 +24,10 @@ from asdcli.services.examples import Examples, Normals, normal_examples
 from asdcli.services.stages import (MetaLearner, fused_features, load_fusion, load_meta,
                                     meta_examples, support_rows, usable_branches)
 from asdcli.services.adapt import Support, section_support
-from asdcli.services.records import BranchMeta
+from asdcli.services.records import BranchRecord
 from asdcli.services.commits import reading
 from asdcli.services.embeddings import with_embeddings
-from asdcli.services.runs import Run, open_run, read_branch_meta, run_config, stored_config
+from asdcli.services.runs import Run, open_run, read_branch_record, run_config, stored_config
 
 METHODS = {
     "meta": "meta-learner adapted per section over the attention-fused scores",
@@ -158,7 +158,7 @@ def _train_finals(pipe: _Pipeline, normals: Normals) -> dict[str, np.ndarray]:
     return out
 
 
-def _notices(pipe: _Pipeline, groups: list[str], metas: dict[str, BranchMeta]) -> list[str]:
+def _notices(pipe: _Pipeline, groups: list[str], metas: dict[str, BranchRecord]) -> list[str]:
     run = pipe.run
     known = set(pipe.run.vocab.groups) | set(pipe.support.z if pipe.support else ())
     adapted = sorted(set(groups) & set(pipe.support.z)) if pipe.support else []
@@ -237,7 +237,7 @@ class Detector:
     of its training clips. ``Detector.load(run)``, then :meth:`score` (files) or
     :meth:`score_waveform` (audio already in memory) as often as needed."""
 
-    def __init__(self, run: Run, pipe: _Pipeline, names: list[str], metas: dict[str, BranchMeta], loaded, normals: Normals,
+    def __init__(self, run: Run, pipe: _Pipeline, names: list[str], metas: dict[str, BranchRecord], loaded, normals: Normals,
                  device: torch.device | str, cache_dir: Path | None):
         self.run, self.pipe, self.names, self.metas, self.loaded = run, pipe, names, metas, loaded
         self.normals, self.device, self.cache_dir = normals, device, cache_dir
@@ -255,7 +255,7 @@ class Detector:
         run = open_run(run_dir)
         with reading(run.path):  # every file of the run as one snapshot: never half a commit
             pipe, names = _pipeline(run, [canonical_name(n) for n in names] if names else None)
-            metas = {n: read_branch_meta(run, n) for n in names}
+            metas = {n: read_branch_record(run, n) for n in names}
             loaded = load_with_upstream(run, names, device)
             normals = normal_examples(run, names)
             config = run_config(run) if support else None

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from asdcli.checkpoints import load_weights, read_bytes, read_json
+from asdcli.checkpoints import file_digest, load_weights
 from asdcli.config import AsdConfig, MetaConfig
 from asdcli.errors import CheckpointError
 from asdcli.models.fusion_attention import AttentionFusion
@@ -21,14 +21,10 @@ from asdcli.models.meta_learner import MetaClassifier, adapted_copy, meta_featur
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.commits import run_file
 from asdcli.services.examples import Examples
+from asdcli.services.migrate import older_digests
 from asdcli.services.reliability import split_usable
-from asdcli.services.records import FusionMeta, MetaLearnerRecord, read_typed
-from asdcli.services.runs import Run, read_branch_meta
-
-
-def file_digest(path: Path) -> str:
-    """SHA-1 of one file (read once per process: :func:`~asdcli.checkpoints.read_bytes`)."""
-    return hashlib.sha1(read_bytes(path)).hexdigest()
+from asdcli.services.records import FusionRecord, MetaLearnerRecord, read_record
+from asdcli.services.runs import Run, read_branch_record
 
 
 def stage_digest(meta_path: Path, weights_path: Path) -> str:
@@ -39,9 +35,9 @@ def stage_digest(meta_path: Path, weights_path: Path) -> str:
 
 
 def is_current(recorded: str | None, meta_path: Path, weights_path: Path) -> bool:
-    """Whether a digest a later stage recorded is that of this stage as it is now (a digest of
-    the metadata alone, as runs recorded before the weights counted, is still accepted)."""
-    return recorded in (stage_digest(meta_path, weights_path), file_digest(meta_path))
+    """Whether a digest a later stage recorded is that of this stage as it is now (or one an
+    older format recorded of it, :func:`asdcli.services.migrate.older_digests`)."""
+    return recorded in (stage_digest(meta_path, weights_path), *older_digests(meta_path))
 
 
 def branch_digests(run: Run, names: list[str]) -> dict[str, str]:
@@ -52,21 +48,21 @@ def branch_digests(run: Run, names: list[str]) -> dict[str, str]:
 def usable_branches(run: Run, names: list[str], config: AsdConfig) -> tuple[list[str], dict[str, str]]:
     """``names`` split into the branches to fuse and those left out, with why
     (:func:`~asdcli.services.reliability.split_usable`)."""
-    metas = {n: read_branch_meta(run, n) for n in {*names, *trained_branches(run)}}
+    metas = {n: read_branch_record(run, n) for n in {*names, *trained_branches(run)}}
     return split_usable(names, metas, config)
 
 
-def stale_branches(run: Run, meta: FusionMeta) -> list[str]:
+def stale_branches(run: Run, meta: FusionRecord) -> list[str]:
     """The fused branches (fusion metadata ``meta``) retrained after the fusion head."""
     return [n for n in meta.branches if not is_current(meta.branch_digests.get(n), run.record(n), run.weights(n))]
 
 
-def load_fusion(run: Run) -> tuple[AttentionFusion, FusionMeta]:
+def load_fusion(run: Run) -> tuple[AttentionFusion, FusionRecord]:
     """The run's fusion head and metadata; an error when it is missing or older than a branch."""
     weights_path, meta_path = run.fusion_weights, run.fusion_record
     if not meta_path.exists():
         raise CheckpointError(f"no fusion head in {run.path}; run: asd train-fusion --run {run.path} --data DIR")
-    meta = read_typed(FusionMeta, read_json(meta_path, "fusion metadata"), meta_path)
+    meta = read_record(FusionRecord, meta_path, "fusion metadata")
     stale = stale_branches(run, meta)
     if stale:
         raise CheckpointError(f"{meta_path}: branch(es) {', '.join(stale)} were retrained after the fusion head; "
@@ -139,7 +135,7 @@ def load_meta(run: Run) -> MetaLearner:
     weights_path, meta_path = run.meta_learner_weights, run.meta_learner_record
     if not meta_path.exists():
         raise CheckpointError(f"no meta-learner in {run.path}; run: asd meta-train --run {run.path}")
-    meta = read_typed(MetaLearnerRecord, read_json(meta_path, "meta-learner metadata"), meta_path)
+    meta = read_record(MetaLearnerRecord, meta_path, "meta-learner metadata")
     if fusion_changed(run, meta):
         raise CheckpointError(f"{meta_path}: the fusion head was retrained after the meta-learner; "
                               f"rerun: asd meta-train --run {run.path}")

@@ -35,9 +35,10 @@ from asdcli.services.device import DistInfo, distributed
 from asdcli.services.schedule import Precision, epoch_chunks, lr_at
 from asdcli.services.embeddings import EmbeddingCaches, embed_once, model_batches, with_rows
 from asdcli.services.features import make_extractor
+from asdcli.services.migrate import leftovers
 from asdcli.services.reliability import heldout_check
 from asdcli.services.commits import commit_stage, writing
-from asdcli.services.records import BranchMeta, TrainScores, write_record
+from asdcli.services.records import BranchRecord, TrainScores, write_record
 from asdcli.services.runs import (CONFIG_FILE, RUN_FILE, Run, branch_context, is_run, load_branch,
                                   open_or_create_run, open_run)
 
@@ -168,7 +169,7 @@ def _save(s: _Setup, config: AsdConfig, epochs_done: int, score_stats: dict, per
         save_weights(s.branch, place(s.run.weights(s.name)), {"branch": s.name, "status": "complete",
                                                                "epoch": str(epochs_done)})
         write_record(place(s.run.train_scores(s.name)), TrainScores, branch=s.name, scores=per_clip)
-        write_record(place(s.run.record(s.name)), BranchMeta,
+        write_record(place(s.run.record(s.name)), BranchRecord,
                      **_metadata(s, config, "complete", epochs_done, score_stats, heldout))
 
 
@@ -383,7 +384,8 @@ def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, devic
         if info.is_main:
             _save(s, config, s.epochs if trainable else 0, stats, per_clip, heldout)
             s.run.train_state(name).unlink(missing_ok=True)
-            s.run.train_state(name).with_name(f"{name}.train.json").unlink(missing_ok=True)  # older runs' optimizer state
+            for leftover in leftovers(name):
+                (s.run.path / leftover).unlink(missing_ok=True)
         return TrainResult(name, run_dir, s.epochs if trainable else 0, final_loss, len(s.clipset),
                            s.clipset.report.failures, stats, info.world_size, identical, info.rank, heldout,
                            s.branch.limitation(), s.run.log_path(name))

@@ -255,7 +255,9 @@ def test_meta_learner_adapts_to_a_held_out_section_from_its_support_set():
     maml, tasks, _, unadapted, adapted_loss = fit_meta(examples, fused_features(fusion, examples.z), config, ["s6"])
     assert [examples.groups[g] for g in tasks] == [f"s{g}" for g in range(6)]
     assert adapted_loss < unadapted  # on fresh tasks of the training sections
-    learner = MetaLearner(maml.module, config.meta, config.seed, MetaLearnerRecord(tasks=[], in_dim=0, meta={}, seed=config.seed))
+    learner = MetaLearner(maml.module, config.meta, config.seed, MetaLearnerRecord(
+        tasks=[], in_dim=0, meta={}, seed=config.seed, examples="", fusion_digest="", fusion_loss=None, holdout=[],
+        abstained=None))
     support = support_rows(examples, 6, config.meta, config.seed)
     rows = fresh.rows(6)
     x = fused_features(fusion, fresh.z[rows])

@@ -16,7 +16,7 @@ from asdcli.models.branch_transformer_ae import TransformerAEBranch
 from asdcli.services.dataset import clip_key, holdout_keys
 from asdcli.services.fuse import train_fusion
 from asdcli.services.reliability import heldout_check, left_out_reason
-from asdcli.services.records import BranchMeta
+from asdcli.services.records import BranchRecord
 from asdcli.services.score import score_clips
 from asdcli.services.train import train_branch
 
@@ -65,15 +65,17 @@ def test_the_held_out_gap_tends_to_the_plain_z_with_many_trained_clips():
 
 
 def test_left_out_reason_names_limitations_memorising_branches_and_their_dependants(tiny):
-    def meta(**fields) -> BranchMeta:
-        return BranchMeta(branch="b", status="complete", epochs_done=1, epochs=1, seed=0, config={}, groups=[],
-                          score_stats={}, **fields)
+    def meta(**fields) -> BranchRecord:
+        optional = {"embed_dims": {}, "upstream": [], "extra": None, "heldout": None, "limitation": None,
+                    "trained_clips": None}
+        return BranchRecord(branch="b", status="complete", epochs_done=1, epochs=1, seed=0, config={}, groups=[],
+                            score_stats={}, **{**optional, **fields})
 
     metas = {
         "contrastive": meta(limitation="one section-and-attribute class"),
-        "flow": meta(upstream=["contrastive"], heldout={"clips": 2, "median_z": 0.1}),
+        "flow": meta(upstream=["contrastive"], heldout={"clips": 2, "median_z": 0.1, "median_normal_z": 0.1}),
         "transformer-ae": meta(heldout={"clips": 3, "median_z": 17.5, "median_normal_z": 5.2}),
-        "diffusion": meta(heldout={"clips": 3, "median_z": 0.5}),  # written before median_normal_z
+        "diffusion": meta(heldout={"clips": 3, "median_z": 0.5, "median_normal_z": 0.5}),
         "pretrained": meta(heldout={"clips": 0, "median_z": None, "median_normal_z": None}),
         "few": meta(heldout={"clips": 1, "median_z": 12.7, "median_normal_z": 2.9}),
         "one": meta(heldout={"clips": 1, "median_z": 40.0, "median_normal_z": 4.5}),

@@ -1,0 +1,128 @@
+"""Run folders of format 1 (the release before this one) still open and score; a format-2 record
+that lacks a field is refused; a newer format is one error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from asdcli.checkpoints import FORMAT_VERSION
+from asdcli.data.layout import discover
+from asdcli.errors import CheckpointError
+from asdcli.services.fuse import train_fusion
+from asdcli.services.meta import meta_train
+from asdcli.services.migrate import upgrade_state
+from asdcli.services.runs import open_run, read_branch_record
+from asdcli.services.score import score_clips
+from asdcli.services.stages import branch_digests, stage_digest
+from asdcli.services.train import train_branch
+
+
+@pytest.fixture(scope="module")
+def made(synth_root, tiny, tmp_path_factory):
+    """A run of this release (b2, b3, fusion, meta-learner), its cache and its test scores."""
+    root = tmp_path_factory.mktemp("migrate")
+    cfg = tiny.with_overrides(**{"train.epochs": 1, "meta.iterations": 5, "meta.min_tasks": 1})
+    for name in ("b2", "b3"):
+        train_branch(name, synth_root, root / "run", cfg, cache_dir=root / "cache")
+    train_fusion(synth_root, root / "run", cfg)
+    meta_train(root / "run", cfg)
+    clips = discover(synth_root / "fan" / "test")
+    return root / "run", root / "cache", clips, score_clips(root / "run", clips, root / "cache")
+
+
+def _as_format_1(run, drop: dict[str, list[str]] | None = None) -> None:
+    """Rewrite every file of ``run`` with format version 1, as the release before this one wrote
+    them (the later stages' digests of the earlier ones made again, as that release made them);
+    ``drop``: JSON fields (``a.b`` for nested) to remove, as earlier format-1 releases lacked them."""
+    for path in run.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+            meta = {**(handle.metadata() or {}), "format_version": "1"}
+        if drop:
+            meta.pop("trained_kinds", None)
+        save_file(tensors, str(path), metadata=meta)
+    later = ["fusion.json", "meta.json"]  # in this order: each records the digests of those before
+    for path in sorted(run.glob("*.json"), key=lambda p: later.index(p.name) if p.name in later else -1):
+        data = json.loads(path.read_text())
+        data["format_version"] = 1
+        for field in (drop or {}).get(path.name, []):
+            *parents, leaf = field.split(".")
+            node = data
+            for key in parents:
+                node = node[key]
+            node.pop(leaf)
+        opened = open_run(run) if path.name in later else None
+        if path.name == "fusion.json":
+            data["branch_digests"] = branch_digests(opened, data["branches"])
+        if path.name == "meta.json":
+            data["fusion_digest"] = stage_digest(opened.fusion_record, opened.fusion_weights)
+        path.write_text(json.dumps(data))
+
+
+def test_this_release_writes_format_2(made):
+    run = made[0]
+    assert FORMAT_VERSION == 2
+    assert {json.loads(p.read_text())["format_version"] for p in run.glob("*.json")} == {2}
+    for path in run.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            assert handle.metadata()["format_version"] == "2", path.name
+
+
+def test_a_run_of_the_previous_release_scores_the_same(made, tmp_path):
+    run, cache, clips, expected = made
+    old = tmp_path / "old"
+    shutil.copytree(run, old)
+    _as_format_1(old)
+    result = score_clips(old, clips, cache)
+    np.testing.assert_array_equal(result.score, expected.score)
+    np.testing.assert_array_equal(result.fused, expected.fused)
+    assert json.loads((old / "run.json").read_text())["format_version"] == 1  # nothing written back
+
+
+def test_a_format_1_run_without_later_fields_reads_as_it_behaved(made, tmp_path):
+    run, cache, clips, expected = made
+    old = tmp_path / "older"
+    shutil.copytree(run, old)
+    _as_format_1(old, {"run.json": ["group_names"],
+                       "transformer-ae.json": ["heldout.median_normal_z", "limitation", "trained_clips"],
+                       "fusion.json": ["prior", "pseudo_auc", "fair_pseudo_auc", "prior_temperature"],
+                       "meta.json": ["fusion_loss", "abstained"]})
+    opened = open_run(old)
+    assert opened.vocab.legacy_2020  # DCASE 2020 IDs were named as sections then
+    record = read_branch_record(opened, "transformer-ae")
+    assert record.heldout.median_normal_z == record.heldout.median_z and record.limitation is None
+    result = score_clips(old, clips, cache)
+    assert result.score.shape == expected.score.shape and np.isfinite(result.score).all()
+
+
+def test_a_format_2_record_missing_a_field_is_one_error(made, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(made[0], broken)
+    data = json.loads((broken / "fusion.json").read_text())
+    del data["prior"]
+    (broken / "fusion.json").write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=r"fusion.json: field 'prior' is missing"):
+        score_clips(broken, made[2], made[1])
+
+
+def test_a_newer_format_is_refused_with_the_versions_this_asd_reads(made, tmp_path):
+    newer = tmp_path / "newer"
+    shutil.copytree(made[0], newer)
+    data = json.loads((newer / "run.json").read_text())
+    (newer / "run.json").write_text(json.dumps({**data, "format_version": 3}))
+    with pytest.raises(CheckpointError, match="has format version 3; this asd reads versions 1, 2"):
+        open_run(newer)
+
+
+def test_format_1_pretrained_checkpoints_are_renamed_only_when_old():
+    state = {"ast.embeddings.cls": torch.zeros(1), "classifier.weight": torch.zeros(2), "bank.keys": torch.zeros(3)}
+    assert set(upgrade_state("pretrained", state, "1")) == {"backbone.ast.embeddings.cls", "bank.keys"}
+    assert upgrade_state("pretrained", state, "2") is state
+    assert upgrade_state("transformer-ae", state, "1") is state
