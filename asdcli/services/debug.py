@@ -16,7 +16,6 @@ the run: this is a diagnostic, its product is the log.
 from __future__ import annotations
 
 import csv
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +40,7 @@ from asdcli.services.meta import new_meta_learner, sample_task, step_losses, tas
 from asdcli.services.embeddings import model_batches, with_embeddings
 from asdcli.services.runs import Run, branch_context, is_run, load_branch, open_run
 from asdcli.services.schedule import Precision, epoch_chunks, lr_at
+from asdcli.services.trouble import Trouble, TroubleDetector, grad_norm
 
 HEADS = ("fusion", "meta")
 
@@ -61,20 +61,6 @@ def parse_parts(names: list[str]) -> list[str]:
 
 
 @dataclass
-class Trouble:
-    """A problem seen during training: ``kind`` began at ``step`` (global, 1-based) in ``part``."""
-
-    part: str
-    kind: str
-    epoch: int
-    step: int
-    value: float
-
-    def __str__(self) -> str:
-        return f"{self.kind} in {self.part} beginning at epoch {self.epoch}, step {self.step} (value {self.value:.4g})"
-
-
-@dataclass
 class DebugResult:
     """The log written, the parts trained and frozen, whether each frozen part is bit-identical
     afterwards, the troubles found and notices (parts not logged and why)."""
@@ -86,40 +72,6 @@ class DebugResult:
     steps: int
     troubles: list[Trouble] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
-
-
-class TroubleDetector:
-    """Per part: the first non-finite loss, the first exploding and the first vanishing gradient norm."""
-
-    def __init__(self, config: AsdConfig):
-        self.cfg = config.debug
-        self.history: dict[str, list[float]] = {}
-        self.seen: set[tuple[str, str]] = set()
-
-    def check(self, part: str, loss: float, grad: float | None, epoch: int, step: int) -> list[Trouble]:
-        found = []
-        if not math.isfinite(loss):
-            found.append(Trouble(part, "non-finite loss", epoch, step, loss))
-            grad = None  # the part was left out of the step: its zero gradient says nothing
-        if grad is not None:
-            past = self.history.setdefault(part, [])
-            median = float(np.median(past)) if len(past) >= 5 else None
-            if not math.isfinite(grad) or grad > self.cfg.explode_above or (
-                    median and grad > self.cfg.explode_factor * median):
-                found.append(Trouble(part, "exploding gradient norm", epoch, step, grad))
-            elif grad < self.cfg.vanish_below:
-                found.append(Trouble(part, "vanishing gradient norm", epoch, step, grad))
-            if math.isfinite(grad):
-                past.append(grad)
-        new = [t for t in found if (t.part, t.kind) not in self.seen]
-        self.seen.update((t.part, t.kind) for t in new)
-        return new
-
-
-def grad_norm(params: list[nn.Parameter]) -> float:
-    """L2 norm of the gradients of ``params`` (0 when none has a gradient)."""
-    grads = [p.grad.detach().pow(2).sum() for p in params if p.grad is not None]
-    return float(torch.stack(grads).sum().sqrt()) if grads else 0.0
 
 
 def _build_branches(clipset: ClipSet, run: Run | None, config: AsdConfig, frozen: list[str], device,

@@ -10,7 +10,8 @@ import torch
 from asdcli.config import load_config
 from asdcli.errors import ConfigError, DataError
 from asdcli.models.branch_transformer_ae import TransformerAEBranch
-from asdcli.services.debug import TroubleDetector, freeze_debug, log_columns
+from asdcli.services.debug import freeze_debug, log_columns
+from asdcli.services.trouble import TroubleDetector
 from asdcli.services.fuse import train_fusion
 from asdcli.services.plot import plot_debug, plot_epochs, plot_scores
 from asdcli.services.train import train_branch
