@@ -32,6 +32,19 @@ def _fsync_file(path: str | Path) -> None:
 
 
 @contextlib.contextmanager
+def _removed_on_failure(tmp: str, path: Path) -> Iterator[None]:
+    """Remove the temporary file ``tmp`` when the block fails; an OS error writing ``path`` is one line."""
+    try:
+        yield
+    except BaseException as error:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise OutputError(_cannot_write(path, error)) from None
+        raise
+
+
+@contextlib.contextmanager
 def atomic_open(path: str | Path, mode: str = "w", fsync: bool = True, **kwargs) -> Iterator[IO]:
     """Open a temporary sibling of ``path`` for writing; rename it over ``path`` on success.
 
@@ -40,7 +53,7 @@ def atomic_open(path: str | Path, mode: str = "w", fsync: bool = True, **kwargs)
     """
     path = Path(path)
     fd, tmp = _temporary(path, f".{path.name}.", ".tmp")
-    try:
+    with _removed_on_failure(tmp, path):
         os.fchmod(fd, file_mode())
         with os.fdopen(fd, mode, **kwargs) as handle:
             yield handle
@@ -48,12 +61,6 @@ def atomic_open(path: str | Path, mode: str = "w", fsync: bool = True, **kwargs)
             if fsync:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException as error:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(error, OSError):
-            raise OutputError(_cannot_write(path, error)) from None
-        raise
 
 
 @contextlib.contextmanager
@@ -66,18 +73,12 @@ def atomic_path(path: str | Path, fsync: bool = True) -> Iterator[Path]:
     path = Path(path)
     fd, tmp = _temporary(path, f".{path.stem}.", f".tmp{path.suffix}")
     os.close(fd)
-    try:
+    with _removed_on_failure(tmp, path):
         yield Path(tmp)
         if fsync:
             _fsync_file(tmp)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
-    except BaseException as error:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        if isinstance(error, OSError):
-            raise OutputError(_cannot_write(path, error)) from None
-        raise
 
 
 def _cannot_write(path: Path, error: OSError) -> str:
