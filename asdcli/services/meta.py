@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from asdcli.checkpoints import EXAMPLES_FILE, save_weights, versions
+from asdcli.checkpoints import save_weights, versions
 from asdcli.config import AsdConfig, MetaConfig
 from asdcli.errors import DataError
 from asdcli.models.meta_learner import MetaClassifier, adapted, maml_wrapper
@@ -67,7 +67,7 @@ class MetaResult:
     final_loss: float
     query_loss_unadapted: float
     query_loss_adapted: float
-    examples: str = EXAMPLES_FILE
+    examples: str  # the examples file's name in the run
     skipped: list[tuple[Path, str]] = field(default_factory=list)
     abstained: str | None = None  # why it keeps the fused score (too few sections), or None
 
