@@ -71,7 +71,6 @@ def score(
 ) -> None:
     """Anomaly score per clip (higher = more anomalous) as CSV on stdout: filename,score[,decision]
     (no header, as the DCASE files), or with --explain a header and how each branch contributed."""
-    from asdcli.config import AudioConfig
     from asdcli.data.audio import length_notice
     from asdcli.data.layout import discover
     from asdcli.services.dcase_files import csv_text, write_dcase_files
@@ -104,6 +103,6 @@ def score(
         written = write_dcase_files(result, out_dir)
         err.print(f"wrote {len(written)} DCASE files to {out_dir}")
     report_failures(result.skipped)
-    notice = length_notice([c.path for c in result.clips], AudioConfig(**opened.features["audio"]))
+    notice = length_notice([c.path for c in result.clips], opened.audio)
     if notice:
         show_notice(notice)

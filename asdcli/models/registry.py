@@ -39,6 +39,12 @@ def branch_config(config: AsdConfig, name: str):
     return getattr(config.branches, BRANCHES[canonical_name(name)].config_field)
 
 
+def branch_training(config: AsdConfig, name: str, setting: str):
+    """A branch's ``epochs``, ``lr`` or ``precision``: its own where set, else ``train.<setting>``."""
+    own = getattr(branch_config(config, name), setting)
+    return own if own is not None else getattr(config.train, setting)
+
+
 def build_branch(name: str, config: AsdConfig, context: BranchContext, saved: dict | None = None) -> Branch:
     """A new branch of kind ``name``; ``saved`` is its ``extra_meta()`` from a checkpoint."""
     cls = BRANCHES[canonical_name(name)]

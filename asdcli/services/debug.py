@@ -30,7 +30,7 @@ from asdcli.config import AsdConfig
 from asdcli.errors import ConfigError
 from asdcli.models.base import Batch, Branch, state_digest
 from asdcli.models.meta_learner import meta_features
-from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
+from asdcli.models.registry import BRANCHES, branch_config, branch_training, build_branch, canonical_name
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
 from asdcli.services.examples import Examples
 from asdcli.services.features import make_extractor
@@ -202,8 +202,7 @@ class _Setup:
 def _base_lr(config: AsdConfig, part: str) -> float:
     if part in HEADS:
         return config.fusion.lr if part == "fusion" else config.meta.lr
-    override = branch_config(config, part).lr
-    return override if override is not None else config.train.lr
+    return branch_training(config, part, "lr")
 
 
 def _prepare(data: Path, run_dir: Path | None, config: AsdConfig, frozen: list[str], device,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from asdcli.checkpoints import training_progress
 from asdcli.errors import CheckpointError, ConfigError
-from asdcli.models.registry import BRANCHES, branch_config, config_key
+from asdcli.models.registry import BRANCHES, branch_training, config_key
 from asdcli.services.stages import fusion_changed, stale_branches
 from asdcli.services.reliability import heldout_gap
 from asdcli.services.records import FusionRecord, MetaLearnerRecord, read_record
@@ -77,8 +77,7 @@ def _branch_stage(run: Run, name: str) -> Stage:
         config = stored_config(meta, run.record(name))
     except CheckpointError as error:
         return Stage(label, "damaged", str(error))
-    bcfg = branch_config(config, name)
-    lr = bcfg.lr if bcfg.lr is not None else config.train.lr
+    lr = branch_training(config, name, "lr")
     notes = []
     base = _base(run)
     changed = changes(meta.config, base, ("train.", f"{config_key(name)}.", "seed")) if base else ""

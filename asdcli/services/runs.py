@@ -11,7 +11,7 @@ import torch
 from asdcli.checkpoints import (EXAMPLES_FILE, FORMAT_VERSION, META_EXAMPLES_FILE, load_weights,
                                  training_progress, write_json)
 from asdcli.atomic import write_text
-from asdcli.config import AsdConfig, dump_config, load_config, validate_config
+from asdcli.config import AsdConfig, AudioConfig, dump_config, load_config, validate_config
 from asdcli.data.features import num_frames
 from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.base import Branch, BranchContext
@@ -120,6 +120,11 @@ class Run:
     def loss_plot(self) -> Path:
         """Where ``asd plot RUN`` puts the training-loss curves by default."""
         return self.logs / "training_loss.png"
+
+    @property
+    def audio(self) -> AudioConfig:
+        """The audio settings every branch of the run shares (its clips are read with them)."""
+        return AudioConfig.model_validate(self.features["audio"])
 
     @property
     def config_path(self) -> Path:

@@ -10,7 +10,7 @@ import torch
 
 from asdcli.config import AsdConfig
 from asdcli.errors import ConfigError
-from asdcli.models.registry import branch_config, canonical_name, config_key
+from asdcli.models.registry import branch_config, branch_training, canonical_name, config_key
 from asdcli.services.dataset import ClipSet
 from asdcli.services.device import DistInfo, native_bf16
 
@@ -60,9 +60,9 @@ class Precision:
     @classmethod
     def of(cls, config: AsdConfig, name: str, device: torch.device) -> "Precision":
         name = canonical_name(name)
-        own = branch_config(config, name).precision
-        field = f"{config_key(name)}.precision" if own is not None else "train.precision"
-        chosen = own if own is not None else config.train.precision
+        own = branch_config(config, name).precision is not None
+        field = f"{config_key(name)}.precision" if own else "train.precision"
+        chosen = branch_training(config, name, "precision")
         if chosen == "auto":
             chosen = "bf16" if native_bf16(device) else "fp32"
         if chosen == "fp16" and device.type != "cuda":

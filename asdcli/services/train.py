@@ -29,7 +29,7 @@ from asdcli.config import AsdConfig
 from asdcli.errors import CheckpointError, TrainingError
 from asdcli.metrics import gamma_threshold
 from asdcli.models.base import Batch, Branch, state_digest
-from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name, config_key
+from asdcli.models.registry import BRANCHES, branch_config, branch_training, build_branch, canonical_name, config_key
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
 from asdcli.services.device import DistInfo, distributed
 from asdcli.services.schedule import Precision, epoch_chunks, lr_at
@@ -146,8 +146,7 @@ def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: to
     trained = [i for i, c in enumerate(clipset.clips) if clip_key(c) not in run.holdout]
     branch.prepare_training(model_batches(clipset, config.train.batch_size, device, upstream, order=trained,
                                           embedded=embedded))
-    epochs = bcfg.epochs if bcfg.epochs is not None else config.train.epochs
-    lr = bcfg.lr if bcfg.lr is not None else config.train.lr
+    epochs, lr = branch_training(config, name, "epochs"), branch_training(config, name, "lr")
     return _Setup(name, device, run, clipset, upstream, branch, embed_dims, epochs, lr, trained, cache_dir, embedded)
 
 
