@@ -23,7 +23,8 @@ from asdcli.atomic import atomic_path, write_text
 from asdcli.errors import CheckpointError, OutputError
 
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # older formats are read through asdcli.services.migrate
+# older formats are read through asdcli.services.migrate (a new format needs its upgrade there)
+READABLE_VERSIONS = (1, 2)
 # file names that records written into a run refer to (the other names: asdcli.services.runs.Run)
 EXAMPLES_FILE = "examples.safetensors"
 META_EXAMPLES_FILE = "meta_examples.safetensors"

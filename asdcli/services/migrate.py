@@ -2,8 +2,8 @@
 lives here, applied where a record or a checkpoint of a run is read.
 
 Format 2 (this release) writes every field of every record; its schemas (:mod:`records`) require
-them, so a version-2 file that lacks one is damaged or foreign. Format 1 files (asd up to 0.x of
-2026-12) were written by releases that added fields over time: :func:`upgrade_record` fills in what
+them, so a version-2 file that lacks one is damaged or foreign. Format 1 files (every asd before
+format 2) were written by builds that added fields over time: :func:`upgrade_record` fills in what
 each field meant before it existed, and :func:`upgrade_state` renames the tensors of a format-1
 checkpoint. Nothing is written back: a run folder handed over read-only still scores, and an older
 asd can still read a run this release only scored.
@@ -16,11 +16,8 @@ from typing import Callable
 
 import torch
 
-from asdcli.checkpoints import EXAMPLES_FILE, FORMAT_VERSION, READABLE_VERSIONS, file_digest, read_json
+from asdcli.checkpoints import EXAMPLES_FILE, FORMAT_VERSION, file_digest, read_json
 from asdcli.models.registry import BRANCHES
-
-assert READABLE_VERSIONS == (1, FORMAT_VERSION), "a new format needs its upgrade here"
-
 
 def _run_v1(data: dict) -> dict:
     """``run.json``: no held-out clips before they existed; DCASE 2020 machine IDs named as sections
@@ -50,8 +47,9 @@ def _fusion_v1(data: dict) -> dict:
 
 
 def _meta_learner_v1(data: dict) -> dict:
-    """``meta.json``: the meta-learner shared the fusion head's examples before it had its own."""
-    return {"examples": EXAMPLES_FILE, "fusion_digest": None, "fusion_loss": None, "holdout": [],
+    """``meta.json``: the meta-learner shared the fusion head's examples before it had its own, and
+    did not record which fusion head it was trained on (empty: not checked)."""
+    return {"examples": EXAMPLES_FILE, "fusion_digest": "", "fusion_loss": None, "holdout": [],
             "abstained": None, **data}
 
 

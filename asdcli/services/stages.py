@@ -126,7 +126,7 @@ class MetaLearner:
 def fusion_changed(run: Run, meta: MetaLearnerRecord) -> bool:
     """Whether the fusion head was retrained after the meta-learner (metadata ``meta``)."""
     fusion_meta = run.fusion_record
-    recorded = meta.fusion_digest  # absent where written before this check existed: not checked
+    recorded = meta.fusion_digest  # empty in format-1 runs made before it was recorded: not checked
     return bool(recorded) and fusion_meta.exists() and not is_current(recorded, fusion_meta, run.fusion_weights)
 
 

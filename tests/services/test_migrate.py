@@ -93,7 +93,7 @@ def test_a_format_1_run_without_later_fields_reads_as_it_behaved(made, tmp_path)
     _as_format_1(old, {"run.json": ["group_names"],
                        "transformer-ae.json": ["heldout.median_normal_z", "limitation", "trained_clips"],
                        "fusion.json": ["prior", "pseudo_auc", "fair_pseudo_auc", "prior_temperature"],
-                       "meta.json": ["fusion_loss", "abstained"]})
+                       "meta.json": ["fusion_loss", "abstained", "fusion_digest"]})
     opened = open_run(old)
     assert opened.vocab.legacy_2020  # DCASE 2020 IDs were named as sections then
     record = read_branch_record(opened, "transformer-ae")
