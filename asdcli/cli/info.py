@@ -5,25 +5,32 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.table import Table
 
-from asdcli.cli.common import handle_errors, out
+from asdcli.cli.common import handle_errors, out, run_option
 
 STYLE = {"finished": "green", "unfinished": "yellow", "stale": "yellow", "damaged": "red", "missing": "dim"}
 
 
 @handle_errors
 def info(
-    run: Path = typer.Argument(..., help="A run folder."),
+    run: Optional[Path] = typer.Argument(None, help="A run folder."),
+    run_opt: Optional[Path] = run_option("The run folder, as the other commands take it (instead of RUN).", None),
     as_json: bool = typer.Option(False, "--as-json", help="Print JSON instead of the tables."),
 ) -> None:
     """What a run holds: sections and their training clips, each stage (finished, unfinished, stale, damaged or
     missing) and the settings it was made with."""
+    from asdcli.errors import ConfigError
     from asdcli.services.info import run_info
 
-    result = run_info(run)
+    if run is not None and run_opt is not None and run != run_opt:
+        raise ConfigError(f"two run folders given ({run} and --run {run_opt}): name one")
+    if run is None and run_opt is None:
+        raise ConfigError("name the run folder: asd info RUN (or --run RUN)")
+    result = run_info(run or run_opt)
     if as_json:
         out.print(json.dumps(asdict(result), indent=2, default=str), markup=False, highlight=False)
         return

@@ -37,3 +37,7 @@ def test_info_names_finished_unfinished_stale_and_missing_stages(tmp_path, synth
     data = json.loads(result.stdout)
     assert data["config"] == "config.yaml" and set(data["sections"]) == {"fan_section_00", "valve_section_00"}
     assert runner.invoke(app, ["info", str(tmp_path / "nowhere")]).exit_code == 1
+    assert json.loads(runner.invoke(app, ["info", "--run", str(run), "--as-json"]).stdout) == data  # as other commands
+    both = runner.invoke(app, ["info", str(run), "--run", str(tmp_path / "other")])
+    assert both.exit_code == 1 and "two run folders given" in both.output
+    assert "name the run folder" in runner.invoke(app, ["info"]).output
