@@ -32,10 +32,10 @@ def _branch_v1(data: dict) -> dict:
     pretrained branch saved only the AST before other backbones existed."""
     out = {"embed_dims": {}, "upstream": [], "extra": None, "heldout": None, "limitation": None,
            "trained_clips": None, **data}
-    if out["heldout"] is not None:
+    if isinstance(out["heldout"], dict):  # anything else is left for the schema to refuse, naming the field
         out["heldout"] = {"median_z": None, **out["heldout"]}
         out["heldout"].setdefault("median_normal_z", out["heldout"]["median_z"])
-    if out.get("branch") == "pretrained":
+    if out.get("branch") == "pretrained" and isinstance(out["extra"], (dict, type(None))):
         out["extra"] = {"backbone": "ast", **(out["extra"] or {})}
     return out
 

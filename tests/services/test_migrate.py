@@ -126,3 +126,17 @@ def test_format_1_pretrained_checkpoints_are_renamed_only_when_old():
     assert set(upgrade_state("pretrained", state, "1")) == {"backbone.ast.embeddings.cls", "bank.keys"}
     assert upgrade_state("pretrained", state, "2") is state
     assert upgrade_state("transformer-ae", state, "1") is state
+
+
+@pytest.mark.parametrize("field, value", [("heldout", 5), ("extra", [1])])
+def test_a_damaged_format_1_record_is_one_error(made, tmp_path, field, value):
+    old = tmp_path / "old"
+    shutil.copytree(made[0], old)
+    _as_format_1(old)
+    path = old / "transformer-ae.json"
+    data = json.loads(path.read_text())
+    # "branch": "pretrained" takes the record through the pretrained branch's upgrade of "extra"
+    data.update({field: value, "branch": "pretrained" if field == "extra" else data["branch"]})
+    path.write_text(json.dumps(data))
+    with pytest.raises(CheckpointError, match=rf"transformer-ae.json: field '{field}' is not valid"):
+        read_branch_record(open_run(old), "transformer-ae")
