@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from asdcli.checkpoints import EXAMPLES_FILE, FORMAT_VERSION, file_digest, read_json
+from asdcli.errors import CheckpointError
 from asdcli.models.registry import BRANCHES
 
 def _run_v1(data: dict) -> dict:
@@ -98,5 +99,9 @@ def config_of_v1_run(files: list[Path]) -> tuple[dict, Path] | None:
     its first trained branch (``files``: the run's ``*.json`` paths), and that file; None if none."""
     for path in sorted(files):
         if path.stem in BRANCHES:
-            return read_json(path, "branch metadata")["config"], path
+            config = read_json(path, "branch metadata").get("config")
+            if not isinstance(config, dict):
+                raise CheckpointError(f"{path}: field 'config' is missing or not a mapping; the file was edited or is "
+                                      "not this stage's metadata: train the stage again")
+            return config, path
     return None
