@@ -64,6 +64,11 @@ def file_digest(path: Path) -> str:
     return hashlib.sha1(read_bytes(path)).hexdigest()
 
 
+def _shown(version: object) -> str:
+    """A format version as read, quoted where it is not a number (a hand-edited ``"2"``)."""
+    return str(version) if isinstance(version, int) else repr(version)
+
+
 def read_json(path: Path, what: str) -> dict:
     """Parse a JSON file of a run, with a clear error when it is missing or damaged (each call
     gets its own copy; the file is read once while it is unchanged, :func:`read_bytes`)."""
@@ -75,7 +80,7 @@ def read_json(path: Path, what: str) -> dict:
         raise CheckpointError(f"{path}: damaged {what} ({error})") from None
     if not isinstance(data, dict) or data.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
-            f"{path}: {what} has format version {data.get('format_version') if isinstance(data, dict) else '?'}; "
+            f"{path}: {what} has format version {_shown(data.get('format_version')) if isinstance(data, dict) else '?'}; "
             f"this asd reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     return data

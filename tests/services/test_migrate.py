@@ -119,6 +119,9 @@ def test_a_newer_format_is_refused_with_the_versions_this_asd_reads(made, tmp_pa
     (newer / "run.json").write_text(json.dumps({**data, "format_version": 3}))
     with pytest.raises(CheckpointError, match="has format version 3; this asd reads versions 1, 2"):
         open_run(newer)
+    (newer / "run.json").write_text(json.dumps({**data, "format_version": "2"}))
+    with pytest.raises(CheckpointError, match="has format version '2'; this asd reads versions 1, 2"):
+        open_run(newer)
 
 
 def test_format_1_pretrained_checkpoints_are_renamed_only_when_old():
