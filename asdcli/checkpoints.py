@@ -97,6 +97,15 @@ def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], d
         raise CheckpointError(f"{path}: damaged {what} ({error})") from None
 
 
+def _stored_version(path: Path, what: str, version: str | None) -> str:
+    """The format version in a safetensors file's metadata (a string), when this asd reads it;
+    else a :class:`CheckpointError` naming the file."""
+    if version not in {str(v) for v in READABLE_VERSIONS}:
+        raise CheckpointError(f"{path}: {what} has format version {version}; this asd reads versions "
+                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+    return version
+
+
 def _canonical_header(path: Path) -> None:
     """Rewrite a safetensors file's JSON header with sorted keys (same length, same data): the
     library writes its metadata in a random order, so identical tensors gave different bytes."""
@@ -140,10 +149,7 @@ def load_weights(module: nn.Module, path: Path, migrate=None) -> dict[str, str]:
     """Load weights saved by :func:`save_weights` into ``module``; returns the file's metadata.
     ``migrate(state, version)``: the tensors of a file written in an older format, renamed."""
     state, meta = _read_safetensors(path, "checkpoint")
-    version = meta.get("format_version", "1")
-    if version not in {str(v) for v in READABLE_VERSIONS}:
-        raise CheckpointError(f"{path}: checkpoint has format version {version}; this asd reads versions "
-                              f"{', '.join(map(str, READABLE_VERSIONS))}")
+    version = _stored_version(path, "checkpoint", meta.get("format_version", "1"))
     state = migrate(state, version) if migrate else state
     _resize_buffers(module, {k: tuple(v.shape) for k, v in state.items()})
     try:
@@ -223,7 +229,5 @@ def save_arrays(path: Path, arrays: dict[str, torch.Tensor], meta: dict[str, str
 def load_arrays(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and metadata written by :func:`save_arrays`, with a clear error when missing or damaged."""
     arrays, meta = _read_safetensors(path, what)
-    if meta.get("format_version") not in {str(v) for v in READABLE_VERSIONS}:
-        raise CheckpointError(f"{path}: {what} has format version {meta.get('format_version')}; "
-                              f"this asd reads versions {', '.join(map(str, READABLE_VERSIONS))}")
+    _stored_version(path, what, meta.get("format_version"))
     return arrays, meta
