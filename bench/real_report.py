@@ -176,39 +176,47 @@ FIXED_RULES = {
 }
 
 
+def _is_branch(key: str) -> bool:
+    """Whether a saved score's key names a branch (b1..b5) rather than a stage or a reference."""
+    return key[:1] == "b" and key[1:].isdigit()
+
+
 def print_fixed_rules(records: list[dict], work: Path, suffix: str) -> None:
     """Fixed label-free rules over every trained branch's standardised scores (arcsinh, as the
     fusion uses them), and each branch alone, judged by the fusion issue's criterion on every set:
     whether any rule that needs no label of the machine would hold everywhere."""
-    per_set: dict[str, dict[str, list[float]]] = {}
+    per_set: dict[str, dict[str, list[float]]] = {}  # set -> score (branch id, rule, stage) -> AUC per run
     for r in records:
         saved = _saved_scores(work, r, suffix)
         groups, labels = [str(g) for g in saved["groups"]], saved["labels"]
-        ids = sorted(i for i in saved.files if i[:1] == "b" and i[1:].isdigit())
+        ids = sorted(i for i in saved.files if _is_branch(i))
         z = np.arcsinh(np.stack([saved[i] for i in ids], 1))
-        rules = {**{name: rule(z) for name, rule in FIXED_RULES.items()}, **{f"{i} alone": z[:, k]
-                                                                              for k, i in enumerate(ids)}}
-        rules["final (the product)"] = saved["final"]
-        rules["average"] = saved["average"]
+        scores = {**{i: z[:, k] for k, i in enumerate(ids)}, **{name: rule(z) for name, rule in FIXED_RULES.items()},
+                  "final (the product)": saved["final"], "average": saved["average"]}
         cell = per_set.setdefault(r["set"], {})
-        for name, score in {**{i: z[:, k] for k, i in enumerate(ids)}, **rules}.items():
+        for name, score in scores.items():
             values = [a for a, _ in section_metrics(groups, labels, score).values()]
             cell.setdefault(name, []).append(float(np.mean(values)) if values else float("nan"))
-    names = [n for n in next(iter(per_set.values())) if not (n[:1] == "b" and n[1:].isdigit()) and n != "average"]
+    ids = sorted({k for cell in per_set.values() for k in cell if _is_branch(k)})
+    rules = [*FIXED_RULES, *(f"{i} alone" for i in ids), "final (the product)"]
+    best = {}  # set -> AUC per run of its best branch (the best mean over its runs)
+    for set_name, cell in per_set.items():
+        branches = {k: np.array(v) for k, v in cell.items() if _is_branch(k)}
+        best[set_name] = branches[max(branches, key=lambda b: np.nanmean(branches[b]))]
     print("\nFixed rules that need no label (every trained branch's standardised scores, none left out), "
           "judged like the final score above: per set, mean AUC >= the set's best branch - 0.02, >= the plain "
           "average, no run below the best branch by more than 0.05\n")
     print("| rule | mean AUC over sets | sets where it holds | worst set: rule - best branch |")
     print("| --- | ---: | ---: | --- |")
-    for name in names:
+    for name in rules:
+        key = name.removesuffix(" alone")
         holds, gaps = 0, []
         for set_name, cell in sorted(per_set.items()):
-            branches = {k: np.array(v) for k, v in cell.items() if k[:1] == "b" and k[1:].isdigit()}
-            best = max(branches, key=lambda b: np.nanmean(branches[b]))
-            value, average = np.array(cell[name]), np.array(cell["average"])
-            gap = value - branches[best]
-            holds += bool(np.nanmean(gap) >= -0.02 and np.nanmean(value - average) >= -1e-9 and np.nanmin(gap) >= -0.05)
+            value = np.array(cell[key])
+            gap = value - best[set_name]
+            holds += bool(np.nanmean(gap) >= -0.02 and np.nanmean(value - np.array(cell["average"])) >= -1e-9
+                          and np.nanmin(gap) >= -0.05)
             gaps.append((float(np.nanmean(gap)), set_name))
         worst = min(gaps)
-        mean = np.mean([np.nanmean(cell[name]) for cell in per_set.values()])
+        mean = np.mean([np.nanmean(cell[key]) for cell in per_set.values()])
         print(f"| {name} | {mean:.3f} | {holds} of {len(per_set)} | {worst[1]} {worst[0]:+.3f} |")
