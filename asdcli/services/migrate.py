@@ -67,9 +67,9 @@ def upgrade_record(schema: str, data: dict) -> dict:
 
 
 def upgrade_examples(meta: dict[str, str]) -> dict[str, str]:
-    """The metadata of a fusion examples file: which branch saw which pseudo-anomaly kinds in its
-    training was not recorded before format 2's last additions (none then: every kind counts as
-    unseen, as those heads were fitted)."""
+    """The metadata of a fusion examples file: format-1 builds before ``trained_kinds`` did not
+    record which branch saw which pseudo-anomaly kinds in its training (none then: every kind
+    counts as unseen, as those heads were fitted)."""
     return {"trained_kinds": "{}", **meta} if meta.get("format_version") == "1" else meta
 
 
