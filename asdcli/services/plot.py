@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import textwrap
 from pathlib import Path
@@ -20,7 +19,7 @@ from asdcli.atomic import atomic_path  # noqa: E402
 from asdcli.errors import AsdError, DataError  # noqa: E402
 from asdcli.metrics import MAX_FPR, auc, pauc  # noqa: E402
 from asdcli.models.registry import BRANCHES  # noqa: E402
-from asdcli.services.runs import is_run, open_run  # noqa: E402
+from asdcli.services.runs import is_run, open_run, read_branch_record  # noqa: E402
 from asdcli.services.evaluate import ScoreRow, read_scores, score_files  # noqa: E402
 
 DPI = 100
@@ -150,9 +149,9 @@ def _objective_switch(log: Path) -> float | None:
     if field is None:
         return None
     try:  # the log of a run: <run>/logs/<branch>_train.csv beside the branch's record
-        meta = json.loads(open_run(log.parent.parent).record(name).read_text(encoding="utf-8"))
-        fraction = float(meta["config"]["branches"][BRANCHES[name].config_field][field])
-        epochs = int(meta["epochs"])
+        meta = read_branch_record(open_run(log.parent.parent), name)
+        fraction = float(meta.config["branches"][BRANCHES[name].config_field][field])
+        epochs = meta.epochs
     except (AsdError, OSError, ValueError, KeyError, TypeError):
         return None
     first = math.ceil(fraction * epochs)  # the first epoch (0-based) trained with the classifier
