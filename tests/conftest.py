@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,20 @@ from asdcli.config import load_config
 from asdcli.data.synth import generate
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def host_bf16():
+    """``ASD_TEST_NATIVE_BF16=0`` (or 1) runs the suite as on a CPU without (with) native bf16,
+    whatever this host has: no test may depend on the host's instruction set."""
+    forced = os.environ.get("ASD_TEST_NATIVE_BF16")
+    if forced not in ("0", "1"):
+        yield None
+        return
+    patch = pytest.MonkeyPatch()
+    patch.setattr("asdcli.services.schedule.native_bf16", lambda device: forced == "1")
+    yield forced == "1"
+    patch.undo()
 
 
 @pytest.fixture(scope="session")

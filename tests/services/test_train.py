@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 
 from asdcli.checkpoints import read_json, training_progress
 from asdcli.errors import CheckpointError, ConfigError, TrainingError
-from asdcli.services.device import native_bf16, resolve_device
+from asdcli.services import schedule
+from asdcli.services.device import resolve_device
 from asdcli.services.runs import load_branch, open_run
 from asdcli.services.branch_scores import score_branches
 from asdcli.services.schedule import Precision
@@ -183,12 +184,16 @@ def test_a_diverging_training_fails_and_leaves_the_complete_branch(synth_root, c
     assert after == before
 
 
-def test_a_branch_precision_overrides_the_shared_one_and_auto_follows_the_hardware(cfg):
+@pytest.mark.parametrize("native", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
+def test_a_branch_precision_overrides_the_shared_one_and_auto_follows_the_hardware(cfg, monkeypatch, native):
+    # both kinds of host, whichever this one is: auto means bf16 only where the CPU computes it natively
+    monkeypatch.setattr(schedule, "native_bf16", lambda device: native)
     cpu = torch.device("cpu")
     assert cfg.branches.contrastive.precision == "auto" and cfg.train.precision == "fp32"
     assert Precision.of(cfg, "transformer-ae", cpu).dtype is None
-    assert Precision.of(cfg, "contrastive", cpu).dtype == (torch.bfloat16 if native_bf16(cpu) else None)
-    shared = cfg.with_overrides(**{"train.precision": "bf16", "branches.contrastive.precision": None})
+    assert Precision.of(cfg, "contrastive", cpu).dtype == (torch.bfloat16 if native else None)
+    shared = cfg.with_settings({"train.precision": "bf16", "branches.contrastive.precision": None})
+    assert shared.branches.contrastive.precision is None  # the branch follows train.precision
     assert Precision.of(shared, "b2", cpu).dtype == Precision.of(shared, "b3", cpu).dtype == torch.bfloat16
     own = cfg.with_overrides(**{"train.precision": "bf16", "branches.contrastive.precision": "fp32"})
     assert Precision.of(own, "contrastive", cpu).dtype is None
