@@ -98,6 +98,7 @@ def _temporary(path: Path, prefix: str, suffix: str) -> tuple[int, str]:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically (UTF-8)."""
-    with atomic_open(path, "w", encoding="utf-8", newline="") as handle:
+    """Write ``text`` to ``path`` atomically (UTF-8; a file name that is not valid UTF-8 is written
+    as the bytes the system holds, so that it still names its file)."""
+    with atomic_open(path, "w", encoding="utf-8", errors="surrogateescape", newline="") as handle:
         handle.write(text)

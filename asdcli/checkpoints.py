@@ -21,6 +21,7 @@ from torch import nn
 from asdcli import __version__
 from asdcli.atomic import atomic_path, write_text
 from asdcli.errors import CheckpointError, OutputError
+from asdcli.files import RECORD_LIMIT, TENSOR_LIMIT, check_regular, digest_regular, parse_json, read_regular
 
 FORMAT_VERSION = 2
 # older formats are read through asdcli.services.migrate (a new format needs its upgrade there)
@@ -44,24 +45,36 @@ def write_json(path: Path, data: dict) -> None:
 
 
 _READ: dict[str, tuple[tuple[int, int, int], bytes]] = {}
+_DIGESTS: dict[str, tuple[tuple[int, int, int], str]] = {}
 
 
-def read_bytes(path: Path) -> bytes:
-    """A run file's bytes, read from the disk once while it is unchanged (same inode, size and
+def _stamp(path: Path) -> tuple[str, tuple[int, int, int]]:
+    stat = os.stat(path)
+    return os.path.abspath(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+
+def read_bytes(path: Path, what: str = "run record") -> bytes:
+    """A run record's bytes (a regular file of the run folder below :data:`RECORD_LIMIT`,
+    :mod:`asdcli.files`), read from the disk once while it is unchanged (same inode, size and
     modification time): one command's stages all consult a branch's metadata, and each reads it
     only once."""
-    stat = os.stat(path)
-    key, stamp = os.path.abspath(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    key, stamp = _stamp(path)
     cached = _READ.get(key)
     if cached is None or cached[0] != stamp:
-        cached = (stamp, Path(path).read_bytes())
+        cached = (stamp, read_regular(path, what, CheckpointError, RECORD_LIMIT, within=Path(path).parent))
         _READ[key] = cached
     return cached[1]
 
 
-def file_digest(path: Path) -> str:
-    """SHA-1 of one file (read once per process: :func:`read_bytes`)."""
-    return hashlib.sha1(read_bytes(path)).hexdigest()
+def file_digest(path: Path, what: str = "run file") -> str:
+    """SHA-1 of one file of a run, read in pieces (:func:`asdcli.files.digest_regular`) once per
+    process while it is unchanged; only the digest is kept."""
+    key, stamp = _stamp(path)
+    cached = _DIGESTS.get(key)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, digest_regular(path, what, CheckpointError, TENSOR_LIMIT, within=Path(path).parent))
+        _DIGESTS[key] = cached
+    return cached[1]
 
 
 def _shown(version: object) -> str:
@@ -73,11 +86,9 @@ def read_json(path: Path, what: str) -> dict:
     """Parse a JSON file of a run, with a clear error when it is missing or damaged (each call
     gets its own copy; the file is read once while it is unchanged, :func:`read_bytes`)."""
     try:
-        data = json.loads(read_bytes(path).decode("utf-8"))
+        data = parse_json(read_bytes(path, what), path, what, CheckpointError)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing ({what})") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise CheckpointError(f"{path}: damaged {what} ({error})") from None
     if not isinstance(data, dict) or data.get("format_version") not in READABLE_VERSIONS:
         raise CheckpointError(
             f"{path}: {what} has format version {_shown(data.get('format_version')) if isinstance(data, dict) else '?'}; "
@@ -88,8 +99,10 @@ def read_json(path: Path, what: str) -> dict:
 
 def _read_safetensors(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Every tensor and the metadata of a safetensors file; errors name the file and what it holds."""
-    if not path.is_file():
-        raise CheckpointError(f"{path}: missing ({what})")
+    try:
+        check_regular(path, what, CheckpointError, TENSOR_LIMIT, within=Path(path).parent)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing ({what})") from None
     try:
         with safe_open(str(path), framework="pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
@@ -145,12 +158,43 @@ def _resize_buffers(module: nn.Module, shapes: dict[str, tuple[int, ...]]) -> No
             owner.register_buffer(leaf, torch.empty(shapes[name], dtype=buf.dtype))
 
 
+def check_tensors(path: Path, state: dict[str, torch.Tensor], declared: dict[str, torch.Tensor]) -> None:
+    """Every stored tensor against the one its module declares (``declared``: a state dict): the
+    same dtype (a cast would shift every score), the same shape, except for data-sized buffers
+    (declared with a first dimension of 0: memory banks, training profiles), whose other
+    dimensions must match and whose first one is shared by the buffers of one module; and finite
+    values. A mismatch is one :class:`CheckpointError` naming the file and the tensor."""
+    rows: dict[str, tuple[str, int]] = {}
+    for key, stored in state.items():
+        want = declared.get(key)
+        if want is None:
+            continue  # not the module's: load_weights names it
+        if stored.dtype != want.dtype:
+            raise CheckpointError(f"{path}: tensor '{key}' is {str(stored.dtype)[6:]}, the branch declares "
+                                  f"{str(want.dtype)[6:]}; the file was edited or is not this stage's: train it again")
+        sized = want.ndim > 0 and want.shape[0] == 0
+        if stored.ndim != want.ndim or stored.shape[int(sized):] != want.shape[int(sized):]:
+            shape = f"(N, {', '.join(map(str, want.shape[1:]))})" if sized else str(tuple(want.shape))
+            raise CheckpointError(f"{path}: weights of another configuration than its metadata says (tensor '{key}' "
+                                  f"has shape {tuple(stored.shape)}, the branch declares {shape}); retrain this stage")
+        if sized:
+            owner = key.rpartition(".")[0]
+            first = rows.setdefault(owner, (key, stored.shape[0]))
+            if first[1] != stored.shape[0]:
+                raise CheckpointError(f"{path}: tensor '{key}' has {stored.shape[0]} rows, '{first[0]}' {first[1]}; "
+                                      "the file was edited: train this stage again")
+        if stored.is_floating_point() and not bool(torch.isfinite(stored).all()):
+            raise CheckpointError(f"{path}: tensor '{key}' holds NaN or infinite values; train this stage again")
+
+
 def load_weights(module: nn.Module, path: Path, migrate=None) -> dict[str, str]:
-    """Load weights saved by :func:`save_weights` into ``module``; returns the file's metadata.
-    ``migrate(state, version)``: the tensors of a file written in an older format, renamed."""
+    """Load weights saved by :func:`save_weights` into ``module`` after :func:`check_tensors`;
+    returns the file's metadata. ``migrate(state, version)``: the tensors of a file written in an
+    older format, renamed."""
     state, meta = _read_safetensors(path, "checkpoint")
     version = _stored_version(path, "checkpoint", meta.get("format_version", "1"))
     state = migrate(state, version) if migrate else state
+    check_tensors(path, state, module.state_dict())
     _resize_buffers(module, {k: tuple(v.shape) for k, v in state.items()})
     try:
         missing, unexpected = module.load_state_dict(state, strict=False)
@@ -187,8 +231,11 @@ def save_training_state(module: nn.Module, optimizer: torch.optim.Optimizer, pat
 
 def training_progress(path: Path) -> dict | None:
     """The progress stored with an unfinished training (:func:`save_training_state`), read from
-    the file's header only; None where there is no such file or it is not one."""
-    if not path.is_file():
+    the file's header only; None where there is no such file or it is not one. A special file or a
+    link out of the run under its name is a :class:`CheckpointError`."""
+    try:
+        check_regular(path, "interrupted training", CheckpointError, TENSOR_LIMIT, within=Path(path).parent)
+    except FileNotFoundError:
         return None
     try:
         with safe_open(str(path), framework="pt") as handle:
@@ -205,6 +252,7 @@ def load_training_state(module: nn.Module, optimizer: torch.optim.Optimizer, pat
         raise CheckpointError(f"{path}: an interrupted training in an older format; start again without --resume")
     progress = json.loads(meta["progress"])
     model = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    check_tensors(path, model, module.state_dict())
     _resize_buffers(module, {k: tuple(v.shape) for k, v in model.items()})
     try:
         module.load_state_dict(model)
@@ -231,3 +279,23 @@ def load_arrays(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[st
     arrays, meta = _read_safetensors(path, what)
     _stored_version(path, what, meta.get("format_version"))
     return arrays, meta
+
+
+def check_arrays(path: Path, what: str, arrays: dict[str, torch.Tensor],
+                 spec: dict[str, tuple[torch.dtype, tuple[int | str, ...]]]) -> None:
+    """Tensors read by :func:`load_arrays` against ``spec``: each one's dtype and shape, a
+    dimension given by a name where it is the same for every tensor that names it
+    (``{"z": (torch.float32, ("N", 3))}``); a tensor missing, of another dtype or shape, or with
+    NaN or infinity is a :class:`CheckpointError` naming it."""
+    sizes: dict[str, int] = {}
+    for key, (dtype, dims) in spec.items():
+        stored = arrays.get(key)
+        if stored is None:
+            raise CheckpointError(f"{path}: tensor '{key}' is missing ({what}); write it again")
+        named = [sizes.setdefault(d, n) if isinstance(d, str) else d for d, n in zip(dims, stored.shape)]
+        if stored.dtype != dtype or tuple(stored.shape) != tuple(named) or len(dims) != stored.ndim:
+            raise CheckpointError(f"{path}: tensor '{key}' is {str(stored.dtype)[6:]} {tuple(stored.shape)}, expected "
+                                  f"{str(dtype)[6:]} ({', '.join(map(str, dims))}) with N the same for every tensor "
+                                  f"({what}); write it again")
+        if stored.is_floating_point() and not bool(torch.isfinite(stored).all()):
+            raise CheckpointError(f"{path}: tensor '{key}' holds NaN or infinite values ({what}); write it again")

@@ -18,6 +18,7 @@ from asdcli.config_branches import (BranchesConfig, BranchTrain, ContrastiveConf
                                     EFFICIENTAT_MN04, ErrorScore, FlowConfig, Pooling, Precision, PretrainedConfig,
                                     Section, TransformerAEConfig)
 from asdcli.errors import ConfigError
+from asdcli.files import CONFIG_LIMIT, read_regular
 
 __all__ = ["AsdConfig", "AudioConfig", "BranchTrain", "BranchesConfig", "ContrastiveConfig", "DebugConfig",
            "DiffusionConfig", "EFFICIENTAT_MN04", "ErrorScore", "FeatureConfig", "FlowConfig", "FusionConfig",
@@ -248,8 +249,8 @@ def parse_overrides(items: list[str] | None) -> dict[str, object]:
         if not sep or not key or any(not part for part in key.split(".")):
             raise ConfigError(f"command line: '{item}' is not a key=value override (e.g. train.lr=0.001)")
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
+            value = yaml.load(text, Loader=_UniqueKeyLoader) if text.strip() else ""
+        except (yaml.YAMLError, RecursionError):
             value = text
         out[key.strip()] = text if isinstance(value, dict) else value
     return out
@@ -296,7 +297,7 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
         path = preset
     else:
         path = candidate if candidate.exists() else preset  # named in the error below
-    if not path.is_file():
+    if not path.is_file() and not path.exists():
         if path.is_symlink():
             raise ConfigError(f"config file {path} is a symbolic link that leads to no file (a loop or a missing target)")
         presets = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))) or "none found"
@@ -304,9 +305,29 @@ def resolve_config_path(name_or_path: str | Path) -> Path:
     return path
 
 
+MAX_DEPTH = 32  # a config nests 3 levels; deeper input is refused before it can exhaust the stack
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """A safe YAML loader for which a key given twice in one mapping is an error (plain YAML
-    loaders keep the last silently)."""
+    loaders keep the last silently), nesting is bounded (:data:`MAX_DEPTH`) and anchors and
+    aliases are refused (a config has no use for them, and they can multiply a small file into
+    an enormous document)."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in a config",
+                                              self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nested more than {MAX_DEPTH} levels deep",
+                                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -323,14 +344,22 @@ def load_config(name_or_path: str | Path | None = None) -> AsdConfig:
     """Load and validate a YAML config; ``None`` gives the ``default`` preset."""
     path = resolve_config_path(name_or_path or "default")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader)
-    except yaml.YAMLError as error:
-        raise ConfigError(f"{path}: not valid YAML: {error}".replace("\n", " ")) from None
+        text = read_regular(path, "config file", ConfigError, CONFIG_LIMIT).decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
     except UnicodeDecodeError as error:
         raise ConfigError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason}); save it as UTF-8") from None
-    except OSError as error:
-        raise ConfigError(f"{path}: cannot read ({error.strerror or error})") from None
-    return validate_config(data, source=str(path))
+    return validate_config(_load_yaml(text, str(path)), source=str(path))
+
+
+def _load_yaml(text: str, source: str) -> object:
+    """YAML text through the strict, bounded loader (:class:`_UniqueKeyLoader`)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{source}: not valid YAML: {error}".replace("\n", " ")) from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not valid YAML: nested too deeply") from None
 
 
 def dump_config(config: AsdConfig) -> str:

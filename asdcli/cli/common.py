@@ -130,8 +130,8 @@ def handle_errors(func: Callable) -> Callable:
     return wrapper
 
 
-INTERRUPT_HINT = ("a branch whose training was cut off continues with `asd train-branch NAME --run RUN --data DIR "
-                  "--resume`; other commands start again")
+INTERRUPT_HINT = ("run the same command again: `asd train` continues where it stopped (finished stages are kept, "
+                  "a cut-off branch resumes from its last epoch; `asd train-branch` with --resume)")
 
 
 class RateColumn(ProgressColumn):

@@ -35,7 +35,8 @@ def features(
         f"{len(report.failures)} skipped; cache {cache}"
     )
     report_failures(report.failures)
-    notice = length_notice([c.path for c in clips], cfg.audio)
+    failed = {path for path, _ in report.failures}
+    notice = length_notice([c.path for c in clips if c.path not in failed], cfg.audio)
     if notice:
         show_notice(notice)
     if report.failures and len(report.failures) == report.total:

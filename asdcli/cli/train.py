@@ -39,7 +39,7 @@ def train(
     meta-learner. Every stage is checked before the first long step; a second call continues where the
     first stopped (finished stages are kept, an interrupted training resumes)."""
     from asdcli.data.audio import length_notice
-    from asdcli.services.dataset import training_clips
+    from asdcli.services.dataset import training_clips, untrained_machines
     from asdcli.services.features import default_cache_dir
     from asdcli.services.pipeline import FUSION, plan, preflight
     from asdcli.services.runs import open_run, saved_config
@@ -51,6 +51,10 @@ def train(
     err.print(f"{clips} training clips under {data}; run {run}: "
               + ", ".join(f"{s.label} {s.action}" + (f" ({s.why})" if s.why and s.action != "keep" else "")
                           for s in steps), highlight=False)
+    untrained = untrained_machines(str(data))
+    if untrained:
+        show_notice(f"{', '.join(untrained)} {'has' if len(untrained) == 1 else 'have'} no training clips under {data}: "
+                    "left out of the run, its scores and the evaluation")
     notice = length_notice([c.path for c in training_clips(str(data))], cfg.audio)
     if notice:
         show_notice(notice)
@@ -75,18 +79,20 @@ def train(
         summary.add_row(step.label, f"done in {seconds:.0f} s" if seconds is not None else
                         f"{step.action}" + (f": {step.why}" if step.why else ""))
     out.print(summary)
-    _score_tests(data, run, cache, torch_device, evaluate, out_dir)
+    _score_tests(data, run, cache, torch_device, evaluate, out_dir, set(untrained))
 
 
-def _score_tests(data: Path, run: Path, cache: Path, torch_device, evaluate: bool | None, out_dir: Path | None) -> None:
-    """Score the test clips (where asked or labelled): DCASE files and the evaluation table."""
+def _score_tests(data: Path, run: Path, cache: Path, torch_device, evaluate: bool | None, out_dir: Path | None,
+                 untrained: set[str]) -> None:
+    """Score the test clips (where asked or labelled) of the machines the run was trained on:
+    DCASE files and the evaluation table."""
     from asdcli.data.layout import discover
     from asdcli.services.dcase_files import write_dcase_files
     from asdcli.services.evaluate import clip_rows, evaluate_rows
     from asdcli.services.runs import open_run
     from asdcli.services.score import METHODS, score_clips
 
-    tests = [c for c in discover(data) if c.split == "test"]
+    tests = [c for c in discover(data) if c.split == "test" and c.machine not in untrained]
     labelled = any(c.label is not None for c in tests)
     show = labelled if evaluate is None else evaluate
     if not tests or (not show and out_dir is None):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -20,18 +21,18 @@ def read_audio(path: str | Path, seconds: float | None = None) -> tuple[np.ndarr
     Raises :class:`DataError` naming the file when it is empty, corrupt or not audio.
     """
     path = Path(path)
-    if path.is_dir():
+    if os.path.isdir(path):
         raise DataError(f"{path}: a folder that cannot be listed (permissions); the clips in it are left out")
     try:
         size = path.stat().st_size
     except OSError as error:
-        what = "a link whose target is missing" if path.is_symlink() else "cannot read"
+        what = "a link whose target is missing" if os.path.islink(path) else "cannot read"
         raise DataError(f"{path}: {what} ({error.strerror})") from None
     if size == 0:
         raise DataError(f"{path}: empty file (0 bytes)")
     _check_wav_length(path, size)
     try:
-        with sf.SoundFile(str(path)) as handle:
+        with sf.SoundFile(os.fsencode(path)) as handle:  # bytes: a name that is not UTF-8 opens too
             rate = check_rate(handle.samplerate, str(path))
             frames = -1 if seconds is None else int(np.ceil(seconds * rate)) + rate // 100 + 256
             if handle.subtype == "PCM_16":
@@ -136,14 +137,17 @@ def prepare_wave(mono: np.ndarray, rate: int, cfg: AudioConfig, what: str) -> to
 
 def length_notice(paths: list[Path], cfg: AudioConfig) -> str | None:
     """A line saying how many clips are cut to ``audio.duration_s`` or tiled up to it (from the
-    files' headers; unreadable files are left to the loader to report), or None when all fit."""
+    files' headers; files the loader skips, unreadable, too short or of an unusable sample rate, are
+    left to it to report and not counted), or None when all fit."""
     longer, shorter, longest, shortest = 0, 0, 0.0, float("inf")
     for path in paths:
         try:
-            info = sf.info(str(path))
+            info = sf.info(os.fsencode(path))
         except (sf.LibsndfileError, RuntimeError, OSError):
             continue
-        seconds = info.frames / info.samplerate if info.samplerate else 0.0
+        seconds = info.frames / info.samplerate if info.samplerate >= MIN_RATE else 0.0
+        if seconds < cfg.min_duration_s:
+            continue  # skipped when it is loaded, and said so there
         if seconds > cfg.duration_s + 1e-3:
             longer, longest = longer + 1, max(longest, seconds)
         elif seconds < cfg.duration_s - 1e-3:

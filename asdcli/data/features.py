@@ -97,8 +97,9 @@ class ArrayCache:
         """Cache file for one audio file in its current state."""
         absolute = os.path.abspath(path)
         stat = os.stat(absolute)
-        key = f"{absolute}|{stat.st_size}|{stat.st_mtime_ns}"
-        return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()}.f32"
+        # the name's bytes as the system holds them: a name that is not valid UTF-8 has a key too
+        key = os.fsencode(absolute) + f"|{stat.st_size}|{stat.st_mtime_ns}".encode()
+        return self.folder / f"{hashlib.sha1(key).hexdigest()}.f32"
 
     def load(self, path: str | Path) -> np.ndarray | None:
         """The cached array, or ``None`` when absent or damaged."""

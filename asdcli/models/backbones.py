@@ -29,6 +29,7 @@ from torch import Tensor, nn
 
 from asdcli.config import PretrainedConfig
 from asdcli.errors import ConfigError
+from asdcli.files import TENSOR_LIMIT, check_regular
 from asdcli.models.efficientat import FRONTEND_VERSION, MobileNetAudio, folded_for_inference
 
 DB_PER_NATURAL_LOG = 10.0 / math.log(10.0)
@@ -46,13 +47,25 @@ def _is_url(source: str) -> bool:
     return source.startswith(("http://", "https://", "file://"))
 
 
+def _is_safetensors(path: Path) -> bool:
+    """Whether the file is safetensors by its content (an 8-byte header length, then a JSON
+    object), whatever its name: a converted file saved under the ``.pt`` name is no pickle."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
 def _state_dict(path: Path) -> dict[str, Tensor]:
-    """Tensors of a ``.safetensors`` file, or of a ``.pt`` file read with ``weights_only``."""
+    """Tensors of a safetensors file (by content, :func:`_is_safetensors`), or of a ``.pt`` file
+    read with ``weights_only``."""
     from safetensors.torch import load_file
 
     where = f"branches.pretrained.source: {path}"
     try:
-        if path.suffix == ".safetensors":
+        if _is_safetensors(path):
             return load_file(str(path))
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -100,9 +113,13 @@ def resolve_source(cfg: PretrainedConfig) -> Path | None:
     if _is_url(cfg.source):
         return download(cfg.source)
     path = Path(cfg.source).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"branches.pretrained.source: no weights file {path} (backbone efficientat takes a .pt or "
-                          ".safetensors file, a URL of one, or 'random')")
+    if path.is_dir() and (path / "model.safetensors").is_file():
+        path = path / "model.safetensors"  # a folder as Hugging Face keeps weights
+    if not path.exists():
+        raise ConfigError(f"branches.pretrained.source: no weights file {path} (relative to the folder asd runs in: "
+                          f"{Path.cwd()}; backbone efficientat takes a .pt or .safetensors file, a folder holding "
+                          "model.safetensors, a URL of one, or 'random')")
+    check_regular(path, "weights file", ConfigError, TENSOR_LIMIT)
     return path
 
 

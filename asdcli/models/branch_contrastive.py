@@ -69,7 +69,7 @@ class ContrastiveBranch(Branch):
                                      nn.Linear(2 * cfg.embed_dim, cfg.embed_dim))
         self.n_classes = context.n_labels + cfg.perturbations
         self.classifier = nn.Linear(cfg.embed_dim, self.n_classes)
-        self.bank = MemoryBank(cfg.k)
+        self.bank = MemoryBank(cfg.k, cfg.embed_dim)
         self.register_buffer("prototypes", torch.zeros(context.n_groups, cfg.embed_dim))
         self.progress = 0.0
 

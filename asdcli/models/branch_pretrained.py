@@ -69,7 +69,7 @@ class PretrainedBranch(Branch):
         self.copies = cfg.perturbations if context.n_labels < 2 else 0  # one class: perturbed copies are the others
         self.head = MarginHead(self.backbone.dim, max(1, context.n_labels) + self.copies, cfg.margin, cfg.scale)
         self.head.requires_grad_(self.tuned > 0)
-        self.bank = MemoryBank(cfg.k)
+        self.bank = MemoryBank(cfg.k, self.backbone.dim)
 
     @classmethod
     def check(cls, cfg: PretrainedConfig) -> None:

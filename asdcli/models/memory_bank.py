@@ -29,10 +29,10 @@ class MemoryBank(nn.Module):
     with the few target training clips too, not drowned among source clips (DCASE 2022+).
     """
 
-    def __init__(self, k: int = 1):
+    def __init__(self, k: int, dim: int):
         super().__init__()
         self.k = k
-        self.register_buffer("emb", torch.zeros(0, 1))
+        self.register_buffer("emb", torch.zeros(0, dim))  # (N, dim) once fitted
         self.register_buffer("group", torch.zeros(0, dtype=torch.long))
         self.register_buffer("domain", torch.zeros(0, dtype=torch.long))
 

@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from scipy.stats import rankdata
 
 from asdcli.errors import ConfigError
+from asdcli.files import CONFIG_LIMIT, parse_json, read_regular
 
 PRIOR_FORMAT = 1
 BUILTIN = Path(__file__).resolve().parents[1] / "priors" / "real_dev.json"
@@ -37,7 +38,7 @@ TIE = 0.002  # AUC differences below this do not choose a sharper prior or more 
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class PriorBranch(_Strict):
@@ -67,10 +68,20 @@ class BranchPrior(_Strict):
 
     format_version: Literal[1]
     kind: Literal["asd-branch-prior"]
-    branches: dict[str, PriorBranch]
+    branches: dict[str, PriorBranch] = Field(min_length=1)
     temperature: float = Field(gt=0)
     trust: float = Field(ge=0, le=1)
     source: PriorSource
+
+    @field_validator("branches")
+    @classmethod
+    def _known(cls, value: dict[str, PriorBranch]) -> dict[str, PriorBranch]:
+        from asdcli.models.registry import BRANCHES
+
+        unknown = sorted(set(value) - set(BRANCHES))
+        if unknown:
+            raise ValueError(f"{unknown[0]!r} is not a branch (choose from {', '.join(BRANCHES)})")
+        return value
 
     def weights(self, names: list[str]) -> np.ndarray:
         """(K,) prior weights of ``names``; a branch the labelled data never measured counts as
@@ -108,11 +119,11 @@ def load_prior(spec: str) -> BranchPrior | None:
     path = BUILTIN if spec == "builtin" else Path(spec)
     what = f"fusion.prior: {path}"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = parse_json(read_regular(path, "prior file", ConfigError, CONFIG_LIMIT), path, "prior file", ConfigError)
     except FileNotFoundError:
         raise ConfigError(f"{what}: no such file (make one with asd learn-prior, or use 'builtin' or 'none')") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ConfigError(f"{what}: not a readable prior file ({error})") from None
+    except ConfigError as error:
+        raise ConfigError(f"fusion.prior: {error}") from None
     try:
         return BranchPrior.model_validate(data)
     except ValidationError as error:

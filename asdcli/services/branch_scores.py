@@ -106,7 +106,7 @@ def unfinished_branches(run_dir: Path | Run) -> dict[str, str]:
         progress = training_progress(run.train_state(name))
         if progress is not None and not run.record(name).exists():
             out[name] = (f"{name}: its training stopped at epoch {progress.get('epochs_done')}/{progress.get('epochs')} "
-                         f"and is not used; finish it with asd train-branch {name} --run {run.path} --data DIR --resume")
+                         f"and is not used; finish it: asd train DATA --run {run.path} (continues where it stopped)")
     return out
 
 

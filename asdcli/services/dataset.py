@@ -57,6 +57,14 @@ def training_clips(data: str) -> list[Clip]:
     return clips
 
 
+def untrained_machines(data: str) -> list[str]:
+    """Machine types under ``data`` with clips but no normal training clip: a run trained on
+    ``data`` knows nothing of them, so ``asd train`` leaves them out (and says so)."""
+    clips = discover(data)
+    trained = {c.machine for c in clips if c.split == "train" and c.label != "anomaly"}
+    return sorted({c.machine for c in clips} - trained)
+
+
 @dataclass
 class Vocabulary:
     """Machine sections (groups) and classes of a run, in a fixed order. ``legacy_2020``: the run

@@ -13,15 +13,17 @@ from __future__ import annotations
 
 import csv
 import io
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
 from asdcli.data.layout import Clip, parse_clip
 from asdcli.errors import DataError
+from asdcli.files import CSV_LIMIT, open_regular
 from asdcli.services.commits import recover
 from asdcli.metrics import (MAX_FPR, Means, SectionScores, arithmetic_score, jackknife_ci95, official_score,
                             section_means, section_scores)
@@ -30,7 +32,7 @@ DCASE_SCORE_FILE = re.compile(r"^anomaly_score_(?P<machine>.+)_(?P<unit>section|
 GROUND_TRUTH_FILE = re.compile(r"^ground_truth_(?P<machine>.+)_section_(?P<section>\d+)_test\.csv$")
 
 
-@dataclass
+@dataclass(slots=True)
 class ScoreRow:
     """One scored clip: machine, section (machine ID in 2020), domain and label as its name, the
     ground truth or its CSV say; ``decision`` 0/1 where a decision was given; ``dcase2020``: named
@@ -86,11 +88,24 @@ class Evaluation:
                 "notices": self.notices}
 
 
-def _read_rows(path: Path) -> list[list[str]]:
+MAX_ROWS = 1_000_000  # clips in one evaluation (a DCASE set has a few thousand): memory stays bounded
+
+
+def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """The non-empty rows of a CSV with their line numbers, read as a stream from a regular file
+    (:mod:`asdcli.files`); a name that is not valid UTF-8 is kept as the bytes its file has."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            return [r for r in csv.reader(handle) if r]
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        with open_regular(path, "CSV file", DataError, CSV_LIMIT) as (handle, _):
+            text = io.TextIOWrapper(handle, encoding="utf-8", errors="surrogateescape", newline="")
+            for number, row in enumerate(csv.reader(text), start=1):
+                if number > MAX_ROWS:
+                    raise DataError(f"{path}: more than {MAX_ROWS:,} rows; a DCASE section has a few hundred clips: "
+                                    "refusing it")
+                if row:
+                    yield number, row
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, csv.Error) as error:
         raise DataError(f"{path}: cannot read CSV ({error})") from None
 
 
@@ -107,46 +122,50 @@ def read_scores(path: Path, machine: str | None = None) -> list[ScoreRow]:
     the path, else ``machine``; a third column of 0/1 is the decision; the header of ``--explain``
     output is skipped)."""
     match = DCASE_SCORE_FILE.match(path.name)
-    decisions = decision_path(path) if match and decision_path(path).is_file() else None
+    decisions = decision_path(path) if match and os.path.lexists(decision_path(path)) else None
     decided = _binary(decisions, "decision") if decisions else {}
-    out, lines = [], {}
-    rows = _read_rows(path)
-    header = rows[0] if rows and rows[0][:2] == ["filename", "score"] else None
-    has_decision = header is None or header[2:3] == ["decision"]
-    for number, row in enumerate(rows, start=1):
+    out, lines, has_decision = [], {}, True
+    for number, row in _rows(path):
         if number == 1 and row[:2] == ["filename", "score"]:  # the header of `asd score`
+            has_decision = row[2:3] == ["decision"]
             continue
-        if len(row) < 2:
-            raise DataError(f"{path}, line {number}: expected filename,score")
-        try:
-            score = float(row[1])
-        except ValueError:
-            raise DataError(f"{path}, line {number}: score '{row[1]}' is not a number") from None
-        clip = parse_clip(Path(row[0]), machine=match["machine"] if match else None)
-        if clip.machine in ("unknown", "") and machine:
-            clip = parse_clip(Path(row[0]), machine=machine)
-        if row[0] in lines:
-            raise DataError(f"{path}, line {number}: {row[0]} was scored already on line {lines[row[0]]}; each clip "
-                            "must appear once")
-        lines[row[0]] = number
-        named = f"{int(match['section']):02d}" if match else None
-        if named is not None and clip.section is not None and clip.section != named:
-            raise DataError(f"{path}, line {number}: {row[0]} is a clip of section {clip.section}, the file is for "
-                            f"{match['unit']} {named}")
-        section = clip.section or named or "00"
-        if decisions is not None and clip.name not in decided:
-            raise DataError(f"{decisions}: no decision for {row[0]} (line {number} of {path.name}); the two files "
-                            "must name the same clips")
-        decision = decided.get(clip.name)
-        if has_decision and len(row) > 2 and row[2] in ("0", "1"):
-            decision = int(row[2])
-        dcase2020 = clip.naming.endswith("2020") or bool(match and match["unit"] == "id")
-        out.append(ScoreRow(clip.machine, section, clip.domain, clip.is_anomaly, score, clip.name, decision, dcase2020))
+        out.append(_score_row(path, number, row, match, machine, decided if decisions else None, has_decision, lines))
     extra = sorted(set(decided) - {Path(name).name for name in lines})
     if extra:
         raise DataError(f"{decisions}: a decision for {extra[0]}, which {path.name} does not score; the two files "
                         "must name the same clips")
     return out
+
+
+def _score_row(path: Path, number: int, row: list[str], match: re.Match | None, machine: str | None,
+               decided: dict[str, int] | None, has_decision: bool, lines: dict[str, int]) -> ScoreRow:
+    """One row of a score CSV (:func:`read_scores`); ``lines``: the clips read so far, by line."""
+    if len(row) < 2:
+        raise DataError(f"{path}, line {number}: expected filename,score")
+    try:
+        score = float(row[1])
+    except ValueError:
+        raise DataError(f"{path}, line {number}: score '{row[1]}' is not a number") from None
+    clip = parse_clip(Path(row[0]), machine=match["machine"] if match else None)
+    if clip.machine in ("unknown", "") and machine:
+        clip = parse_clip(Path(row[0]), machine=machine)
+    if row[0] in lines:
+        raise DataError(f"{path}, line {number}: {row[0]} was scored already on line {lines[row[0]]}; each clip "
+                        "must appear once")
+    lines[row[0]] = number
+    named = f"{int(match['section']):02d}" if match else None
+    if named is not None and clip.section is not None and clip.section != named:
+        raise DataError(f"{path}, line {number}: {row[0]} is a clip of section {clip.section}, the file is for "
+                        f"{match['unit']} {named}")
+    if decided is not None and clip.name not in decided:
+        raise DataError(f"{decision_path(path)}: no decision for {row[0]} (line {number} of {path.name}); the two "
+                        "files must name the same clips")
+    decision = None if decided is None else decided[clip.name]
+    if has_decision and len(row) > 2 and row[2] in ("0", "1"):
+        decision = int(row[2])
+    dcase2020 = clip.naming.endswith("2020") or bool(match and match["unit"] == "id")
+    return ScoreRow(clip.machine, clip.section or named or "00", clip.domain, clip.is_anomaly, score, clip.name,
+                    decision, dcase2020)
 
 
 def score_files(paths: list[Path]) -> list[Path]:
@@ -160,8 +179,8 @@ def score_files(paths: list[Path]) -> list[Path]:
                 raise DataError(f"no anomaly_score_<machine>_section_<XX>_test.csv (or 2020: anomaly_score_<machine>_id_<XX>.csv) "
                                 f"files in {path}")
             files.extend(found)
-        elif path.is_file():
-            files.append(path)
+        elif os.path.lexists(path) and not path.is_dir():
+            files.append(path)  # a special file or a dangling link: reading it names it
         else:
             raise DataError(f"score file or folder not found: {path}")
     return files
@@ -181,7 +200,7 @@ def read_ground_truth(root: Path) -> dict[tuple[str, str], dict[str, tuple[int, 
         match = GROUND_TRUTH_FILE.match(path.name)
         labels = _binary(path, "label")
         domain_path = root / "ground_truth_domain" / path.name
-        domains = _binary(domain_path, "domain") if domain_path.is_file() else {}
+        domains = _binary(domain_path, "domain") if os.path.lexists(domain_path) else {}
         unknown = sorted(set(domains) - set(labels))
         if unknown:
             raise DataError(f"{domain_path}: {unknown[0]} is not in {path}")
@@ -193,7 +212,7 @@ def read_ground_truth(root: Path) -> dict[tuple[str, str], dict[str, tuple[int, 
 
 def _binary(path: Path, what: str) -> dict[str, int]:
     out, lines = {}, {}
-    for number, row in enumerate(_read_rows(path), start=1):
+    for number, row in _rows(path):
         if len(row) < 2 or row[1].strip() not in ("0", "1"):
             raise DataError(f"{path}, line {number}: expected filename,{what} with {what} 0 or 1")
         if row[0] in out:
@@ -233,14 +252,29 @@ def evaluate(paths: list[Path], ground_truth: Path | None = None, confidence: bo
     """Metrics of every labelled section in the given CSV files or folders of DCASE CSVs; labels
     and domains from ``ground_truth`` (the official layout) where given, else from the names;
     ``machine`` for clips whose paths do not say it."""
-    rows = [r for f in score_files(paths) for r in read_scores(f, machine)]
+    rows, notices = [], []
+    for path in score_files(paths):
+        found = read_scores(path, machine)
+        if not found:
+            notices.append(_empty_file_notice(path))
+        rows += found
+        if len(rows) > MAX_ROWS:
+            raise DataError(f"more than {MAX_ROWS:,} scored clips in {', '.join(map(str, paths))}; refusing them")
     unknown = sum(r.machine == "unknown" for r in rows)
-    notices: list[str] = [f"{unknown} clip(s) name no machine in their path: evaluated as machine 'unknown' (give "
-                          "--machine NAME)"] if unknown else []
+    if unknown:
+        notices.append(f"{unknown} clip(s) name no machine in their path: evaluated as machine 'unknown' (give "
+                       "--machine NAME)")
     if ground_truth is not None:
         rows, found = apply_ground_truth(rows, read_ground_truth(ground_truth))
         notices += found
     return evaluate_rows(rows, confidence, notices)
+
+
+def _empty_file_notice(path: Path) -> str:
+    """What a score file without a row costs (an interrupted copy leaves such files)."""
+    match = DCASE_SCORE_FILE.match(path.name)
+    what = f"{match['machine']} {match['unit']} {int(match['section']):02d}" if match else "its clips"
+    return f"{path} holds no scores (empty, or a header only): {what} is left out of every figure"
 
 
 def clip_rows(clips: list[Clip], scores: Sequence[float], decisions: Sequence[int] | None = None) -> list[ScoreRow]:

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from asdcli.checkpoints import load_arrays, save_arrays
+from asdcli.checkpoints import check_arrays, load_arrays, save_arrays
 from asdcli.config import AsdConfig, SynthConfig
 from asdcli.data.audio import load_audio
 from asdcli.data.features import LogMel
@@ -77,11 +77,26 @@ class Examples:
 
     @classmethod
     def load(cls, path: Path) -> "Examples":
-        arrays, meta = load_arrays(path, "fusion training examples (asd train-fusion writes them)")
-        meta = upgrade_examples(meta)
+        what = "fusion training examples (asd train-fusion writes them)"
+        arrays, meta = _read_examples(path, what)
         return cls(meta["branches"].split(","), meta["groups"].split(","), arrays["z"].double().numpy(),
                    arrays["label"].numpy(), arrays["group"].numpy(), arrays["kind"].numpy(),
                    json.loads(meta["trained_kinds"]))
+
+
+def _read_examples(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The examples file's tensors, checked against their declared shapes and the ranges their
+    metadata gives (a label 0/1, a section of the run or -1, a known kind)."""
+    arrays, meta = load_arrays(path, what)
+    meta = upgrade_examples(meta)
+    branches, groups = meta.get("branches", "").split(","), meta.get("groups", "").split(",")
+    check_arrays(path, what, arrays, {"z": (torch.float32, ("N", len(branches))), "label": (torch.int64, ("N",)),
+                                         "group": (torch.int64, ("N",)), "kind": (torch.int64, ("N",))})
+    for key, low, high in (("label", 0, 1), ("group", -1, len(groups) - 1), ("kind", 0, len(KINDS) - 1)):
+        values = arrays[key]
+        if values.numel() and (int(values.min()) < low or int(values.max()) > high):
+            raise CheckpointError(f"{path}: tensor '{key}' holds values outside {low}..{high} ({what}); write it again")
+    return arrays, meta
 
 
 @dataclass

@@ -90,6 +90,8 @@ def _compute(extractor: FeatureExtractor, clip: Clip, with_wave: bool = False,
         return FeatureItem(clip, feats, cached=cached is not None, wave=wave)
     except DataError as error:
         return FeatureItem(clip, None, error=str(error))
+    except OSError as error:  # a path the system refuses (too long, a name it cannot take): this clip only
+        return FeatureItem(clip, None, error=f"{clip.path}: cannot read ({error.strerror or error})")
 
 
 def iter_features(clips: Iterable[Clip], extractor: FeatureExtractor, workers: int = 2,

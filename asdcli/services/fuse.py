@@ -195,7 +195,7 @@ def train_fusion(data: Path, run_dir: Path | Run, config: AsdConfig, names: list
     trained = trained_branches(run)
     names = [canonical_name(n) for n in names] if names else trained
     if not names:
-        raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")
+        raise CheckpointError(f"no trained branch in {run.path}; train it first: asd train DATA --run {run.path}")
     names, left_out = usable_branches(run, names, config)
     with writing(run.path, "fusion"):
         return _train_fusion(run, data, names, left_out, config, device, progress)

@@ -71,7 +71,7 @@ def _branch_stage(run: Run, name: str) -> Stage:
         if progress is None:
             return Stage(label, "missing", "not trained")
         return Stage(label, "unfinished", f"stopped at epoch {progress.get('epochs_done')}/{progress.get('epochs')}; "
-                                          "finish it with --resume")
+                                          f"finish it: asd train DATA --run {run.path}")
     try:
         meta = read_branch_record(run, name)
         config = stored_config(meta, run.record(name))

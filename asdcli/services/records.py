@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from asdcli.checkpoints import FORMAT_VERSION, read_json, write_json
 from asdcli.errors import CheckpointError
@@ -24,10 +24,13 @@ def _branch_name(name: str) -> str:
 
 
 BranchName = Annotated[str, AfterValidator(_branch_name)]
+# a figure that may be NaN where it could not be measured (a record's other numbers must be finite)
+MaybeNaN = Annotated[float, Field(allow_inf_nan=True)]
 
 
 class _Record(BaseModel):
-    model_config = ConfigDict(extra="allow")  # fields added by later versions are kept
+    # fields added by later versions are kept; NaN or infinity in a number is refused where it is read
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
 
 class RunDescription(_Record):
@@ -44,9 +47,9 @@ class RunDescription(_Record):
 
 
 class ScoreStats(_Record):
-    count: int
+    count: int = Field(ge=0)
     mean: float
-    std: float
+    std: float = Field(ge=0)
     threshold: float | None = None
 
 
@@ -84,13 +87,13 @@ class FusionRecord(_Record):
     branches: list[BranchName]
     branch_digests: dict[BranchName, str]
     hidden: int
-    loss: float
+    loss: MaybeNaN  # NaN: the head was not trained (its prior's trust is 0)
     left_out: dict[str, str]
-    mean_weights: dict[str, float]
+    mean_weights: dict[str, Annotated[float, Field(ge=0, le=1)]]
     config: dict
     prior_temperature: float | None
-    pseudo_auc: dict[str, float]  # NaN where a branch's AUC could not be measured
-    fair_pseudo_auc: dict[str, float]
+    pseudo_auc: dict[str, MaybeNaN]  # NaN where a branch's AUC could not be measured
+    fair_pseudo_auc: dict[str, MaybeNaN]
     prior: dict  # :func:`asdcli.services.fuse.prior_record`
 
 
@@ -117,7 +120,7 @@ class MetaLearnerRecord(_Record):
     seed: int
     examples: str
     fusion_digest: str
-    fusion_loss: float | None  # NaN: the fusion head was not trained (its prior's trust is 0)
+    fusion_loss: MaybeNaN | None  # NaN: the fusion head was not trained (its prior's trust is 0)
     holdout: list[str]
     abstained: str | None  # why it keeps the fused score (too few sections), or None
 

@@ -180,7 +180,7 @@ def open_run(path: Path | Run) -> Run:
         return path
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"run folder {path} does not exist; train a branch first (asd train-branch NAME --run {path})")
+        raise CheckpointError(f"run folder {path} does not exist; train it first: asd train DATA --run {path}")
     recover(path)
     info_path = path / RUN_FILE
     info = read_record(RunDescription, info_path, "run description")
@@ -202,14 +202,14 @@ def read_branch_record(run: Run, name: str) -> BranchRecord:
         progress = training_progress(run.train_state(name))
         if progress is not None:
             raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {progress.get('epochs_done')}/"
-                                  f"{progress.get('epochs')}; finish it with: asd train-branch {name} --run {run.path} "
-                                  "--data DIR --resume")
-        raise CheckpointError(f"branch '{name}' is not trained in {run.path}; run: asd train-branch {name} "
-                              f"--run {run.path} --data DIR")
+                                  f"{progress.get('epochs')}; finish it: asd train DATA --run {run.path} (continues "
+                                  "where it stopped)")
+        raise CheckpointError(f"branch '{name}' is not trained in {run.path}; train it: asd train DATA --run {run.path} "
+                              f"(or this branch alone: asd train-branch {name} --data DATA --run {run.path})")
     meta = read_record(BranchRecord, run.record(name), f"{name} metadata")
     if meta.status != "complete":
         raise CheckpointError(f"branch '{name}' in {run.path} stopped at epoch {meta.epochs_done}/{meta.epochs}; "
-                              f"finish it with: asd train-branch {name} --run {run.path} --resume")
+                              f"finish it: asd train DATA --run {run.path} (continues where it stopped)")
     return meta
 
 
@@ -249,4 +249,4 @@ def run_config(run: Run, given: AsdConfig | None = None) -> AsdConfig:
     found = config_of_v1_run(list(run.path.glob("*.json")))
     if found is not None:
         return validate_config(found[0], source=str(found[1]))
-    raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")
+    raise CheckpointError(f"no trained branch in {run.path}; train it first: asd train DATA --run {run.path}")

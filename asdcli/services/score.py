@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -31,8 +32,10 @@ from asdcli.services.runs import Run, open_run, read_branch_record, run_config, 
 
 METHODS = {
     "meta": "meta-learner adapted per section over the attention-fused scores",
-    "fusion": "attention fusion of the per-section standardised branch scores (no meta-learner: run asd meta-train)",
-    "average": "average of the per-section standardised branch scores (no fusion head: run asd train-fusion)",
+    "fusion": "attention fusion of the per-section standardised branch scores (no meta-learner: asd train trains it)",
+    "kept": "attention fusion of the per-section standardised branch scores (the meta-learner keeps it: too few "
+            "sections to adapt)",
+    "average": "average of the per-section standardised branch scores (no fusion head: asd train trains it)",
 }
 
 
@@ -79,7 +82,9 @@ class _Pipeline:
 
     @property
     def method(self) -> str:
-        return "meta" if self.meta is not None else "fusion" if self.fusion is not None else "average"
+        if self.meta is not None:
+            return "meta"
+        return ("kept" if self.abstained else "fusion") if self.fusion is not None else "average"
 
     def fused(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
         if self.fusion is None:
@@ -142,7 +147,7 @@ def _pipeline(run: Run, names: list[str] | None) -> tuple[_Pipeline, list[str]]:
         if names:  # no fusion head: average the branches the fusion would use
             names, pipe.left_out = usable_branches(run, names, run_config(run))
     if not names:
-        raise CheckpointError(f"no trained branch in {run.path}; run asd train-branch NAME --run {run.path} first")
+        raise CheckpointError(f"no trained branch in {run.path}; train it first: asd train DATA --run {run.path}")
     return pipe, names
 
 
@@ -174,7 +179,7 @@ def _notices(pipe: _Pipeline, groups: list[str], metas: dict[str, BranchRecord])
             notices.append(f"{name}: section(s) {', '.join(thin)} had fewer than two usable training clips (or "
                            "identical scores): their scores are standardised with the other sections' spread")
     if pipe.abstained:
-        notices.append(f"meta-learner: {pipe.abstained}; the final score is the fused score")
+        notices.append(f"meta-learner: {pipe.abstained}")
     notices += list(unfinished_branches(run).values())
     return notices
 
@@ -208,7 +213,7 @@ def as_clips(clips: object) -> list[Clip]:
         if not isinstance(item, (str, Path, Clip)):
             raise DataError(f"expected audio file paths or clips, got {type(item).__name__} ({item!r:.40})")
         clip = item if isinstance(item, Clip) else parse_clip(Path(item))
-        if clip.path.is_dir():
+        if os.path.isdir(clip.path):  # False where the path cannot be examined: its loading names it
             raise DataError(f"{clip.path}: a folder, not an audio file (discover its clips with "
                             "asdcli.data.layout.discover, or give the files)")
         out.append(clip)

@@ -229,7 +229,8 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, synth_root, monkeypatch
     monkeypatch.setattr("asdcli.services.train.train_branch", interrupted)  # imported when it runs
     result = runner.invoke(app, ["train-branch", "b2", "--data", str(synth_root), "--run", str(tmp_path / "r"), "-c", "tiny"])
     assert result.exit_code == 130
-    assert "--resume" in _plain(result.output) and "Traceback" not in _plain(result.output)
+    text = _plain(result.output)
+    assert "run the same command again" in text and "--resume" in text and "Traceback" not in text
 
 
 def _fake_asd(tmp_path: Path) -> Path:

@@ -81,8 +81,18 @@ def test_prior_files_round_trip_byte_for_byte_and_bad_ones_are_one_line(tmp_path
     with pytest.raises(ConfigError, match="field 'trust'"):
         load_prior(str(first))
     first.write_text("{not json")
-    with pytest.raises(ConfigError, match="not a readable prior file"):
+    with pytest.raises(ConfigError, match="a.json: damaged prior file"):
         load_prior(str(first))
+    for hostile, fragment in ((json.dumps({**data, "trust": 0}).replace('"trust": 0', '"trust": 0, "trust": 1'),
+                               "key 'trust' is given twice"),
+                              (json.dumps({**data, "trust": 0, "branches": {}}), "field 'branches'"),
+                              (json.dumps({**data, "trust": 0, "branches": {"b9": next(iter(data["branches"].values()))}}),
+                               "'b9' is not a branch"),
+                              (json.dumps({**data, "trust": 0, "temperature": float("inf")}), "field 'temperature'"),
+                              ("[" * 100_000, "nested too deeply")):
+        first.write_text(hostile)
+        with pytest.raises(ConfigError, match=fragment):
+            load_prior(str(first))
     assert load_prior("none") is None
 
 

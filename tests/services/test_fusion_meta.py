@@ -17,7 +17,7 @@ from asdcli.services.stages import MetaLearner, fused_features, load_fusion, loa
 from asdcli.services.records import MetaLearnerRecord
 from asdcli.services.meta import fit_meta, meta_train
 from asdcli.services.runs import open_run
-from asdcli.services.score import score_clips
+from asdcli.services.score import METHODS, score_clips
 from asdcli.services.train import train_branch
 
 
@@ -112,8 +112,10 @@ def test_with_too_few_sections_the_meta_learner_keeps_the_fused_score(trained, s
     assert read_json(run / "meta.json", "meta")["abstained"] == result.abstained
     test = [c for c in discover(synth_root) if c.split == "test"]
     scored = score_clips(run, test, cache)
-    assert scored.method == "fusion" and np.array_equal(scored.score, scored.fused)  # says what it does
-    assert any("meta-learner: 2 section(s)" in n for n in scored.notices)
+    assert scored.method == "kept" and np.array_equal(scored.score, scored.fused)  # says what it does
+    assert "run asd meta-train" not in METHODS["kept"]  # it did run: no hint to run it
+    said = [n for n in scored.notices if "meta-learner: 2 section(s)" in n]
+    assert len(said) == 1 and said[0].count("the final score is the fused score") == 1
     learned = meta_train(run, cfg)  # min_tasks 1 in the tiny preset: it learns and adapts
     assert learned.abstained is None and not np.allclose(score_clips(run, test, cache).score, scored.fused, atol=1e-3)
 

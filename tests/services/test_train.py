@@ -63,7 +63,7 @@ def test_resume_after_interruption_matches_uninterrupted(synth_root, cfg, tmp_pa
         train_branch("b3", synth_root, tmp_path / "cut", cfg3, cache_dir=cache, on_epoch=stop_after_first)
     assert not (tmp_path / "cut" / "contrastive.json").exists()  # only the unfinished-training file
     assert training_progress(tmp_path / "cut" / "contrastive.train.safetensors")["epochs_done"] == 1
-    with pytest.raises(CheckpointError, match="stopped at epoch 1/3.*--resume"):
+    with pytest.raises(CheckpointError, match="stopped at epoch 1/3; finish it: asd train DATA --run"):
         load_branch(open_run(tmp_path / "cut"), "contrastive")
     for change, reason in ((cfg3.with_overrides(**{"train.epochs": 5}), "epochs 3 \\(now 5\\)"),
                            (cfg3.with_overrides(seed=4), "seed 0 \\(now 4\\)"),
