@@ -5,15 +5,26 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, values are immutable, and a value
     of the wrong type is an error, not converted (``epochs: true`` is not 1, ``lr: "0.01"`` not
-    0.01; a whole number is still a valid float)."""
+    0.01; a whole number is still a valid float). Numbers are finite and whole numbers fit in 32
+    bits (seeds in 32 bits unsigned, as numpy takes them), so that no out-of-range value reaches a
+    library that would fail on it."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="after")
+    @classmethod
+    def _bounded(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, int) and not isinstance(value, bool):
+            top = 2**32 - 1 if info.field_name == "seed" else 2**31 - 1
+            if abs(value) > top:
+                raise ValueError(f"{value} is out of range (at most {top})")
+        return value
 
 
 Precision = Literal["fp32", "bf16", "fp16", "auto"]

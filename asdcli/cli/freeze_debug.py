@@ -16,7 +16,7 @@ from asdcli.cli.common import (show_notice, say, GpuOption, OverridesArgument, D
 def freeze_debug(
     branch: List[str] = typer.Option(..., "--branch", "-b", help="Part to freeze: b1..b5 (or names), fusion or meta; "
                                      "repeatable."),
-    epochs: int = typer.Option(10, "--epochs", "-e", min=1, help="Epochs over the training clips."),
+    epochs: int = typer.Option(10, "--epochs", "-e", min=1, max=2**31 - 1, help="Epochs over the training clips."),
     data: Path = typer.Option(Path("data"), "--data", "-d", help="Dataset root with <machine>/train/*.wav."),
     run: Optional[Path] = run_option("A trained run: frozen branches start from its checkpoints, fusion and "
                                      "meta-learner train on its examples.", default=None),

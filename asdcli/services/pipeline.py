@@ -19,6 +19,7 @@ from asdcli.checkpoints import training_progress
 from asdcli.config import AsdConfig
 from asdcli.errors import AsdError, ConfigError
 from asdcli.models.registry import BRANCHES, branch_config, canonical_name
+from asdcli.services.branch_prior import load_prior
 from asdcli.services.dataset import training_clips
 from asdcli.services.stages import is_current, stale_branches
 from asdcli.services.records import BranchRecord, FusionRecord, MetaLearnerRecord, read_record
@@ -94,10 +95,12 @@ def plan(run_dir: Path, config: AsdConfig, skip: list[str] | None = None) -> lis
 
 
 def preflight(data: Path, config: AsdConfig, steps: list[Step]) -> int:
-    """Check, before any training, that the data has training clips and that every branch to train
-    can be built (its pretrained weights can be had); returns the number of training clips.
-    Raises the first problem as one line naming the branch."""
+    """Check, before any training, that the data has training clips, that every branch to train
+    can be built (its pretrained weights can be had) and that the fusion's prior reads; returns the
+    number of training clips. Raises the first problem as one line naming the stage."""
     clips = training_clips(str(data))
+    if any(step.stage == FUSION and step.action == "train" for step in steps):
+        load_prior(config.fusion.prior)
     for step in steps:
         if step.stage in BRANCHES and step.action in ("train", "resume"):
             try:

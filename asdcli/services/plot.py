@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import textwrap
 from pathlib import Path
@@ -17,6 +18,7 @@ from sklearn.metrics import roc_curve  # noqa: E402
 
 from asdcli.atomic import atomic_path  # noqa: E402
 from asdcli.errors import AsdError, DataError  # noqa: E402
+from asdcli.files import CSV_LIMIT, LOG_LIMIT, open_regular, read_regular  # noqa: E402
 from asdcli.metrics import MAX_FPR, auc, pauc  # noqa: E402
 from asdcli.models.registry import BRANCHES  # noqa: E402
 from asdcli.services.runs import is_run, open_run, read_branch_record  # noqa: E402
@@ -30,13 +32,15 @@ PART_NAMES = {"b1": "b1 pretrained", "b2": "b2 transformer-ae", "b3": "b3 contra
 def read_table(path: Path, required: list[str]) -> list[dict[str, str]]:
     """Rows of a CSV with a header that has the ``required`` columns; errors name the file and line."""
     try:
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            missing = [c for c in required if c not in (reader.fieldnames or [])]
-            if missing:
-                raise DataError(f"{path}: not a log this command can plot (missing column(s) {', '.join(missing)})")
-            return list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as error:
+        text = read_regular(path, "log", DataError, LOG_LIMIT).decode("utf-8")
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        missing = [c for c in required if c not in (reader.fieldnames or [])]
+        if missing:
+            raise DataError(f"{path}: not a log this command can plot (missing column(s) {', '.join(missing)})")
+        return list(reader)
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (UnicodeDecodeError, csv.Error) as error:
         raise DataError(f"{path}: cannot read ({error})") from None
 
 
@@ -70,8 +74,11 @@ def log_kind(path: Path) -> str:
     """``debug`` (freeze-debug CSV), ``epochs`` (a run's per-epoch log) or ``scores``."""
     if path.is_dir():
         return "run" if is_run(path) else "scores"
-    with path.open(encoding="utf-8", errors="replace") as handle:
-        header = handle.readline().strip().split(",")
+    try:
+        with open_regular(path, "log or score file", DataError, CSV_LIMIT) as (handle, _):
+            header = handle.readline(4096).decode("utf-8", errors="replace").strip().split(",")
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
     if header[:1] == ["kind"] and "loss_total" in header:
         return "debug"
     if header[:2] == ["epoch", "loss"]:
@@ -214,56 +221,80 @@ def _threshold(rows: list[ScoreRow]) -> float | None:
 
 
 def plot_scores(paths: list[Path], out: Path) -> Path:
-    """ROC curve of each section (pAUC region shaded) and, per section, the histogram of its
-    scores by label (and domain), with the decision threshold where decisions were given. Each
-    section has its own panel: scores of different sections are on different scales."""
+    """The figure of :func:`score_figure` as a PNG."""
+    return _save(score_figure(paths), out)
+
+
+def score_figure(paths: list[Path]):
+    """ROC curve of each section (pAUC region shaded) beside a panel of their AUC and pAUC and
+    of what the histograms draw, then, per section, the histogram of its scores by label (and
+    domain), with the decision threshold where decisions were given. Each section has its own
+    panel (scores of different sections are on different scales); the legends have a panel of
+    their own, so that they cover no curve at 1 or 21 sections."""
     rows = _labelled(paths)
     sections = sorted({(r.machine, r.section) for r in rows})
-    panels = 1 + len(sections)
-    cols = min(4, panels)
-    n_rows = math.ceil(panels / cols)
-    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3.6 * n_rows), squeeze=False)
-    roc = axes.flat[0]
-    roc.axvspan(0, MAX_FPR, color="orange", alpha=0.15, label=f"pAUC region (FPR <= {MAX_FPR})")
-    for machine, section in sections:
+    cols = max(2, min(4, len(sections)))
+    hist_rows = math.ceil(len(sections) / cols)
+    fig = plt.figure(figsize=(4.3 * cols, 4.4 + 3.3 * hist_rows), layout="constrained")
+    grid = fig.add_gridspec(1 + hist_rows, cols, height_ratios=[4.4] + [3.3] * hist_rows)
+    roc = fig.add_subplot(grid[0, : cols // 2])
+    keys = fig.add_subplot(grid[0, cols // 2 :])
+    keys.axis("off")
+    curves = _roc_panel(roc, rows, sections)
+    hist_handles: dict[str, object] = {}
+    for k, (machine, section) in enumerate(sections):
+        ax = fig.add_subplot(grid[1 + k // cols, k % cols])
+        _histogram(ax, [r for r in rows if (r.machine, r.section) == (machine, section)], hist_handles)
+    size = 8
+    first = keys.legend(*zip(*curves), loc="upper left", fontsize=size, title="ROC curves (AUC, pAUC)",
+                        title_fontsize=size + 1, ncol=2 if len(curves) > 10 else 1, frameon=False)
+    keys.add_artist(first)
+    keys.legend(list(hist_handles.values()), list(hist_handles), loc="lower left" if len(curves) <= 10 else "lower right",
+                fontsize=size, frameon=False, title="histograms (clips per bin)", title_fontsize=size + 1)
+    fig.suptitle("scores of " + ", ".join(_where(p) for p in paths))
+    return fig
+
+
+def _unit(rows: list[ScoreRow]) -> str:
+    return "id_" if all(r.dcase2020 for r in rows) else "section "
+
+
+def _roc_panel(roc, rows: list[ScoreRow], sections: list[tuple[str, str]]) -> list[tuple[object, str]]:
+    """Every section's ROC curve on ``roc``; returns the (line, label) pairs for the legend panel."""
+    shade = roc.axvspan(0, MAX_FPR, color="orange", alpha=0.15)
+    curves = [(shade, f"pAUC region (FPR <= {MAX_FPR})")]
+    colors = plt.get_cmap("tab20" if len(sections) > 10 else "tab10")
+    for k, (machine, section) in enumerate(sections):
         own = [r for r in rows if (r.machine, r.section) == (machine, section)]
         labels, scores = [r.label for r in own], [r.score for r in own]
         if len(set(labels)) < 2:
             continue
         fpr, tpr, _ = roc_curve(labels, scores)
-        unit = "id_" if all(r.dcase2020 for r in own) else "section "
-        roc.plot(fpr, tpr, lw=1.5, label=f"{machine} {unit}{section}: AUC {auc(labels, scores):.3f}, "
-                                            f"pAUC {pauc(labels, scores):.3f}")
+        line, = roc.plot(fpr, tpr, lw=1.5, color=colors(k % colors.N))
+        curves.append((line, f"{machine} {_unit(own)}{section}: {auc(labels, scores):.3f}, {pauc(labels, scores):.3f}"))
     roc.plot([0, 1], [0, 1], ":", color="grey")
     roc.set(title="ROC curve per section", xlabel="false-positive rate", ylabel="true-positive rate",
-            xlim=(-0.01, 1.01), ylim=(-0.01, 1.02))
-    if len(sections) <= 6:
-        roc.legend(fontsize=8, loc="lower right", framealpha=0.85)
-    else:  # many sections: the legend beside the panel, not over the curves
-        roc.legend(fontsize=6 if len(sections) > 12 else 7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                   borderaxespad=0.0)
-    for ax, (machine, section) in zip(axes.flat[1:], sections):
-        own = [r for r in rows if (r.machine, r.section) == (machine, section)]
-        values = np.array([r.score for r in own])
-        bins = np.linspace(values.min(), values.max(), 25) if np.ptp(values) > 0 else 10
-        domains = sorted({r.domain for r in own if r.domain}) or [None]
-        for label, color, name in ((0, "tab:blue", "normal"), (1, "tab:red", "anomalous")):
-            for domain, style in zip(domains, ("stepfilled", "step")):
-                chosen = [r.score for r in own if r.label == label and (domain is None or r.domain == domain)]
-                tag = f"{name}{', ' + domain if domain else ''} ({len(chosen)})"
-                ax.hist(chosen, bins=bins, histtype=style, alpha=0.5 if style == "stepfilled" else 1.0, lw=1.5,
-                        color=color, label=tag)
-        threshold = _threshold(own)
-        if threshold is not None:
-            ax.axvline(threshold, color="black", ls="--", lw=1, label="decisions switch (between the clips decided "
-                       "normal and anomalous)")
-        unit = "id_" if all(r.dcase2020 for r in own) else "section "
-        ax.set(title=f"{machine} {unit}{section}: anomaly scores", xlabel="anomaly score (higher = more anomalous)",
-               ylabel="clips")
-        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.legend(fontsize=8)
-    for ax in axes.flat[panels:]:
-        ax.axis("off")
-    fig.suptitle("scores of " + ", ".join(_where(p) for p in paths))
-    fig.tight_layout()
-    return _save(fig, out)
+            xlim=(-0.01, 1.01), ylim=(-0.01, 1.02), aspect="equal")
+    roc.grid(alpha=0.3)
+    return curves
+
+
+def _histogram(ax, own: list[ScoreRow], handles: dict[str, object]) -> None:
+    """One section's score histogram by label and domain (its legend entries go to ``handles``)."""
+    values = np.array([r.score for r in own])
+    bins = np.linspace(values.min(), values.max(), 25) if np.ptp(values) > 0 else 10
+    domains = sorted({r.domain for r in own if r.domain}) or [None]
+    for label, color, name in ((0, "tab:blue", "normal"), (1, "tab:red", "anomalous")):
+        for domain, style in zip(domains, ("stepfilled", "step")):
+            chosen = [r.score for r in own if r.label == label and (domain is None or r.domain == domain)]
+            *_, patches = ax.hist(chosen, bins=bins, histtype=style, alpha=0.5 if style == "stepfilled" else 1.0,
+                                  lw=1.5, color=color)
+            handles.setdefault(f"{name}{', ' + domain if domain else ''}", patches[0])
+    threshold = _threshold(own)
+    if threshold is not None:
+        handles.setdefault("decision threshold (between the clips\ndecided normal and anomalous)",
+                           ax.axvline(threshold, color="black", ls="--", lw=1))
+    normal, anomalous = sum(r.label == 0 for r in own), sum(r.label == 1 for r in own)
+    ax.set_title(f"{own[0].machine} {_unit(own)}{own[0].section}: {normal} normal, {anomalous} anomalous", fontsize=10)
+    ax.set(xlabel="anomaly score (higher = more anomalous)", ylabel="clips")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))

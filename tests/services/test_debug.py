@@ -4,7 +4,9 @@ import csv
 import math
 import struct
 
+import matplotlib.pyplot as plt
 import pytest
+from matplotlib.legend import Legend
 import torch
 
 from asdcli.config import load_config
@@ -13,7 +15,7 @@ from asdcli.models.branch_transformer_ae import TransformerAEBranch
 from asdcli.services.debug import freeze_debug, log_columns
 from asdcli.services.trouble import TroubleDetector
 from asdcli.services.fuse import train_fusion
-from asdcli.services.plot import plot_debug, plot_epochs, plot_scores
+from asdcli.services.plot import plot_debug, plot_epochs, plot_scores, score_figure
 from asdcli.services.train import train_branch
 
 
@@ -108,6 +110,36 @@ def test_trouble_detector_finds_exploding_and_vanishing_gradients():
     assert detector.check("meta", 1.0, None, 1, 1) == []  # frozen: no gradient expected
 
 
+@pytest.mark.parametrize("sections", [1, 8, 21])
+def test_the_score_plot_keeps_every_legend_and_label_clear_of_the_curves_and_inside_the_image(tmp_path, sections):
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    for k in range(sections):
+        name = f"machine{k // 2}_section_{k % 2:02d}"
+        rows = [f"section_{k % 2:02d}_{domain}_test_{label}_{i:04d}_x_1.wav,{i * (2 if label == 'anomaly' else 1)}"
+                for domain in ("source", "target") for label in ("normal", "anomaly") for i in range(5)]
+        (folder / f"anomaly_score_{name}_test.csv").write_text("\n".join(rows) + "\n")
+    fig = score_figure([folder])
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    roc, keys, *hists = fig.axes
+    assert len(hists) == sections
+    page = fig.bbox
+    for ax in fig.axes:
+        for text in [ax.title, ax.xaxis.label, ax.yaxis.label]:
+            box = text.get_window_extent(renderer)
+            assert box.x0 >= page.x0 - 1 and box.x1 <= page.x1 + 1 and box.y0 >= page.y0 - 1, text.get_text()
+    legends = [c for c in keys.get_children() if isinstance(c, Legend)]
+    assert len(legends) == 2 and roc.get_legend() is None and all(ax.get_legend() is None for ax in hists)
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        assert box.x1 <= page.x1 + 1 and box.y0 >= page.y0 - 1  # inside the image
+        assert not box.overlaps(roc.get_window_extent(renderer))  # beside the curves, not over them
+        assert not any(box.overlaps(ax.get_window_extent(renderer)) for ax in hists)
+    assert "rate" in roc.yaxis.label.get_text() and roc.yaxis.label.get_window_extent(renderer).x0 >= page.x0
+    plt.close(fig)
+
+
 @pytest.mark.slow
 def test_plots_are_pngs_and_bad_logs_get_clear_errors(synth_root, cfg, run_with_examples, tmp_path):
     a, b = tmp_path / "debug_freeze_b3.csv", tmp_path / "debug_freeze_b2.csv"
@@ -120,7 +152,7 @@ def test_plots_are_pngs_and_bad_logs_get_clear_errors(synth_root, cfg, run_with_
                       "fan/test/section_00_source_test_anomaly_0000_x_1.wav,0.9\n"
                       "fan/test/section_00_target_test_normal_0001_x_1.wav,0.3\n"
                       "fan/test/section_00_target_test_anomaly_0001_x_1.wav,0.2\n")
-    assert _png_size(plot_scores([scores], tmp_path / "roc.png")) == (840, 360)  # ROC + one section's histogram
+    assert _png_size(plot_scores([scores], tmp_path / "roc.png")) == (860, 770)  # ROC, its keys, one histogram
     broken = tmp_path / "debug_freeze_b4.csv"
     header, first = a.read_text().splitlines()[:2]
     cells = first.split(",")
