@@ -26,6 +26,19 @@ if TYPE_CHECKING:
 # Results go to stdout; progress, notices and errors to stderr, so `asd score > x.csv` stays clean.
 # Piped to a file, rich would cut tables at 80 columns: give them room instead.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+
+
+def write_out(text: str) -> None:
+    """Results text on stdout as it is: a clip name that is not valid UTF-8 is written as the bytes
+    its file has (so that it still names the file), whatever the terminal's encoding."""
+    stream = out.file
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"))
+        return
+    stream.flush()
+    buffer.write(text.encode(getattr(stream, "encoding", None) or "utf-8", "surrogateescape"))
+    buffer.flush()
 # Messages hold paths, config values and reasons: never markup (`asdcli[meta]` is not a style).
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200, markup=False, highlight=False)
 

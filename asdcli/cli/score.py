@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from asdcli.cli.common import show_notice, gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures, run_option
+from asdcli.cli.common import show_notice, gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures, run_option, write_out
 
 if TYPE_CHECKING:
     from asdcli.services.score import ScoreResult
@@ -97,7 +97,7 @@ def score(
             for c, s, d in zip(result.clips, result.score, result.decision)]
     if explain:
         rows = _explained(result, rows, decision)
-    out.file.write(csv_text(rows))
+    write_out(csv_text(rows))
     out.file.flush()
     if out_dir is not None:
         written = write_dcase_files(result, out_dir)

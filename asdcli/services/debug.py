@@ -219,7 +219,7 @@ def _prepare(data: Path, run_dir: Path | None, config: AsdConfig, frozen: list[s
     if run is not None and run.examples.exists():
         heads = _Heads(run, config, frozen, notices)
     else:
-        notices.append("fusion and meta-learner not logged: the run has no examples (run asd train-fusion first)")
+        notices.append("fusion and meta-learner not logged: the run has no examples (asd train DATA --run RUN makes them)")
     modules: dict[str, nn.Module] = {**branches, **(heads.modules if heads else {})}
     missing = [p for p in frozen if p not in modules]
     if missing:

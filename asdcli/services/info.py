@@ -99,7 +99,7 @@ def _branch_stage(run: Run, name: str) -> Stage:
 def _fusion_stage(run: Run) -> Stage:
     meta_path = run.fusion_record
     if not meta_path.exists():
-        return Stage("fusion head", "missing", "run asd train-fusion")
+        return Stage("fusion head", "missing", "asd train DATA --run RUN trains it")
     try:
         meta = read_record(FusionRecord, meta_path, "fusion metadata")
         stale = stale_branches(run, meta)
@@ -117,7 +117,7 @@ def _fusion_stage(run: Run) -> Stage:
     settings = {"hidden": meta.hidden, "epochs": meta.config.get("fusion", {}).get("epochs"),
                 "prior T": round(meta.prior_temperature, 3) if meta.prior_temperature is not None else "-"}
     if stale:
-        return Stage("fusion head", "stale", f"{', '.join(stale)} retrained after it: rerun asd train-fusion", settings)
+        return Stage("fusion head", "stale", f"{', '.join(stale)} retrained after it: asd train DATA --run RUN retrains it", settings)
     return Stage("fusion head", "finished", detail, settings)
 
 
@@ -136,7 +136,7 @@ def prior_summary(prior: dict) -> str:
 def _meta_stage(run: Run) -> Stage:
     meta_path = run.meta_learner_record
     if not meta_path.exists():
-        return Stage("meta-learner", "missing", "run asd meta-train")
+        return Stage("meta-learner", "missing", "asd train DATA --run RUN trains it")
     try:
         meta = read_record(MetaLearnerRecord, meta_path, "meta-learner metadata")
         cfg = meta.meta
@@ -145,7 +145,7 @@ def _meta_stage(run: Run) -> Stage:
     settings = {"iterations": cfg.get("iterations"), "inner steps": cfg.get("inner_steps"), "hidden": cfg.get("hidden"),
                 "seed": meta.seed}
     if fusion_changed(run, meta):
-        return Stage("meta-learner", "stale", "the fusion head was retrained after it: rerun asd meta-train", settings)
+        return Stage("meta-learner", "stale", "the fusion head was retrained after it: asd train DATA --run RUN retrains it", settings)
     note = f"{len(meta.tasks)} training sections"
     base = _base(run)
     changed = changes({"meta": meta.meta, "seed": meta.seed}, base, ("meta.", "seed")) if base else ""

@@ -61,12 +61,13 @@ def load_fusion(run: Run) -> tuple[AttentionFusion, FusionRecord]:
     """The run's fusion head and metadata; an error when it is missing or older than a branch."""
     weights_path, meta_path = run.fusion_weights, run.fusion_record
     if not meta_path.exists():
-        raise CheckpointError(f"no fusion head in {run.path}; run: asd train-fusion --run {run.path} --data DIR")
+        raise CheckpointError(f"no fusion head in {run.path}; train it: asd train DATA --run {run.path} (or this stage alone: "
+                              f"asd train-fusion --data DATA --run {run.path})")
     meta = read_record(FusionRecord, meta_path, "fusion metadata")
     stale = stale_branches(run, meta)
     if stale:
         raise CheckpointError(f"{meta_path}: branch(es) {', '.join(stale)} were retrained after the fusion head; "
-                              f"rerun: asd train-fusion --run {run.path} --data DIR")
+                              f"rerun: asd train DATA --run {run.path} (it retrains what is stale)")
     model = AttentionFusion(len(meta.branches), meta.hidden)
     load_weights(model, weights_path)
     return model.eval(), meta
@@ -134,11 +135,11 @@ def load_meta(run: Run) -> MetaLearner:
     """The run's meta-learner; an error when it is missing."""
     weights_path, meta_path = run.meta_learner_weights, run.meta_learner_record
     if not meta_path.exists():
-        raise CheckpointError(f"no meta-learner in {run.path}; run: asd meta-train --run {run.path}")
+        raise CheckpointError(f"no meta-learner in {run.path}; train it: asd train DATA --run {run.path}")
     meta = read_record(MetaLearnerRecord, meta_path, "meta-learner metadata")
     if fusion_changed(run, meta):
         raise CheckpointError(f"{meta_path}: the fusion head was retrained after the meta-learner; "
-                              f"rerun: asd meta-train --run {run.path}")
+                              f"rerun: asd train DATA --run {run.path} (it retrains what is stale)")
     cfg = MetaConfig.model_validate(meta.meta)
     model = MetaClassifier(meta.in_dim, cfg.hidden, (meta.in_dim - 1) // 2)
     load_weights(model, weights_path)
