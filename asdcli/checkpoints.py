@@ -44,37 +44,32 @@ def write_json(path: Path, data: dict) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-_READ: dict[str, tuple[tuple[int, int, int], bytes]] = {}
-_DIGESTS: dict[str, tuple[tuple[int, int, int], str]] = {}
+_READ: dict[str, tuple[tuple[int, int, int], object]] = {}
 
 
-def _stamp(path: Path) -> tuple[str, tuple[int, int, int]]:
+def _once(path: Path, kind: str, compute) -> object:
+    """``compute()`` for ``path``, done once per process while the file is unchanged (same inode,
+    size and modification time) and kept under ``kind``."""
     stat = os.stat(path)
-    return os.path.abspath(path), (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    key, stamp = f"{kind}:{os.path.abspath(path)}", (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    cached = _READ.get(key)
+    if cached is None or cached[0] != stamp:
+        cached = (stamp, compute())
+        _READ[key] = cached
+    return cached[1]
 
 
 def read_bytes(path: Path, what: str = "run record") -> bytes:
     """A run record's bytes (a regular file of the run folder below :data:`RECORD_LIMIT`,
-    :mod:`asdcli.files`), read from the disk once while it is unchanged (same inode, size and
-    modification time): one command's stages all consult a branch's metadata, and each reads it
-    only once."""
-    key, stamp = _stamp(path)
-    cached = _READ.get(key)
-    if cached is None or cached[0] != stamp:
-        cached = (stamp, read_regular(path, what, CheckpointError, RECORD_LIMIT, within=Path(path).parent))
-        _READ[key] = cached
-    return cached[1]
+    :mod:`asdcli.files`), read from the disk once while it is unchanged: one command's stages all
+    consult a branch's metadata, and each reads it only once."""
+    return _once(path, "bytes", lambda: read_regular(path, what, CheckpointError, RECORD_LIMIT, within=Path(path).parent))
 
 
 def file_digest(path: Path, what: str = "run file") -> str:
     """SHA-1 of one file of a run, read in pieces (:func:`asdcli.files.digest_regular`) once per
     process while it is unchanged; only the digest is kept."""
-    key, stamp = _stamp(path)
-    cached = _DIGESTS.get(key)
-    if cached is None or cached[0] != stamp:
-        cached = (stamp, digest_regular(path, what, CheckpointError, TENSOR_LIMIT, within=Path(path).parent))
-        _DIGESTS[key] = cached
-    return cached[1]
+    return _once(path, "sha1", lambda: digest_regular(path, what, CheckpointError, TENSOR_LIMIT, within=Path(path).parent))
 
 
 def _shown(version: object) -> str:
