@@ -116,6 +116,13 @@ class ContrastiveConfig(BranchTrain):
                              "synthetic data, but the fused score on the real folds fell by 0.015 AUC with it")
     score: Literal["knn", "prototype"] = "knn"
     k: int = Field(1, ge=1)
+    background: str = Field("none", min_length=1, description="other machines' normal recordings it learns to tell "
+                            "the run's clips from (outlier exposure): 'builtin' (shipped, asdcli/background), a "
+                            "folder of <type>/*.wav, or 'none'; the run's own machine types are left out of it")
+    background_per_step: int = Field(16, ge=1, description="background clips drawn into each training step")
+    min_classes: int = Field(1, ge=1, description="with fewer classes to tell apart (the run's section-and-attribute "
+                             "classes and the background's machine types) its only negatives are perturbed copies of "
+                             "its own clips: it states a limitation and the fusion leaves it out")
 
 
 class DiffusionConfig(BranchTrain):

@@ -47,8 +47,9 @@ from asdcli.services.learn_prior import labelled_run
 from baseline_ae import ReferenceScores, reference_scores
 from loso import DEFAULT_RULES, RunRecord, fused_records, hold_out, load_record, save_record
 from real_folds import build_fold, real_sets
-from real_report import (REFERENCES, print_attention, print_checks, print_fixed_rules, print_held, print_runs,
-                         print_summary, print_without, section_metrics)
+from peers import AUDIO_ANOMALY, audio_anomaly_scores
+from real_report import (REFERENCES, print_attention, print_checks, print_fixed_rules, print_held, print_peers,
+                         print_runs, print_summary, print_without, section_metrics)
 
 ORDER = ["b2", "b3", "b4", "b1", "b5"]  # b5 models embeddings of b3, so it comes after
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -159,7 +160,8 @@ def run_one(record: RunRecord, args, prior: str, rules: dict) -> dict:
         reference_scores(training_clips(str(data)), result.clips, config, record.seed)
     rows = {BRANCHES[n].bid: v for n, v in normalized.items()}
     rows.update({"average": np.mean(list(normalized.values()), axis=0), "fused": result.fused,
-                 "final": result.score, REFERENCES[0]: reference.mse, REFERENCES[1]: reference.mahalanobis})
+                 "final": result.score, REFERENCES[0]: reference.mse, REFERENCES[1]: reference.mahalanobis,
+                 **_peer_scores(out.parent, data, result.clips, config)})
     groups, labels = [c.group for c in result.clips], np.array([c.is_anomaly for c in result.clips])
     metrics = {name: section_metrics(groups, labels, np.asarray(s)) for name, s in rows.items()}
     result_record = {"set": record.set, "fold": record.fold, "seed": record.seed, "seconds": seconds,
@@ -172,6 +174,19 @@ def run_one(record: RunRecord, args, prior: str, rules: dict) -> dict:
     (out / f"result{suffix}.json").write_text(json.dumps(result_record, indent=1))
     np.savez(out / f"scores{suffix}.npz", labels=labels, groups=np.array(groups), clips=np.array([c.path.name for c in result.clips]), **{k: np.asarray(v) for k, v in rows.items()})
     return result_record
+
+
+def _peer_scores(fold_dir: Path, data: Path, clips, config) -> dict[str, np.ndarray]:
+    """audio-anomaly's scores of the fold's test clips (bench/peers.py), computed once per fold
+    (they depend on no seed) and kept in ``peers.npz`` beside the fold's data."""
+    path, names = fold_dir / "peers.npz", [c.path.name for c in clips]
+    if path.exists():
+        saved = np.load(path)
+        if saved["clips"].tolist() == names:
+            return {k: saved[k] for k in AUDIO_ANOMALY}
+    scores = audio_anomaly_scores(training_clips(str(data)), clips, config.audio).scores
+    np.savez(path, clips=np.array(names), **scores)
+    return scores
 
 
 def labels_groups(clips) -> tuple[np.ndarray, np.ndarray]:
@@ -303,6 +318,7 @@ def report(args, available: dict, names: list[str], unavailable: dict, results: 
             print_summary(records, 0, "AUC")
             print_summary(records, 1, "pAUC")
             print_checks(records, {n: available[n].role for n in names})
+            print_peers(records, {n: available[n].role for n in names})
             if held:
                 print_held(held)
             suffix = next(v.suffix for v in variants(args) if v.name == variant)

@@ -23,8 +23,10 @@ from asdcli.services.branch_scores import trained_branches
 from asdcli.services.reliability import split_usable
 from asdcli.services.runs import open_run, read_branch_record
 
-RULES = {"train.heldout_max_z": (3.0, 5.0, 1e9), "train.heldout_min_clips": (1, 2, 3), "flow limitation": (True, False)}
-DEFAULT_RULES = {"train.heldout_max_z": 3.0, "train.heldout_min_clips": 2, "flow limitation": True}
+RULES = {"train.heldout_max_z": (3.0, 5.0, 1e9), "train.heldout_min_clips": (1, 2, 3), "flow limitation": (True, False),
+         "branches.contrastive.min_classes": (1, 2)}
+DEFAULT_RULES = {"train.heldout_max_z": 3.0, "train.heldout_min_clips": 2, "flow limitation": True,
+                 "branches.contrastive.min_classes": 1}
 
 
 def save_record(record: Labelled, path: Path) -> None:

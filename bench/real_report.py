@@ -12,7 +12,9 @@ from asdcli.models.registry import BRANCHES
 from loso import DEFAULT_RULES
 
 STAGES = ["average", "fused", "final"]
-REFERENCES = ["ref AE (MSE)", "ref AE (Mahalanobis)"]
+REFERENCES = ["ref AE (MSE)", "ref AE (Mahalanobis)", "audio-anomaly (mean)", "audio-anomaly (max)"]
+# what a user would pick instead of asd (bench/peers.py): b1 alone is frozen-embedding kNN
+PEERS = {"b1": "b1 alone (frozen kNN)", **{r: r for r in REFERENCES}}
 
 
 def section_metrics(groups: list[str], labels: np.ndarray, scores: np.ndarray) -> dict[str, tuple[float, float]]:
@@ -87,6 +89,27 @@ def print_checks(records: list[dict], roles: dict[str, str]) -> None:
             worst = (name, float(np.nanmean(gap)))
     if worst:
         print(f"\nWorst set: {worst[0]}, final - its best branch {worst[1]:+.3f} (mean over its runs)")
+
+
+def print_peers(records: list[dict], roles: dict[str, str]) -> dict[str, float]:
+    """Per set, the final score's mean AUC against each peer's on the same folds (the issue's
+    goals: no set more than 0.03 below its best peer; pooled, 0.03 above every peer); returns the
+    pooled means."""
+    peers = [p for p in PEERS if any(p in r["metrics"] for r in records)]
+    print("\nasd against the peers a user would pick instead (AUC, mean over the same folds and seeds): the final "
+          "score, each peer, the set's best peer and the difference\n")
+    print("| set | role | final | " + " | ".join(PEERS[p] for p in peers) + " | best peer | final - best peer |")
+    print("| --- | --- | ---: | " + " | ".join("---:" for _ in peers) + " | --- | ---: |")
+    pooled = {}
+    for name in sorted({r["set"] for r in records}) + ["all"]:
+        chosen = [r for r in records if name in ("all", r["set"])]
+        means = {c: float(np.nanmean([_mean_metric(r, c, 0) for r in chosen])) for c in ["final", *peers]}
+        best = max(peers, key=lambda p: means[p])
+        print(f"| {name} | {roles.get(name, '')} | {means['final']:.3f} | " + " | ".join(f"{means[p]:.3f}" for p in peers)
+              + f" | {PEERS[best]} | {means['final'] - means[best]:+.3f} |")
+        if name == "all":
+            pooled = means
+    return pooled
 
 
 def _cross_fold_choice(records: list[dict], branches: list[str]) -> float:

@@ -128,6 +128,21 @@ class Branch(nn.Module, ABC):
         done = batch.embeddings.get(self.name)
         return done if done is not None and not self.training else self.embed(batch)
 
+    def background_spec(self) -> str:
+        """Which background of other machines' recordings its training uses
+        (:mod:`asdcli.data.background`: ``builtin``, a folder, or ``none``, the default)."""
+        return "none"
+
+    def set_background(self, feats: Tensor, kinds: Tensor) -> None:
+        """Before training: (N, n_mels, frames) log-mel of the background recordings and (N,)
+        their machine types (0..K-1). Training-only: nothing of it is saved."""
+
+    @classmethod
+    def fusion_limitation(cls, extra: dict, cfg) -> str | None:
+        """Why the fusion must leave a trained branch out under its config ``cfg`` (a reason a
+        setting read when fusing decides), given the ``extra_meta`` it recorded; None: no reason."""
+        return None
+
     def prepare_training(self, batches: Iterable[Batch]) -> None:
         """Before training: fit data-dependent input transforms (beyond the log-mel statistics)."""
 

@@ -59,7 +59,7 @@ class ContrastiveBranch(Branch):
     loss_name = "supervised contrastive loss (+ ID cross-entropy after the switch)"
     switch_field = "pretrain_fraction"
 
-    def __init__(self, context: BranchContext, cfg: ContrastiveConfig):
+    def __init__(self, context: BranchContext, cfg: ContrastiveConfig, saved: dict | None = None):
         super().__init__(context)
         self.cfg = cfg
         c = cfg.channels
@@ -67,8 +67,11 @@ class ContrastiveBranch(Branch):
         self.features.to(memory_format=torch.channels_last)  # CPU convolutions run 1.4x faster in it
         self.project = nn.Sequential(nn.Linear(8 * c, 2 * cfg.embed_dim), nn.ReLU(),
                                      nn.Linear(2 * cfg.embed_dim, cfg.embed_dim))
-        self.n_classes = context.n_labels + cfg.perturbations
+        # the background's recordings are one more class of the ID classifier ("another machine"),
+        # and one class per machine type in the contrastive loss
+        self.n_classes = context.n_labels + cfg.perturbations + (cfg.background != "none")
         self.classifier = nn.Linear(cfg.embed_dim, self.n_classes)
+        self.background: tuple[Tensor, Tensor] | None = None
         self.bank = MemoryBank(cfg.k, cfg.embed_dim)
         self.register_buffer("prototypes", torch.zeros(context.n_groups, cfg.embed_dim))
         self.progress = 0.0
@@ -77,15 +80,56 @@ class ContrastiveBranch(Branch):
         """With one section-and-attribute class its perturbed copies are the only other classes
         (measured on single-machine real sets, MIMII fan and DCASE slider: AUC 0.98 with 3 of
         them); without them it has nothing to learn from."""
-        if self.context.n_labels < 2 and not self.cfg.perturbations:
+        if self._classes() < 2 and not self.cfg.perturbations:
             return ("one section-and-attribute class and branches.contrastive.perturbations is 0: its contrastive and ID "
                     "objectives have no other class to tell the clips from, so its embedding cannot learn what normal means")
         return None
+
+    def _classes(self) -> int:
+        """Classes it learns to tell apart besides its perturbed copies: the run's section-and-attribute
+        classes and the background's machine types."""
+        return self.context.n_labels + (0 if self.background is None else int(self.background[1].max()) + 1)
+
+    def extra_meta(self) -> dict:
+        return {"classes": self._classes()}
+
+    @classmethod
+    def fusion_limitation(cls, extra: dict, cfg: ContrastiveConfig) -> str | None:
+        """With fewer than ``min_classes`` classes (:meth:`_classes`, recorded at training) its only
+        negatives are perturbed copies of its own clips: measured on real single-section sets it then
+        learns the perturbations and ranks real ToyCar and ToyConveyor faults below normal clips."""
+        classes = extra.get("classes")
+        if classes is None or classes >= cfg.min_classes:
+            return None
+        return (f"{classes} class(es) to tell apart, fewer than branches.contrastive.min_classes={cfg.min_classes}: "
+                "its only negatives are perturbed copies of its own clips")
 
     def trained_kinds(self) -> tuple[str, ...]:
         """Other sections are the classes it learns to tell apart; its perturbed copies imitate
         some waveform pseudo-anomalies."""
         return (OTHER_SECTION, *imitated_kinds(self.cfg.perturbations))
+
+    def background_spec(self) -> str:
+        return self.cfg.background
+
+    def set_background(self, feats: Tensor, kinds: Tensor) -> None:
+        self.background = (feats, kinds) if len(feats) else None
+
+    def _with_background(self, feats: Tensor, labels: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Append ``background_per_step`` background clips drawn at random (torch's generator,
+        seeded per epoch) to a step's clips: (B', M, T) clips, (B',) contrastive labels (one class
+        per machine type) and (B',) classifier labels (one class for every other machine)."""
+        own = self.context.n_labels + self.cfg.perturbations
+        if self.background is None:
+            return feats, labels, labels
+        bank, kinds = self.background
+        rows = torch.randint(len(bank), (self.cfg.background_per_step,)).to(bank.device)
+        drawn = bank[rows].to(feats.device)
+        if self.cfg.crop_frames:
+            drawn = random_crop(drawn, self.cfg.crop_frames)
+        kinds = kinds[rows].to(labels.device)
+        return (torch.cat([feats, drawn]), torch.cat([labels, own + kinds]),
+                torch.cat([labels, torch.full_like(kinds, own)]))
 
     def set_progress(self, fraction: float) -> None:
         """Training progress in [0, 1]: the classifier joins after ``pretrain_fraction``."""
@@ -108,13 +152,14 @@ class ContrastiveBranch(Branch):
         copies, kinds = perturbed_copies(feats, self.cfg.perturbations, self.cfg.copies_per_clip)
         feats = torch.cat([feats, copies], dim=0)  # (B + P * B, M, T)
         labels = torch.cat([batch.label, self.context.n_labels + kinds])
+        feats, labels, classes = self._with_background(feats, labels)  # (B + P * B + G, M, T)
         known = labels >= 0
         z = self._embed_feats(feats)[known]
-        labels = labels[known]
+        labels, classes = labels[known], classes[known]
         with torch.autocast(feats.device.type, enabled=False):
             loss = supcon_loss(z, labels, self.cfg.temperature)
             if self.progress >= self.cfg.pretrain_fraction:
-                loss = loss + F.cross_entropy(self.classifier(z) / self.cfg.temperature, labels)
+                loss = loss + F.cross_entropy(self.classifier(z) / self.cfg.temperature, classes)
         return loss
 
     def embed(self, batch: Batch) -> Tensor:

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import stats
 
 from asdcli.config import AsdConfig
+from asdcli.models.registry import BRANCHES, branch_config
 from asdcli.services.records import BranchRecord, HeldOut
 
 
@@ -67,6 +68,9 @@ def left_out_reason(name: str, metas: dict[str, BranchRecord], config: AsdConfig
     meta = metas[name]
     if meta.limitation:
         return meta.limitation
+    stated = BRANCHES[name].fusion_limitation(meta.extra or {}, branch_config(config, name)) if name in BRANCHES else None
+    if stated:
+        return stated
     held, gap = meta.heldout, heldout_gap(meta.heldout)
     if gap is not None and gap > config.train.heldout_max_z and held.clips >= config.train.heldout_min_clips:
         return (f"{heldout_summary(held)} (limit train.heldout_max_z={config.train.heldout_max_z:g}): it does not "

@@ -30,6 +30,7 @@ from asdcli.errors import CheckpointError, TrainingError
 from asdcli.metrics import gamma_threshold
 from asdcli.models.base import Batch, Branch, state_digest
 from asdcli.models.registry import BRANCHES, branch_config, branch_training, build_branch, canonical_name, config_key
+from asdcli.services.background import background_features
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
 from asdcli.services.device import DistInfo, distributed
 from asdcli.services.schedule import Precision, epoch_chunks, lr_at
@@ -143,6 +144,9 @@ def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: to
     torch.manual_seed(config.seed)
     branch = build_branch(name, config, branch_context(run, config, embed_dims)).to(device)
     branch.set_input_stats(clipset.mean.to(device), clipset.std.to(device))
+    if branch.background_spec() != "none":
+        feats, kinds, _ = background_features(branch.background_spec(), {c.machine for c in clips}, config, cache_dir)
+        branch.set_background(feats.to(device), kinds.to(device))
     trained = [i for i, c in enumerate(clipset.clips) if clip_key(c) not in run.holdout]
     branch.prepare_training(model_batches(clipset, config.train.batch_size, device, upstream, order=trained,
                                           embedded=embedded))
