@@ -117,8 +117,8 @@ class ContrastiveConfig(BranchTrain):
     score: Literal["knn", "prototype"] = "knn"
     k: int = Field(1, ge=1)
     background: str = Field("none", min_length=1, description="other machines' normal recordings it learns to tell "
-                            "the run's clips from (outlier exposure): 'builtin' (shipped, asdcli/background), a "
-                            "folder of <type>/*.wav, or 'none'; the run's own machine types are left out of it")
+                            "the run's clips from (outlier exposure): a folder of <type>/*.wav (a DCASE download: "
+                            "its train normals), or 'none'; the run's own machine types are left out of it")
     background_per_step: int = Field(16, ge=1, description="background clips drawn into each training step")
     min_classes: int = Field(1, ge=1, description="with fewer classes to tell apart (the run's section-and-attribute "
                              "classes and the background's machine types) its only negatives are perturbed copies of "

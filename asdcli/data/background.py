@@ -3,14 +3,13 @@
 A discriminative branch trained on one machine section alone has no other class to tell the
 clips from: with perturbed copies as the only negatives it learns the perturbations, not the
 machine (measured: b3 ranked real ToyCar and ToyConveyor faults below normal clips). DCASE
-first-shot systems train against other machines' real recordings instead; this is where asd
-finds them without network:
+first-shot systems train against other machines' real recordings instead. A data root with
+several machine types already gives b3 those classes; a background folder adds more:
 
-- ``builtin``: a compact library shipped in the package (``asdcli/background/``, its
-  ``SOURCES.md`` names every recording's data set and licence);
 - a folder a user points to: ``<type>/**/*.wav`` (or flac), one class per top-level folder, such
   as a DCASE download (its ``train`` normals are taken, never a test clip or an anomaly);
-- ``none``.
+- ``none``, the default: on the ten real sets of ``bench/bench_b3.py`` a background of the other
+  sets' machines did not lift b3 where it fails (docs/b3-background.md).
 
 The run's own machine types are never background: their clips are the run's training data.
 """
@@ -23,7 +22,7 @@ from pathlib import Path
 from asdcli.data.layout import discover
 from asdcli.errors import ConfigError, DataError
 
-BUILTIN = Path(__file__).resolve().parents[1] / "background"
+FIELD = "branches.contrastive.background"
 
 
 @dataclass(frozen=True)
@@ -35,13 +34,12 @@ class BackgroundClip:
 
 
 def background_folder(spec: str) -> Path | None:
-    """The folder ``spec`` names: ``builtin``, a path, or None for ``none``."""
+    """The folder ``spec`` names, or None for ``none``."""
     if spec == "none":
         return None
-    folder = BUILTIN if spec == "builtin" else Path(spec).expanduser()
+    folder = Path(spec).expanduser()
     if not folder.is_dir():
-        raise ConfigError(f"background: {folder} is not a folder of recordings (<type>/*.wav); give a folder, "
-                          "'builtin' or 'none'")
+        raise ConfigError(f"{FIELD}: {folder} is not a folder of recordings (<type>/*.wav); give a folder or 'none'")
     return folder
 
 
@@ -54,12 +52,14 @@ def background_clips(spec: str, exclude: set[str]) -> list[BackgroundClip]:
     try:
         clips = discover(folder)
     except DataError:
-        raise ConfigError(f"background: no .wav or .flac files under {folder}") from None
+        raise ConfigError(f"{FIELD}: no .wav or .flac files under {folder}") from None
     skip = {name.lower() for name in exclude}
     out = []
     for clip in clips:
-        kind = clip.path.relative_to(folder).parts[0]
-        if clip.split == "test" or clip.label == "anomaly" or kind.lower() in skip or clip.path.parent == folder:
+        parts = clip.path.relative_to(folder).parts
+        if (len(parts) < 2 or parts[0].lower() in skip or clip.label == "anomaly"
+                or clip.split == "test" or "test" in parts[1:-1]):
             continue
+        kind = parts[0]
         out.append(BackgroundClip(clip.path, kind))
     return out

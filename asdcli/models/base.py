@@ -130,7 +130,7 @@ class Branch(nn.Module, ABC):
 
     def background_spec(self) -> str:
         """Which background of other machines' recordings its training uses
-        (:mod:`asdcli.data.background`: ``builtin``, a folder, or ``none``, the default)."""
+        (:mod:`asdcli.data.background`: a folder, or ``none``, the default)."""
         return "none"
 
     def set_background(self, feats: Tensor, kinds: Tensor) -> None:
