@@ -1,0 +1,410 @@
+"""`asd watch`: score the recordings a recorder drops into a folder, as they arrive, once each.
+
+A file is scored when it is complete: closed after writing or renamed into place (inotify, through
+watchdog, where the system has it), or its size and modification time unchanged for
+``settle_s`` (every system; also a periodic rescan catches what an event missed). A WAV whose
+header promises more audio than the file holds is still being written: it waits. Each clip
+gets one line in the decision log (:mod:`asdcli.services.watch_log`) after it is scored, so a
+restart skips what the log holds, scores what arrived meanwhile and never logs a file twice.
+The run is loaded once and again only when a retrained stage is committed in its folder.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from asdcli.data.layout import AUDIO_SUFFIXES, Clip, parse_clip
+from asdcli.services.watch_log import DecisionLog, LogLine
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass
+class WatchOptions:
+    """How ``asd watch`` decides and warns (see the command's help)."""
+
+    settle_s: float = 1.0  # unchanged this long: complete
+    rescan_s: float = 30.0  # a full listing this often (events can be missed)
+    since_s: float | None = None  # older files are not caught up on
+    alert_k: int = 1
+    alert_n: int = 1
+    silence_s: float | None = None  # no new recording this long: a notice
+    drift_window: int = 50  # recent normal clips of a section whose median is watched
+    drift_z: float = 1.0  # their median score above this: the machine's normal sound changed
+    batch: int = 32  # clips scored together in a backlog
+    poll: bool = False  # no inotify, polling only
+    machine: str | None = None
+    section: str | None = None
+
+
+@dataclass
+class WatchState:
+    """What the watcher knows: files handled (by path relative to the folder), files seen but not
+    yet complete (size, mtime, since when unchanged), and per section the recent decisions and
+    normal scores."""
+
+    done: set[str] = field(default_factory=set)
+    candidates: dict[str, tuple[int, int, float]] = field(default_factory=dict)
+    decisions: dict[str, deque] = field(default_factory=dict)
+    normals: dict[str, deque] = field(default_factory=dict)
+    drifting: set[str] = field(default_factory=set)
+    last_arrival: float = field(default_factory=time.monotonic)
+    silent: bool = False
+
+
+def _relative(folder: Path, path: Path) -> str:
+    return str(path.relative_to(folder))
+
+
+def list_audio(folder: Path) -> list[Path]:
+    """Audio files under ``folder`` (hidden files and folders left out), sorted."""
+    out = []
+    for root, dirs, names in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        out += [Path(root) / n for n in names if not n.startswith(".") and Path(n).suffix.lower() in AUDIO_SUFFIXES]
+    return sorted(out)
+
+
+def wav_state(path: Path, size: int) -> str:
+    """``complete`` for a WAV whose data chunk holds exactly the bytes its header declares,
+    ``partial`` where it declares more than the file holds yet (still being written), ``unknown``
+    for anything else (a streaming header of unknown length, FLAC): only time tells."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+                return "unknown"
+            offset = 12
+            while offset + 8 <= size:
+                handle.seek(offset)
+                chunk = handle.read(8)
+                declared = int.from_bytes(chunk[4:8], "little")
+                if chunk[:4] == b"data":
+                    available = size - offset - 8
+                    if declared in (0, 0xFFFFFFFF):
+                        return "unknown"
+                    return "partial" if declared > available else "complete"
+                offset += 8 + declared + (declared & 1)
+    except OSError:
+        return "unknown"
+    return "partial"  # no data chunk yet
+
+
+class Arrivals:
+    """New complete files under the watched folder (module docstring)."""
+
+    def __init__(self, folder: Path, state: WatchState, options: WatchOptions):
+        self.folder, self.state, self.options = folder, state, options
+        self.closed: set[str] = set()  # closed after writing or moved into place (inotify)
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.observer = None if options.poll else self._observe()
+        self.next_rescan = 0.0
+        self.vanished: list[str] = []  # files seen and deleted before they could be scored
+
+    def _observe(self):
+        """A watchdog observer feeding :attr:`closed`, or None where watchdog or inotify is missing."""
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            return None
+        arrivals = self
+
+        class Handler(FileSystemEventHandler):
+            def on_any_event(self, event) -> None:
+                if event.is_directory:
+                    return
+                path = getattr(event, "dest_path", "") or event.src_path
+                if event.event_type in ("closed", "moved"):
+                    with arrivals.lock:
+                        arrivals.closed.add(str(path))
+                arrivals.wake.set()
+
+        try:
+            observer = Observer()
+            observer.schedule(Handler(), str(self.folder), recursive=True)
+            observer.start()
+            return observer
+        except OSError:  # no inotify instance left, or the folder vanished: poll
+            return None
+
+    def stop(self) -> None:
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=5)
+
+    def wait(self, seconds: float) -> None:
+        """Sleep until an event or ``seconds``."""
+        self.wake.wait(seconds)
+        self.wake.clear()
+
+    def complete(self, now: float) -> list[Path]:
+        """Files that became complete since the last call, oldest first."""
+        if self.observer is None or now >= self.next_rescan or self.state.candidates:
+            listed = list_audio(self.folder)
+            known = set(listed)
+            paths = listed + [self.folder / k for k in self.state.candidates if self.folder / k not in known]
+            self.next_rescan = now + self.options.rescan_s
+        else:
+            paths = []
+        with self.lock:
+            closed, self.closed = self.closed, set()
+        paths += [Path(p) for p in closed if Path(p).suffix.lower() in AUDIO_SUFFIXES]
+        ready = []
+        for path in dict.fromkeys(paths):
+            key = _relative(self.folder, path) if path.is_relative_to(self.folder) else None
+            if key is None or key in self.state.done:
+                continue
+            try:
+                info = os.stat(path)
+            except OSError:
+                if self.state.candidates.pop(key, None) is not None:
+                    self.vanished.append(key)  # seen, then gone before it was complete
+                continue
+            stamp = (info.st_size, info.st_mtime_ns)
+            seen = self.state.candidates.get(key)
+            if seen is None or seen[:2] != stamp:
+                # unchanged since its modification time (a file found at start is settled already)
+                age = max(0.0, time.time() - info.st_mtime_ns / 1e9)
+                seen = self.state.candidates[key] = (*stamp, now - age)
+            state = wav_state(path, info.st_size) if info.st_size else "partial"
+            settled = now - seen[2] >= self.options.settle_s
+            # closed (or renamed into place) with a consistent header: at once; otherwise once settled
+            if state == "partial" or not (settled or (str(path) in closed and state == "complete")):
+                continue
+            ready.append((info.st_mtime_ns, key, path))
+        return [p for _, _, p in sorted(ready)]
+
+
+def clip_of(path: Path, options: WatchOptions) -> Clip:
+    """The clip of a recording: machine and section from its path, else from the options."""
+    clip = parse_clip(path)
+    machine = options.machine or (clip.machine if clip.machine != "unknown" else None) or "unknown"
+    section = options.section or clip.section
+    return Clip(**{**clip.__dict__, "machine": machine, "section": section})
+
+
+class Monitor:
+    """Decisions over time: the K-of-N alert, the silent recorder and the drift of the normal
+    sound (section by section); each yields log lines."""
+
+    def __init__(self, state: WatchState, options: WatchOptions, on_alert: Callable[[LogLine], str | None]):
+        self.state, self.options, self.on_alert = state, options, on_alert
+
+    def clip(self, line: LogLine) -> list[LogLine]:
+        """Lines that follow one scored clip (an alert, a drift notice)."""
+        out, section = [], f"{line.machine}/{line.section}"
+        recent = self.state.decisions.setdefault(section, deque(maxlen=self.options.alert_n))
+        recent.append(line.decision)
+        if line.decision == 1 and sum(recent) >= self.options.alert_k:
+            recent.clear()  # one alert per run of anomalies, not one per clip
+            failed = self.on_alert(line)
+            message = (f"{self.options.alert_k} of the last {self.options.alert_n} clips of {section} anomalous "
+                       f"(latest {line.file}, score {line.score:.2f})" + (f"; the alert command failed: {failed}"
+                                                                          if failed else ""))
+            out.append(LogLine(utc_now(), line.file, line.machine, line.section, line.score, 1, "alert", message))
+        if line.decision == 0 and line.score is not None:
+            normals = self.state.normals.setdefault(section, deque(maxlen=self.options.drift_window))
+            normals.append(line.score)
+            median = float(np.median(normals))
+            if len(normals) == normals.maxlen and median > self.options.drift_z and section not in self.state.drifting:
+                self.state.drifting.add(section)
+                out.append(LogLine(utc_now(), "", line.machine, line.section, median, None, "notice",
+                                   f"the last {len(normals)} normal clips of {section} score {median:+.2f} (median) "
+                                   f"above its training clips (limit {self.options.drift_z:g}): its normal sound has "
+                                   "changed; retrain the run on recent recordings"))
+            elif median <= self.options.drift_z:
+                self.state.drifting.discard(section)
+        return out
+
+    def idle(self, now: float) -> list[LogLine]:
+        """A notice when no recording arrived for ``silence_s`` (once until one arrives)."""
+        limit = self.options.silence_s
+        if limit is None or self.state.silent or now - self.state.last_arrival < limit:
+            return []
+        self.state.silent = True
+        return [LogLine(utc_now(), kind="notice", message=f"no new recording for {limit:g} s: is the recorder running?")]
+
+
+STALE_S = 30.0  # a WAV that stays shorter than its header says this long was cut short: reported, not awaited
+
+
+@dataclass
+class WatchSummary:
+    """What one ``asd watch`` did: clips scored (of which caught up on at the start), files
+    skipped (unreadable), files older than ``--since`` left alone, and how often the run was reloaded."""
+
+    scored: int = 0
+    caught_up: int = 0
+    skipped: int = 0
+    older: int = 0
+    reloads: int = 0
+
+
+def run_stamp(run_dir: Path) -> tuple:
+    """Sizes and modification times of a run's records and weights: a commit changes them."""
+    entries = []
+    with os.scandir(run_dir) as found:
+        for entry in found:
+            if entry.name.endswith((".json", ".safetensors")) and not entry.name.startswith("."):
+                info = entry.stat()
+                entries.append((entry.name, info.st_size, info.st_mtime_ns))
+    return tuple(sorted(entries))
+
+
+def alert_command(command: str | None) -> Callable[[LogLine], str | None]:
+    """Run ``command`` (a shell command line) for an alert, the clip's details in ``ASD_*``
+    environment variables; returns why it failed, or None."""
+    import subprocess
+
+    def run(line: LogLine) -> str | None:
+        if not command:
+            return None
+        env = {**os.environ, "ASD_FILE": line.file, "ASD_MACHINE": line.machine, "ASD_SECTION": line.section,
+               "ASD_SCORE": f"{line.score:.6f}", "ASD_DECISION": str(line.decision), "ASD_TIME": line.time}
+        try:
+            done = subprocess.run(command, shell=True, env=env, timeout=60, capture_output=True)
+        except subprocess.TimeoutExpired:
+            return "it ran for more than 60 s and was stopped"
+        except OSError as error:
+            return error.strerror or str(error)
+        return None if done.returncode == 0 else f"exit status {done.returncode}"
+    return run
+
+
+class Watch:
+    """The watch loop over ``folder`` with the run ``run_dir`` (module docstring). ``emit`` gets
+    every log line as it is written; ``on_backlog(done, total)`` the progress of a backlog."""
+
+    def __init__(self, folder: Path, run_dir: Path, log: DecisionLog, options: WatchOptions,
+                 load: Callable[[Path], object], emit: Callable[[LogLine], None],
+                 alert: Callable[[LogLine], str | None], on_backlog: Callable[[int, int], None] | None = None):
+        self.folder, self.run_dir, self.log, self.options = Path(folder), Path(run_dir), log, options
+        self.load, self.emit, self.on_backlog = load, emit, on_backlog
+        self.state = WatchState(done={line.file for line in log.open() if line.kind in ("clip", "skipped")})
+        self.monitor = Monitor(self.state, options, alert)
+        self.summary = WatchSummary()
+        self.notices: set[str] = set()
+        self.backlog: set[str] = set()
+        self.stamp = run_stamp(self.run_dir)
+        self.detector = load(self.run_dir)
+
+    def _write(self, line: LogLine) -> None:
+        self.log.append(line)
+        self.emit(line)
+
+    def _reload_if_retrained(self) -> None:
+        stamp = run_stamp(self.run_dir)
+        if stamp != self.stamp:
+            self.detector, self.stamp = self.load(self.run_dir), stamp
+            self.summary.reloads += 1
+            self._write(LogLine(utc_now(), kind="notice", message=f"{self.run_dir} changed: the run was loaded again"))
+
+    def _score(self, paths: list[Path]) -> None:
+        """Score ``paths`` and log each (a clip that cannot be read: a skipped line naming why)."""
+        from asdcli.errors import DataError
+
+        clips = [clip_of(p, self.options) for p in paths]
+        try:
+            result = self.detector.score(clips)
+        except DataError:  # none of them could be read
+            if len(paths) > 1:
+                for path in paths:
+                    self._score([path])
+                return
+            result = None
+        scored = set()
+        for notice in result.notices if result is not None else []:
+            if notice not in self.notices:  # each once per watch, not once per clip
+                self.notices.add(notice)
+                self._write(LogLine(utc_now(), kind="notice", message=notice))
+        if result is not None:
+            for clip, score, decision in zip(result.clips, result.score, result.decision):
+                key = _relative(self.folder, clip.path)
+                scored.add(key)
+                line = LogLine(utc_now(), key, clip.machine, clip.section or "", float(score), int(decision))
+                self._finish(key, line)
+                for follow in self.monitor.clip(line):
+                    self._write(follow)
+        for path in paths:
+            key = _relative(self.folder, path)
+            if key not in scored:
+                why = next((m for p, m in (result.skipped if result else []) if Path(p) == path), None)
+                exists = os.path.exists(path)
+                message = why or (f"{path}: not a readable audio file" if exists else f"{path}: deleted before it was scored")
+                self._finish(key, LogLine(utc_now(), key, kind="skipped", message=message))
+                self.summary.skipped += 1
+
+    def _finish(self, key: str, line: LogLine) -> None:
+        self._write(line)
+        self.state.done.add(key)
+        self.state.candidates.pop(key, None)
+        self.summary.scored += line.kind == "clip"
+        if key in self.backlog:
+            self.backlog.discard(key)
+            self.summary.caught_up += 1
+            if not self.backlog:
+                self._write(LogLine(utc_now(), kind="notice", message=f"caught up on {self.summary.caught_up} "
+                                    "recording(s) that arrived while asd watch was not running"))
+
+    def run(self, stop: threading.Event) -> WatchSummary:
+        """Watch until ``stop`` is set; the clips in hand are finished first."""
+        arrivals = Arrivals(self.folder, self.state, self.options)
+        self._catch_up()
+        try:
+            while not stop.is_set():
+                now = time.monotonic()
+                ready = arrivals.complete(now)
+                for key in arrivals.vanished:
+                    self._finish(key, LogLine(utc_now(), key, kind="skipped",
+                                              message=f"{self.folder / key}: deleted before it was scored"))
+                    self.summary.skipped += 1
+                arrivals.vanished.clear()
+                ready += [self.folder / k for k, (_, _, since) in list(self.state.candidates.items())
+                          if now - since > STALE_S and self.folder / k not in ready]
+                if ready:
+                    self._score_all(ready, stop)
+                    continue
+                for line in self.monitor.idle(now):
+                    self._write(line)
+                arrivals.wait(min(0.5, self.options.settle_s / 2))
+        finally:
+            arrivals.stop()
+            self.log.close()
+        return self.summary
+
+    def _score_all(self, ready: list[Path], stop: threading.Event) -> None:
+        """Score what is ready, a batch at a time (a backlog says how far it is); a stop request
+        ends it after the batch in hand."""
+        self.state.last_arrival, self.state.silent = time.monotonic(), False
+        self._reload_if_retrained()
+        for start in range(0, len(ready), self.options.batch):
+            self._score(ready[start : start + self.options.batch])
+            if self.on_backlog is not None and len(ready) > self.options.batch:
+                self.on_backlog(min(start + self.options.batch, len(ready)), len(ready))
+            if stop.is_set():
+                return
+
+    def _catch_up(self) -> None:
+        """At the start: the files that arrived while the watcher was down (the backlog, said when
+        it is done); with ``since_s``, those older than it are left alone."""
+        waiting = [p for p in list_audio(self.folder) if _relative(self.folder, p) not in self.state.done]
+        if self.options.since_s is not None:
+            limit = time.time() - self.options.since_s
+            older = [p for p in waiting if os.path.getmtime(p) < limit]
+            self.state.done.update(_relative(self.folder, p) for p in older)
+            self.summary.older = len(older)
+            waiting = [p for p in waiting if p not in older]
+        self.backlog = {_relative(self.folder, p) for p in waiting}
