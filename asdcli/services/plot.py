@@ -71,9 +71,12 @@ def run_logs(path: Path) -> tuple[list[Path], Path]:
 
 
 def log_kind(path: Path) -> str:
-    """``debug`` (freeze-debug CSV), ``epochs`` (a run's per-epoch log) or ``scores``."""
+    """``debug`` (freeze-debug CSV), ``epochs`` (a run's per-epoch log), ``watch`` (an asd watch
+    log) or ``scores``."""
     if path.is_dir():
         return "run" if is_run(path) else "scores"
+    if path.suffix == ".jsonl":
+        return "watch"
     try:
         with open_regular(path, "log or score file", DataError, CSV_LIMIT) as (handle, _):
             header = handle.readline(4096).decode("utf-8", errors="replace").strip().split(",")
@@ -83,6 +86,8 @@ def log_kind(path: Path) -> str:
         return "debug"
     if header[:2] == ["epoch", "loss"]:
         return "epochs"
+    if header[:3] == ["time", "file", "machine"]:
+        return "watch"
     return "scores"
 
 

@@ -331,10 +331,13 @@ class Watch:
                 self.notices.add(notice)
                 self._write(LogLine(utc_now(), kind="notice", message=notice))
         if result is not None:
+            own, pooled = self.detector.thresholds()
             for clip, score, decision in zip(result.clips, result.score, result.decision):
                 key = _relative(self.folder, clip.path)
                 scored.add(key)
-                line = LogLine(utc_now(), key, clip.machine, clip.section or "", float(score), int(decision))
+                threshold = own.get(self.detector.run.vocab.group_name(clip), pooled)
+                line = LogLine(utc_now(), key, clip.machine, clip.section or "", float(score), int(decision),
+                               threshold=float(threshold))
                 self._finish(key, line)
                 for follow in self.monitor.clip(line):
                     self._write(follow)

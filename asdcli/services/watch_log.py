@@ -6,7 +6,8 @@ disk. A crash can still cut the last line short (the disk may hold part of one w
 line has no newline, so :meth:`DecisionLog.open` cuts it off; its clip is not in the log and is
 scored again. So every file is in the log once, whatever moment the process was killed at.
 
-CSV (``time,file,machine,section,score,decision,kind,message``, a header first) or JSON lines.
+CSV (``time,file,machine,section,score,threshold,decision,kind,message``, a header first) or JSON
+lines; ``threshold`` is the section's decision threshold the score was decided by.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 from asdcli.errors import DataError, OutputError
 from asdcli.files import CSV_LIMIT, open_regular
 
-COLUMNS = ["time", "file", "machine", "section", "score", "decision", "kind", "message"]
+COLUMNS = ["time", "file", "machine", "section", "score", "threshold", "decision", "kind", "message"]
 KINDS = ("clip", "skipped", "notice", "alert")
 
 
@@ -39,6 +40,7 @@ class LogLine:
     decision: int | None = None
     kind: str = "clip"
     message: str = ""
+    threshold: float | None = None
 
     def text(self, as_json: bool) -> str:
         if as_json:
@@ -46,6 +48,7 @@ class LogLine:
         buffer = io.StringIO()
         row = asdict(self)
         row["score"] = "" if self.score is None else f"{self.score:.6f}"
+        row["threshold"] = "" if self.threshold is None else f"{self.threshold:.6f}"
         row["decision"] = "" if self.decision is None else str(self.decision)
         csv.writer(buffer, lineterminator="\n").writerow([row[c] for c in COLUMNS])
         return buffer.getvalue()
@@ -62,9 +65,10 @@ def parse_line(text: str, as_json: bool) -> LogLine | None:
     if len(row) != len(COLUMNS):
         raise ValueError(f"{len(row)} columns, expected {len(COLUMNS)}")
     values = dict(zip(COLUMNS, row))
-    return LogLine(values["time"], values["file"], values["machine"], values["section"],
-                   float(values["score"]) if values["score"] else None,
-                   int(values["decision"]) if values["decision"] else None, values["kind"], values["message"])
+    number = {k: float(values[k]) if values[k] else None for k in ("score", "threshold")}
+    return LogLine(values["time"], values["file"], values["machine"], values["section"], number["score"],
+                   int(values["decision"]) if values["decision"] else None, values["kind"], values["message"],
+                   number["threshold"])
 
 
 class DecisionLog:

@@ -170,3 +170,23 @@ def test_the_command_refuses_bad_options_in_one_line(tmp_path, run):
         assert result.exit_code == 1 and fragment in result.output
     result = runner.invoke(app, ["watch", str(tmp_path / "missing"), "--run", str(run)])
     assert result.exit_code == 1 and "not a folder to watch" in result.output
+
+
+def test_a_watch_log_plots_as_a_timeline(tmp_path):
+    log = DecisionLog(tmp_path / "log.csv")
+    log.open()
+    for i in range(40):
+        for section in ("00", "01"):
+            score = 3.0 if i == 30 else 0.1 * (i % 5)
+            log.append(LogLine(f"2026-12-0{1 + i // 20}T{i % 20:02d}:00:00Z", f"pump/{section}_{i}.wav", "pump",
+                               section, score, int(score > 1.5), threshold=1.5))
+    log.append(LogLine("2026-12-02T10:00:00Z", "pump/00_30.wav", "pump", "00", 3.0, 1, "alert", "1 of 1"))
+    log.close()
+    result = runner.invoke(app, ["plot", str(tmp_path / "log.csv"), "-o", str(tmp_path / "timeline.png")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = DecisionLog(tmp_path / "empty.csv")
+    empty.open()
+    empty.close()
+    result = runner.invoke(app, ["plot", str(tmp_path / "empty.csv")])
+    assert result.exit_code == 1 and "no scored clip" in result.output
