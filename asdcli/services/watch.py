@@ -107,6 +107,7 @@ class Arrivals:
     def __init__(self, folder: Path, state: WatchState, options: WatchOptions):
         self.folder, self.state, self.options = folder, state, options
         self.closed: set[str] = set()  # closed after writing or moved into place (inotify)
+        self.touched: set[str] = set()  # created or written to (inotify): to look at, no full listing needed
         self.lock = threading.Lock()
         self.wake = threading.Event()
         self.observer = None if options.poll else self._observe()
@@ -126,10 +127,11 @@ class Arrivals:
             def on_any_event(self, event) -> None:
                 if event.is_directory:
                     return
-                path = getattr(event, "dest_path", "") or event.src_path
-                if event.event_type in ("closed", "moved"):
-                    with arrivals.lock:
-                        arrivals.closed.add(str(path))
+                path = str(getattr(event, "dest_path", "") or event.src_path)
+                with arrivals.lock:
+                    arrivals.touched.add(path)
+                    if event.event_type in ("closed", "moved"):
+                        arrivals.closed.add(path)
                 arrivals.wake.set()
 
         try:
@@ -152,16 +154,17 @@ class Arrivals:
 
     def complete(self, now: float) -> list[Path]:
         """Files that became complete since the last call, oldest first."""
-        if self.observer is None or now >= self.next_rescan or self.state.candidates:
-            listed = list_audio(self.folder)
-            known = set(listed)
-            paths = listed + [self.folder / k for k in self.state.candidates if self.folder / k not in known]
-            self.next_rescan = now + self.options.rescan_s
-        else:
-            paths = []
         with self.lock:
             closed, self.closed = self.closed, set()
-        paths += [Path(p) for p in closed if Path(p).suffix.lower() in AUDIO_SUFFIXES]
+            touched, self.touched = self.touched, set()
+        if self.observer is None or now >= self.next_rescan:
+            paths = list_audio(self.folder)
+            self.next_rescan = now + self.options.rescan_s
+        else:
+            paths = [Path(p) for p in touched if Path(p).suffix.lower() in AUDIO_SUFFIXES
+                     and not Path(p).name.startswith(".")]
+        known = set(paths)
+        paths += [self.folder / k for k in self.state.candidates if self.folder / k not in known]
         ready = []
         for path in dict.fromkeys(paths):
             key = _relative(self.folder, path) if path.is_relative_to(self.folder) else None
@@ -293,13 +296,13 @@ class Watch:
                  alert: Callable[[LogLine], str | None], on_backlog: Callable[[int, int], None] | None = None):
         self.folder, self.run_dir, self.log, self.options = Path(folder), Path(run_dir), log, options
         self.load, self.emit, self.on_backlog = load, emit, on_backlog
+        self.stamp = run_stamp(self.run_dir)
+        self.detector = load(self.run_dir)  # first: the log exists once the watcher can score
         self.state = WatchState(done={line.file for line in log.open() if line.kind in ("clip", "skipped")})
         self.monitor = Monitor(self.state, options, alert)
         self.summary = WatchSummary()
         self.notices: set[str] = set()
         self.backlog: set[str] = set()
-        self.stamp = run_stamp(self.run_dir)
-        self.detector = load(self.run_dir)
 
     def _write(self, line: LogLine) -> None:
         self.log.append(line)
