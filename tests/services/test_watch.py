@@ -190,3 +190,19 @@ def test_a_watch_log_plots_as_a_timeline(tmp_path):
     empty.close()
     result = runner.invoke(app, ["plot", str(tmp_path / "empty.csv")])
     assert result.exit_code == 1 and "no scored clip" in result.output
+
+
+def test_a_one_hour_recording_is_scored_on_its_first_seconds_without_reading_it_all(run, synth_root, tmp_path):
+    import soundfile as sf
+
+    folder = tmp_path / "rec" / "fan"
+    folder.mkdir(parents=True)
+    wave, rate = sf.read(str(_clips(synth_root, 1)[0]), dtype="int16")
+    with sf.SoundFile(str(folder / "hour.wav"), "w", rate, 1, "PCM_16") as handle:
+        for _ in range(3600 * rate // len(wave) + 1):
+            handle.write(wave)
+    assert (folder / "hour.wav").stat().st_size > 3600 * rate * 2
+    with Running(folder.parent, run, tmp_path / "log.csv") as watching:
+        watching.until(lambda: "fan/hour.wav" in watching.scored(), seconds=60)
+    alone = Detector.load(run).score([folder / "hour.wav"])
+    assert watching.scored()["fan/hour.wav"] == pytest.approx(float(alone.score[0]), abs=1e-6)
