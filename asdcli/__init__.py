@@ -1,7 +1,8 @@
 """asd: unsupervised anomalous sound detection for machines, DCASE Task 2 conventions.
 
-Library use: ``from asdcli import Detector``; ``Detector.load(run)`` once, then ``.score(paths)``
-or ``.score_waveform(array, sample_rate, machine=..., section=...)``.
+Library use: ``asdcli.train(data, run, config)`` runs every stage of a run (what ``asd train``
+does); ``from asdcli import Detector``; ``Detector.load(run)`` once, then ``.score(paths)`` or
+``.score_waveform(array, sample_rate, machine=..., section=...)``.
 """
 
 __version__ = "0.1.0"
@@ -12,4 +13,8 @@ def __getattr__(name: str):
         from asdcli.services.score import Detector
 
         return Detector
+    if name == "train":
+        from asdcli.services.pipeline import train
+
+        return train
     raise AttributeError(name)

@@ -46,6 +46,11 @@ def fit_meta(opened, cfg, holdout, data: Path | None, torch_device) -> None:
 
         result = meta_service(opened, cfg, holdout, progress, data, torch_device,
                               lambda done, total: bar.update(made, completed=done, total=total))
+    report_meta(result, run, cfg)
+
+
+def report_meta(result, run: Path, cfg) -> None:
+    """The meta-learner's tasks and query losses, or why it keeps the fused score."""
     report_failures(result.skipped)
     if result.abstained:
         show_notice(f"meta-learner: {result.abstained}")

@@ -11,11 +11,8 @@ import typer
 from rich.table import Table
 
 from asdcli.cli.common import (show_notice, say, CacheOption, ConfigOption, DeviceOption, GpuOption, OverridesArgument, SeedOption, err,
-                               gpu_or_cpu, handle_errors, out, resolve_config, run_option)
+                               gpu_or_cpu, handle_errors, out, progress_bar, resolve_config, run_option)
 from asdcli.cli.evaluate import means_table, section_table
-from asdcli.cli.meta_train import fit_meta
-from asdcli.cli.train_branch import run_branch
-from asdcli.cli.train_fusion import fit_head
 
 
 @handle_errors
@@ -38,48 +35,77 @@ def train(
     """Train every stage of a run in order: the branches (b2, b3, b4, b1, b5), the fusion head and the
     meta-learner. Every stage is checked before the first long step; a second call continues where the
     first stopped (finished stages are kept, an interrupted training resumes)."""
-    from asdcli.data.audio import length_notice
-    from asdcli.services.dataset import training_clips, untrained_machines
     from asdcli.services.features import default_cache_dir
-    from asdcli.services.pipeline import FUSION, plan, preflight
-    from asdcli.services.runs import open_run, saved_config
+    from asdcli.services.pipeline import Progress, train as train_pipeline
+    from asdcli.services.runs import saved_config
 
     cfg = resolve_config(config or saved_config(run), overrides, seed=seed)
-    steps = plan(run, cfg, skip)
-    clips = preflight(data, cfg, steps)
     torch_device, cache = gpu_or_cpu(gpu, device), cache_dir or default_cache_dir()
-    err.print(f"{clips} training clips under {data}; run {run}: "
-              + ", ".join(f"{s.label} {s.action}" + (f" ({s.why})" if s.why and s.action != "keep" else "")
-                          for s in steps), highlight=False)
-    untrained = untrained_machines(str(data))
-    if untrained:
-        show_notice(f"{', '.join(untrained)} {'has' if len(untrained) == 1 else 'have'} no training clips under {data}: "
-                    "left out of the run, its scores and the evaluation")
-    notice = length_notice([c.path for c in training_clips(str(data))], cfg.audio)
-    if notice:
-        show_notice(notice)
-    done = []
-    for step in steps:
-        if step.action in ("keep", "skip"):
-            continue
-        start = time.perf_counter()
-        say(step.label, "bold", f": {step.action}")
-        if step.stage == FUSION:
-            fit_head(data, open_run(run), cfg, None, torch_device)
-        elif step.stage == "meta-learner":
-            fit_meta(open_run(run), cfg, None, data, torch_device)
-        else:
-            run_branch(step.stage, data, run, cfg, torch_device, cache, step.action == "resume")
-        done.append((step.label, time.perf_counter() - start))
+    display = _Display(run, data, cfg)
+    trained = train_pipeline(data, run, cfg, skip, torch_device, cache,
+                             Progress(display.planned, display.stage, display.step, display.scored, display.meta,
+                                      display.done))
     summary = Table(title=f"asd train -> {run}")
     summary.add_column("stage")
     summary.add_column("this call", justify="right")
-    for step in steps:
-        seconds = dict(done).get(step.label)
+    for step in trained.steps:
+        seconds = trained.seconds.get(step.stage)
         summary.add_row(step.label, f"done in {seconds:.0f} s" if seconds is not None else
                         f"{step.action}" + (f": {step.why}" if step.why else ""))
     out.print(summary)
-    _score_tests(data, run, cache, torch_device, evaluate, out_dir, set(untrained))
+    _score_tests(data, run, cache, torch_device, evaluate, out_dir, set(trained.untrained))
+
+
+class _Display:
+    """What asd train shows while the library pipeline runs (:class:`~asdcli.services.pipeline.Progress`):
+    the plan, a progress bar per stage, each stage's report as its command prints it."""
+
+    def __init__(self, run: Path, data: Path, cfg):
+        self.run, self.data, self.cfg, self.bar, self.task = run, data, cfg, None, None
+
+    def planned(self, trained) -> None:
+        from asdcli.data.audio import length_notice
+        from asdcli.services.dataset import training_clips
+
+        err.print(f"{trained.clips} training clips under {self.data}; run {self.run}: "
+                  + ", ".join(f"{s.label} {s.action}" + (f" ({s.why})" if s.why and s.action != "keep" else "")
+                              for s in trained.steps), highlight=False)
+        if trained.untrained:
+            show_notice(f"{', '.join(trained.untrained)} {'has' if len(trained.untrained) == 1 else 'have'} no training "
+                        f"clips under {self.data}: left out of the run, its scores and the evaluation")
+        notice = length_notice([c.path for c in training_clips(str(self.data))], self.cfg.audio)
+        if notice:
+            show_notice(notice)
+
+    def stage(self, step) -> None:
+        say(step.label, "bold", f": {step.action}" + (f" ({step.why})" if step.why else ""))
+        self.bar = progress_bar(unit="steps" if step.stage != "fusion" else "clips")
+        self.task = self.bar.add_task(step.label, total=None, visible=False)
+        self.bar.start()
+
+    def step(self, info) -> None:
+        self.bar.update(self.task, visible=True, total=info.steps * info.epochs,
+                        completed=(info.epoch - 1) * info.steps + info.step,
+                        description=f"epoch {info.epoch}/{info.epochs} loss {info.loss:.4f} {info.clips_per_s:,.1f} clips/s")
+
+    def scored(self, done: int, total: int) -> None:
+        self.bar.update(self.task, visible=True, completed=done, total=total, description="scoring clips")
+
+    def meta(self, step: int, total: int, loss: float) -> None:
+        self.bar.update(self.task, visible=True, completed=step, total=total, description=f"meta-training loss {loss:.4f}")
+
+    def done(self, step, result, seconds: float) -> None:
+        from asdcli.cli.meta_train import report_meta
+        from asdcli.cli.train_branch import report_branch
+        from asdcli.cli.train_fusion import report_fusion
+
+        self.bar.stop()
+        if step.stage == "fusion":
+            report_fusion(result, self.run)
+        elif step.stage == "meta-learner":
+            report_meta(result, self.run, self.cfg)
+        else:
+            report_branch(result, self.cfg)
 
 
 def _score_tests(data: Path, run: Path, cache: Path, torch_device, evaluate: bool | None, out_dir: Path | None,

@@ -67,10 +67,15 @@ def run_branch(name: str, data: Path, run: Path, cfg, torch_device, cache_dir: P
 
         result = train_service(name, data, run, cfg, torch_device, cache_dir, resume, on_step=on_step,
                                on_score=on_score)
+    report_branch(result, cfg)
+
+
+def report_branch(result, cfg) -> None:
+    """A trained branch's statistics per section, what it cannot learn and how its held-out clips scored."""
     if result.rank != 0:  # under torchrun, the first process reports for all
         return
     report_failures(result.skipped)
-    table = Table(title=f"{name}: {result.clips} training clips, {result.epochs} epochs -> {result.run}")
+    table = Table(title=f"{result.branch}: {result.clips} training clips, {result.epochs} epochs -> {result.run}")
     for column in ("section", "clips", "train score mean", "std", "decision threshold"):
         table.add_column(column, justify="right" if column != "section" else "left")
     for group, st in result.score_stats.items():

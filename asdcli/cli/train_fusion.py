@@ -34,13 +34,19 @@ def train_fusion(
 def fit_head(data: Path, opened, cfg, branch, torch_device) -> None:
     """Fit the fusion head with a progress bar, then print its weights and evidence."""
     from asdcli.services.fuse import train_fusion as train_service
-    from asdcli.services.info import prior_summary
 
     run = opened.path
     with progress_bar() as bar:
         task = bar.add_task("scoring pseudo-anomalies", total=None)
         result = train_service(data, opened, cfg, branch, torch_device,
                                progress=lambda done, total: bar.update(task, completed=done, total=total))
+    report_fusion(result, run)
+
+
+def report_fusion(result, run: Path) -> None:
+    """The fusion head's branches, prior, pseudo-anomaly evidence and weights."""
+    from asdcli.services.info import prior_summary
+
     report_failures(result.skipped)
     if result.missing:
         show_notice(f"not fused (not trained): {', '.join(result.missing)}")

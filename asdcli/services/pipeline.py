@@ -12,15 +12,19 @@ download stops the pipeline in seconds, not after an hour of training.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
+
+import torch
 
 from asdcli.checkpoints import training_progress
 from asdcli.config import AsdConfig
 from asdcli.errors import AsdError, ConfigError
 from asdcli.models.registry import BRANCHES, branch_config, canonical_name
 from asdcli.services.branch_prior import load_prior
-from asdcli.services.dataset import training_clips
+from asdcli.services.dataset import training_clips, untrained_machines
 from asdcli.services.stages import is_current, stale_branches
 from asdcli.services.records import BranchRecord, FusionRecord, MetaLearnerRecord, read_record
 from asdcli.services.runs import Run, is_run, open_run
@@ -109,3 +113,66 @@ def preflight(data: Path, config: AsdConfig, steps: list[Step]) -> int:
                 hint = "" if "--skip" in str(error) else f"; or leave it out: asd train --skip {BRANCHES[step.stage].bid}"
                 raise type(error)(f"{step.label}: {error}{hint}") from None
     return len(clips)
+
+
+@dataclass
+class Progress:
+    """What a caller follows of :func:`train` (each callback may be None): the plan, once every
+    stage was checked (``planned``, the :class:`Trained` so far); a stage starts
+    (``stage``), a branch's optimisation step (``step``, :class:`~asdcli.services.train.StepInfo`),
+    clips scored after a branch or for the fusion's and meta-learner's examples (``scored(done,
+    total)``), a meta-training step (``meta(step, total, loss)``), a stage ends (``done(step,
+    result, seconds)``: the service's own result)."""
+
+    planned: Callable[["Trained"], None] | None = None
+    stage: Callable[[Step], None] | None = None
+    step: Callable[[object], None] | None = None
+    scored: Callable[[int, int], None] | None = None
+    meta: Callable[[int, int, float], None] | None = None
+    done: Callable[[Step, object, float], None] | None = None
+
+
+@dataclass
+class Trained:
+    """What :func:`train` did: the plan it followed, the training clips it found, the machine types
+    it left out (no training clip) and each stage's result and seconds."""
+
+    steps: list[Step]
+    clips: int
+    untrained: list[str]
+    results: dict[str, object] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def train(data: Path, run_dir: Path, config: AsdConfig, skip: list[str] | None = None,
+          device: torch.device | str = "cpu", cache_dir: Path | None = None, progress: Progress | None = None) -> Trained:
+    """Every stage of a run in order (the module docstring): plan, check every stage first, then
+    train the branches, the fusion head and the meta-learner that are not finished and current.
+    ``asd train`` is this with progress bars; the library's ``asdcli.train``."""
+    from asdcli.services.fuse import train_fusion
+    from asdcli.services.meta import meta_train
+    from asdcli.services.train import train_branch
+
+    progress = progress or Progress()
+    steps = plan(run_dir, config, skip)
+    trained = Trained(steps, preflight(data, config, steps), untrained_machines(str(data)))
+    if progress.planned:
+        progress.planned(trained)
+    device = torch.device(device)
+    for step in steps:
+        if step.action in ("keep", "skip"):
+            continue
+        if progress.stage:
+            progress.stage(step)
+        start = time.perf_counter()
+        if step.stage == FUSION:
+            result = train_fusion(data, open_run(run_dir), config, None, device, progress=progress.scored)
+        elif step.stage == META:
+            result = meta_train(open_run(run_dir), config, None, progress.meta, data, device, progress.scored)
+        else:
+            result = train_branch(step.stage, data, run_dir, config, device, cache_dir, step.action == "resume",
+                                  on_step=progress.step, on_score=progress.scored)
+        trained.results[step.stage], trained.seconds[step.stage] = result, time.perf_counter() - start
+        if progress.done:
+            progress.done(step, result, trained.seconds[step.stage])
+    return trained

@@ -83,3 +83,21 @@ def test_without_learn2learn_the_pipeline_skips_the_meta_learner_and_says_so(tin
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "learn2learn" else real(name, *a))
     steps = {s.stage: s for s in plan(tmp_path / "run", tiny)}
     assert steps["meta-learner"].action == "skip" and "learn2learn is not installed" in steps["meta-learner"].why
+
+
+def test_the_library_pipeline_trains_every_stage_and_a_second_call_keeps_them(synth_root, tiny, tmp_path):
+    import asdcli
+    from asdcli.services.pipeline import Progress
+
+    cfg = tiny.with_overrides(**{"train.epochs": 1, "meta.iterations": 3, "meta.min_tasks": 1})
+    seen = []
+    progress = Progress(planned=lambda t: seen.append(("planned", t.clips)), stage=lambda s: seen.append(s.stage),
+                        done=lambda s, result, seconds: seen.append((s.stage, type(result).__name__)))
+    trained = asdcli.train(synth_root, tmp_path / "run", cfg, skip=["b1", "b3", "b4"], cache_dir=tmp_path / "c",
+                           progress=progress)
+    assert seen[0][0] == "planned" and seen[1] == "transformer-ae"
+    assert ("transformer-ae", "TrainResult") in seen and ("fusion", "FusionResult") in seen
+    assert set(trained.results) == {"transformer-ae", "fusion", "meta-learner"}
+    again = asdcli.train(synth_root, tmp_path / "run", cfg, skip=["b1", "b3", "b4"], cache_dir=tmp_path / "c")
+    assert {s.stage: s.action for s in again.steps if s.action != "skip"} == {
+        "transformer-ae": "keep", "fusion": "keep", "meta-learner": "keep"} and not again.results
