@@ -101,11 +101,17 @@ def asd_score(folder: Path, run: Path) -> tuple[dict[str, float], float]:
     return {name: float(score) for name, score, *_ in rows}, seconds
 
 
-def latency(args, sources: list[Path]) -> None:
-    folder, log = args.work / "latency" / "fan", args.work / "latency.jsonl"
+def session(args, name: str) -> tuple[Path, Path, subprocess.Popen]:
+    """A fresh recorder folder ``<work>/<name>/fan``, its log, and asd watch on it, ready to score."""
+    folder, log = args.work / name / "fan", args.work / f"{name}.jsonl"
     folder.mkdir(parents=True)
     proc = start(folder.parent, args.run, log)
     ready(log, proc)
+    return folder, log, proc
+
+
+def latency(args, sources: list[Path]) -> None:
+    folder, log, proc = session(args, "latency")
     closed = {}
     for i in range(args.latency_files):
         closed[f"fan/{i:05d}_{sources[i % len(sources)].name}"] = drop(sources[i % len(sources)],
@@ -128,10 +134,7 @@ def latency(args, sources: list[Path]) -> None:
 
 
 def burst(args, sources: list[Path]) -> None:
-    folder, log = args.work / "burst" / "fan", args.work / "burst.jsonl"
-    folder.mkdir(parents=True)
-    proc = start(folder.parent, args.run, log)
-    ready(log, proc)
+    folder, log, proc = session(args, "burst")
     begin = time.perf_counter()
     for i in range(args.burst):
         os.link(sources[i % len(sources)], folder / f"{i:05d}_{sources[i % len(sources)].name}")
@@ -174,10 +177,7 @@ def crash(args, sources: list[Path]) -> None:
 
 
 def memory(args, sources: list[Path]) -> None:
-    folder, log = args.work / "memory" / "fan", args.work / "memory.jsonl"
-    folder.mkdir(parents=True)
-    proc = start(folder.parent, args.run, log)
-    ready(log, proc)
+    folder, log, proc = session(args, "memory")
     marks = {}
     for step in range(0, args.memory_files, 500):
         for i in range(step, min(step + 500, args.memory_files)):

@@ -56,6 +56,10 @@ def show_notice(text: str) -> None:
 ConfigOption = typer.Option(None, "--config", "-c", help="Preset name (default, tiny, large) or a YAML file.")
 SeedOption = typer.Option(None, "--seed", help="Random seed (overrides the config's seed).")
 WorkersOption = typer.Option(None, "--workers", "-j", min=1, help="Threads decoding audio (overrides loader.workers).")
+MachineOption = typer.Option(None, "--machine", help="The machine type of every clip, for files whose path does not "
+                             "say it (default: the folder above test/ or the clips).")
+SectionOption = typer.Option(None, "--section", min=0, max=99, help="The section (2020: machine ID) of every clip, for "
+                             "files whose names do not say it.")
 DataOption = typer.Option(..., "--data", "-d", help="Dataset root with <machine>/train/*.wav (or one machine folder).")
 
 

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from asdcli.cli.common import show_notice, gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures, run_option, write_out
+from asdcli.cli.common import show_notice, gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures, run_option, write_out, MachineOption, SectionOption
 
 if TYPE_CHECKING:
     from asdcli.services.score import ScoreResult
@@ -61,10 +61,8 @@ def score(
                                            "sections the run never saw: the run adapts to them."),
     explain: bool = typer.Option(False, "--explain", help="Add each branch's standardised score (z_<id>), its "
                                  "attention weight (w_<id>) and the fused score; the CSV then has a header."),
-    machine: Optional[str] = typer.Option(None, "--machine", help="The machine type of every clip, for files whose "
-                                          "path does not say it (default: the folder above test/ or the clips)."),
-    section: Optional[int] = typer.Option(None, "--section", min=0, max=99, help="The section (2020: machine ID) of "
-                                          "every clip, for files whose names do not say it."),
+    machine: Optional[str] = MachineOption,
+    section: Optional[int] = SectionOption,
     gpu: Optional[int] = GpuOption,
     device: Optional[str] = DeviceOption,
     cache_dir: Optional[Path] = CacheOption,

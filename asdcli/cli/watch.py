@@ -10,8 +10,8 @@ from typing import Optional
 
 import typer
 
-from asdcli.cli.common import (DeviceOption, GpuOption, err, gpu_or_cpu, handle_errors, run_option, say,
-                               show_notice)
+from asdcli.cli.common import (DeviceOption, GpuOption, MachineOption, SectionOption, err, gpu_or_cpu, handle_errors,
+                               run_option, say, show_notice)
 from asdcli.errors import ConfigError
 
 _DURATION = re.compile(r"^(?P<value>\d+(?:\.\d+)?)(?P<unit>s|m|h|d)?$")
@@ -55,10 +55,8 @@ def watch(
     settle: float = typer.Option(1.0, "--settle", min=0.05, max=3600.0, help="Seconds a file must stay unchanged "
                                  "to count as complete where no close event tells."),
     poll: bool = typer.Option(False, "--poll", help="Poll the folder instead of inotify events."),
-    machine: Optional[str] = typer.Option(None, "--machine", help="The machine type of every recording, where "
-                                          "its path does not say it."),
-    section: Optional[int] = typer.Option(None, "--section", min=0, max=99, help="The section of every recording, "
-                                          "where its name does not say it."),
+    machine: Optional[str] = MachineOption,
+    section: Optional[int] = SectionOption,
     gpu: Optional[int] = GpuOption,
     device: Optional[str] = DeviceOption,
 ) -> None:

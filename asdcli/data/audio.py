@@ -48,28 +48,38 @@ def read_audio(path: str | Path, seconds: float | None = None) -> tuple[np.ndarr
     return data, int(rate)
 
 
+def wav_data_chunk(path: Path, size: int) -> tuple[int, int] | None:
+    """A WAV file's data chunk as (bytes its header declares, bytes the file holds after it);
+    (0, 0) for a WAV with no data chunk yet; None for a file that is not WAV. Reads the headers
+    only. ``OSError`` where the file cannot be read."""
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        offset = 12
+        while offset + 8 <= size:
+            handle.seek(offset)
+            chunk = handle.read(8)
+            declared = int.from_bytes(chunk[4:8], "little")
+            if chunk[:4] == b"data":
+                return declared, size - offset - 8
+            offset += 8 + declared + (declared & 1)
+    return 0, 0
+
+
 def _check_wav_length(path: Path, size: int) -> None:
     """A WAV whose data chunk declares more bytes than the file holds was cut short (an
     interrupted copy or download); libsndfile would silently read what is there."""
     try:
-        with path.open("rb") as handle:
-            head = handle.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return
-            offset = 12
-            while offset + 8 <= size:
-                handle.seek(offset)
-                chunk = handle.read(8)
-                declared = int.from_bytes(chunk[4:8], "little")
-                if chunk[:4] == b"data":
-                    available = size - offset - 8
-                    if declared != 0xFFFFFFFF and declared > available:  # 0xFFFFFFFF: a stream of unknown length
-                        raise DataError(f"{path}: truncated WAV (its header declares {declared} bytes of audio, the "
-                                        f"file holds {available})")
-                    return
-                offset += 8 + declared + (declared & 1)
+        found = wav_data_chunk(path, size)
     except OSError as error:
         raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    if found is None:
+        return
+    declared, available = found
+    if declared != 0xFFFFFFFF and declared > available:  # 0xFFFFFFFF: a stream of unknown length
+        raise DataError(f"{path}: truncated WAV (its header declares {declared} bytes of audio, the file holds "
+                        f"{available})")
 
 
 def select_channel(data: np.ndarray, channel: int | str, path: Path) -> np.ndarray:

@@ -78,27 +78,21 @@ def list_audio(folder: Path) -> list[Path]:
 
 def wav_state(path: Path, size: int) -> str:
     """``complete`` for a WAV whose data chunk holds exactly the bytes its header declares,
-    ``partial`` where it declares more than the file holds yet (still being written), ``unknown``
-    for anything else (a streaming header of unknown length, FLAC): only time tells."""
+    ``partial`` where it declares more than the file holds yet (still being written) or has no
+    data chunk yet, ``unknown`` for anything else (a streaming header of unknown length, FLAC):
+    only time tells."""
+    from asdcli.data.audio import wav_data_chunk
+
     try:
-        with open(path, "rb") as handle:
-            head = handle.read(12)
-            if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-                return "unknown"
-            offset = 12
-            while offset + 8 <= size:
-                handle.seek(offset)
-                chunk = handle.read(8)
-                declared = int.from_bytes(chunk[4:8], "little")
-                if chunk[:4] == b"data":
-                    available = size - offset - 8
-                    if declared in (0, 0xFFFFFFFF):
-                        return "unknown"
-                    return "partial" if declared > available else "complete"
-                offset += 8 + declared + (declared & 1)
+        found = wav_data_chunk(path, size)
     except OSError:
         return "unknown"
-    return "partial"  # no data chunk yet
+    if found is None or found[0] == 0xFFFFFFFF:
+        return "unknown"  # not a WAV, or a streaming header of unknown length
+    declared, available = found
+    if declared == 0:  # no data chunk yet, or a header its writer fills in at the end
+        return "partial" if available == 0 else "unknown"
+    return "partial" if declared > available else "complete"
 
 
 class Arrivals:
