@@ -26,7 +26,7 @@ from asdcli.services.runs import open_run, read_branch_record
 RULES = {"train.heldout_max_z": (3.0, 5.0, 1e9), "train.heldout_min_clips": (1, 2, 3), "flow limitation": (True, False),
          "branches.contrastive.min_classes": (1, 2)}
 DEFAULT_RULES = {"train.heldout_max_z": 3.0, "train.heldout_min_clips": 2, "flow limitation": True,
-                 "branches.contrastive.min_classes": 1}
+                 "branches.contrastive.min_classes": 2}
 
 
 def save_record(record: Labelled, path: Path) -> None:

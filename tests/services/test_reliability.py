@@ -93,7 +93,7 @@ def test_left_out_reason_names_limitations_memorising_branches_and_their_dependa
     assert "+17.5" in left_out_reason("transformer-ae", metas, tiny.with_overrides(**{"train.heldout_min_clips": 3}))
     assert left_out_reason("transformer-ae", metas, tiny.with_overrides(**{"train.heldout_min_clips": 4})) is None
     metas["contrastive"] = meta(extra={"classes": 1})  # one class: its only negatives its perturbed copies
-    assert left_out_reason("contrastive", metas, tiny) is None  # min_classes 1: fused
+    assert left_out_reason("contrastive", metas, tiny.with_overrides(**{"branches.contrastive.min_classes": 1})) is None
     two = tiny.with_overrides(**{"branches.contrastive.min_classes": 2})
     assert "1 class(es) to tell apart, fewer than branches.contrastive.min_classes=2" in left_out_reason("contrastive", metas, two)
     assert "models the embeddings of contrastive" in left_out_reason("flow", metas, two)
