@@ -43,9 +43,22 @@ def clips_logged(path: Path) -> list[dict]:
     return [line for line in log_lines(path) if line["kind"] in ("clip", "skipped")]
 
 
+def name(source: Path, i: int) -> str:
+    """The ``i``-th copy's file name: the source's (its section and domain still read from it) and a number."""
+    return f"{source.stem}_n{i:06d}{source.suffix}"
+
+
 def start(folder: Path, run: Path, log: Path) -> subprocess.Popen:
+    """asd watch on ``folder``; what it says goes to ``<log>.stderr`` (a pipe nobody reads would
+    fill up and stop it)."""
+    stderr = open(log.with_suffix(".stderr"), "ab")
     return subprocess.Popen(ASD + ["watch", str(folder), "--run", str(run), "--log", str(log), "--json",
-                                   "--settle", "0.5"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                   "--settle", "0.5"], stdout=subprocess.DEVNULL, stderr=stderr)
+
+
+def said(log: Path) -> str:
+    path = log.with_suffix(".stderr")
+    return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
 
 def wait_for(log: Path, count: int, timeout: float, proc: subprocess.Popen | None = None) -> float:
@@ -55,7 +68,7 @@ def wait_for(log: Path, count: int, timeout: float, proc: subprocess.Popen | Non
         if time.perf_counter() - begin > timeout:
             raise SystemExit(f"only {len(clips_logged(log))} of {count} clips logged after {timeout:.0f} s")
         if proc is not None and proc.poll() is not None:
-            raise SystemExit(f"asd watch ended: {proc.stderr.read().decode()[-2000:]}")
+            raise SystemExit(f"asd watch ended: {said(log)}")
         time.sleep(0.05)
     return time.perf_counter() - begin
 
@@ -65,7 +78,7 @@ def ready(log: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     begin = time.perf_counter()
     while not log.exists():
         if proc.poll() is not None or time.perf_counter() - begin > timeout:
-            raise SystemExit(f"asd watch did not start: {proc.stderr.read().decode()[-2000:]}")
+            raise SystemExit(f"asd watch did not start: {said(log)}")
         time.sleep(0.1)
     time.sleep(1.0)
 
@@ -114,8 +127,8 @@ def latency(args, sources: list[Path]) -> None:
     folder, log, proc = session(args, "latency")
     closed = {}
     for i in range(args.latency_files):
-        closed[f"fan/{i:05d}_{sources[i % len(sources)].name}"] = drop(sources[i % len(sources)],
-                                                                       folder / f"{i:05d}_{sources[i % len(sources)].name}")
+        source = sources[i % len(sources)]
+        closed[f"fan/{name(source, i)}"] = drop(source, folder / name(source, i))
         time.sleep(1.0)
     wait_for(log, args.latency_files, 60, proc)
     stop(proc)
@@ -137,7 +150,7 @@ def burst(args, sources: list[Path]) -> None:
     folder, log, proc = session(args, "burst")
     begin = time.perf_counter()
     for i in range(args.burst):
-        os.link(sources[i % len(sources)], folder / f"{i:05d}_{sources[i % len(sources)].name}")
+        os.link(sources[i % len(sources)], folder / name(sources[i % len(sources)], i))
     seconds = wait_for(log, args.burst, 1800, proc)
     stop(proc)
     _, score_s = asd_score(folder, args.run)
@@ -150,12 +163,12 @@ def crash(args, sources: list[Path]) -> None:
     folder, log = args.work / "crash" / "fan", args.work / "crash.jsonl"
     folder.mkdir(parents=True)
     rng = random.Random(0)
-    names = [f"{i:05d}_{sources[i % len(sources)].name}" for i in range(args.crash_files)]
+    names = [name(sources[i % len(sources)], i) for i in range(args.crash_files)]
     kills, written = 0, 0
     proc = start(folder.parent, args.run, log)
     while written < len(names) or kills < args.kills:
-        for name in names[written : written + rng.randint(50, 400)]:
-            os.link(sources[names.index(name) % len(sources)], folder / name)
+        for i in range(written, min(len(names), written + rng.randint(50, 400))):
+            os.link(sources[i % len(sources)], folder / names[i])
             written += 1
         time.sleep(rng.uniform(0.5, 4.0))
         if kills < args.kills:
@@ -181,7 +194,7 @@ def memory(args, sources: list[Path]) -> None:
     marks = {}
     for step in range(0, args.memory_files, 500):
         for i in range(step, min(step + 500, args.memory_files)):
-            os.link(sources[i % len(sources)], folder / f"{i:06d}_{sources[i % len(sources)].name}")
+            os.link(sources[i % len(sources)], folder / name(sources[i % len(sources)], i))
         wait_for(log, min(step + 500, args.memory_files), 1800, proc)
         done = min(step + 500, args.memory_files)
         if done in (1000, args.memory_files):

@@ -55,6 +55,8 @@ def watch(
     settle: float = typer.Option(1.0, "--settle", min=0.05, max=3600.0, help="Seconds a file must stay unchanged "
                                  "to count as complete where no close event tells."),
     poll: bool = typer.Option(False, "--poll", help="Poll the folder instead of inotify events."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show every clip decided normal on stderr (the "
+                                 "log always holds them)."),
     machine: Optional[str] = MachineOption,
     section: Optional[int] = SectionOption,
     gpu: Optional[int] = GpuOption,
@@ -78,7 +80,8 @@ def watch(
 
     def shown(line) -> None:
         if line.kind == "clip":
-            err.print(f"{line.time} {line.file}: {line.score:.3f}" + (" ANOMALOUS" if line.decision else ""))
+            if line.decision or verbose:
+                err.print(f"{line.time} {line.file}: {line.score:.3f}" + (" ANOMALOUS" if line.decision else ""))
         elif line.kind == "alert":
             say("alert: ", "bold red", line.message)
         else:
