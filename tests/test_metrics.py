@@ -64,3 +64,38 @@ def test_fpr_threshold():
     assert np.mean(scores > fpr_threshold(scores, 0.1)) == pytest.approx(0.1)
     with pytest.raises(DataError, match=r"\(0, 1\)"):
         fpr_threshold(scores, 1.5)
+
+
+def test_the_gamma_fit_without_scipy_stats_gives_scipys_numbers():
+    """gamma_threshold runs scipy.stats.gamma.fit's optimisation itself (scoring need not import
+    scipy.stats): the thresholds must be scipy's to the last bit, with points outside the support too."""
+    import warnings
+
+    from asdcli.metrics import _gamma_fit_ppf, _skew
+
+    rng = np.random.default_rng(0)
+    samples = [rng.gamma(rng.uniform(0.3, 10), size=rng.integers(2, 120)) * rng.uniform(0.01, 100) - 5
+               for _ in range(40)] + [rng.normal(size=30), np.round(rng.normal(size=25), 1), rng.exponential(size=50) ** 3]
+    for x in samples:
+        assert _skew(x) == pytest.approx(float(scipy.stats.skew(x)), rel=1e-12, abs=1e-12)
+        for start in [(2.0, x.min() - 1.0, x.std()), (0.7, x.mean(), 0.5 * x.std())]:  # the second leaves points out
+            with np.errstate(all="ignore"), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    expected = float(scipy.stats.gamma.ppf(0.9, *scipy.stats.gamma.fit(x, start[0], loc=start[1],
+                                                                                       scale=start[2])))
+                except scipy.stats.FitError:
+                    expected = float("nan")
+                got = _gamma_fit_ppf(x, start, 0.9)
+            assert got == expected or (np.isnan(got) and np.isnan(expected))
+
+
+def test_scoring_imports_neither_scikit_learn_nor_scipy_stats():
+    """Together 0.8 s of every `asd score`: the scoring modules leave them to the commands that need them."""
+    import subprocess
+    import sys
+
+    code = ("import sys, asdcli.services.score, asdcli.services.watch, asdcli.cli.score; "
+            "print(sorted(m for m in ('sklearn', 'scipy.stats') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     name = next((a for a in args if not a.startswith("-")), None)
     if name in COMMANDS:
+        from asdcli.memory import keep_freed_memory
+
+        keep_freed_memory()
         build_app([name])(args=args, prog_name="asd")
     elif "--version" in args:
         print(f"asd {__version__}")

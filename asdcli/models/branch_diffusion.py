@@ -35,9 +35,11 @@ class ResBlock(nn.Module):
         self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: Tensor, t_emb: Tensor) -> Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))
-        h = h + self.step(t_emb)[:, :, None, None]
-        return x + self.conv2(F.silu(self.norm2(h)))
+        fresh = not torch.is_grad_enabled()  # scoring: activations updated in place (the same numbers, less memory traffic)
+        h = self.conv1(F.silu(self.norm1(x), inplace=fresh))
+        step = self.step(t_emb)[:, :, None, None]
+        h = h.add_(step) if fresh else h + step
+        return x + self.conv2(F.silu(self.norm2(h), inplace=fresh))
 
 
 class Denoiser(nn.Module):

@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from asdcli import memory
 from asdcli.data.layout import AUDIO_SUFFIXES, Clip, parse_clip
 from asdcli.services.watch_log import DecisionLog, LogLine
 
@@ -240,16 +241,6 @@ class Monitor:
 STALE_S = 30.0  # a WAV that stays shorter than its header says this long was cut short: reported, not awaited
 
 
-def _glibc():
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
 class Memory:
     """Keeps a process that scores for weeks at the memory it needs: freed memory goes back to the
     system after each batch (glibc's ``malloc_trim``), and all threads allocate from one arena
@@ -257,16 +248,12 @@ class Memory:
     Measured with bench/bench_watch.py: peak memory then stays flat over 10,000 clips (it grew 7.7 %
     without), at the same speed. Elsewhere than glibc it does nothing."""
 
-    M_ARENA_MAX = -8
-
     def __init__(self):
-        self.libc = _glibc()
-        if self.libc is not None and hasattr(self.libc, "mallopt"):
-            self.libc.mallopt(self.M_ARENA_MAX, 1)
+        memory.one_arena()
+        memory.keep_freed_memory()  # within a batch; release() returns it after
 
     def release(self) -> None:
-        if self.libc is not None and hasattr(self.libc, "malloc_trim"):
-            self.libc.malloc_trim(0)
+        memory.release()
 
 
 @dataclass
