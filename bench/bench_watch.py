@@ -63,7 +63,6 @@ def said(log: Path) -> str:
 
 def wait_for(log: Path, count: int, timeout: float, proc: subprocess.Popen | None = None) -> float:
     """Seconds until ``count`` clips are in the log."""
-    begin = time.perf_counter()
     while len(clips_logged(log)) < count:
         if time.perf_counter() - begin > timeout:
             raise SystemExit(f"only {len(clips_logged(log))} of {count} clips logged after {timeout:.0f} s")
@@ -75,7 +74,6 @@ def wait_for(log: Path, count: int, timeout: float, proc: subprocess.Popen | Non
 
 def ready(log: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     """Wait until the watcher has loaded its run (it opens the log then)."""
-    begin = time.perf_counter()
     while not log.exists():
         if proc.poll() is not None or time.perf_counter() - begin > timeout:
             raise SystemExit(f"asd watch did not start: {said(log)}")
@@ -107,7 +105,6 @@ def cpu_seconds(pid: int) -> float:
 
 
 def asd_score(folder: Path, run: Path) -> tuple[dict[str, float], float]:
-    begin = time.perf_counter()
     done = subprocess.run(ASD + ["score", str(folder), "--run", str(run)], capture_output=True, check=True)
     seconds = time.perf_counter() - begin
     rows = [line.split(",") for line in done.stdout.decode("utf-8", "surrogateescape").splitlines() if line]
@@ -138,7 +135,6 @@ def latency(args, sources: list[Path]) -> None:
     from asdcli.services.score import Detector
     detector = Detector.load(args.run)
     detector.score([sources[0]])
-    begin = time.perf_counter()
     for source in sources[:5]:
         detector.score([source])
     one = (time.perf_counter() - begin) / 5
@@ -148,14 +144,13 @@ def latency(args, sources: list[Path]) -> None:
 
 def burst(args, sources: list[Path]) -> None:
     folder, log, proc = session(args, "burst")
-    begin = time.perf_counter()
     for i in range(args.burst):
         os.link(sources[i % len(sources)], folder / name(sources[i % len(sources)], i))
     seconds = wait_for(log, args.burst, 1800, proc)
     stop(proc)
     _, score_s = asd_score(folder, args.run)
     print(f"| burst of {args.burst} files | {args.burst / seconds:.1f} clips/s from the first file to the last line "
-          f"({time.perf_counter() - begin:.1f} s) | asd score of the same files: {args.burst / score_s:.1f} clips/s "
+          f"({seconds:.1f} s) | asd score of the same files: {args.burst / score_s:.1f} clips/s "
           f"({score_s:.1f} s, start-up included) |")
 
 

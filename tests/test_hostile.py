@@ -135,13 +135,17 @@ def test_a_reader_sees_a_commit_before_or_after_never_during(run):
     assert done.is_set() and (run / "x.json").exists()
 
 
-def test_a_commit_cut_after_its_journal_is_completed_before_a_read(run):
+def test_a_commit_cut_after_its_journal_is_read_from_its_staging_and_completed_by_the_next_writer(run):
     staging = run / ".staging-1-host-cut"
     staging.mkdir()
     (staging / "y.json").write_text("{}")
     _journal(run, {"staging": staging.name, "files": ["y.json"]})
     with commits.reading(run):
+        assert runs.open_run(run).file("y.json") == staging / "y.json"  # the reader sees the commit ...
+        assert not (run / "y.json").exists() and staging.exists()  # ... and moves nothing
+    with commits.writing(run, "fusion"):
         assert (run / "y.json").exists() and not staging.exists()
+        assert runs.open_run(run).file("y.json") == run / "y.json"
 
 
 def test_a_second_writer_of_the_same_stage_stops_with_one_line(run, synth_root, base):
@@ -343,3 +347,39 @@ def test_brackets_in_a_message_are_printed_as_they_are(tmp_path):
     weird = tmp_path / "data[bold]x"
     result = runner.invoke(app, ["features", str(weird), "-c", "tiny"])
     assert result.exit_code == 1 and "data[bold]x" in result.output
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): (p.read_bytes() if p.is_file() else None, p.stat().st_mtime_ns)
+            for p in sorted(folder.rglob("*"))}
+
+
+def test_scoring_a_read_only_run_with_a_pending_commit_reads_it_and_writes_nothing(run, base, synth_root, tmp_path):
+    """A run copied off a machine that died after a commit point (its journal and staged files
+    are there): `asd score` sees the committed stage and leaves every file as it was."""
+    test = discover(synth_root / "fan" / "test")
+    before = score_clips(run, test, base[1]).score
+    finished = tmp_path / "finished"  # the run as the commit leaves it: the meta-learner retrained
+    shutil.copytree(run, finished)
+    meta_train(finished, base[2].with_overrides(seed=7))
+    expected = score_clips(finished, test, base[1]).score
+    assert not np.array_equal(expected, before)
+    staging = run / ".staging-1-deadhost-cut"
+    staging.mkdir()
+    names = sorted(p.name for p in finished.glob("meta*") if p.read_bytes() != (run / p.name).read_bytes())
+    for name in names:
+        shutil.copy2(finished / name, staging / name)
+    _journal(run, {"staging": staging.name, "files": names})
+    snapshot = _snapshot(run)
+    modes = {p: p.stat().st_mode for p in [run, *run.rglob("*")]}
+    for path in modes:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        np.testing.assert_array_equal(score_clips(run, test, base[1]).score, expected)
+        result = runner.invoke(app, ["score", str(synth_root / "fan" / "test"), "--run", str(run),
+                                     "--cache-dir", str(base[1])])
+        assert result.exit_code == 0, result.output
+    finally:
+        for path, mode in modes.items():
+            path.chmod(mode)
+    assert _snapshot(run) == snapshot

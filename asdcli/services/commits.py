@@ -2,7 +2,8 @@
 
 A stage's files are written to a staging folder, a journal naming them is the commit point, then
 they are renamed into place (:func:`commit_stage`); a commit cut short after its journal is
-completed by the next reader (:func:`recover`). Readers take a shared lock and committers an
+completed by the next writer (:func:`recover`), while readers take its staged files instead of the
+run's own (:func:`pending_files`) and change nothing. Readers take a shared lock and committers an
 exclusive one (:func:`reading`), so a reader sees each stage before or after a commit; a command
 writing one stage holds that stage's lock (:func:`writing`). Every name read from a journal or a
 record is confined to the folder (:func:`run_file`): a folder from someone else cannot make asd
@@ -70,25 +71,23 @@ def _flock(path: Path, mode: int) -> Iterator[bool]:
 def reading(run_dir: Path) -> Iterator[None]:
     """Read a run's files as one snapshot: a shared lock that every commit (an exclusive one)
     waits for, so that a reader sees each stage before or after a commit, never a mix. A commit
-    interrupted after its commit point is completed first."""
-    run_dir = Path(run_dir)
-    while True:
-        with _flock(run_dir / LOCK_FILE, fcntl.LOCK_SH):
-            if not any(run_dir.glob(f"{JOURNAL_PREFIX}*.json")):
-                yield
-                return
-        recover(run_dir)
+    interrupted after its commit point is read from its staged files (:func:`pending_files`), not
+    completed: reading writes nothing."""
+    with _flock(Path(run_dir) / LOCK_FILE, fcntl.LOCK_SH):
+        yield
 
 
 @contextlib.contextmanager
 def writing(run_dir: Path, stage: str) -> Iterator[None]:
     """Hold the run's lock for writing ``stage`` for a whole command: a second command writing the
-    same stage of the same run stops at once with one line instead of racing it."""
+    same stage of the same run stops at once with one line instead of racing it. A commit left
+    pending by an interrupted command is completed first (readers never complete one)."""
     path = Path(run_dir) / f"{LOCK_FILE}-{stage}"
     with contextlib.suppress(OSError):  # a first training makes the run folder; unwritable: said by its writes
         path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with _flock(path, fcntl.LOCK_EX | fcntl.LOCK_NB):
+            recover(Path(run_dir))  # a commit an interrupted command left pending: a writer completes it
             yield
     except BlockingIOError:
         raise CheckpointError(f"{run_dir}: another asd command is writing its {stage} now; wait for it to finish "
@@ -101,8 +100,8 @@ def commit_stage(run_dir: Path, lock: bool = True) -> Iterator[Callable[[Path], 
     writes each to the path ``place(target)`` gives, in a staging folder of the run; when it ends,
     a journal naming them is written (the commit point) and they are renamed over their targets,
     under the run's exclusive lock (:func:`reading`). An interruption before the journal leaves
-    the run as it was (the staging folder is ignored); after it, the next :func:`open_run`
-    completes the renames. So the run scores as before the command or as after it, never a mix.
+    the run as it was (the staging folder is ignored); after it, readers take the staged files
+    and the next commit completes the renames. So the run scores as before the command or as after it, never a mix.
     ``lock=False``: a folder of results that asd does not read as a run (``score --out-dir``)."""
     token = f"{os.getpid()}-{socket.gethostname()}-{uuid.uuid4().hex[:8]}"
     staging = run_dir / f"{STAGING_PREFIX}{token}"
@@ -122,6 +121,7 @@ def commit_stage(run_dir: Path, lock: bool = True) -> Iterator[Callable[[Path], 
         raise
     journal = run_dir / f"{JOURNAL_PREFIX}{token}.json"
     with _flock(run_dir / LOCK_FILE, fcntl.LOCK_EX) if lock else contextlib.nullcontext():
+        recover(run_dir, lock=False)  # an earlier command's commit first: this one's files land over it
         write_json(journal, {"format_version": FORMAT_VERSION, "staging": staging.name, "files": sorted(placed)})
         _complete(run_dir, journal)
 
@@ -150,21 +150,49 @@ def _journal_plan(run_dir: Path, journal: Path, record: dict) -> tuple[Path, lis
     return staging, names
 
 
-def _complete(run_dir: Path, journal: Path) -> None:
-    """Rename a committed stage's staged files over their targets (again, where some already
-    were), then drop the journal and the staging folder."""
+def _read_plan(run_dir: Path, journal: Path) -> tuple[Path, list[str]] | None:
+    """A journal's staging folder and names (None: another process completed it meanwhile)."""
     try:
         record = read_json(journal, "stage commit journal")
     except CheckpointError:
-        if not journal.exists():  # another process completed it meanwhile
-            return
+        if not journal.exists():
+            return None
         raise
-    staging, names = _journal_plan(run_dir, journal, record)
+    return _journal_plan(run_dir, journal, record)
+
+
+def _staged(journal: Path, staging: Path, name: str) -> Path:
+    source = staging / name
+    if source.is_symlink():  # never moved in nor read: it could lead anywhere
+        raise CheckpointError(f"{journal}: staged file {name!r} is a symbolic link; refusing to use this run "
+                              "folder (nothing more was changed)")
+    return source
+
+
+def pending_files(run_dir: Path) -> dict[str, Path]:
+    """The files of stages committed but not yet all renamed into place (a command interrupted
+    after its commit point): file name -> its staged copy, which a reader takes instead of the
+    run's own, so that it sees the run as after the commit while writing nothing (the next writer
+    completes the commit: :func:`recover`). Empty for a run with no pending commit."""
+    out: dict[str, Path] = {}
+    for journal in sorted(Path(run_dir).glob(f"{JOURNAL_PREFIX}*.json")):
+        plan = _read_plan(Path(run_dir), journal)
+        for name in plan[1] if plan else ():
+            source = _staged(journal, plan[0], name)
+            if source.exists():  # else renamed into place already
+                out[name] = source
+    return out
+
+
+def _complete(run_dir: Path, journal: Path) -> None:
+    """Rename a committed stage's staged files over their targets (again, where some already
+    were), then drop the journal and the staging folder."""
+    plan = _read_plan(run_dir, journal)
+    if plan is None:  # another process completed it meanwhile
+        return
+    staging, names = plan
     for name in names:
-        source = staging / name
-        if source.is_symlink():  # never move a link in: it could lead anywhere
-            raise CheckpointError(f"{journal}: staged file {name!r} is a symbolic link; refusing to use this run "
-                                  "folder (nothing more was changed)")
+        source = _staged(journal, staging, name)
         with contextlib.suppress(FileNotFoundError):  # moved already (an earlier try, or another process)
             _move(source, run_dir / name)
     fd = os.open(run_dir, os.O_RDONLY)

@@ -185,7 +185,7 @@ def _meta_train(run: Run, config: AsdConfig, holdout: list[str], progress: Calla
             data = None
     if data is None:
         examples_name = run.examples.name
-        examples = Examples.load(run.path / examples_name)
+        examples = Examples.load(run.file(examples_name))
     else:
         examples_name = run.meta_examples.name
         examples = build_examples(run, data, fusion_meta.branches, config, device, example_progress, stream=1)

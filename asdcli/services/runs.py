@@ -17,7 +17,7 @@ from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.base import Branch, BranchContext
 from asdcli.models.registry import build_branch, canonical_name
 from asdcli.services.dataset import Vocabulary
-from asdcli.services.commits import recover
+from asdcli.services.commits import JOURNAL_PREFIX, pending_files
 from asdcli.services.migrate import config_of_v1_run, upgrade_state
 from asdcli.services.records import BranchRecord, RunDescription, read_record
 
@@ -25,6 +25,12 @@ from asdcli.services.records import BranchRecord, RunDescription, read_record
 RUN_FILE = "run.json"
 CONFIG_FILE = "config.yaml"
 GROUP_NAMES = 2  # run.json "group_names": DCASE 2020 IDs are groups <machine>_id_<XX> (RunDescription)
+
+
+def _run_file(path: Path, name: str) -> Path:
+    if not any(Path(path).glob(f"{JOURNAL_PREFIX}*.json")):
+        return Path(path) / name
+    return pending_files(path).get(name, Path(path) / name)
 
 
 def is_run(path: Path) -> bool:
@@ -59,55 +65,60 @@ class Run:
     features: dict
     holdout: frozenset[str] = frozenset()
 
+    def file(self, name: str) -> Path:
+        """The run's file ``name`` as a reader takes it: the staged copy where a commit that names it
+        is pending (:func:`~asdcli.services.commits.pending_files`), else the run's own."""
+        return _run_file(self.path, name)
+
     @property
     def info_path(self) -> Path:
         """``run.json``: sections, classes, held-out clips, feature settings."""
-        return self.path / RUN_FILE
+        return self.file(RUN_FILE)
 
     @property
     def fusion_weights(self) -> Path:
-        return self.path / "fusion.safetensors"
+        return self.file("fusion.safetensors")
 
     @property
     def fusion_record(self) -> Path:
-        return self.path / "fusion.json"
+        return self.file("fusion.json")
 
     @property
     def examples(self) -> Path:
         """The fusion head's training examples (normal clips and pseudo-anomalies)."""
-        return self.path / EXAMPLES_FILE
+        return self.file(EXAMPLES_FILE)
 
     @property
     def meta_learner_weights(self) -> Path:
-        return self.path / "meta.safetensors"
+        return self.file("meta.safetensors")
 
     @property
     def meta_learner_record(self) -> Path:
-        return self.path / "meta.json"
+        return self.file("meta.json")
 
     @property
     def meta_examples(self) -> Path:
         """The meta-learner's own examples (``meta-train --data``)."""
-        return self.path / META_EXAMPLES_FILE
+        return self.file(META_EXAMPLES_FILE)
 
     @property
     def logs(self) -> Path:
         """Per-epoch training logs (``<branch>_train.csv``) and the loss plot."""
-        return self.path / "logs"
+        return self.file("logs")
 
     def weights(self, name: str) -> Path:
-        return self.path / f"{name}.safetensors"
+        return self.file(f"{name}.safetensors")
 
     def record(self, name: str) -> Path:
         """A branch's record: ``<branch>.json``, its metadata (:class:`~asdcli.services.records.BranchRecord`)."""
-        return self.path / f"{name}.json"
+        return self.file(f"{name}.json")
 
     def train_state(self, name: str) -> Path:
         """An unfinished training of ``name`` (weights, optimizer state, progress), for --resume."""
-        return self.path / f"{name}.train.safetensors"
+        return self.file(f"{name}.train.safetensors")
 
     def train_scores(self, name: str) -> Path:
-        return self.path / f"{name}.train_scores.json"
+        return self.file(f"{name}.train_scores.json")
 
     def log_path(self, name: str) -> Path:
         return self.logs / f"{name}_train.csv"
@@ -129,7 +140,7 @@ class Run:
     @property
     def config_path(self) -> Path:
         """The resolved config the run was started with; later stages use it."""
-        return self.path / CONFIG_FILE
+        return self.file(CONFIG_FILE)
 
 
 def saved_config(run_dir: Path | None) -> str | None:
@@ -173,7 +184,8 @@ def open_or_create_run(path: Path, vocab: Vocabulary, config: AsdConfig, holdout
 
 
 def open_run(path: Path | Run) -> Run:
-    """An existing run folder (stages committed by an interrupted command are completed first);
+    """An existing run folder, read as after any stage committed by an interrupted command (its
+    staged files; nothing is written: the next command that commits completes it);
     a :class:`Run` already opened is handed back as it is, so that a command opens its run once
     and passes it to every service it calls."""
     if isinstance(path, Run):
@@ -181,8 +193,7 @@ def open_run(path: Path | Run) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"run folder {path} does not exist; train it first: asd train DATA --run {path}")
-    recover(path)
-    info_path = path / RUN_FILE
+    info_path = _run_file(path, RUN_FILE)
     info = read_record(RunDescription, info_path, "run description")
     return Run(path, Vocabulary(info.groups, info.labels, legacy_2020=info.group_names < GROUP_NAMES),
                {"audio": info.audio, "features": info.features}, frozenset(info.holdout))

@@ -76,7 +76,7 @@ def load_fusion(run: Run) -> tuple[AttentionFusion, FusionRecord]:
 def meta_examples(run: Run, meta: MetaLearnerRecord) -> Examples:
     """The examples the meta-learner (metadata ``meta``) was trained on and adapts from: its own
     (``meta-train --data``) or else the fusion head's."""
-    return Examples.load(run_file(run.path, meta.examples, run.meta_learner_record, "examples"))
+    return Examples.load(run.file(run_file(run.path, meta.examples, run.meta_learner_record, "examples").name))
 
 
 def fused_features(fusion: AttentionFusion, z: np.ndarray) -> Tensor:
