@@ -5,7 +5,6 @@ state for resuming, each written atomically. Which files a run holds, and their 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import platform

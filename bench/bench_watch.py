@@ -63,6 +63,7 @@ def said(log: Path) -> str:
 
 def wait_for(log: Path, count: int, timeout: float, proc: subprocess.Popen | None = None) -> float:
     """Seconds until ``count`` clips are in the log."""
+    begin = time.perf_counter()
     while len(clips_logged(log)) < count:
         if time.perf_counter() - begin > timeout:
             raise SystemExit(f"only {len(clips_logged(log))} of {count} clips logged after {timeout:.0f} s")
@@ -74,6 +75,7 @@ def wait_for(log: Path, count: int, timeout: float, proc: subprocess.Popen | Non
 
 def ready(log: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
     """Wait until the watcher has loaded its run (it opens the log then)."""
+    begin = time.perf_counter()
     while not log.exists():
         if proc.poll() is not None or time.perf_counter() - begin > timeout:
             raise SystemExit(f"asd watch did not start: {said(log)}")
@@ -105,6 +107,7 @@ def cpu_seconds(pid: int) -> float:
 
 
 def asd_score(folder: Path, run: Path) -> tuple[dict[str, float], float]:
+    begin = time.perf_counter()
     done = subprocess.run(ASD + ["score", str(folder), "--run", str(run)], capture_output=True, check=True)
     seconds = time.perf_counter() - begin
     rows = [line.split(",") for line in done.stdout.decode("utf-8", "surrogateescape").splitlines() if line]
@@ -135,6 +138,7 @@ def latency(args, sources: list[Path]) -> None:
     from asdcli.services.score import Detector
     detector = Detector.load(args.run)
     detector.score([sources[0]])
+    begin = time.perf_counter()
     for source in sources[:5]:
         detector.score([source])
     one = (time.perf_counter() - begin) / 5
@@ -228,6 +232,9 @@ def main() -> None:
     parser.add_argument("--memory-files", type=int, default=10_000)
     parser.add_argument("--only", nargs="*", choices=["latency", "burst", "crash", "memory"])
     args = parser.parse_args()
+    for given in (args.run, args.clips):
+        if given is not None and args.work.resolve() in (given.resolve(), *given.resolve().parents):
+            sys.exit(f"{given} lies in --work {args.work}, which this script empties first: give another --work")
     if args.work.exists():
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)

@@ -3,7 +3,6 @@ where the test clips are labelled, the scores and the evaluation table."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import List, Optional
 

@@ -35,6 +35,21 @@ def alert_after(text: str) -> tuple[int, int]:
     return int(match[1]), int(match[2])
 
 
+def _shown(verbose: bool):
+    """What the watcher shows on stderr: anomalous clips (every clip with --verbose), alerts, notices."""
+
+    def shown(line) -> None:
+        if line.kind == "clip":
+            if line.decision or verbose:
+                err.print(f"{line.time} {line.file}: {line.score:.3f}" + (" ANOMALOUS" if line.decision else ""))
+        elif line.kind == "alert":
+            say("alert: ", "bold red", line.message)
+        else:
+            show_notice(line.message)
+
+    return shown
+
+
 @handle_errors
 def watch(
     folder: Path = typer.Argument(..., help="The folder the recorder writes into (watched with its subfolders)."),
@@ -77,21 +92,8 @@ def watch(
                            section=None if section is None else f"{section:02d}")
     path = log or folder / (".asd-watch.jsonl" if as_json else ".asd-watch.csv")
     torch_device = gpu_or_cpu(gpu, device)
-
-    def shown(line) -> None:
-        if line.kind == "clip":
-            if line.decision or verbose:
-                err.print(f"{line.time} {line.file}: {line.score:.3f}" + (" ANOMALOUS" if line.decision else ""))
-        elif line.kind == "alert":
-            say("alert: ", "bold red", line.message)
-        else:
-            show_notice(line.message)
-
-    def backlog(done: int, total: int) -> None:
-        err.print(f"backlog: {done}/{total} scored")
-
-    watcher = Watch(folder, run, DecisionLog(path, as_json), options,
-                    lambda r: Detector.load(r, torch_device), shown, alert_command(on_alert), backlog)
+    watcher = Watch(folder, run, DecisionLog(path, as_json), options, lambda r: Detector.load(r, torch_device),
+                    _shown(verbose), alert_command(on_alert), lambda done, total: err.print(f"backlog: {done}/{total} scored"))
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -15,7 +15,8 @@ from asdcli.cli import app
 from asdcli.services.fuse import train_fusion
 from asdcli.services.score import Detector
 from asdcli.services.train import train_branch
-from asdcli.services.watch import Monitor, Watch, WatchOptions, WatchState, wav_state
+from asdcli.services.arrivals import WatchOptions, WatchState, wav_state
+from asdcli.services.watch import Monitor, Watch
 from asdcli.services.watch_log import DecisionLog, LogLine
 
 runner = CliRunner()
@@ -206,3 +207,13 @@ def test_a_one_hour_recording_is_scored_on_its_first_seconds_without_reading_it_
         watching.until(lambda: "fan/hour.wav" in watching.scored(), seconds=60)
     alone = Detector.load(run).score([folder / "hour.wav"])
     assert watching.scored()["fan/hour.wav"] == pytest.approx(float(alone.score[0]), abs=1e-6)
+
+
+def test_files_trickling_in_are_scored_in_a_few_batch_shapes():
+    from asdcli.services.watch import batch_sizes
+
+    assert batch_sizes(0, 32) == []
+    assert batch_sizes(27, 32) == [16, 8, 2, 1]
+    assert batch_sizes(70, 32) == [32, 32, 4, 2]
+    assert {s for n in range(1, 200) for s in batch_sizes(n, 32)} == {1, 2, 4, 8, 16, 32}
+    assert all(sum(batch_sizes(n, 32)) == n for n in range(200))
