@@ -39,8 +39,8 @@ from asdcli.services.stages import load_fusion, load_meta, meta_examples
 from asdcli.services.meta import new_meta_learner, sample_task, step_losses, task_groups
 from asdcli.services.embeddings import model_batches, with_embeddings
 from asdcli.services.runs import Run, branch_context, is_run, load_branch, open_run
-from asdcli.services.schedule import Precision, epoch_chunks, lr_at
-from asdcli.services.trouble import Trouble, TroubleDetector, grad_norm
+from asdcli.services.schedule import Precision, epoch_chunks, lr_at, optimizer_step
+from asdcli.services.trouble import Trouble, TroubleDetector
 
 HEADS = ("fusion", "meta")
 
@@ -253,24 +253,6 @@ def _step_losses(s: _Setup, batch, trainable: set[str]) -> dict[str, Tensor]:
     return losses
 
 
-def _train_step(s: _Setup, optimizer, batch, trainable: set[str], grad_clip: float) -> tuple[dict, dict]:
-    """One step of every trainable part on the sum of their losses: (losses, gradient norms) per part.
-    A part whose loss is not finite is left out of the step (and reported), so the others keep training."""
-    losses = _step_losses(s, batch, trainable)
-    finite = [n for n in trainable if bool(torch.isfinite(losses[n]))]
-    optimizer.zero_grad(set_to_none=True)
-    if finite:
-        s.scaler.scale(sum(losses[n] for n in finite)).backward()
-        s.scaler.unscale_(optimizer)
-    grads = {n: grad_norm(s.params[n]) for n in s.modules}  # before clipping: what the loss asked for
-    for name in trainable:
-        torch.nn.utils.clip_grad_norm_(s.params[name], grad_clip)
-    if finite:
-        s.scaler.step(optimizer)
-        s.scaler.update()
-    return {n: float(v.detach()) for n, v in losses.items()}, grads
-
-
 @dataclass
 class _Loop:
     """The state of a freeze-debug run between steps."""
@@ -314,7 +296,12 @@ class _Loop:
         for group in self.optimizer.param_groups:
             group["lr"] = group["base"] * factor
         batch = with_embeddings(batch, self.s.upstream)
-        values, grads = _train_step(self.s, self.optimizer, batch, self.trainable, self.config.train.grad_clip)
+        losses = _step_losses(self.s, batch, self.trainable)
+        finite = [n for n in self.trainable if bool(torch.isfinite(losses[n]))]  # a part with none is left out
+        grads = optimizer_step(self.optimizer, self.s.scaler, sum(losses[n] for n in finite) if finite else None,
+                               {n: self.s.params[n] for n in self.trainable}, self.config.train.grad_clip,
+                               norms_of=self.s.params)
+        values = {n: float(v.detach()) for n, v in losses.items()}
         lr = self.config.train.lr * factor
         self.log.step(epoch, step, self.global_step, time.perf_counter() - self.start, lr, values, grads)
         for name in self.s.modules:

@@ -1,5 +1,6 @@
 """Training primitives every trainable part shares: the learning-rate schedule, the seeded order
-of an epoch's clips, a process's share of it under DDP, and a branch's training precision."""
+of an epoch's clips, a process's share of it under DDP, a branch's training precision and the
+optimiser step itself (asd train-branch and freeze-debug take the same one)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from asdcli.errors import ConfigError
 from asdcli.models.registry import branch_config, branch_training, canonical_name, config_key
 from asdcli.services.dataset import ClipSet
 from asdcli.services.device import DistInfo, native_bf16
+from asdcli.services.trouble import grad_norm
 
 
 def lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -74,6 +76,26 @@ class Precision:
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=self.dtype is not None)
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, loss: torch.Tensor | None,
+                   clipped: dict[str, list[torch.nn.Parameter]], grad_clip: float,
+                   norms_of: dict[str, list[torch.nn.Parameter]] | None = None) -> dict[str, float]:
+    """One optimiser step on ``loss``: its gradients (scaled by ``scaler`` for fp16, then
+    unscaled), each part of ``clipped`` clipped to norm ``grad_clip`` on its own, the step. Returns
+    the gradient norm of each part of ``norms_of`` before clipping (what the loss asked for).
+    ``loss`` None (no finite loss this step): no step, gradients cleared."""
+    optimizer.zero_grad(set_to_none=True)
+    if loss is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    norms = {name: grad_norm(params) for name, params in (norms_of or {}).items()}
+    for params in clipped.values():
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if loss is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    return norms
 
 
 def epoch_chunks(clipset: ClipSet, config: AsdConfig, epoch: int, indices: list[int] | None,

@@ -33,7 +33,7 @@ from asdcli.models.registry import BRANCHES, branch_config, branch_training, bui
 from asdcli.services.background import background_features
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
 from asdcli.services.device import DistInfo, distributed
-from asdcli.services.schedule import Precision, epoch_chunks, lr_at
+from asdcli.services.schedule import Precision, epoch_chunks, lr_at, optimizer_step
 from asdcli.services.embeddings import EmbeddingCaches, embed_once, model_batches, with_rows
 from asdcli.services.features import make_extractor
 from asdcli.services.migrate import leftovers
@@ -251,12 +251,7 @@ def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch:
         batch = with_rows(batch, s.embedded)
         with precision.autocast():
             loss = model(batch)
-        optimizer.zero_grad(set_to_none=True)
-        precision.scaler.scale(loss).backward()
-        precision.scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(params, config.train.grad_clip)
-        precision.scaler.step(optimizer)
-        precision.scaler.update()
+        optimizer_step(optimizer, precision.scaler, loss, {s.name: params}, config.train.grad_clip)
         losses.append(loss.detach())
         seen += len(batch) * info.world_size
         if on_step is not None:
