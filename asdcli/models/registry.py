@@ -52,3 +52,27 @@ def build_branch(name: str, config: AsdConfig, context: BranchContext, saved: di
     if saved:
         return cls(context, cfg, saved)
     return cls(context, cfg)
+
+
+def upstream_names(config: AsdConfig, name: str) -> list[str]:
+    """The branches whose embeddings branch ``name`` takes with this config (canonical names)."""
+    cls = BRANCHES[canonical_name(name)]
+    return [canonical_name(u) for u in cls.upstream(branch_config(config, cls.name))]
+
+
+def training_order(config: AsdConfig) -> list[str]:
+    """Every branch, each after the branches it takes embeddings from (registry order otherwise)."""
+    order: list[str] = []
+
+    def place(name: str, chain: tuple[str, ...]) -> None:
+        if name in order:
+            return
+        if name in chain:
+            raise ConfigError(f"{config_key(name)}: its upstream branches lead back to it ({' -> '.join(chain + (name,))})")
+        for up in upstream_names(config, name):
+            place(up, chain + (name,))
+        order.append(name)
+
+    for name in BRANCHES:
+        place(name, ())
+    return order

@@ -22,7 +22,7 @@ import torch
 from asdcli.checkpoints import training_progress
 from asdcli.config import AsdConfig
 from asdcli.errors import AsdError, ConfigError
-from asdcli.models.registry import BRANCHES, branch_config, canonical_name
+from asdcli.models.registry import BRANCHES, branch_config, canonical_name, upstream_names
 from asdcli.services.branch_prior import load_prior
 from asdcli.services.dataset import training_clips, untrained_machines
 from asdcli.services.stages import is_current, stale_branches
@@ -49,7 +49,7 @@ class Step:
 def _branch_step(run: Run | None, name: str, config: AsdConfig, skipped: set[str]) -> Step:
     if name in skipped:
         return Step(name, "skip", "--skip")
-    ups = [canonical_name(u) for u in BRANCHES[name].upstream(branch_config(config, name))]
+    ups = upstream_names(config, name)
     if any(u in skipped for u in ups):
         return Step(name, "skip", f"it models the embeddings of {next(u for u in ups if u in skipped)}, which is skipped")
     if run is None:

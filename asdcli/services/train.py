@@ -29,18 +29,18 @@ from asdcli.config import AsdConfig
 from asdcli.errors import CheckpointError, TrainingError
 from asdcli.metrics import gamma_threshold
 from asdcli.models.base import Batch, Branch, state_digest
-from asdcli.models.registry import BRANCHES, branch_config, branch_training, build_branch, canonical_name, config_key
-from asdcli.services.background import background_features
+from asdcli.models.registry import BRANCHES, branch_training, canonical_name, config_key, upstream_names
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
 from asdcli.services.device import DistInfo, distributed
 from asdcli.services.schedule import Precision, epoch_chunks, lr_at, optimizer_step
+from asdcli.services.branch_setup import fresh_branch
 from asdcli.services.embeddings import EmbeddingCaches, embed_once, model_batches, with_rows
 from asdcli.services.features import make_extractor
 from asdcli.services.migrate import leftovers
 from asdcli.services.reliability import heldout_check
 from asdcli.services.commits import commit_stage, writing
 from asdcli.services.records import BranchRecord, TrainScores, write_record
-from asdcli.services.runs import (CONFIG_FILE, RUN_FILE, Run, branch_context, is_run, load_branch,
+from asdcli.services.runs import (CONFIG_FILE, RUN_FILE, Run, is_run, load_branch,
                                   open_or_create_run, open_run)
 
 LOG_COLUMNS = ["epoch", "loss", "lr", "clips", "seconds", "clips_per_s"]
@@ -135,21 +135,13 @@ def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: to
         dist.barrier()
     run = open_run(run_dir)
     cls = BRANCHES[name]
-    bcfg = branch_config(config, name)
-    upstream = {canonical_name(n): load_branch(run, n, device) for n in cls.upstream(bcfg)}
+    upstream = {n: load_branch(run, n, device) for n in upstream_names(config, name)}
     needs_wave = cls.needs_wave or any(b.needs_wave for b in upstream.values())
     clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave)
     embedded = embed_once(clipset, config.train.batch_size, device, upstream, cache_dir)
     embed_dims = {n: int(e.shape[1]) for n, e in embedded.items()}
-    torch.manual_seed(config.seed)
-    branch = build_branch(name, config, branch_context(run, config, embed_dims)).to(device)
-    branch.set_input_stats(clipset.mean.to(device), clipset.std.to(device))
-    if branch.background_spec() != "none":
-        feats, kinds, _ = background_features(branch.background_spec(), {c.machine for c in clips}, config, cache_dir)
-        branch.set_background(feats.to(device), kinds.to(device))
     trained = [i for i, c in enumerate(clipset.clips) if clip_key(c) not in run.holdout]
-    branch.prepare_training(model_batches(clipset, config.train.batch_size, device, upstream, order=trained,
-                                          embedded=embedded))
+    branch = fresh_branch(name, config, run, clipset, upstream, trained, device, cache_dir, embedded)
     epochs, lr = branch_training(config, name, "epochs"), branch_training(config, name, "lr")
     return _Setup(name, device, run, clipset, upstream, branch, embed_dims, epochs, lr, trained, cache_dir, embedded)
 
