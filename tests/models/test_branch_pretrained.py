@@ -16,6 +16,7 @@ import torch
 from transformers import ASTConfig, ASTFeatureExtractor, ASTModel
 
 import asdcli.models.backbones as backbones
+import asdcli.weights as weights
 from asdcli.config import PretrainedConfig
 from asdcli.errors import ConfigError
 from asdcli.models.base import Batch, BranchContext
@@ -77,7 +78,7 @@ def test_an_unreachable_hub_is_one_error_without_retries(monkeypatch):
         raise OSError("not cached")
 
     monkeypatch.setattr(ASTModel, "from_pretrained", staticmethod(from_pretrained))
-    monkeypatch.setattr(backbones, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(weights, "hub_reachable", lambda timeout=3.0: False)
     cfg = PretrainedConfig(backbone="ast", source="MIT/ast-finetuned-audioset-10-10-0.4593")
     with pytest.raises(ConfigError, match="not in the local Hugging Face cache, and the Hub cannot be reached"):
         backbones.load_ast(cfg)
