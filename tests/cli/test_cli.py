@@ -164,9 +164,20 @@ def test_fusion_meta_score_explain_then_evaluate(tmp_path, synth_root):
     assert "tasks from meta_examples.safetensors" in _plain(meta.output)
     bad = runner.invoke(app, ["meta-train", "--run", str(run), "--holdout", "nope_section_09"])
     assert bad.exit_code == 1 and "not a section of this run" in _plain(bad.output)
-    result = runner.invoke(app, ["score", str(synth_root), "--run", str(run), "--explain", "--decision",
-                                 "--cache-dir", cache])
+    import asdcli.services.runs as runs
+
+    opened, read_record = [], runs.read_record
+
+    def counted(schema, path, what):  # open_run reads the run description: once per opening
+        opened.extend([path] if schema is runs.RunDescription else [])
+        return read_record(schema, path, what)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(runs, "read_record", counted)
+        result = runner.invoke(app, ["score", str(synth_root), "--run", str(run), "--explain", "--decision",
+                                     "--cache-dir", cache])
     assert result.exit_code == 0, result.output
+    assert opened == [run / "run.json"]  # the run is opened once and handed down
     assert "meta-learner adapted per section" in _plain(result.stderr)
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "filename,score,decision,fused,z_b2,w_b2,z_b3,w_b3"
