@@ -57,7 +57,7 @@ def score_branches(run_dir: Path | Run, names: list[str], clips: list[Clip], cac
     names = [canonical_name(n) for n in names]
     config = stored_config(read_branch_record(run, names[0]), run.record(names[0]))
     branches, upstream = loaded or load_with_upstream(run, names, device)
-    needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
+    wave_users = {n for n, b in {**upstream, **branches}.items() if b.needs_wave}
     extractor = make_extractor(config, cache_dir)
     caches = EmbeddingCaches(cache_dir, {**upstream, **branches})
     scores: dict[str, list] = {n: [] for n in names}
@@ -65,6 +65,7 @@ def score_branches(run_dir: Path | Run, names: list[str], clips: list[Clip], cac
     failures: list = []
     for start in range(0, len(clips), CHUNK):  # a chunk's features are read once and then dropped
         part = clips[start : start + CHUNK]
+        needs_wave = bool(wave_users - caches.covered(part))  # audio only for embeddings not on disk yet
         clipset = ClipSet(part, config, extractor, run.vocab, with_wave=needs_wave, keep_features=True,
                           require_any=False, on_item=None if progress is None else lambda: progress(1))
         failures += clipset.report.failures

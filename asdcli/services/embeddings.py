@@ -30,6 +30,11 @@ class EmbeddingCaches:
                 self.caches[name] = (branch, ArrayCache(Path(root) / "embeddings", key, (dim,),
                                                         {"branch": name, "key": key, "dim": dim}))
 
+    def covered(self, clips: list[Clip]) -> set[str]:
+        """The cached branches that hold the embedding of every one of ``clips`` already (they
+        need neither the clips' audio nor their network to embed them)."""
+        return {name for name, (_, cache) in self.caches.items() if all(cache.load(c.path) is not None for c in clips)}
+
     def attach(self, batch: Batch, clips: list[Clip]) -> Batch:
         """Fill ``batch.embeddings`` for the cached branches, embedding (and storing) only the
         clips not cached yet. ``clips`` are the batch's clips, in order."""

@@ -154,8 +154,17 @@ def test_frozen_ast_embeddings_are_cached_on_disk(synth_root, cfg, tmp_path, mon
     def no_model(*args, **kwargs):
         raise AssertionError("the AST ran although every embedding was cached")
 
+    def no_audio(*args, **kwargs):
+        raise AssertionError("the audio was read although its features and embedding were cached")
+
     monkeypatch.setattr(ASTModel, "forward", no_model)
-    again = score_branches(run, ["b1"], test, cache).scores["pretrained"]
+    import asdcli.services.dataset as dataset
+    import asdcli.services.features as features
+
+    with monkeypatch.context() as patch:
+        patch.setattr(dataset, "load_audio", no_audio)
+        patch.setattr(features, "load_audio", no_audio)
+        again = score_branches(run, ["b1"], test, cache).scores["pretrained"]
     assert (first == again).all()
     train_branch("b5", synth_root, run, frozen.with_overrides(**{"branches.flow.inputs": ["pretrained"]}),
                  cache_dir=cache)  # a branch on b1's embeddings reads them from the cache too
