@@ -31,6 +31,15 @@ class Batch:
     embeddings: dict[str, Tensor] = field(default_factory=dict)
     index: Tensor | None = None
 
+    @classmethod
+    def unlabelled(cls, feats: Tensor, groups: list[int], domains: list[int], wave: Tensor | None = None,
+                   index: list[int] | None = None) -> "Batch":
+        """Clips outside the training clips' classes (label -1): audio given in memory, made
+        pseudo-anomalies. ``index``: each clip's row among the training clips (-1: none)."""
+        return cls(feats=feats, group=torch.tensor(groups), domain=torch.tensor(domains),
+                   label=torch.full((len(groups),), -1), wave=wave,
+                   index=torch.tensor(index if index is not None else [-1] * len(groups)))
+
     def to(self, device: torch.device | str, non_blocking: bool = False) -> "Batch":
         """Copy of the batch on ``device`` (``non_blocking``: from page-locked memory, the copy
         runs while the host goes on)."""

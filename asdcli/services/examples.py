@@ -206,10 +206,8 @@ def _batches(plan: list[_Pseudo], config: AsdConfig, needs_wave: bool,
         wave = torch.stack(waves)  # (B, samples)
         with torch.no_grad():
             feats = logmel(wave)  # (B, n_mels, frames)
-        yield items, Batch(feats=feats, group=torch.tensor([i.group for i in items]),
-                           domain=torch.tensor([_domain(i) for i in items]),
-                           label=torch.full((len(items),), -1), wave=wave if needs_wave else None,
-                           index=torch.tensor([i.exclude for i in items]))
+        yield items, Batch.unlabelled(feats, [i.group for i in items], [_domain(i) for i in items],
+                                      wave if needs_wave else None, [i.exclude for i in items])
 
 
 def score_pseudo(plan: list[_Pseudo], branches: dict, upstream: dict, config: AsdConfig, device,

@@ -339,9 +339,8 @@ class Detector:
         clip = Clip(path=Path(what), machine=machine, section=f"{number:02d}", domain=domain)
         branches, upstream = self.loaded
         needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
-        batch = Batch(feats=feats[None], group=torch.tensor([self.run.vocab.group_index(clip)]),
-                      domain=torch.tensor([int(domain == "target")]), label=torch.tensor([-1]),
-                      wave=audio[None] if needs_wave else None, index=torch.tensor([-1]))
+        batch = Batch.unlabelled(feats[None], [self.run.vocab.group_index(clip)], [int(domain == "target")],
+                                 audio[None] if needs_wave else None)
         with torch.no_grad():
             batch = with_embeddings(batch.to(self.device), upstream)
             raw = {n: branch.score(batch).double().cpu().numpy() for n, branch in branches.items()}
