@@ -21,14 +21,13 @@ import numpy as np
 import torch
 
 from asdcli.config import load_config
+from asdcli.models.registry import BRANCHES, canonical_name, training_order
 from common import bench_data
 from asdcli.data.layout import group_clips
 from asdcli.metrics import auc, pauc
-from asdcli.models.registry import canonical_name
 from asdcli.services.branch_scores import score_branches
 from asdcli.services.train import train_branch
 
-ORDER = ["b2", "b3", "b4", "b1", "b5"]  # b5 models embeddings of b3, so it comes after
 
 
 def _section_means(clips, scores) -> tuple[float, float]:
@@ -47,7 +46,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path)
     parser.add_argument("--config", default="default")
-    parser.add_argument("--branches", nargs="+", default=ORDER)
+    parser.add_argument("--branches", nargs="+", help="ids or names (default: every branch, upstream first)")
     parser.add_argument("--epochs", type=int, help="override every branch's epochs")
     parser.add_argument("--b1", "--ast", dest="ast", help="override branches.pretrained.source: a weights file, or random")
     parser.add_argument("--seed", type=int, default=0)
@@ -56,6 +55,7 @@ def main() -> None:
     config = load_config(args.config).with_overrides(seed=args.seed, **{"branches.pretrained.source": args.ast})
     if args.epochs is not None:
         config = config.with_overrides(**{"train.epochs": args.epochs})
+    args.branches = args.branches or [BRANCHES[n].bid for n in training_order(config)]
     with tempfile.TemporaryDirectory() as tmp:
         data, test = bench_data(args.data, config, Path(tmp))
         run, cache = Path(tmp) / "run", Path(tmp) / "cache"

@@ -30,10 +30,10 @@ import numpy as np
 import torch
 
 from asdcli.config import load_config
+from asdcli.models.registry import canonical_name, training_order
 from common import bench_data
 from asdcli.metrics import auc, pauc
 from asdcli.services.evaluate import clip_rows, evaluate_rows
-from asdcli.models.registry import canonical_name
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.fuse import train_fusion
 from asdcli.services.stages import fused_features, load_fusion, load_meta, meta_examples, support_rows
@@ -42,7 +42,6 @@ from asdcli.services.runs import open_run
 from asdcli.services.score import score_clips
 from asdcli.services.train import train_branch
 
-ORDER = ["b2", "b3", "b4", "b1", "b5"]  # b5 models embeddings of b3, so it comes after
 
 
 def _row(name: str, clips, scores) -> tuple:
@@ -119,7 +118,7 @@ def main() -> None:
         run, cache = args.run or Path(tmp) / "run", args.cache or Path(tmp) / "cache"
         start = time.perf_counter()
         done = set(trained_branches(run)) if (run / "run.json").exists() else set()
-        for name in ORDER:
+        for name in training_order(config):  # upstream branches first
             if canonical_name(name) not in done:
                 train_branch(name, data, run, config, cache_dir=cache)
                 print(f"trained {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)

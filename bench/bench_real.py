@@ -33,9 +33,9 @@ import numpy as np
 import torch
 
 from asdcli.config import load_config
+from asdcli.models.registry import BRANCHES, canonical_name, training_order
 from asdcli.data.layout import discover
 from asdcli.errors import AsdError
-from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.branch_scores import trained_branches
 from asdcli.services.dataset import training_clips
 from asdcli.services.fuse import train_fusion
@@ -51,13 +51,12 @@ from peers import AUDIO_ANOMALY, audio_anomaly_scores
 from real_report import (REFERENCES, print_attention, print_checks, print_fixed_rules, print_held, print_peers,
                          print_runs, print_summary, print_without, section_metrics)
 
-ORDER = ["b2", "b3", "b4", "b1", "b5"]  # b5 models embeddings of b3, so it comes after
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _train_branches(data: Path, run: Path, config, cache: Path, unavailable: dict[str, str]) -> None:
     done = set(trained_branches(run)) if (run / "run.json").exists() else set()
-    for name in ORDER:
+    for name in training_order(config):  # upstream branches first
         full = canonical_name(name)
         if full in done or full in unavailable:
             continue

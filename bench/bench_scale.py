@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from asdcli.config import AsdConfig, load_config
+from asdcli.models.registry import BRANCHES, training_order
 from asdcli.data.layout import discover
 from asdcli.data.synth import generate
 from asdcli.errors import AsdError
@@ -43,7 +44,6 @@ from asdcli.services.score import score_clips
 from asdcli.services.train import train_branch
 from baseline_ae import reference_scores
 
-ORDER = ["b2", "b3", "b4", "b1", "b5"]  # b5 models embeddings of b3
 DCASE_CLIPS = 7 * 1000  # normal training clips of a DCASE development set
 
 
@@ -118,7 +118,8 @@ def measure(size: int, args, tmp: Path, device: str) -> dict[str, tuple[float, f
     shared = {"config": config, "data": data, "run": tmp / f"run{size}{where}", "cache": tmp / f"cache{size}{where}",
               "threads": args.threads, "device": torch.device(device)}
     out: dict[str, tuple[float, float]] = {}
-    for kind in ["features", *ORDER, "fusion", "meta", "score", "reference"]:
+    ids = [BRANCHES[n].bid for n in training_order(config)]  # upstream branches first
+    for kind in ["features", *ids, "fusion", "meta", "score", "reference"]:
         times, peak, error = run_stage(kind, shared)
         if error is not None:
             print(f"  size {size} on {device}: {kind} left out: {error.splitlines()[0][:160]}", file=sys.stderr,

@@ -22,14 +22,13 @@ import torch
 from asdcli.checkpoints import training_progress
 from asdcli.config import AsdConfig
 from asdcli.errors import AsdError, ConfigError
-from asdcli.models.registry import BRANCHES, branch_config, canonical_name, upstream_names
+from asdcli.models.registry import BRANCHES, branch_config, canonical_name, training_order, upstream_names
 from asdcli.services.branch_prior import load_prior
 from asdcli.services.dataset import training_clips, untrained_machines
 from asdcli.services.stages import is_current, stale_branches
 from asdcli.services.records import BranchRecord, FusionRecord, MetaLearnerRecord, read_record
 from asdcli.services.runs import Run, is_run, open_run
 
-ORDER = ("transformer-ae", "contrastive", "diffusion", "pretrained", "flow")
 FUSION, META = "fusion", "meta-learner"
 
 
@@ -88,7 +87,7 @@ def plan(run_dir: Path, config: AsdConfig, skip: list[str] | None = None) -> lis
     and the run scores with the fusion head."""
     skipped = {canonical_name(s) for s in skip or []}
     run = open_run(run_dir) if is_run(run_dir) else None
-    branches = [_branch_step(run, name, config, skipped) for name in ORDER]
+    branches = [_branch_step(run, name, config, skipped) for name in training_order(config)]
     if all(s.action == "skip" for s in branches):
         raise ConfigError("every branch is skipped: nothing to train")
     steps = branches + _head_steps(run, branches)
