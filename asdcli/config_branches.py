@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 
 class Section(BaseModel):
@@ -155,11 +155,45 @@ class FlowConfig(BranchTrain):
                            "too few for a density: the flow says so and the fusion leaves it out (0: never)")
 
 
+# The config sections of branches registered besides the five (asdcli.models.registry.register_branch):
+# section name -> its config class (a BranchTrain). Filled and emptied by the registry only.
+REGISTERED: dict[str, type[BranchTrain]] = {}
+
+
 class BranchesConfig(Section):
-    """Settings of the five branches."""
+    """Settings of the five branches, and of any branch registered besides them (a section of its
+    own config class, its defaults where the config does not name it)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True, allow_inf_nan=False)
 
     pretrained: PretrainedConfig = Field(default_factory=PretrainedConfig)
     transformer_ae: TransformerAEConfig = Field(default_factory=TransformerAEConfig)
     contrastive: ContrastiveConfig = Field(default_factory=ContrastiveConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     flow: FlowConfig = Field(default_factory=FlowConfig)
+
+    @model_validator(mode="after")
+    def _registered_sections(self) -> "BranchesConfig":
+        """Sections beyond the five must belong to a registered branch; each is validated by its
+        config class (unknown keys in it are errors too), and a registered branch the config does
+        not name gets its defaults."""
+        extra = self.__pydantic_extra__ if self.__pydantic_extra__ is not None else {}
+        for key, value in list(extra.items()):
+            cls = REGISTERED.get(key)
+            if cls is None:
+                raise ValueError(f"'{key}' is no branch (unknown field: check the spelling; the branches are "
+                                 f"{', '.join([*type(self).model_fields, *REGISTERED])})")
+            if not isinstance(value, cls):
+                try:
+                    extra[key] = cls.model_validate(value)
+                except ValidationError as error:
+                    problem = error.errors()[0]
+                    where = ".".join(str(p) for p in (key, *problem["loc"]))
+                    reason = ("unknown field (check the spelling)" if problem["type"] == "extra_forbidden"
+                              else problem["msg"].removeprefix("Value error, "))
+                    raise ValueError(f"'{where}': {reason}") from None
+        for key, cls in REGISTERED.items():
+            extra.setdefault(key, cls())
+        if self.__pydantic_extra__ is None:
+            object.__setattr__(self, "__pydantic_extra__", extra)
+        return self

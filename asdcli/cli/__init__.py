@@ -73,6 +73,31 @@ def usage() -> str:
     return "\n".join(lines)
 
 
+PLUGIN_GROUP = "asd.branches"
+
+
+def load_branch_plugins() -> None:
+    """Register the branches other installed packages offer: entry points of group
+    ``asd.branches``, each a :class:`~asdcli.models.base.Branch` subclass (see the README's code
+    layout). Nothing is imported where no package offers one. A plugin that does not load is one
+    line naming it (exit 1)."""
+    from importlib.metadata import entry_points
+
+    found = entry_points(group=PLUGIN_GROUP)
+    if not found:
+        return
+    from asdcli.models.registry import BRANCHES, register_branch
+
+    for point in found:
+        try:
+            cls = point.load()
+            if getattr(cls, "name", None) not in BRANCHES or BRANCHES[cls.name] is not cls:
+                register_branch(cls)
+        except Exception as error:  # a plugin's own import error is a line, not a traceback
+            print(f"error: branch plugin '{point.name}' ({point.value}) does not load: {error}", file=sys.stderr)
+            sys.exit(1)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point: only the named command is loaded."""
     args = sys.argv[1:] if argv is None else argv
@@ -81,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
         from asdcli.memory import keep_freed_memory
 
         keep_freed_memory()
+        load_branch_plugins()
         build_app([name])(args=args, prog_name="asd")
     elif "--version" in args:
         print(f"asd {__version__}")

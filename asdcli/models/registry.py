@@ -1,9 +1,13 @@
 """The branch registry: names, ids (b1..b5) and construction from a config. Services look
-branches up here and never branch on a name."""
+branches up here and never branch on a name. A sixth branch is one module: a :class:`Branch`
+subclass with its ``config_class`` (a :class:`~asdcli.config.BranchTrain`), passed to
+:func:`register_branch`; configs then take its section ``branches.<config_field>``, and training,
+fusion, scoring and freeze-debug take the branch like the five."""
 
 from __future__ import annotations
 
-from asdcli.config import AsdConfig
+from asdcli import config_branches
+from asdcli.config import BRANCH_FIELDS, AsdConfig
 from asdcli.errors import ConfigError
 from asdcli.models.base import Branch, BranchContext
 from asdcli.models.branch_contrastive import ContrastiveBranch
@@ -35,8 +39,38 @@ def config_key(name: str) -> str:
 
 
 def branch_config(config: AsdConfig, name: str):
-    """The config section of a branch (``transformer-ae`` -> ``config.branches.transformer_ae``)."""
-    return getattr(config.branches, BRANCHES[canonical_name(name)].config_field)
+    """The config section of a branch (``transformer-ae`` -> ``config.branches.transformer_ae``);
+    a registered branch's defaults where the config was made before it was registered."""
+    field = BRANCHES[canonical_name(name)].config_field
+    section = getattr(config.branches, field, None)
+    return section if section is not None else config_branches.REGISTERED[field]()
+
+
+def register_branch(cls: type[Branch]) -> None:
+    """Make ``cls`` a branch of every command: it needs ``name``, ``bid`` (``b6``...),
+    ``config_field`` and ``config_class``, none of them taken by another branch."""
+    config_class = getattr(cls, "config_class", None)
+    for attribute in ("name", "bid", "config_field"):
+        if not isinstance(getattr(cls, attribute, None), str):
+            raise ConfigError(f"branch class {cls.__name__}: '{attribute}' is not set")
+    if config_class is None or not issubclass(config_class, config_branches.BranchTrain):
+        raise ConfigError(f"branch class {cls.__name__}: 'config_class' must be a BranchTrain config section")
+    taken = [a for a in ("name", "bid", "config_field") for other in BRANCHES.values()
+             if getattr(other, a) == getattr(cls, a)]
+    if taken or cls.config_field in config_branches.BranchesConfig.model_fields:
+        raise ConfigError(f"branch class {cls.__name__}: its {(taken or ['config_field'])[0]} is another branch's")
+    BRANCHES[cls.name] = cls
+    IDS[cls.bid] = cls.name
+    BRANCH_FIELDS[cls.bid] = cls.config_field
+    config_branches.REGISTERED[cls.config_field] = config_class
+
+
+def unregister_branch(name: str) -> None:
+    """Undo :func:`register_branch` (one of the five cannot be removed)."""
+    cls = BRANCHES[canonical_name(name)]
+    if cls.config_field in config_branches.BranchesConfig.model_fields:
+        raise ConfigError(f"branch {cls.name} is built in; only a registered branch can be removed")
+    del BRANCHES[cls.name], IDS[cls.bid], BRANCH_FIELDS[cls.bid], config_branches.REGISTERED[cls.config_field]
 
 
 def branch_training(config: AsdConfig, name: str, setting: str):
