@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from asdcli.config import AsdConfig
 from asdcli.errors import ConfigError
-from asdcli.models.base import Batch, Branch, state_digest
+from asdcli.models.base import Branch, state_digest
 from asdcli.models.meta_learner import meta_features
 from asdcli.models.registry import BRANCHES, branch_training, canonical_name, training_order, upstream_names
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
@@ -40,7 +40,8 @@ from asdcli.services.meta import new_meta_learner, sample_task, step_losses, tas
 from asdcli.services.branch_setup import fresh_branch
 from asdcli.services.embeddings import with_embeddings
 from asdcli.services.runs import Run, is_run, load_branch, open_run
-from asdcli.services.schedule import Precision, epoch_chunks, lr_at, optimizer_step
+from asdcli.services.loop import run_epoch
+from asdcli.services.schedule import Precision, epoch_chunks, lr_at
 from asdcli.services.trouble import Trouble, TroubleDetector
 
 HEADS = ("fusion", "meta")
@@ -277,25 +278,21 @@ class _Loop:
             self.s.modules[name].train()
             if name in self.s.branches:
                 self.s.branches[name].set_progress((epoch - 1) / self.epochs)
-        lr = self.config.train.lr
-        for step, batch in enumerate(self.s.clipset.on_device(chunks, self.device), start=1):
-            lr = self.step(epoch, step, batch)
+        total, warmup = self.steps * self.epochs, self.steps * self.config.train.warmup_epochs
+        run_epoch(self.s.clipset, chunks, self.device, self.optimizer, self.s.scaler, self.global_step, total, warmup,
+                  lambda batch: _step_losses(self.s, batch, self.trainable),
+                  {n: self.s.params[n] for n in self.trainable}, self.config.train.grad_clip,
+                  prepare=lambda batch: with_embeddings(batch, self.s.upstream), skip_nonfinite=True,
+                  norms_of=self.s.params, after_step=lambda i, batch, losses, grads: self.after_step(epoch, i + 1, losses, grads))
+        lr = lr_at(max(0, self.global_step - 1), total, warmup, self.config.train.lr)
         self.log.epoch_summary(epoch, self.global_step, time.perf_counter() - self.start, lr)
 
-    def step(self, epoch: int, step: int, batch: Batch) -> float:
-        """One logged and checked step on ``batch`` (on the device); returns the branches' learning rate."""
+    def after_step(self, epoch: int, step: int, losses: dict[str, Tensor], grads: dict[str, float]) -> None:
+        """Log the step (each part's loss and gradient norm) and check it for trouble."""
         self.global_step += 1
-        factor = lr_at(self.global_step - 1, self.steps * self.epochs, self.steps * self.config.train.warmup_epochs, 1.0)
-        for group in self.optimizer.param_groups:
-            group["lr"] = group["base"] * factor
-        batch = with_embeddings(batch, self.s.upstream)
-        losses = _step_losses(self.s, batch, self.trainable)
-        finite = [n for n in self.trainable if bool(torch.isfinite(losses[n]))]  # a part with none is left out
-        grads = optimizer_step(self.optimizer, self.s.scaler, sum(losses[n] for n in finite) if finite else None,
-                               {n: self.s.params[n] for n in self.trainable}, self.config.train.grad_clip,
-                               norms_of=self.s.params)
         values = {n: float(v.detach()) for n, v in losses.items()}
-        lr = self.config.train.lr * factor
+        lr = lr_at(self.global_step - 1, self.steps * self.epochs, self.steps * self.config.train.warmup_epochs,
+                   self.config.train.lr)
         self.log.step(epoch, step, self.global_step, time.perf_counter() - self.start, lr, values, grads)
         for name in self.s.modules:
             grad = grads[name] if name in self.trainable else None
@@ -305,7 +302,6 @@ class _Loop:
                     self.on_trouble(trouble)
         if self.on_step is not None:
             self.on_step(self.global_step, self.steps * self.epochs, sum(values[n] for n in self.trainable))
-        return lr
 
 
 def freeze_debug(data: Path, config: AsdConfig, frozen: list[str], epochs: int, log_path: Path,

@@ -32,7 +32,8 @@ from asdcli.models.base import Batch, Branch, state_digest
 from asdcli.models.registry import BRANCHES, branch_training, canonical_name, config_key, upstream_names
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
 from asdcli.services.device import DistInfo, distributed
-from asdcli.services.schedule import Precision, epoch_chunks, lr_at, optimizer_step
+from asdcli.services.loop import run_epoch
+from asdcli.services.schedule import Precision, epoch_chunks
 from asdcli.services.branch_setup import fresh_branch
 from asdcli.services.embeddings import EmbeddingCaches, embed_once, model_batches, with_rows
 from asdcli.services.features import make_extractor
@@ -228,33 +229,35 @@ def _check_finite(s: _Setup, row: dict) -> None:
 
 def _run_epoch(s: _Setup, model: nn.Module, optimizer, config: AsdConfig, epoch: int, info: DistInfo,
                on_step: Callable[[StepInfo], None] | None, precision: Precision) -> dict:
-    """One pass over the shuffled training clips; returns the epoch's log row."""
+    """One pass over the shuffled training clips (:func:`~asdcli.services.loop.run_epoch`);
+    returns the epoch's log row."""
     chunks = epoch_chunks(s.clipset, config, epoch, s.trained, info)
     steps = len(chunks)
-    total_steps, warmup = steps * max(1, s.epochs), steps * config.train.warmup_epochs
     s.branch.train()
     s.branch.set_progress(epoch / max(1, s.epochs))
     params = [p for p in s.branch.parameters() if p.requires_grad]
-    start, losses, seen = time.perf_counter(), [], 0  # losses stay on the device until the epoch ends
-    for step, batch in enumerate(s.clipset.on_device(chunks, s.device)):
-        lr = lr_at(epoch * steps + step, total_steps, warmup, s.lr)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        batch = with_rows(batch, s.embedded)
+    start, losses, seen = time.perf_counter(), [], [0]  # losses stay on the device until the epoch ends
+
+    def loss_of(batch: Batch) -> dict[str, Tensor]:
         with precision.autocast():
-            loss = model(batch)
-        optimizer_step(optimizer, precision.scaler, loss, {s.name: params}, config.train.grad_clip)
-        losses.append(loss.detach())
-        seen += len(batch) * info.world_size
+            return {s.name: model(batch)}
+
+    def after(step: int, batch: Batch, values: dict[str, Tensor], _norms) -> None:
+        losses.append(values[s.name].detach())
+        seen[0] += len(batch) * info.world_size
         if on_step is not None:
             # The loss shown is the step before's: reading this step's would make the host wait
             # for a GPU to finish it instead of queueing the next one.
             shown = losses[-2] if len(losses) > 1 and step + 1 < steps else losses[-1]
-            on_step(StepInfo(epoch + 1, s.epochs, step + 1, steps, float(shown), seen / (time.perf_counter() - start)))
+            on_step(StepInfo(epoch + 1, s.epochs, step + 1, steps, float(shown), seen[0] / (time.perf_counter() - start)))
+
+    lr = run_epoch(s.clipset, chunks, s.device, optimizer, precision.scaler, epoch * steps, steps * max(1, s.epochs),
+                   steps * config.train.warmup_epochs, loss_of, {s.name: params}, config.train.grad_clip,
+                   prepare=lambda batch: with_rows(batch, s.embedded), after_step=after)
     seconds = time.perf_counter() - start
     mean_loss = float(torch.stack(losses).double().mean())
-    return {"epoch": epoch + 1, "loss": f"{mean_loss:.6f}", "lr": f"{lr:.6g}", "clips": seen,
-            "seconds": f"{seconds:.3f}", "clips_per_s": f"{seen / seconds:.2f}"}
+    return {"epoch": epoch + 1, "loss": f"{mean_loss:.6f}", "lr": f"{lr:.6g}", "clips": seen[0],
+            "seconds": f"{seconds:.3f}", "clips_per_s": f"{seen[0] / seconds:.2f}"}
 
 
 def _finalize(s: _Setup, config: AsdConfig,
@@ -340,6 +343,8 @@ def _train_branch(name: str, data: Path, run_dir: Path, config: AsdConfig, devic
         trainable = bool(params) and s.epochs > 0
         optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=config.train.weight_decay) if params else None
         start = _resume(s, optimizer, config) if resume else 0
+        for group in optimizer.param_groups if optimizer is not None else ():
+            group["base"] = s.lr  # the schedule's base rate (a resumed state may predate the key)
         rows = _read_log(s.run.log_path(name), start) if resume else []
         model: nn.Module = _LossModule(s.branch)
         if info.world_size > 1 and trainable:
