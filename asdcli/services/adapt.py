@@ -14,7 +14,8 @@ import torch
 from asdcli.config import AsdConfig
 from asdcli.data.layout import Clip
 from asdcli.errors import DataError
-from asdcli.services.branch_scores import DomainShift, load_with_upstream, normalize, score_branches
+from asdcli.services.branch_scores import DomainShift, normalize, score_branches
+from asdcli.services.branch_setup import BranchSet
 from asdcli.services.examples import perturbed, score_pseudo
 from asdcli.services.runs import Run
 from asdcli.services.records import BranchRecord, ScoreStats
@@ -44,16 +45,16 @@ def _stats(values: np.ndarray) -> dict:
 
 def section_support(run: Run, clips: list[Clip], names: list[str], metas: dict[str, BranchRecord], config: AsdConfig,
                     cache_dir: Path | None, device: torch.device | str = "cpu",
-                    loaded: tuple[dict, dict] | None = None) -> Support:
+                    loaded: BranchSet | None = None) -> Support:
     """Score the normal clips of sections the run never saw (clips of known sections are ignored)
     and ``config.meta.support_anomalies`` perturbed copies per section. ``loaded``: the branches
-    and upstream branches from :func:`load_with_upstream`, if the caller has them."""
+    and upstream branches (:meth:`BranchSet.load`), if the caller has them."""
     new = [c for c in clips if run.vocab.group_index(c) < 0 and c.is_anomaly != 1]
     if not new:
         raise DataError("--support: none of these clips is a normal clip of a section the run did not train on "
                         f"(the run knows {', '.join(run.vocab.groups)})")
-    branches, upstream = loaded or load_with_upstream(run, names, device)
-    raw = score_branches(run, names, new, cache_dir, device, loaded=(branches, upstream))
+    loaded = loaded or BranchSet.load(run, names, device)
+    raw = score_branches(run, names, new, cache_dir, device, loaded=loaded)
     groups = [c.group for c in raw.clips]
     metas = copy.deepcopy(metas)
     for name in names:
@@ -67,7 +68,7 @@ def section_support(run: Run, clips: list[Clip], names: list[str], metas: dict[s
     for section in sorted(set(groups)):
         own = [c for c in raw.clips if c.group == section]
         plan = perturbed(own, -1, section, config.meta.support_anomalies, rng)
-        items, pseudo_raw, failures = score_pseudo(plan, branches, upstream, config, device)
+        items, pseudo_raw, failures = score_pseudo(plan, loaded.branches, loaded.upstream, config, device)
         support.skipped += failures
         rows = [i for i, g in enumerate(groups) if g == section]
         z_normal = np.stack([normalize(raw.scores[n][rows], [section] * len(rows), metas[n]) for n in names], axis=1)

@@ -12,12 +12,12 @@ import torch
 from asdcli.checkpoints import training_progress
 from asdcli.data.layout import Clip
 from asdcli.errors import DataError
-from asdcli.models.base import Branch
 from asdcli.models.registry import BRANCHES, canonical_name
 from asdcli.services.dataset import ClipSet
-from asdcli.services.embeddings import EmbeddingCaches, model_batches
+from asdcli.services.branch_setup import BranchSet
+from asdcli.services.embeddings import EmbeddingCaches
 from asdcli.services.features import make_extractor
-from asdcli.services.runs import Run, load_branch, open_run, read_branch_record, stored_config
+from asdcli.services.runs import Run, open_run, read_branch_record, stored_config
 from asdcli.services.records import BranchRecord, read_record
 
 
@@ -31,35 +31,24 @@ class BranchScores:
     notices: list[str] = field(default_factory=list)
 
 
-def load_with_upstream(run: Run, names: list[str], device) -> tuple[dict[str, Branch], dict[str, Branch]]:
-    """The named trained branches and the upstream branches whose embeddings they consume."""
-    branches = {n: load_branch(run, n, device) for n in names}
-    upstream: dict[str, Branch] = {}
-    for name, branch in branches.items():
-        for up in BRANCHES[name].upstream(branch.cfg):
-            up = canonical_name(up)
-            upstream[up] = branches.get(up) or upstream.get(up) or load_branch(run, up, device)
-    return branches, upstream
-
-
 CHUNK = 256  # clips whose features are held in memory at once while scoring
 
 
 def score_branches(run_dir: Path | Run, names: list[str], clips: list[Clip], cache_dir: Path | None,
                    device: torch.device | str = "cpu", batch_size: int = 32,
-                   loaded: tuple[dict[str, Branch], dict[str, Branch]] | None = None,
+                   loaded: BranchSet | None = None,
                    progress: Callable[[int], None] | None = None) -> BranchScores:
     """Score ``clips`` with each named branch of the run (features as the run was trained with);
-    ``loaded``: the branches and upstream branches already loaded by :func:`load_with_upstream`;
+    ``loaded``: the branches already loaded (:meth:`BranchSet.load`);
     ``progress(n)`` after each clip's features and after each scored batch of n clips (2 x the
     clips in all)."""
     run = open_run(run_dir)
     names = [canonical_name(n) for n in names]
     config = stored_config(read_branch_record(run, names[0]), run.record(names[0]))
-    branches, upstream = loaded or load_with_upstream(run, names, device)
-    wave_users = {n for n, b in {**upstream, **branches}.items() if b.needs_wave}
+    loaded = loaded or BranchSet.load(run, names, device)
+    branches, wave_users = loaded.branches, loaded.wave_users()
     extractor = make_extractor(config, cache_dir)
-    caches = EmbeddingCaches(cache_dir, {**upstream, **branches})
+    caches = EmbeddingCaches(cache_dir, loaded.all)
     scores: dict[str, list] = {n: [] for n in names}
     scored: list[Clip] = []
     failures: list = []
@@ -72,7 +61,7 @@ def score_branches(run_dir: Path | Run, names: list[str], clips: list[Clip], cac
         if progress is not None:
             progress(len(part) - len(clipset))  # the skipped clips are not scored
         with torch.no_grad():
-            for batch in model_batches(clipset, batch_size, device, upstream, caches):
+            for batch in loaded.batches(clipset, batch_size, device, caches):
                 for name, branch in branches.items():
                     scores[name].append(branch.score(batch).cpu().numpy())
                 if progress is not None:

@@ -30,16 +30,16 @@ from asdcli.config import AsdConfig
 from asdcli.errors import ConfigError
 from asdcli.models.base import Branch, state_digest
 from asdcli.models.meta_learner import meta_features
-from asdcli.models.registry import BRANCHES, branch_training, canonical_name, training_order, upstream_names
+from asdcli.models.registry import BRANCHES, branch_training, canonical_name
 from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys, training_clips
 from asdcli.services.examples import Examples
 from asdcli.services.features import make_extractor
 from asdcli.services.fuse import attention_start, fusion_objective, new_head
 from asdcli.services.stages import load_fusion, load_meta, meta_examples
 from asdcli.services.meta import new_meta_learner, sample_task, step_losses, task_groups
-from asdcli.services.branch_setup import fresh_branch
+from asdcli.services.branch_setup import BranchSet
 from asdcli.services.embeddings import with_embeddings
-from asdcli.services.runs import Run, is_run, load_branch, open_run
+from asdcli.services.runs import Run, is_run, open_run
 from asdcli.services.loop import run_epoch
 from asdcli.services.schedule import Precision, epoch_chunks, lr_at
 from asdcli.services.trouble import Trouble, TroubleDetector
@@ -74,21 +74,6 @@ class DebugResult:
     steps: int
     troubles: list[Trouble] = field(default_factory=list)
     notices: list[str] = field(default_factory=list)
-
-
-def _build_branches(clipset: ClipSet, run: Run | None, config: AsdConfig, frozen: list[str], device,
-                    vocab: Vocabulary, trained: list[int], cache_dir: Path | None) -> dict[str, Branch]:
-    """Every branch, as ``asd train-branch`` starts it (:func:`~asdcli.services.train.fresh_branch`;
-    a frozen one from the run's checkpoint where it has one), upstream branches first."""
-    context_run = run or Run(Path("."), vocab, {})
-    branches: dict[str, Branch] = {}
-    for name in training_order(config):
-        upstream = {u: branches[u] for u in upstream_names(config, name)}
-        if name in frozen and run is not None and run.record(name).exists():
-            branches[name] = load_branch(run, name, device)
-        else:
-            branches[name] = fresh_branch(name, config, context_run, clipset, upstream, trained, device, cache_dir)
-    return branches
 
 
 class _Heads:
@@ -209,7 +194,10 @@ def _prepare(data: Path, run_dir: Path | None, config: AsdConfig, frozen: list[s
     clipset = ClipSet(clips, config, make_extractor(config, cache_dir), vocab,
                       with_wave=any(cls.needs_wave for cls in BRANCHES.values()))
     trained = [i for i, c in enumerate(clipset.clips) if clip_key(c) not in held]
-    branches = _build_branches(clipset, run, config, frozen, device, vocab, trained, cache_dir)
+    # every branch as asd train-branch starts it; a frozen one is the run's trained one where it has it
+    branch_set = BranchSet.fresh(config, run or Run(Path("."), vocab, {}), clipset, trained, device, cache_dir,
+                                 keep=tuple(frozen) if run is not None else ())
+    branches = branch_set.branches
     heads = None
     if run is not None and run.examples.exists():
         heads = _Heads(run, config, frozen, notices)
@@ -225,7 +213,7 @@ def _prepare(data: Path, run_dir: Path | None, config: AsdConfig, frozen: list[s
     params = {n: [p for p in m.parameters() if p.requires_grad] for n, m in modules.items()}
     notices += [f"{n} has no trainable parameters: loss logged, gradient norm 0" for n in modules
                 if not params[n] and n not in frozen]
-    upstream = {u: branches[u] for n in branches for u in upstream_names(config, n)}
+    upstream = branch_set.upstream
     precision = {n: Precision.of(config, n, torch.device(device)) for n in branches}
     scaler = torch.amp.GradScaler(torch.device(device).type,
                                   enabled=any(p.dtype == torch.float16 for p in precision.values()))

@@ -28,7 +28,8 @@ from asdcli.data.synth import ClipSpec, render_clip
 from asdcli.errors import CheckpointError, DataError
 from asdcli.models.base import Batch
 from asdcli.models.registry import BRANCHES, canonical_name
-from asdcli.services.branch_scores import DomainShift, load_with_upstream, normalize
+from asdcli.services.branch_scores import DomainShift, normalize
+from asdcli.services.branch_setup import BranchSet
 from asdcli.services.dataset import clip_key, training_clips
 from asdcli.services.records import TrainScores, read_record
 from asdcli.services.embeddings import with_embeddings
@@ -256,7 +257,8 @@ def build_examples(run: Run, data: Path, names: list[str], config: AsdConfig,
         raise DataError(f"none of the training clips under {data} were scored by the run {run.path}; "
                         "give the --data the branches were trained on")
     plan = _plan(run, clips, rows, config, stream)
-    branches, upstream = load_with_upstream(run, names, device)
+    loaded = BranchSet.load(run, names, device)
+    branches, upstream = loaded.branches, loaded.upstream
     metas = {n: read_branch_record(run, n) for n in names}
     done_items, raw, failures = score_pseudo(plan, branches, upstream, config, device, progress)
     groups = [i.section for i in done_items]

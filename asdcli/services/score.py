@@ -19,12 +19,13 @@ from asdcli.errors import CheckpointError, DataError
 from asdcli.metrics import fpr_threshold, gamma_threshold
 from asdcli.models.base import Batch
 from asdcli.models.registry import BRANCHES, canonical_name
-from asdcli.services.branch_scores import (load_with_upstream, normalize, score_branches, thin_sections, trained_branches,
+from asdcli.services.branch_scores import (normalize, score_branches, thin_sections, trained_branches,
                                           unfinished_branches)
 from asdcli.services.examples import Examples, Normals, normal_examples
 from asdcli.services.stages import (MetaLearner, fused_features, load_fusion, load_meta,
                                     meta_examples, support_rows, usable_branches)
 from asdcli.services.adapt import Support, section_support
+from asdcli.services.branch_setup import BranchSet
 from asdcli.services.records import BranchRecord
 from asdcli.services.commits import reading
 from asdcli.services.embeddings import with_embeddings
@@ -261,7 +262,7 @@ class Detector:
         with reading(run.path):  # every file of the run as one snapshot: never half a commit
             pipe, names = _pipeline(run, [canonical_name(n) for n in names] if names else None)
             metas = {n: read_branch_record(run, n) for n in names}
-            loaded = load_with_upstream(run, names, device)
+            loaded = BranchSet.load(run, names, device)
             normals = normal_examples(run, names)
             config = run_config(run) if support else None
         if support:
@@ -337,8 +338,8 @@ class Detector:
         if not torch.isfinite(feats).all():
             raise DataError(f"{what}: gives non-finite log-mel features (samples are expected within about [-1, 1])")
         clip = Clip(path=Path(what), machine=machine, section=f"{number:02d}", domain=domain)
-        branches, upstream = self.loaded
-        needs_wave = any(b.needs_wave for b in (*branches.values(), *upstream.values()))
+        branches, upstream = self.loaded.branches, self.loaded.upstream
+        needs_wave = bool(self.loaded.wave_users())
         batch = Batch.unlabelled(feats[None], [self.run.vocab.group_index(clip)], [int(domain == "target")],
                                  audio[None] if needs_wave else None)
         with torch.no_grad():

@@ -34,14 +34,14 @@ from asdcli.services.dataset import ClipSet, Vocabulary, clip_key, holdout_keys,
 from asdcli.services.device import DistInfo, distributed
 from asdcli.services.loop import run_epoch
 from asdcli.services.schedule import Precision, epoch_chunks
-from asdcli.services.branch_setup import fresh_branch
+from asdcli.services.branch_setup import BranchSet, fresh_branch
 from asdcli.services.embeddings import EmbeddingCaches, embed_once, model_batches, with_rows
 from asdcli.services.features import make_extractor
 from asdcli.services.migrate import leftovers
 from asdcli.services.reliability import heldout_check
 from asdcli.services.commits import commit_stage, writing
 from asdcli.services.records import BranchRecord, TrainScores, write_record
-from asdcli.services.runs import (CONFIG_FILE, RUN_FILE, Run, is_run, load_branch,
+from asdcli.services.runs import (CONFIG_FILE, RUN_FILE, Run, is_run,
                                   open_or_create_run, open_run)
 
 LOG_COLUMNS = ["epoch", "loss", "lr", "clips", "seconds", "clips_per_s"]
@@ -136,7 +136,7 @@ def _prepare(name: str, data: Path, run_dir: Path, config: AsdConfig, device: to
         dist.barrier()
     run = open_run(run_dir)
     cls = BRANCHES[name]
-    upstream = {n: load_branch(run, n, device) for n in upstream_names(config, name)}
+    upstream = BranchSet.load(run, upstream_names(config, name), device).branches  # the branches it embeds with
     needs_wave = cls.needs_wave or any(b.needs_wave for b in upstream.values())
     clipset = ClipSet(clips, config, make_extractor(config, cache_dir), run.vocab, with_wave=needs_wave)
     embedded = embed_once(clipset, config.train.batch_size, device, upstream, cache_dir)
