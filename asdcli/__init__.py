@@ -10,11 +10,11 @@ __version__ = "0.1.0"
 
 def __getattr__(name: str):
     if name == "Detector":  # loaded on first use: the command line needs only the version
-        from asdcli.services.score import Detector
+        from asdcli.services.scoring.score import Detector
 
         return Detector
     if name == "train":
-        from asdcli.services.pipeline import train
+        from asdcli.services.training.pipeline import train
 
         return train
     raise AttributeError(name)

@@ -1,6 +1,6 @@
 """Writing and reading a run's files: safetensors weights with JSON metadata and the optimizer
 state for resuming, each written atomically. Which files a run holds, and their names:
-:class:`asdcli.services.runs.Run`."""
+:class:`asdcli.services.store.runs.Run`."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ from asdcli.errors import CheckpointError, OutputError
 from asdcli.files import RECORD_LIMIT, TENSOR_LIMIT, check_regular, digest_regular, parse_json, read_regular
 
 FORMAT_VERSION = 2
-# older formats are read through asdcli.services.migrate (a new format needs its upgrade there)
+# older formats are read through asdcli.services.store.migrate (a new format needs its upgrade there)
 READABLE_VERSIONS = (1, 2)
-# file names that records written into a run refer to (the other names: asdcli.services.runs.Run)
+# file names that records written into a run refer to (the other names: asdcli.services.store.runs.Run)
 EXAMPLES_FILE = "examples.safetensors"
 META_EXAMPLES_FILE = "meta_examples.safetensors"
 

@@ -26,8 +26,8 @@ import torch
 
 from asdcli.config import load_config
 from asdcli.data.layout import discover
-from asdcli.services.score import score_clips
-from asdcli.services.train import train_branch
+from asdcli.services.scoring.score import score_clips
+from asdcli.services.training.train import train_branch
 from real_folds import RealSet, build_fold, real_sets
 from real_report import section_metrics
 

@@ -25,8 +25,8 @@ from asdcli.models.registry import BRANCHES, canonical_name, training_order
 from common import bench_data
 from asdcli.data.layout import group_clips
 from asdcli.metrics import auc, pauc
-from asdcli.services.branch_scores import score_branches
-from asdcli.services.train import train_branch
+from asdcli.services.scoring.branch_scores import score_branches
+from asdcli.services.training.train import train_branch
 
 
 

@@ -43,7 +43,7 @@ def run_reference(files: list[Path]) -> int:
 def run_asd(files: list[Path], cache: str | None, workers: int) -> int:
     from asdcli.config import load_config
     from asdcli.data.layout import parse_clip
-    from asdcli.services.features import iter_features, make_extractor
+    from asdcli.services.inputs.features import iter_features, make_extractor
 
     cfg = load_config("default")
     extractor = make_extractor(cfg, cache)

@@ -33,9 +33,9 @@ import torch
 
 from asdcli.config import load_config
 from asdcli.models.base import Batch
-from asdcli.services.dataset import ClipSet, Vocabulary, training_clips
-from asdcli.services.features import make_extractor
-from asdcli.services.train import train_branch
+from asdcli.services.inputs.dataset import ClipSet, Vocabulary, training_clips
+from asdcli.services.inputs.features import make_extractor
+from asdcli.services.training.train import train_branch
 from common import bench_data, train_rate
 
 LOADERS = [(-1, 1), (0, 1), (2, 1), (2, 2), (4, 4)]  # (loader.prefetch, loader.workers); -1: the previous loader

@@ -33,14 +33,14 @@ from asdcli.config import load_config
 from asdcli.models.registry import canonical_name, training_order
 from common import bench_data
 from asdcli.metrics import auc, pauc
-from asdcli.services.evaluate import clip_rows, evaluate_rows
-from asdcli.services.branch_scores import trained_branches
-from asdcli.services.fuse import train_fusion
-from asdcli.services.stages import fused_features, load_fusion, load_meta, meta_examples, support_rows
-from asdcli.services.meta import meta_train
-from asdcli.services.runs import open_run
-from asdcli.services.score import score_clips
-from asdcli.services.train import train_branch
+from asdcli.services.evaluation.evaluate import clip_rows, evaluate_rows
+from asdcli.services.scoring.branch_scores import trained_branches
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.scoring.stages import fused_features, load_fusion, load_meta, meta_examples, support_rows
+from asdcli.services.training.meta import meta_train
+from asdcli.services.store.runs import open_run
+from asdcli.services.scoring.score import score_clips
+from asdcli.services.training.train import train_branch
 
 
 

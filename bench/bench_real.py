@@ -36,14 +36,14 @@ from asdcli.config import load_config
 from asdcli.models.registry import BRANCHES, canonical_name, training_order
 from asdcli.data.layout import discover
 from asdcli.errors import AsdError
-from asdcli.services.branch_scores import trained_branches
-from asdcli.services.dataset import training_clips
-from asdcli.services.fuse import train_fusion
-from asdcli.services.meta import meta_train
-from asdcli.services.score import score_clips
-from asdcli.services.train import train_branch
-from asdcli.services.branch_prior import learn_prior, save_prior
-from asdcli.services.learn_prior import labelled_run
+from asdcli.services.scoring.branch_scores import trained_branches
+from asdcli.services.inputs.dataset import training_clips
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.training.meta import meta_train
+from asdcli.services.scoring.score import score_clips
+from asdcli.services.training.train import train_branch
+from asdcli.services.training.branch_prior import learn_prior, save_prior
+from asdcli.services.training.learn_prior import labelled_run
 from baseline_ae import ReferenceScores, reference_scores
 from loso import DEFAULT_RULES, RunRecord, fused_records, hold_out, load_record, save_record
 from real_folds import build_fold, real_sets

@@ -35,13 +35,13 @@ from asdcli.models.registry import BRANCHES, training_order
 from asdcli.data.layout import discover
 from asdcli.data.synth import generate
 from asdcli.errors import AsdError
-from asdcli.services.dataset import training_clips
-from asdcli.services.features import extract_features
-from asdcli.services.fuse import train_fusion
-from asdcli.services.meta import meta_train
-from asdcli.services.device import resolve_device
-from asdcli.services.score import score_clips
-from asdcli.services.train import train_branch
+from asdcli.services.inputs.dataset import training_clips
+from asdcli.services.inputs.features import extract_features
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.training.meta import meta_train
+from asdcli.services.inputs.device import resolve_device
+from asdcli.services.scoring.score import score_clips
+from asdcli.services.training.train import train_branch
 from baseline_ae import reference_scores
 
 DCASE_CLIPS = 7 * 1000  # normal training clips of a DCASE development set

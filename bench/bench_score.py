@@ -41,7 +41,7 @@ def _child(run: Path, data: Path, count: int, cache: Path, queue) -> None:
     import torch
 
     from asdcli.data.layout import discover
-    from asdcli.services.score import Detector
+    from asdcli.services.scoring.score import Detector
 
     torch.set_num_threads(2)
     clips = [c for c in discover(data) if c.split == "test"][:count]
@@ -69,9 +69,9 @@ def measure(run: Path, data: Path, count: int, tmp: Path) -> tuple:
 def only_branches(run: Path, data: Path, names: list[str], tmp: Path) -> Path:
     """A copy of ``run`` with only the branches ``names``, its fusion head and meta-learner trained anew."""
     from asdcli.models.registry import BRANCHES, canonical_name
-    from asdcli.services.fuse import train_fusion
-    from asdcli.services.meta import meta_train
-    from asdcli.services.runs import open_run, run_config
+    from asdcli.services.training.fuse import train_fusion
+    from asdcli.services.training.meta import meta_train
+    from asdcli.services.store.runs import open_run, run_config
 
     keep = {canonical_name(n) for n in names}
     copy = tmp / "run"

@@ -34,9 +34,9 @@ from asdcli.config import load_config
 from asdcli.models import branch_contrastive
 from asdcli.models.branch_contrastive import ContrastiveBranch
 from asdcli.models.branch_diffusion import DiffusionBranch
-from asdcli.services.branch_scores import score_branches
-from asdcli.services.device import native_bf16
-from asdcli.services.train import train_branch
+from asdcli.services.scoring.branch_scores import score_branches
+from asdcli.services.inputs.device import native_bf16
+from asdcli.services.training.train import train_branch
 from common import bench_data, train_rate
 
 # (branch, variant) -> config overrides; "previous" variants also run in the previous network layout

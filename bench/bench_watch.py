@@ -135,7 +135,7 @@ def latency(args, sources: list[Path]) -> None:
     from datetime import datetime
     delays = sorted(datetime.fromisoformat(line["time"].replace("Z", "+00:00")).timestamp() - closed[line["file"]]
                     for line in clips_logged(log))
-    from asdcli.services.score import Detector
+    from asdcli.services.scoring.score import Detector
     detector = Detector.load(args.run)
     detector.score([sources[0]])
     begin = time.perf_counter()

@@ -1,7 +1,7 @@
 """Leave-one-set-out judging for bench_real.py: every choice is made without the set it is judged on.
 
 For each real set S, the fusion's prior over branches is learned from the labelled runs of the
-other sets (asdcli.services.branch_prior.learn_prior, which itself picks its temperature and
+other sets (asdcli.services.training.branch_prior.learn_prior, which itself picks its temperature and
 trust by leaving one of *those* sets out), and the rules that leave a branch out of the fusion
 (train.heldout_max_z, train.heldout_min_clips, the flow's minimum clips) are chosen from a small
 grid on the other sets. S's runs are then fused with that prior by the product's own
@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 
 from asdcli.config import AsdConfig
-from asdcli.services.branch_prior import BranchPrior, Labelled, combine, learn_prior
-from asdcli.services.branch_scores import trained_branches
-from asdcli.services.reliability import split_usable
-from asdcli.services.runs import open_run, read_branch_record
+from asdcli.services.training.branch_prior import BranchPrior, Labelled, combine, learn_prior
+from asdcli.services.scoring.branch_scores import trained_branches
+from asdcli.services.scoring.reliability import split_usable
+from asdcli.services.store.runs import open_run, read_branch_record
 
 RULES = {"train.heldout_max_z": (3.0, 5.0, 1e9), "train.heldout_min_clips": (1, 2, 3), "flow limitation": (True, False),
          "branches.contrastive.min_classes": (1, 2)}

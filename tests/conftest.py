@@ -24,7 +24,7 @@ def host_bf16():
         yield None
         return
     patch = pytest.MonkeyPatch()
-    patch.setattr("asdcli.services.schedule.native_bf16", lambda device: forced == "1")
+    patch.setattr("asdcli.services.training.schedule.native_bf16", lambda device: forced == "1")
     yield forced == "1"
     patch.undo()
 

@@ -16,22 +16,22 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-import asdcli.services.commits as commits
-import asdcli.services.runs as runs
+import asdcli.services.store.commits as commits
+import asdcli.services.store.runs as runs
 from asdcli.atomic import write_text
 from asdcli.cli import app
 from asdcli.config import load_config
 from asdcli.data.audio import load_audio
 from asdcli.data.layout import discover
 from asdcli.errors import CheckpointError, ConfigError, DataError, OutputError
-from asdcli.services.branch_scores import normalize, thin_sections
-from asdcli.services.dcase_files import write_dcase_files
-from asdcli.services.evaluate import evaluate, read_ground_truth
-from asdcli.services.fuse import train_fusion
-from asdcli.services.meta import meta_train
-from asdcli.services.records import BranchRecord
-from asdcli.services.score import Detector, score_clips
-from asdcli.services.train import train_branch
+from asdcli.services.scoring.branch_scores import normalize, thin_sections
+from asdcli.services.scoring.dcase_files import write_dcase_files
+from asdcli.services.evaluation.evaluate import evaluate, read_ground_truth
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.training.meta import meta_train
+from asdcli.services.store.records import BranchRecord
+from asdcli.services.scoring.score import Detector, score_clips
+from asdcli.services.training.train import train_branch
 from tests.conftest import noise, write_wav
 
 runner = CliRunner()

@@ -13,16 +13,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-import asdcli.services.evaluate as evaluate_service
+import asdcli.services.evaluation.evaluate as evaluate_service
 from asdcli.cli import app
 from asdcli.config import load_config
 from asdcli.data.layout import discover
 from asdcli.errors import CheckpointError, ConfigError, DataError
-from asdcli.services.branch_prior import load_prior
-from asdcli.services.evaluate import evaluate
-from asdcli.services.fuse import train_fusion
-from asdcli.services.score import score_clips
-from asdcli.services.train import train_branch
+from asdcli.services.training.branch_prior import load_prior
+from asdcli.services.evaluation.evaluate import evaluate
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.scoring.score import score_clips
+from asdcli.services.training.train import train_branch
 
 runner = CliRunner()
 

@@ -95,7 +95,7 @@ def test_scoring_imports_neither_scikit_learn_nor_scipy_stats():
     import subprocess
     import sys
 
-    code = ("import sys, asdcli.services.score, asdcli.services.watch, asdcli.cli.score; "
+    code = ("import sys, asdcli.services.scoring.score, asdcli.services.scoring.watch, asdcli.cli.score; "
             "print(sorted(m for m in ('sklearn', 'scipy.stats') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -31,7 +31,7 @@ def test_a_wheel_install_finds_every_preset_and_the_shipped_prior(tmp_path):
     code = ("import asdcli, sys; from asdcli.config import load_config; "
             f"assert asdcli.__file__.startswith({str(site)!r}), asdcli.__file__; "
             f"print([load_config(n).seed for n in {names!r}]); "
-            "from asdcli.services.branch_prior import load_prior; print(sorted(load_prior('builtin').branches))")
+            "from asdcli.services.training.branch_prior import load_prior; print(sorted(load_prior('builtin').branches))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={"PYTHONPATH": str(site)},
                             capture_output=True, text=True, timeout=120)
     assert loaded.returncode == 0, loaded.stderr[-2000:]

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     import torch
 
     from asdcli.config import AsdConfig
-    from asdcli.services.runs import Run
+    from asdcli.services.store.runs import Run
 
 # A command's module imports torch, the models and the services inside its function, not at the top,
 # so that `asd COMMAND --help` answers at once (Typer reads only the signature).
@@ -92,7 +92,7 @@ def resolve_run_config(run: Path, config: Optional[str], overrides: Optional[lis
     ``config``, checked against the run's features) with the ``key=value`` overrides and the
     command's own options."""
     from asdcli.config import load_config, parse_overrides
-    from asdcli.services.runs import open_run, run_config
+    from asdcli.services.store.runs import open_run, run_config
 
     opened = open_run(run)
     base = run_config(opened, load_config(config) if config else None)
@@ -104,7 +104,7 @@ def gpu_or_cpu(gpu: Optional[int], device: Optional[str] = None) -> torch.device
     auto; neither -> auto: CUDA where there is a device (saying so once), else the CPU."""
     import torch
 
-    from asdcli.services.device import resolve_device
+    from asdcli.services.inputs.device import resolve_device
 
     chosen = resolve_device(gpu, device)
     if gpu is None and device in (None, "auto") and chosen.type == "cuda" and not _SAID["device"]:

@@ -13,7 +13,7 @@ from asdcli.atomic import write_text
 from asdcli.cli.common import show_notice, err, handle_errors, out
 
 if TYPE_CHECKING:
-    from asdcli.services.evaluate import Evaluation
+    from asdcli.services.evaluation.evaluate import Evaluation
 
 
 def _fmt(value: float | None) -> str:
@@ -85,7 +85,7 @@ def evaluate(
 ) -> None:
     """The official DCASE evaluator's figures: per section AUC (all, source, target), pAUC, precision, recall and F1
     per domain; their means per machine and overall; the official score (2020 data: AUC and pAUC per ID)."""
-    from asdcli.services.evaluate import evaluate as evaluate_service, results_csv
+    from asdcli.services.evaluation.evaluate import evaluate as evaluate_service, results_csv
 
     result = evaluate_service(scores, ground_truth, machine=machine)
     data = json.dumps(result.to_json(), indent=2)

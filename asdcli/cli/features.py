@@ -22,7 +22,7 @@ def features(
     """Compute log-mel features of every clip under DATA and cache them for later commands."""
     from asdcli.data.audio import length_notice
     from asdcli.data.layout import discover
-    from asdcli.services.features import default_cache_dir, extract_features
+    from asdcli.services.inputs.features import default_cache_dir, extract_features
 
     cfg = resolve_config(config, overrides, **{"loader.workers": workers})
     cache = cache_dir or default_cache_dir()

@@ -30,9 +30,9 @@ def freeze_debug(
 ) -> None:
     """Train all branches, the fusion head and the meta-learner with some parts frozen; one CSV row
     per step with every part's loss and gradient norm; trouble is reported as it begins."""
-    from asdcli.services.debug import debug_log_path, freeze_debug as debug_service, parse_parts
-    from asdcli.services.features import default_cache_dir
-    from asdcli.services.runs import saved_config
+    from asdcli.services.training.debug import debug_log_path, freeze_debug as debug_service, parse_parts
+    from asdcli.services.inputs.features import default_cache_dir
+    from asdcli.services.store.runs import saved_config
 
     config = config or saved_config(run)  # the run's own config
     cfg = resolve_config(config, overrides, seed=seed)

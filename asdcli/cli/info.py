@@ -24,7 +24,7 @@ def info(
     """What a run holds: sections and their training clips, each stage (finished, unfinished, stale, damaged or
     missing) and the settings it was made with."""
     from asdcli.errors import ConfigError
-    from asdcli.services.info import run_info
+    from asdcli.services.evaluation.info import run_info
 
     if run is not None and run_opt is not None and run != run_opt:
         raise ConfigError(f"two run folders given ({run} and --run {run_opt}): name one")

@@ -26,8 +26,8 @@ def learn_prior(
     """Learn the fusion's prior over branches from labelled faults of other machines. Never give
     labelled clips of the machine you will score: that would tune the fusion on its own test set."""
     from asdcli.models.registry import BRANCHES
-    from asdcli.services.branch_prior import save_prior
-    from asdcli.services.learn_prior import learn_from_runs
+    from asdcli.services.training.branch_prior import save_prior
+    from asdcli.services.training.learn_prior import learn_from_runs
 
     if len(run) != len(data):
         raise ConfigError(f"--run and --data pair up: got {len(run)} --run and {len(data)} --data")

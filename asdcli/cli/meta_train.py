@@ -34,7 +34,7 @@ def meta_train(
 
 def fit_meta(opened, cfg, holdout, data: Path | None, torch_device) -> None:
     """Meta-train with a progress bar, then print the query losses (or why it abstains)."""
-    from asdcli.services.meta import meta_train as meta_service
+    from asdcli.services.training.meta import meta_train as meta_service
 
     run = opened.path
     with progress_bar(unit="steps") as bar:

@@ -21,7 +21,7 @@ def plot(
     """Plot logs and results as one PNG: freeze-debug losses and gradient norms per part; ROC curves
     (pAUC region marked) and score histograms by domain and label; training-loss curves of a run; the
     timeline of an asd watch log (each section's scores over time, threshold, anomalies, alerts)."""
-    from asdcli.services.plot import log_kind, plot_debug, plot_epochs, plot_scores, run_logs
+    from asdcli.services.evaluation.plot import log_kind, plot_debug, plot_epochs, plot_scores, run_logs
 
     for path in paths:
         if not path.exists():
@@ -40,7 +40,7 @@ def plot(
     elif kind == "epochs":
         written = plot_epochs(paths, out or beside)
     elif kind == "watch":
-        from asdcli.services.plot_watch import plot_watch
+        from asdcli.services.evaluation.plot_watch import plot_watch
 
         if len(paths) > 1:
             raise DataError("give one asd watch log at a time")

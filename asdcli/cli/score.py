@@ -11,7 +11,7 @@ import typer
 from asdcli.cli.common import show_notice, gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures, run_option, write_out, MachineOption, SectionOption
 
 if TYPE_CHECKING:
-    from asdcli.services.score import ScoreResult
+    from asdcli.services.scoring.score import ScoreResult
 
 
 def _clips(path: Path) -> list:
@@ -71,10 +71,10 @@ def score(
     (no header, as the DCASE files), or with --explain a header and how each branch contributed."""
     from asdcli.data.audio import length_notice
     from asdcli.data.layout import discover
-    from asdcli.services.dcase_files import csv_text, write_dcase_files
-    from asdcli.services.features import default_cache_dir
-    from asdcli.services.runs import open_run
-    from asdcli.services.score import METHODS, score_clips
+    from asdcli.services.scoring.dcase_files import csv_text, write_dcase_files
+    from asdcli.services.inputs.features import default_cache_dir
+    from asdcli.services.store.runs import open_run
+    from asdcli.services.scoring.score import METHODS, score_clips
 
     clips = [c for path in data for c in _clips(path)]
     if machine is not None or section is not None:

@@ -34,9 +34,9 @@ def train(
     """Train every stage of a run in order: the branches (b2, b3, b4, b1, b5), the fusion head and the
     meta-learner. Every stage is checked before the first long step; a second call continues where the
     first stopped (finished stages are kept, an interrupted training resumes)."""
-    from asdcli.services.features import default_cache_dir
-    from asdcli.services.pipeline import Progress, train as train_pipeline
-    from asdcli.services.runs import saved_config
+    from asdcli.services.inputs.features import default_cache_dir
+    from asdcli.services.training.pipeline import Progress, train as train_pipeline
+    from asdcli.services.store.runs import saved_config
 
     cfg = resolve_config(config or saved_config(run), overrides, seed=seed)
     torch_device, cache = gpu_or_cpu(gpu, device), cache_dir or default_cache_dir()
@@ -56,7 +56,7 @@ def train(
 
 
 class _Display:
-    """What asd train shows while the library pipeline runs (:class:`~asdcli.services.pipeline.Progress`):
+    """What asd train shows while the library pipeline runs (:class:`~asdcli.services.training.pipeline.Progress`):
     the plan, a progress bar per stage, each stage's report as its command prints it."""
 
     def __init__(self, run: Path, data: Path, cfg):
@@ -64,7 +64,7 @@ class _Display:
 
     def planned(self, trained) -> None:
         from asdcli.data.audio import length_notice
-        from asdcli.services.dataset import training_clips
+        from asdcli.services.inputs.dataset import training_clips
 
         err.print(f"{trained.clips} training clips under {self.data}; run {self.run}: "
                   + ", ".join(f"{s.label} {s.action}" + (f" ({s.why})" if s.why and s.action != "keep" else "")
@@ -112,10 +112,10 @@ def _score_tests(data: Path, run: Path, cache: Path, torch_device, evaluate: boo
     """Score the test clips (where asked or labelled) of the machines the run was trained on:
     DCASE files and the evaluation table."""
     from asdcli.data.layout import discover
-    from asdcli.services.dcase_files import write_dcase_files
-    from asdcli.services.evaluate import clip_rows, evaluate_rows
-    from asdcli.services.runs import open_run
-    from asdcli.services.score import METHODS, score_clips
+    from asdcli.services.scoring.dcase_files import write_dcase_files
+    from asdcli.services.evaluation.evaluate import clip_rows, evaluate_rows
+    from asdcli.services.store.runs import open_run
+    from asdcli.services.scoring.score import METHODS, score_clips
 
     tests = [c for c in discover(data) if c.split == "test" and c.machine not in untrained]
     labelled = any(c.label is not None for c in tests)

@@ -30,9 +30,9 @@ def train_branch(
     """Train one branch on the normal training clips of every machine section under --data."""
     from asdcli.data.audio import length_notice
     from asdcli.models.registry import canonical_name, config_key
-    from asdcli.services.dataset import training_clips
-    from asdcli.services.features import default_cache_dir
-    from asdcli.services.runs import has_finished, saved_config
+    from asdcli.services.inputs.dataset import training_clips
+    from asdcli.services.inputs.features import default_cache_dir
+    from asdcli.services.store.runs import has_finished, saved_config
 
     name = canonical_name(name)
     key = f"{config_key(name)}.epochs"
@@ -50,7 +50,7 @@ def train_branch(
 
 def run_branch(name: str, data: Path, run: Path, cfg, torch_device, cache_dir: Path, resume: bool) -> None:
     """Train one branch with a progress bar, then print its statistics and reliability."""
-    from asdcli.services.train import train_branch as train_service
+    from asdcli.services.training.train import train_branch as train_service
 
     with progress_bar(unit="steps") as bar:
         task = bar.add_task(f"{name}", total=None, visible=False)  # shown once it trains (a frozen b1 does not)
@@ -90,8 +90,8 @@ def report_branch(result, cfg) -> None:
 
 def _report_reliability(result, max_z: float, min_clips: int) -> None:
     """What the branch says it cannot learn, and how its held-out clips scored."""
-    from asdcli.services.reliability import heldout_gap, heldout_summary
-    from asdcli.services.records import HeldOut
+    from asdcli.services.scoring.reliability import heldout_gap, heldout_summary
+    from asdcli.services.store.records import HeldOut
 
     if result.limitation:
         show_notice(f"{result.branch}: {result.limitation}; the fusion leaves it out")

@@ -33,7 +33,7 @@ def train_fusion(
 
 def fit_head(data: Path, opened, cfg, branch, torch_device) -> None:
     """Fit the fusion head with a progress bar, then print its weights and evidence."""
-    from asdcli.services.fuse import train_fusion as train_service
+    from asdcli.services.training.fuse import train_fusion as train_service
 
     run = opened.path
     with progress_bar() as bar:
@@ -45,7 +45,7 @@ def fit_head(data: Path, opened, cfg, branch, torch_device) -> None:
 
 def report_fusion(result, run: Path) -> None:
     """The fusion head's branches, prior, pseudo-anomaly evidence and weights."""
-    from asdcli.services.info import prior_summary
+    from asdcli.services.evaluation.info import prior_summary
 
     report_failures(result.skipped)
     if result.missing:

@@ -80,9 +80,9 @@ def watch(
     """Score each new audio file under FOLDER once, when it is complete, and append a line per clip to
     a decision log (time, file, machine, section, score, decision). A restart skips what the log holds
     and catches up on what arrived meanwhile. SIGTERM or Ctrl-C finish the clip in hand, then stop."""
-    from asdcli.services.score import Detector
-    from asdcli.services.watch import Watch, WatchOptions, alert_command
-    from asdcli.services.watch_log import DecisionLog
+    from asdcli.services.scoring.score import Detector
+    from asdcli.services.scoring.watch import Watch, WatchOptions, alert_command
+    from asdcli.services.scoring.watch_log import DecisionLog
 
     if not folder.is_dir():
         raise ConfigError(f"{folder}: not a folder to watch")

@@ -164,7 +164,7 @@ def test_fusion_meta_score_explain_then_evaluate(tmp_path, synth_root):
     assert "tasks from meta_examples.safetensors" in _plain(meta.output)
     bad = runner.invoke(app, ["meta-train", "--run", str(run), "--holdout", "nope_section_09"])
     assert bad.exit_code == 1 and "not a section of this run" in _plain(bad.output)
-    import asdcli.services.runs as runs
+    import asdcli.services.store.runs as runs
 
     opened, read_record = [], runs.read_record
 

@@ -226,7 +226,7 @@ def test_ctrl_c_exits_130_with_the_resume_hint(tmp_path, synth_root, monkeypatch
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("asdcli.services.train.train_branch", interrupted)  # imported when it runs
+    monkeypatch.setattr("asdcli.services.training.train.train_branch", interrupted)  # imported when it runs
     result = runner.invoke(app, ["train-branch", "b2", "--data", str(synth_root), "--run", str(tmp_path / "r"), "-c", "tiny"])
     assert result.exit_code == 130
     text = _plain(result.output)

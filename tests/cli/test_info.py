@@ -6,9 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from asdcli.cli import app
-from asdcli.services.fuse import train_fusion
-from asdcli.services.info import run_info
-from asdcli.services.train import train_branch
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.evaluation.info import run_info
+from asdcli.services.training.train import train_branch
 
 runner = CliRunner()
 

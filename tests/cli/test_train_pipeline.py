@@ -8,8 +8,8 @@ from typer.testing import CliRunner
 
 from asdcli.cli import app
 from asdcli.errors import ConfigError
-from asdcli.services.pipeline import plan, preflight
-from asdcli.services.train import train_branch
+from asdcli.services.training.pipeline import plan, preflight
+from asdcli.services.training.train import train_branch
 
 runner = CliRunner()
 
@@ -87,7 +87,7 @@ def test_without_learn2learn_the_pipeline_skips_the_meta_learner_and_says_so(tin
 
 def test_the_library_pipeline_trains_every_stage_and_a_second_call_keeps_them(synth_root, tiny, tmp_path):
     import asdcli
-    from asdcli.services.pipeline import Progress
+    from asdcli.services.training.pipeline import Progress
 
     cfg = tiny.with_overrides(**{"train.epochs": 1, "meta.iterations": 3, "meta.min_tasks": 1})
     seen = []

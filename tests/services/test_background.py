@@ -10,10 +10,10 @@ import torch
 from asdcli.data.background import background_clips
 from asdcli.errors import ConfigError
 from asdcli.models.branch_contrastive import ContrastiveBranch
-from asdcli.services.background import background_features
-from asdcli.services.records import BranchRecord, read_record
-from asdcli.services.reliability import left_out_reason
-from asdcli.services.train import train_branch
+from asdcli.services.inputs.background import background_features
+from asdcli.services.store.records import BranchRecord, read_record
+from asdcli.services.scoring.reliability import left_out_reason
+from asdcli.services.training.train import train_branch
 
 
 @pytest.fixture(scope="module")

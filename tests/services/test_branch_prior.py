@@ -8,10 +8,10 @@ import pytest
 
 from asdcli.config import load_config
 from asdcli.errors import ConfigError
-from asdcli.services.branch_prior import (BUILTIN, Labelled, combine, learn_prior, load_prior, rank_auc,
+from asdcli.services.training.branch_prior import (BUILTIN, Labelled, combine, learn_prior, load_prior, rank_auc,
                                           save_prior)
-from asdcli.services.examples import Examples
-from asdcli.services.fuse import attention_start, fit_fusion
+from asdcli.services.scoring.examples import Examples
+from asdcli.services.training.fuse import attention_start, fit_fusion
 
 NAMES = ["transformer-ae", "contrastive", "diffusion"]
 
@@ -121,8 +121,8 @@ def test_learn_prior_from_a_labelled_run_then_fuse_with_it_and_see_it_in_info(sy
     from typer.testing import CliRunner
 
     from asdcli.cli import app
-    from asdcli.services.fuse import train_fusion
-    from asdcli.services.train import train_branch
+    from asdcli.services.training.fuse import train_fusion
+    from asdcli.services.training.train import train_branch
 
     runner = CliRunner()
     cfg = tiny.with_overrides(**{"train.epochs": 1})

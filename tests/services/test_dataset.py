@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from asdcli.errors import DataError
-from asdcli.services.dataset import ClipSet, Vocabulary, training_clips
-from asdcli.services.features import make_extractor
+from asdcli.services.inputs.dataset import ClipSet, Vocabulary, training_clips
+from asdcli.services.inputs.features import make_extractor
 
 
 @pytest.fixture(scope="module")

@@ -12,11 +12,11 @@ import torch
 from asdcli.config import load_config
 from asdcli.errors import ConfigError, DataError
 from asdcli.models.branch_transformer_ae import TransformerAEBranch
-from asdcli.services.debug import freeze_debug, log_columns
-from asdcli.services.trouble import TroubleDetector
-from asdcli.services.fuse import train_fusion
-from asdcli.services.plot import plot_debug, plot_epochs, plot_scores, score_figure
-from asdcli.services.train import train_branch
+from asdcli.services.training.debug import freeze_debug, log_columns
+from asdcli.services.training.trouble import TroubleDetector
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.evaluation.plot import plot_debug, plot_epochs, plot_scores, score_figure
+from asdcli.services.training.train import train_branch
 
 
 @pytest.fixture(scope="module")
@@ -190,10 +190,10 @@ def test_freeze_debug_trains_what_the_commands_train(synth_root, cfg, run_with_e
     (b2, b3: its perturbed copies drawn from its own generator), train-fusion and meta-train."""
     import numpy as np
 
-    from asdcli.services.examples import Examples
-    from asdcli.services.fuse import attention_start, fusion_objective, new_head
-    from asdcli.services.meta import new_meta_learner, step_losses, task_groups
-    from asdcli.services.stages import fused_features
+    from asdcli.services.scoring.examples import Examples
+    from asdcli.services.training.fuse import attention_start, fusion_objective, new_head
+    from asdcli.services.training.meta import new_meta_learner, step_losses, task_groups
+    from asdcli.services.scoring.stages import fused_features
 
     first = {}
     for name in ("b2", "b3"):
@@ -209,7 +209,7 @@ def test_freeze_debug_trains_what_the_commands_train(synth_root, cfg, run_with_e
     # the run's branches were trained on the same clips in the same order: their own first steps
     assert float(step["loss_b2"]) == pytest.approx(first["b2"], rel=1e-5)
     assert float(step["loss_b3"]) == pytest.approx(first["b3"], rel=1e-5)
-    from asdcli.services.runs import open_run
+    from asdcli.services.store.runs import open_run
 
     examples = Examples.load(open_run(run_with_examples).examples)
     start = attention_start(examples, trusting)
@@ -225,7 +225,7 @@ def test_freeze_debug_trains_what_the_commands_train(synth_root, cfg, run_with_e
 
 
 def test_a_fusion_head_the_prior_does_not_let_train_is_frozen_with_a_notice(synth_root, cfg, run_with_examples, tmp_path):
-    from asdcli.services.branch_prior import load_prior
+    from asdcli.services.training.branch_prior import load_prior
 
     shipped = cfg.with_settings({"fusion.prior": "builtin"})
     if load_prior("builtin").trust > 0:

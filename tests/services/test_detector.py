@@ -7,10 +7,10 @@ import soundfile as sf
 from asdcli import Detector
 from asdcli.data.layout import discover
 from asdcli.errors import CheckpointError, DataError
-from asdcli.services.fuse import train_fusion
-from asdcli.services.meta import meta_train
-from asdcli.services.score import score_clips
-from asdcli.services.train import train_branch
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.training.meta import meta_train
+from asdcli.services.scoring.score import score_clips
+from asdcli.services.training.train import train_branch
 
 
 @pytest.fixture(scope="module")
@@ -74,8 +74,8 @@ def test_edited_fusion_and_meta_metadata_are_one_error_each(run, tmp_path):
 def test_scoring_with_the_pretrained_branch_decodes_each_clip_once(synth_root, tiny, tmp_path, monkeypatch):
     import asdcli.data.audio as audio
     import asdcli.data.features as features
-    import asdcli.services.dataset as dataset
-    import asdcli.services.features as service
+    import asdcli.services.inputs.dataset as dataset
+    import asdcli.services.inputs.features as service
 
     cfg = tiny.with_overrides(**{"train.epochs": 1})
     train_branch("b1", synth_root, tmp_path / "run", cfg, cache_dir=tmp_path / "cache")
@@ -98,6 +98,6 @@ def test_scoring_with_the_pretrained_branch_decodes_each_clip_once(synth_root, t
 
 
 def test_scoring_imports_no_training_module(run_fresh):
-    _, loaded = run_fresh("import asdcli.services.score", ("asdcli.services.train", "asdcli.services.fuse",
-                                                           "asdcli.services.meta", "learn2learn"))
+    _, loaded = run_fresh("import asdcli.services.scoring.score", ("asdcli.services.training.train", "asdcli.services.training.fuse",
+                                                           "asdcli.services.training.meta", "learn2learn"))
     assert loaded == []

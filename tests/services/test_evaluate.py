@@ -8,7 +8,7 @@ import scipy.stats
 from sklearn import metrics
 
 from asdcli.errors import DataError
-from asdcli.services.evaluate import evaluate, results_csv
+from asdcli.services.evaluation.evaluate import evaluate, results_csv
 
 # Two machine types, one section each; the second has an AUC of 0 in the target domain.
 CASE = {
@@ -147,7 +147,7 @@ def test_dcase2020_files_give_the_2020_figures_without_domains(tmp_path):
 
 
 def test_an_asd_score_csv_of_one_machine_folder_gives_its_decisions_and_takes_the_machine(tmp_path):
-    from asdcli.services.evaluate import evaluate
+    from asdcli.services.evaluation.evaluate import evaluate
 
     rows = ["section_00_source_test_normal_0000.wav,0.1,0", "section_00_source_test_normal_0001.wav,0.2,0",
             "section_00_source_test_anomaly_0000.wav,0.9,1", "section_00_source_test_anomaly_0001.wav,0.15,0"]

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from asdcli.services.evaluate import evaluate, results_csv
+from asdcli.services.evaluation.evaluate import evaluate, results_csv
 
 FIXTURES = Path(__file__).resolve().parents[3] / "shared" / "fixtures" / "dcase2023-evaluator"
 CASES = ["unbalanced-sections", "auc-zero-and-ties", "eval-names-with-ground-truth"]

@@ -1,7 +1,7 @@
 import numpy as np
 
 from asdcli.data.layout import discover, parse_clip
-from asdcli.services.features import extract_features, iter_features, make_extractor
+from asdcli.services.inputs.features import extract_features, iter_features, make_extractor
 from tests.conftest import noise, write_wav
 
 

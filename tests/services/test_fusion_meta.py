@@ -10,15 +10,15 @@ from asdcli.data.layout import discover
 from asdcli.errors import CheckpointError, DataError
 from asdcli.metrics import auc
 from asdcli.models.fusion_attention import AttentionFusion, separability_prior
-from asdcli.services.branch_scores import DomainShift
-from asdcli.services.examples import KINDS, Examples, normal_examples
-from asdcli.services.fuse import train_fusion
-from asdcli.services.stages import MetaLearner, fused_features, load_fusion, load_meta, support_rows
-from asdcli.services.records import MetaLearnerRecord
-from asdcli.services.meta import fit_meta, meta_train
-from asdcli.services.runs import open_run
-from asdcli.services.score import METHODS, score_clips
-from asdcli.services.train import train_branch
+from asdcli.services.scoring.branch_scores import DomainShift
+from asdcli.services.scoring.examples import KINDS, Examples, normal_examples
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.scoring.stages import MetaLearner, fused_features, load_fusion, load_meta, support_rows
+from asdcli.services.store.records import MetaLearnerRecord
+from asdcli.services.training.meta import fit_meta, meta_train
+from asdcli.services.store.runs import open_run
+from asdcli.services.scoring.score import METHODS, score_clips
+from asdcli.services.training.train import train_branch
 
 
 @pytest.fixture(scope="module")
@@ -270,7 +270,7 @@ def test_meta_learner_adapts_to_a_held_out_section_from_its_support_set():
 
 
 def test_support_sizes_leave_a_query_set_for_a_handful_of_clips(cfg):
-    from asdcli.services.stages import support_sizes
+    from asdcli.services.scoring.stages import support_sizes
 
     meta = cfg.meta.model_copy(update={"support_normals": 8, "support_anomalies": 8})
     assert support_sizes(100, 100, meta) == (8, 8)

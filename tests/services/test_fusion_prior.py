@@ -7,8 +7,8 @@ from asdcli.config import load_config
 from asdcli.data.pseudo_anomalies import KINDS
 from asdcli.models.branch_contrastive import ContrastiveBranch
 from asdcli.models.base import BranchContext
-from asdcli.services.examples import Examples
-from asdcli.services.fuse import fit_fusion, fusion_prior, separability
+from asdcli.services.scoring.examples import Examples
+from asdcli.services.training.fuse import fit_fusion, fusion_prior, separability
 
 
 def _examples(per_kind: int, sections: int = 2, seed: int = 0) -> Examples:

@@ -8,8 +8,8 @@ import pytest
 
 from asdcli.data.layout import parse_clip
 from asdcli.errors import CheckpointError
-from asdcli.services.dataset import Vocabulary
-from asdcli.services.runs import open_or_create_run, open_run
+from asdcli.services.inputs.dataset import Vocabulary
+from asdcli.services.store.runs import open_or_create_run, open_run
 
 ID_CLIP = parse_clip(Path("fan/test/anomaly_id_00_00000001.wav"))
 SECTION_CLIP = parse_clip(Path("fan/test/section_00_source_test_anomaly_0001.wav"))

@@ -15,13 +15,13 @@ from safetensors.torch import save_file
 from asdcli.checkpoints import FORMAT_VERSION
 from asdcli.data.layout import discover
 from asdcli.errors import CheckpointError
-from asdcli.services.fuse import train_fusion
-from asdcli.services.meta import meta_train
-from asdcli.services.migrate import upgrade_state
-from asdcli.services.runs import open_run, read_branch_record
-from asdcli.services.score import score_clips
-from asdcli.services.stages import branch_digests, stage_digest
-from asdcli.services.train import train_branch
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.training.meta import meta_train
+from asdcli.services.store.migrate import upgrade_state
+from asdcli.services.store.runs import open_run, read_branch_record
+from asdcli.services.scoring.score import score_clips
+from asdcli.services.scoring.stages import branch_digests, stage_digest
+from asdcli.services.training.train import train_branch
 
 
 @pytest.fixture(scope="module")

@@ -13,12 +13,12 @@ from asdcli.data.synth import generate
 from asdcli.models.base import BranchContext
 from asdcli.models.branch_contrastive import ContrastiveBranch
 from asdcli.models.branch_transformer_ae import TransformerAEBranch
-from asdcli.services.dataset import clip_key, holdout_keys
-from asdcli.services.fuse import train_fusion
-from asdcli.services.reliability import heldout_check, left_out_reason
-from asdcli.services.records import BranchRecord
-from asdcli.services.score import score_clips
-from asdcli.services.train import train_branch
+from asdcli.services.inputs.dataset import clip_key, holdout_keys
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.scoring.reliability import heldout_check, left_out_reason
+from asdcli.services.store.records import BranchRecord
+from asdcli.services.scoring.score import score_clips
+from asdcli.services.training.train import train_branch
 
 
 def _clips(counts: dict[str, int]) -> list:

@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 
 import asdcli.atomic as atomic
-import asdcli.services.commits as commits
+import asdcli.services.store.commits as commits
 from asdcli.data.layout import discover
 from asdcli.errors import CheckpointError
-from asdcli.services.fuse import train_fusion
-from asdcli.services.meta import meta_train
-from asdcli.services.score import score_clips
-from asdcli.services.train import train_branch
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.training.meta import meta_train
+from asdcli.services.scoring.score import score_clips
+from asdcli.services.training.train import train_branch
 
 
 class Interrupted(BaseException):

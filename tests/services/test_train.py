@@ -9,12 +9,12 @@ from safetensors.torch import load_file
 
 from asdcli.checkpoints import read_json, training_progress
 from asdcli.errors import CheckpointError, ConfigError, TrainingError
-from asdcli.services import schedule
-from asdcli.services.device import resolve_device
-from asdcli.services.runs import load_branch, open_run
-from asdcli.services.branch_scores import score_branches
-from asdcli.services.schedule import Precision
-from asdcli.services.train import train_branch
+from asdcli.services.training import schedule
+from asdcli.services.inputs.device import resolve_device
+from asdcli.services.store.runs import load_branch, open_run
+from asdcli.services.scoring.branch_scores import score_branches
+from asdcli.services.training.schedule import Precision
+from asdcli.services.training.train import train_branch
 from asdcli.data.layout import discover
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -118,9 +118,9 @@ def test_two_process_ddp_ends_with_identical_weights(synth_root, tmp_path):
 
 
 def test_score_ensemble_decisions_and_dcase_files(synth_root, cfg, tmp_path):
-    from asdcli.services.dcase_files import write_dcase_files
-    from asdcli.services.evaluate import evaluate
-    from asdcli.services.score import score_clips
+    from asdcli.services.scoring.dcase_files import write_dcase_files
+    from asdcli.services.evaluation.evaluate import evaluate
+    from asdcli.services.scoring.score import score_clips
 
     cache, run = tmp_path / "cache", tmp_path / "run"
     for name in ("b2", "b3"):
@@ -158,8 +158,8 @@ def test_frozen_ast_embeddings_are_cached_on_disk(synth_root, cfg, tmp_path, mon
         raise AssertionError("the audio was read although its features and embedding were cached")
 
     monkeypatch.setattr(ASTModel, "forward", no_model)
-    import asdcli.services.dataset as dataset
-    import asdcli.services.features as features
+    import asdcli.services.inputs.dataset as dataset
+    import asdcli.services.inputs.features as features
 
     with monkeypatch.context() as patch:
         patch.setattr(dataset, "load_audio", no_audio)

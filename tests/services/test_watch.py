@@ -12,12 +12,12 @@ import pytest
 from typer.testing import CliRunner
 
 from asdcli.cli import app
-from asdcli.services.fuse import train_fusion
-from asdcli.services.score import Detector
-from asdcli.services.train import train_branch
-from asdcli.services.arrivals import WatchOptions, WatchState, wav_state
-from asdcli.services.watch import Monitor, Watch
-from asdcli.services.watch_log import DecisionLog, LogLine
+from asdcli.services.training.fuse import train_fusion
+from asdcli.services.scoring.score import Detector
+from asdcli.services.training.train import train_branch
+from asdcli.services.scoring.arrivals import WatchOptions, WatchState, wav_state
+from asdcli.services.scoring.watch import Monitor, Watch
+from asdcli.services.scoring.watch_log import DecisionLog, LogLine
 
 runner = CliRunner()
 
@@ -210,7 +210,7 @@ def test_a_one_hour_recording_is_scored_on_its_first_seconds_without_reading_it_
 
 
 def test_files_trickling_in_are_scored_in_a_few_batch_shapes():
-    from asdcli.services.watch import batch_sizes
+    from asdcli.services.scoring.watch import batch_sizes
 
     assert batch_sizes(0, 32) == []
     assert batch_sizes(27, 32) == [16, 8, 2, 1]

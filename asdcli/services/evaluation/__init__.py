@@ -1,0 +1,1 @@
+"""Evaluation and reports: the DCASE evaluator's figures, plots, `asd info`."""

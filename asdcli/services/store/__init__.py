@@ -1,0 +1,1 @@
+"""Run folders: their files, typed records, stage commits and locks, older formats."""
