@@ -4,68 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, List, Optional
+from typing import List, Optional
 
 import typer
-from rich.table import Table
 
 from asdcli.atomic import write_text
 from asdcli.cli.common import show_notice, err, handle_errors, out
-
-if TYPE_CHECKING:
-    from asdcli.services.evaluation.evaluate import Evaluation
+from asdcli.cli.reports import means_table, section_table
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def _decision(s, domain: str) -> str:
-    decided = (s.decisions or {}).get(domain)
-    return "-" if decided is None else f"{decided.f1:.4f}"
-
-
-def section_table(result: Evaluation) -> Table:
-    """One row per section (machine ID in 2020) with the figures its header names."""
-    if result.dcase2020:
-        table = Table(title="DCASE 2020 evaluation (pAUC at max FPR 0.1)")
-        for column in ("machine", "id", "AUC", "pAUC"):
-            table.add_column(column, justify="left" if column in ("machine", "id") else "right")
-        for s in result.sections:
-            table.add_row(s.machine, s.section, _fmt(s.auc), _fmt(s.pauc))
-        return table
-    table = Table(title="DCASE evaluation per section (pAUC at max FPR 0.1; domain AUC: that domain's normal clips "
-                        "against all anomalous clips of the section)")
-    columns = ("machine", "section", "AUC (all)", "AUC (source)", "AUC (target)", "pAUC", "F1 (source)", "F1 (target)")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("machine", "section") else "right")
-    for s in result.sections:
-        table.add_row(s.machine, s.section, _fmt(s.auc), _fmt(s.auc_source), _fmt(s.auc_target), _fmt(s.pauc),
-                      _decision(s, "source"), _decision(s, "target"))
-    return table
-
-
-SHORT = {"arithmetic mean": "a-mean", "harmonic mean": "h-mean", "source harmonic mean": "h-mean (source)",
-         "target harmonic mean": "h-mean (target)"}
-
-
-def means_table(result: Evaluation) -> Table:
-    """Per machine and over all machines, the means the official evaluator prints, then the score."""
-    table = Table(title="means (AUC: of the sections' AUC (source) and AUC (target); h-mean: harmonic)"
-                  if not result.dcase2020 else "means over machine IDs")
-    for column in ("machine", "mean", "AUC", "pAUC", "precision", "recall", "F1"):
-        table.add_column(column, justify="left" if column in ("machine", "mean") else "right")
-    for machine, rows in [*result.machines.items(), ("all", result.overall)]:
-        for name, m in rows.items():
-            table.add_row(machine, "mean" if result.dcase2020 else SHORT[name], _fmt(m.auc), _fmt(m.pauc), _fmt(m.precision), _fmt(m.recall), _fmt(m.f1))
-        table.add_section()
-    if result.dcase2020:
-        table.add_row("[bold]all", "[bold]score (AUC+pAUC)/2", f"[bold]{result.official:.4f}", "", "", "", "")
-    else:
-        table.add_row("[bold]all", "[bold]official score", f"[bold]{result.official:.4f}", "", "", "", "")
-        if result.official_ci95 is not None:
-            table.add_row("all", "score ci95 (±)", f"{result.official_ci95:.2g}", "", "", "", "")
-    return table
 
 
 @handle_errors

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
-from asdcli.cli.common import (show_notice, GpuOption, OverridesArgument, DeviceOption, RunOption, SeedOption, gpu_or_cpu, handle_errors, out, progress_bar, report_failures,
+from asdcli.cli.reports import report_meta
+from asdcli.cli.common import (GpuOption, OverridesArgument, DeviceOption, RunOption, SeedOption, gpu_or_cpu, handle_errors, progress_bar,
                                resolve_run_config, run_config_option)
 
 
@@ -49,19 +49,3 @@ def fit_meta(opened, cfg, holdout, data: Path | None, torch_device) -> None:
     report_meta(result, run, cfg)
 
 
-def report_meta(result, run: Path, cfg) -> None:
-    """The meta-learner's tasks and query losses, or why it keeps the fused score."""
-    report_failures(result.skipped)
-    if result.abstained:
-        show_notice(f"meta-learner: {result.abstained}")
-        return
-    table = Table(title=f"MAML over {len(result.tasks)} sections -> {run}",
-                  caption=f"tasks from {result.examples}; query loss: mean over the tasks of a fresh support/query "
-                          "split (lower is better)")
-    table.add_column("tasks")
-    table.add_column("held out")
-    table.add_column("query loss, unadapted", justify="right")
-    table.add_column(f"after {cfg.meta.inner_steps} adaptation steps", justify="right")
-    table.add_row(", ".join(result.tasks), ", ".join(result.holdout) or "-", f"{result.query_loss_unadapted:.4f}",
-                  f"{result.query_loss_adapted:.4f}")
-    out.print(table)

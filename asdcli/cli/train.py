@@ -11,7 +11,7 @@ from rich.table import Table
 
 from asdcli.cli.common import (show_notice, say, CacheOption, ConfigOption, DeviceOption, GpuOption, OverridesArgument, SeedOption, err,
                                gpu_or_cpu, handle_errors, out, progress_bar, resolve_config, run_option)
-from asdcli.cli.evaluate import means_table, section_table
+from asdcli.cli.reports import means_table, report_branch, report_fusion, report_meta, section_table
 
 
 @handle_errors
@@ -94,9 +94,6 @@ class _Display:
         self.bar.update(self.task, visible=True, completed=step, total=total, description=f"meta-training loss {loss:.4f}")
 
     def done(self, step, result, seconds: float) -> None:
-        from asdcli.cli.meta_train import report_meta
-        from asdcli.cli.train_branch import report_branch
-        from asdcli.cli.train_fusion import report_fusion
 
         self.bar.stop()
         if step.stage == "fusion":

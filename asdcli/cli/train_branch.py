@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
-from asdcli.cli.common import (show_notice, gpu_or_cpu, DeviceOption, GpuOption, OverridesArgument, CacheOption, ConfigOption, DataOption, RunOption, SeedOption, WorkersOption, err, handle_errors, out,
-                               progress_bar, report_failures, resolve_config)
+from asdcli.cli.reports import report_branch
+from asdcli.cli.common import (show_notice, gpu_or_cpu, DeviceOption, GpuOption, OverridesArgument, CacheOption, ConfigOption, DataOption, RunOption, SeedOption, WorkersOption, handle_errors,
+                               progress_bar, resolve_config)
 
 
 @handle_errors
@@ -69,45 +69,4 @@ def run_branch(name: str, data: Path, run: Path, cfg, torch_device, cache_dir: P
                                on_score=on_score)
     report_branch(result, cfg)
 
-
-def report_branch(result, cfg) -> None:
-    """A trained branch's statistics per section, what it cannot learn and how its held-out clips scored."""
-    if result.rank != 0:  # under torchrun, the first process reports for all
-        return
-    report_failures(result.skipped)
-    table = Table(title=f"{result.branch}: {result.clips} training clips, {result.epochs} epochs -> {result.run}")
-    for column in ("section", "clips", "train score mean", "std", "decision threshold"):
-        table.add_column(column, justify="right" if column != "section" else "left")
-    for group, st in result.score_stats.items():
-        table.add_row(group, str(st["count"]), f"{st['mean']:.4f}", f"{st['std']:.4f}", f"{st['threshold']:.4f}")
-    out.print(table)
-    _report_reliability(result, cfg.train.heldout_max_z, cfg.train.heldout_min_clips)
-    if result.final_loss is not None:
-        err.print(f"final training loss {result.final_loss:.5f}; log: {result.log}")
-    if result.world_size > 1:
-        err.print(f"{result.world_size} processes; replicas identical: {result.replicas_identical}")
-
-
-def _report_reliability(result, max_z: float, min_clips: int) -> None:
-    """What the branch says it cannot learn, and how its held-out clips scored."""
-    from asdcli.services.scoring.reliability import heldout_gap, heldout_summary
-    from asdcli.services.store.records import HeldOut
-
-    if result.limitation:
-        show_notice(f"{result.branch}: {result.limitation}; the fusion leaves it out")
-    z, clips = result.heldout.get("median_z"), result.heldout.get("clips", 0)
-    held = HeldOut.model_validate(result.heldout) if result.heldout else None
-    gap = heldout_gap(held)
-    if z is None:
-        err.print("no held-out clips (train.holdout is 0 or every section has fewer than 3 clips): whether the branch "
-                  "generalises from its training clips is not checked", highlight=False)
-    elif gap > max_z and clips < min_clips:
-        show_notice(f"{result.branch}: {heldout_summary(held)}; too few held-out clips "
-                    f"(fewer than train.heldout_min_clips={min_clips}) to leave it out of the fusion")
-    elif gap > max_z:
-        show_notice(f"{result.branch}: {heldout_summary(held)}: it does not generalise "
-                    "from them; the fusion leaves it out")
-    else:
-        err.print(f"held-out normal clips: {clips}, median {z:+.2f} standard deviations from the training clips "
-                  f"({gap:+.2f} as a normal deviate given how few they are; limit {max_z:g})", highlight=False)
 

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import List, Optional
 
 import typer
-from rich.table import Table
 
-from asdcli.cli.common import (show_notice, GpuOption, OverridesArgument, DeviceOption, DataOption, RunOption, SeedOption, gpu_or_cpu, handle_errors, out, progress_bar,
-                               report_failures, resolve_run_config, run_config_option)
+from asdcli.cli.reports import report_fusion
+from asdcli.cli.common import (GpuOption, OverridesArgument, DeviceOption, DataOption, RunOption, SeedOption, gpu_or_cpu, handle_errors, progress_bar,
+                               resolve_run_config, run_config_option)
 
 
 @handle_errors
@@ -43,25 +43,3 @@ def fit_head(data: Path, opened, cfg, branch, torch_device) -> None:
     report_fusion(result, run)
 
 
-def report_fusion(result, run: Path) -> None:
-    """The fusion head's branches, prior, pseudo-anomaly evidence and weights."""
-    from asdcli.services.evaluation.info import prior_summary
-
-    report_failures(result.skipped)
-    if result.missing:
-        show_notice(f"not fused (not trained): {', '.join(result.missing)}")
-    for name, reason in result.left_out.items():
-        show_notice(f"{name} left out: {reason}")
-    counts = ", ".join(f"{k} {v}" for k, v in result.counts.items())
-    prior = result.prior
-    table = Table(title=f"fusion of {len(result.branches)} branches -> {run}",
-                  caption=f"examples: {counts}; {prior_summary(prior)}. Fair AUC: normal vs the pseudo-anomaly kinds "
-                          f"the branch's own training did not already separate (temperature "
-                          f"{result.prior_temperature:.3f}); it moves the weights as far as the prior trusts it.")
-    for column in ("branch", "prior", "pseudo-anomaly AUC (mean over sections)", "fair AUC", "mean attention weight"):
-        table.add_column(column, justify="left" if column == "branch" else "right")
-    for name in result.branches:
-        table.add_row(name, f"{prior['prior_weights'][name]:.3f}", f"{result.pseudo_auc[name]:.3f}",
-                      f"{result.fair_pseudo_auc[name]:.3f}", f"{result.mean_weights[name]:.3f}")
-    table.add_row("fused", "", f"{result.pseudo_auc['fused']:.3f}", "")
-    out.print(table)
