@@ -84,7 +84,10 @@ class LoaderConfig(Section):
 
 
 SynthMachine = Literal["fan", "pump", "valve", "slider", "gearbox"]
-AnomalyKind = Literal["freq_shift", "extra_harmonic", "impulses", "modulation", "missing_events"]
+# The first five change the whole clip; knock, whine and dropout are localised: at a known time
+# (and band), written to faults.csv, the ground truth for localisation (asd explain)
+AnomalyKind = Literal["freq_shift", "extra_harmonic", "impulses", "modulation", "missing_events", "knock", "whine",
+                      "dropout"]
 
 
 class SynthConfig(Section):

@@ -55,6 +55,62 @@ def _condition(spec: ClipSpec, rng: np.random.Generator, severity: float) -> Con
     return Condition(factor, drop=spec.anomaly == "missing_events")
 
 
+@dataclass(frozen=True)
+class Fault:
+    """Where a localised fault lies: its kind, its span in seconds and its band in Hz (the whole
+    spectrum for a broadband one)."""
+
+    kind: str
+    start_s: float
+    end_s: float
+    low_hz: float
+    high_hz: float
+
+
+def _fade(n: int, sr: int, ramp_s: float = 0.02) -> np.ndarray:
+    """(n,) envelope rising and falling over ``ramp_s`` at each end (no click at the edges)."""
+    ramp = min(n // 2, max(1, int(ramp_s * sr)))
+    env = np.ones(n)
+    env[:ramp] = np.linspace(0, 1, ramp)
+    env[n - ramp:] = np.linspace(1, 0, ramp)
+    return env
+
+
+def _localised(sound: np.ndarray, kind: str, rng: np.random.Generator, sr: int,
+               severity: float) -> tuple[np.ndarray, Fault]:
+    """A fault at a random known time (and band) of a unit-RMS machine sound: ``knock`` a 30-60 ms
+    broadband burst, ``whine`` a tone of 500-4,000 Hz for 1.5-3 s, ``dropout`` the machine falling
+    to -26 dB for 0.3-1 s (the background goes on); shorter in clips too short for them."""
+    n = sound.shape[0]
+    out = sound.copy()
+
+    def place(length: int) -> int:  # a start leaving a margin (up to 0.5 s) at both ends
+        margin = min(int(0.5 * sr), (n - length) // 4)
+        return int(rng.integers(margin, n - length - margin + 1))
+
+    if kind == "knock":
+        length = min(int(rng.uniform(0.03, 0.06) * sr), n // 4)
+        start = place(length)
+        burst = rng.standard_normal(length) * np.exp(-np.arange(length) / (0.01 * sr))
+        out[start : start + length] += 3.0 * severity * burst
+        return out, Fault(kind, start / sr, (start + length) / sr, 0.0, sr / 2)
+    if kind == "whine":
+        length = min(int(rng.uniform(1.5, 3.0) * sr), n // 2)
+        start = place(length)
+        freq = rng.uniform(500, 4000)
+        out[start : start + length] += 0.3 * severity * np.sqrt(2) * tone(freq, length, sr) * _fade(length, sr)
+        return out, Fault(kind, start / sr, (start + length) / sr, freq * 0.97, freq * 1.03)
+    if kind == "dropout":
+        length = min(int(rng.uniform(0.3, 1.0) * sr), n // 4)
+        start = place(length)
+        out[start : start + length] *= 1 - (1 - 0.05 ** min(1.0, severity)) * _fade(length, sr)
+        return out, Fault(kind, start / sr, (start + length) / sr, 0.0, sr / 2)
+    raise ValueError(f"not a localised fault: {kind}")
+
+
+LOCALISED = ("knock", "whine", "dropout")
+
+
 def _add_anomaly(sound: np.ndarray, kind: str | None, rng: np.random.Generator, sr: int,
                  severity: float) -> np.ndarray:
     """Effects that apply to any machine type, on a unit-RMS machine sound."""
@@ -81,6 +137,12 @@ def _add_anomaly(sound: np.ndarray, kind: str | None, rng: np.random.Generator, 
 
 def render_clip(spec: ClipSpec, cfg: SynthConfig, seed: int) -> tuple[np.ndarray, str]:
     """One clip as ``((n,) float32 in [-1, 1], attribute string)``."""
+    wave, attribute, _ = render_clip_with_fault(spec, cfg, seed)
+    return wave, attribute
+
+
+def render_clip_with_fault(spec: ClipSpec, cfg: SynthConfig, seed: int) -> tuple[np.ndarray, str, Fault | None]:
+    """:func:`render_clip`, and where its localised fault lies (None for the other kinds)."""
     rng = np.random.default_rng(np.random.SeedSequence(spec.seed_words(seed)))
     model = MACHINES[spec.machine]
     params = section_params(seed, spec.machine, spec.section)
@@ -88,7 +150,11 @@ def render_clip(spec: ClipSpec, cfg: SynthConfig, seed: int) -> tuple[np.ndarray
     cond = _condition(spec, rng, cfg.severity)
     machine = model.render(params, cond, rng, n, sr)
     machine = machine / (np.sqrt(np.mean(machine**2)) + 1e-12)
-    machine = _add_anomaly(machine, spec.anomaly, rng, sr, cfg.severity)
+    fault = None
+    if spec.anomaly in LOCALISED:
+        machine, fault = _localised(machine, spec.anomaly, rng, sr, cfg.severity)
+    else:
+        machine = _add_anomaly(machine, spec.anomaly, rng, sr, cfg.severity)
     noise = pink_noise(rng, n) + 0.3 * band_noise(rng, n, sr, 2000, sr / 2 - 1)
     mix = machine + 10 ** (-cfg.snr_db / 20) * noise / np.sqrt(1.09)
     gain = TARGET_RMS * 10 ** (rng.uniform(-GAIN_JITTER_DB, GAIN_JITTER_DB) / 20)
@@ -97,7 +163,7 @@ def render_clip(spec: ClipSpec, cfg: SynthConfig, seed: int) -> tuple[np.ndarray
     if peak > 0.99:
         mix = mix * (0.99 / peak)
     # The attribute names the operating condition, never the anomaly (as in DCASE file names).
-    return mix.astype(np.float32), model.attribute(params, Condition(cond.factor))
+    return mix.astype(np.float32), model.attribute(params, Condition(cond.factor)), fault
 
 
 def clip_specs(cfg: SynthConfig) -> Iterator[ClipSpec]:
@@ -126,20 +192,28 @@ def generate(out: str | Path, cfg: SynthConfig, seed: int,
              progress: Callable[[Path], None] | None = None) -> list[Path]:
     """Write the dataset under ``out`` (atomically, file by file) and return the written paths.
 
-    Also writes ``<out>/ground_truth.csv`` (file, anomaly kind) so anomaly types can be analysed.
+    Also writes ``<out>/ground_truth.csv`` (file, anomaly kind) so anomaly types can be analysed,
+    and where the data hold localised faults (knock, whine, dropout) ``<out>/faults.csv``: each
+    one's file, kind, span (s) and band (Hz).
     """
     out = Path(out)
     written, truth = [], ["machine,file,label,anomaly_kind"]
+    faults = ["machine,file,kind,start_s,end_s,low_hz,high_hz"]
     for spec in clip_specs(cfg):
-        wave, attribute = render_clip(spec, cfg, seed)
+        wave, attribute, fault = render_clip_with_fault(spec, cfg, seed)
         path = clip_path(out, spec, attribute)
         with atomic_path(path) as tmp:
             sf.write(str(tmp), wave, cfg.sample_rate, subtype="PCM_16", format="WAV")
         written.append(path)
         truth.append(f"{spec.machine},{path.name},{spec.label},{spec.anomaly or ''}")
+        if fault is not None:
+            faults.append(f"{spec.machine},{path.name},{fault.kind},{fault.start_s:.4f},{fault.end_s:.4f},"
+                          f"{fault.low_hz:.1f},{fault.high_hz:.1f}")
         if progress is not None:
             progress(path)
     write_text(out / "ground_truth.csv", "\n".join(truth) + "\n")
+    if len(faults) > 1:
+        write_text(out / "faults.csv", "\n".join(faults) + "\n")
     return written
 
 

@@ -84,3 +84,38 @@ def test_anomalies_are_detectable_but_not_by_energy(tmp_path):
     # A gain-invariant spectral nearest-neighbour detector finds them; loudness does not.
     assert np.mean(knn_aucs) > 0.8, knn_aucs
     assert 0.3 < np.mean(energy_aucs) < 0.7, energy_aucs
+
+
+def test_localised_faults_change_the_clip_only_where_and_in_the_band_they_say():
+    from asdcli.data.synth import _localised
+
+    sr = 16000
+    for seed in range(6):
+        sound = np.random.default_rng(seed).standard_normal(10 * sr)
+        for kind in ("knock", "whine", "dropout"):
+            out, fault = _localised(sound, kind, np.random.default_rng(100 + seed), sr, 1.0)
+            changed = np.flatnonzero(out != sound)
+            assert fault.kind == kind and 0 <= fault.start_s < fault.end_s <= 10
+            assert changed.min() >= int(fault.start_s * sr) - 1 and changed.max() <= int(fault.end_s * sr) + 1
+            assert changed.size > 0.9 * (fault.end_s - fault.start_s) * sr  # the whole span, nothing outside
+            if kind == "whine":
+                spectrum = np.abs(np.fft.rfft(out - sound))
+                peak = np.argmax(spectrum) * sr / (2 * (spectrum.size - 1))
+                assert fault.low_hz <= peak <= fault.high_hz and fault.high_hz - fault.low_hz < 0.1 * peak
+            elif kind == "dropout":
+                span = slice(int(fault.start_s * sr) + 400, int(fault.end_s * sr) - 400)  # inside the fades
+                assert np.sqrt(np.mean(out[span] ** 2)) < 0.1 * np.sqrt(np.mean(sound[span] ** 2))
+            else:
+                assert (fault.low_hz, fault.high_hz) == (0.0, sr / 2) and fault.end_s - fault.start_s <= 0.06
+
+
+def test_localised_faults_are_written_with_their_files_and_the_default_data_hold_none(tmp_path):
+    local = SMALL.model_copy(update={"anomalies": ["knock", "whine", "dropout"], "duration_s": 2.0})
+    generate(tmp_path / "loc", local, seed=0)
+    rows = [line.split(",") for line in (tmp_path / "loc" / "faults.csv").read_text().splitlines()]
+    assert rows[0] == ["machine", "file", "kind", "start_s", "end_s", "low_hz", "high_hz"]
+    anomalous = {p.name for p in (tmp_path / "loc").rglob("*_anomaly_*.wav")}
+    assert {r[1] for r in rows[1:]} == anomalous and {r[2] for r in rows[1:]} == {"knock", "whine", "dropout"}
+    assert all(0 <= float(r[3]) < float(r[4]) <= 2.0 for r in rows[1:])
+    generate(tmp_path / "plain", SMALL, seed=0)
+    assert not (tmp_path / "plain" / "faults.csv").exists()
