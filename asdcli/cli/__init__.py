@@ -24,6 +24,7 @@ COMMANDS = {
     "learn-prior": ("learn_prior", "Learn the fusion's prior over branches from labelled runs of other machines."),
     "meta-train": ("meta_train", "Meta-train the final classifier with MAML over the machine sections."),
     "score": ("score", "Anomaly score (and decision) per clip; DCASE files with --out-dir."),
+    "explain": ("explain", "When, where and what in a clip drove its score: spans, bands, branches, a PNG per clip."),
     "watch": ("watch", "Score each recording dropped into a folder once, as it arrives; log, alert, resume."),
     "evaluate": ("evaluate", "The official DCASE evaluator's figures from score and decision files."),
     "freeze-debug": ("freeze_debug", "Train with some parts frozen; log every part's loss and gradient norm."),

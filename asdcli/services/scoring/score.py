@@ -318,6 +318,14 @@ class Detector:
                            fused if self.pipe.fusion is not None else None, weights, own, self.names, self.method,
                            skipped, raw.notices + _notices(self.pipe, groups, self.metas))
 
+    def explain(self, clips: list[Clip] | list[str | Path] | str | Path, reference: list[Clip] | None = None):
+        """When, where and what drove each clip's score: an
+        :class:`~asdcli.services.scoring.explain.Explained` (an ``Explanation`` per readable clip);
+        ``reference``: normal training clips, each section's frame-by-frame baseline."""
+        from asdcli.services.scoring.explain import explain
+
+        return explain(self, as_clips(clips), reference)
+
     def score_waveform(self, wave: np.ndarray, sample_rate: int, machine: str, section: str | int,
                        domain: str | None = None, fpr: float | None = None) -> ClipScore:
         """Score one clip already in memory: ``wave`` (samples,) or (samples, channels) audio at

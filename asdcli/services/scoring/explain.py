@@ -1,0 +1,242 @@
+"""`asd explain`: when, where and what in a clip drove its score.
+
+Per clip: each branch's anomaly map (:mod:`asdcli.services.scoring.maps`) standardised with the
+section's training statistics as its clip score is (the same domain shift too), the fused map
+(combined as the fusion combines the clip scores: that clip's weights over the asinh of each
+branch's map, read back in standard deviations), the span around the
+fused map's peak (where it stays above 30 % of the way from the clip's median to the peak), the
+frequency range that changed in that span (the log-mel of the span against the rest of the clip,
+in dB), the branches whose own map is high in it, and a plain-words kind from the span's shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torchaudio
+
+from asdcli.data.layout import Clip
+from asdcli.services.inputs.dataset import ClipSet
+from asdcli.services.inputs.embeddings import with_embeddings
+from asdcli.services.inputs.features import make_extractor
+from asdcli.services.scoring.branch_scores import normalize
+from asdcli.services.scoring.maps import native, time_map
+from asdcli.services.store.runs import read_branch_record, stored_config
+
+AGREE_SD = 1.0  # a branch agrees where its map averages this far above its normal clips in the span
+KINDS = {
+    "burst": "short broadband event (a knock, an impact)",
+    "tone": "sustained narrowband tone (a whine, rubbing)",
+    "dropout": "dropout (the sound fell away)",
+    "level": "broad level change",
+    "band": "change in one frequency band",
+}
+
+
+@dataclass
+class Explanation:
+    """Why one clip scored as it did (module docstring). Times in seconds, frequencies in Hz,
+    heights in standard deviations of the section's normal training clips."""
+
+    clip: Clip
+    score: float
+    decision: int
+    threshold: float
+    fused: float
+    times: np.ndarray  # (T,) frame centres
+    fused_map: np.ndarray  # (T,)
+    branch_maps: dict[str, np.ndarray]  # name -> (T,)
+    weights: dict[str, float]
+    logmel: np.ndarray  # (n_mels, T) dB
+    mel_hz: np.ndarray  # (n_mels + 2,) band edges: bin i spans mel_hz[i]..mel_hz[i + 2]
+    peak_sd: float
+    peak_s: float
+    span: tuple[float, float]
+    band_hz: tuple[float, float]
+    change_db: float  # the span's mean level against the rest of the clip, in the band
+    kind: str
+    agreeing: list[str]
+    windowed: list[str] = field(default_factory=list)  # branches whose map comes from windows
+
+    def summary(self) -> str:
+        """One line for a person: what, when, where, how far above normal and who says so."""
+        name = self.clip.path.name
+        if not self.decision:
+            return (f"{name}: normal (score {self.score:.2f}, threshold {self.threshold:.2f}); nothing stands out "
+                    f"(peak {self.peak_sd:.1f} sd at {self.peak_s:.2f} s)")
+        return (f"{name}: ANOMALOUS (score {self.score:.2f}, threshold {self.threshold:.2f}): {KINDS[self.kind]} at "
+                f"{self.span[0]:.2f}-{self.span[1]:.2f} s, {self.band_hz[0]:,.0f}-{self.band_hz[1]:,.0f} Hz "
+                f"({self.change_db:+.1f} dB), peak {self.peak_sd:.1f} sd above the section's normal clips at "
+                f"{self.peak_s:.2f} s; branches that agree: {', '.join(self.agreeing) or 'none alone'}")
+
+    def as_dict(self) -> dict:
+        return {"file": str(self.clip.path), "machine": self.clip.machine, "section": self.clip.section,
+                "score": self.score, "decision": self.decision, "threshold": self.threshold, "fused": self.fused,
+                "peak_sd": self.peak_sd, "peak_s": self.peak_s, "span_s": list(self.span),
+                "band_hz": list(self.band_hz), "change_db": self.change_db, "kind": self.kind,
+                "kind_text": KINDS[self.kind], "agreeing": self.agreeing, "weights": self.weights,
+                "windowed": self.windowed}
+
+
+def mel_edges(config) -> np.ndarray:
+    """(n_mels + 2,) the Slaney mel band edges in Hz of the run's features."""
+    top = config.features.f_max if config.features.f_max is not None else config.audio.sample_rate / 2
+    fbank = torchaudio.functional.melscale_fbanks(config.features.n_fft // 2 + 1, config.features.f_min, top,
+                                                  config.features.n_mels, config.audio.sample_rate, "slaney", "slaney")
+    freqs = np.linspace(0, config.audio.sample_rate / 2, fbank.shape[0])
+    support = [np.flatnonzero(fbank[:, m].numpy() > 0) for m in range(fbank.shape[1])]
+    lows = [freqs[s[0]] if s.size else config.features.f_min for s in support]
+    highs = [freqs[s[-1]] if s.size else top for s in support]
+    return np.array([lows[0], *[0.5 * (lo + hi) for lo, hi in zip(lows, highs)], highs[-1]])
+
+
+SPAN_LEVEL = 0.3  # chosen on seed 0 of bench/bench_explain.py among 0.3/0.5 and smoothing 1-9 frames
+
+
+def find_span(curve: np.ndarray) -> tuple[int, int]:
+    """[first, last] frame of the region around the curve's peak where it stays above
+    :data:`SPAN_LEVEL` of the way from the curve's median to the peak."""
+    peak = int(np.argmax(curve))
+    level = np.median(curve) + SPAN_LEVEL * (curve[peak] - np.median(curve))
+    first = last = peak
+    while first > 0 and curve[first - 1] >= level:
+        first -= 1
+    while last < curve.size - 1 and curve[last + 1] >= level:
+        last += 1
+    return first, last
+
+
+def find_band(logmel: np.ndarray, first: int, last: int) -> tuple[int, int, float]:
+    """The mel bins [lo, hi] that changed most in frames [first, last] against the other frames
+    (contiguous bins around the largest change, within half of it), and their mean change in dB."""
+    inside = logmel[:, first : last + 1].mean(axis=1)
+    outside_frames = np.r_[0:first, last + 1 : logmel.shape[1]]
+    outside = logmel[:, outside_frames].mean(axis=1) if outside_frames.size else logmel.mean(axis=1)
+    change = inside - outside  # (n_mels,) dB
+    top = int(np.argmax(np.abs(change)))
+    sign = np.sign(change[top]) or 1.0
+    lo = hi = top
+    while lo > 0 and sign * change[lo - 1] >= 0.5 * abs(change[top]):
+        lo -= 1
+    while hi < change.size - 1 and sign * change[hi + 1] >= 0.5 * abs(change[top]):
+        hi += 1
+    return lo, hi, float(change[lo : hi + 1].mean())
+
+
+def kind_of(span_s: float, band_fraction: float, band_hz: tuple[float, float], change_db: float) -> str:
+    """A plain-words kind from the span's length, the part of the spectrum that changed and how:
+    a fall over a third of the mel bands or more is a dropout; a short rise over 1.5 kHz or more
+    a burst; a rise in a twentieth of the bands or less, held 0.4 s or more, a tone."""
+    if change_db <= -3.0 and band_fraction >= 1 / 3:
+        return "dropout"
+    if span_s <= 0.3 and change_db > 0 and band_hz[1] - band_hz[0] >= 1500:
+        return "burst"
+    if band_fraction <= 0.05 and span_s >= 0.4 and change_db > 0:
+        return "tone"
+    return "level" if band_fraction >= 0.5 else "band"
+
+
+@dataclass
+class Explained:
+    """The explanations of the clips that could be scored, the others with why, and notices."""
+
+    explanations: list[Explanation]
+    skipped: list[tuple]
+    notices: list[str]
+
+
+REFERENCE_CLIPS = 16  # normal training clips per section whose maps are the frame-by-frame baseline
+
+
+def _maps(detector, clips: list[Clip]) -> tuple:
+    """(score result, clip set, {clip index: {branch: (T,) map standardised as its clip score}})."""
+    result = detector.score(clips)
+    loaded, run = detector.loaded, detector.run
+    config = stored_config(read_branch_record(run, detector.names[0]), run.record(detector.names[0]))
+    clipset = ClipSet(result.clips, config, make_extractor(config, detector.cache_dir), run.vocab,
+                      with_wave=bool(loaded.wave_users()), keep_features=True, require_any=False)
+    maps = {}
+    for i, clip in enumerate(result.clips):
+        batch = clipset.batch([i]).to(detector.device)
+        group = run.vocab.group_name(clip)
+        maps[i] = {}
+        for name in detector.names:
+            branch = loaded.branches[name]
+            with torch.no_grad():
+                raw = branch.score(with_embeddings(batch, loaded.upstream)).float().cpu()
+            curve = time_map(branch, batch, loaded.upstream, raw)[0].numpy().astype(float)
+            z = normalize(curve, [group] * curve.size, detector.metas[name])
+            offset = result.normalized[name][i] - normalize(raw.numpy().astype(float), [group], detector.metas[name])[0]
+            maps[i][name] = z + offset  # the domain shift of the clip's section, as its clip score has it
+    return result, clipset, config, maps
+
+
+def _baselines(detector, reference: list[Clip]) -> dict[str, dict[str, tuple[np.ndarray, float]]]:
+    """Per section and branch: the mean map of up to :data:`REFERENCE_CLIPS` of its normal training
+    clips frame by frame (T,) and their spread (the median over the frames of the spread across
+    clips): what a normal clip's map looks like at each moment (clip edges included)."""
+    chosen: dict[str, list[Clip]] = {}
+    for clip in reference:
+        group = detector.run.vocab.group_name(clip)
+        if clip.is_anomaly != 1 and len(chosen.setdefault(group, [])) < REFERENCE_CLIPS:
+            chosen[group].append(clip)
+    picked = [c for clips in chosen.values() for c in clips]
+    if not picked:
+        return {}
+    result, _, _, maps = _maps(detector, picked)
+    out: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
+    for group in chosen:
+        rows = [i for i, c in enumerate(result.clips) if detector.run.vocab.group_name(c) == group]
+        if len(rows) < 2:
+            continue
+        out[group] = {}
+        for name in detector.names:
+            stack = np.stack([maps[i][name] for i in rows])  # (n, T)
+            out[group][name] = (stack.mean(axis=0), float(max(np.median(stack.std(axis=0, ddof=1)), 1e-3)))
+    return out
+
+
+def explain(detector, clips: list[Clip], reference: list[Clip] | None = None) -> Explained:
+    """Explain ``clips`` with a loaded :class:`~asdcli.services.scoring.score.Detector`;
+    ``reference``: normal training clips of their sections (the run's training data), whose maps
+    are each section's frame-by-frame baseline: heights are then in standard deviations of normal
+    clips at that moment. Without them, heights are those of the clip-level statistics (a notice
+    says so), and clip edges and other spots where every clip's map is high can look anomalous."""
+    result, clipset, config, maps = _maps(detector, clips)
+    baselines = _baselines(detector, reference or [])
+    edges = mel_edges(config)
+    seconds_per_frame = config.features.hop_length / config.audio.sample_rate
+    own, pooled = detector.thresholds()
+    out, notices = [], list(result.notices)
+    missing = sorted({detector.run.vocab.group_name(c) for c in result.clips} - set(baselines))
+    if missing:
+        notices.append(f"section(s) {', '.join(missing)}: no normal training clips given (--data), so their maps "
+                       "are read against the clip-level statistics, not frame by frame")
+    for i, clip in enumerate(result.clips):
+        batch = clipset.batch([i])
+        group = detector.run.vocab.group_name(clip)
+        if group in baselines:
+            maps[i] = {n: (m - baselines[group][n][0]) / baselines[group][n][1] for n, m in maps[i].items()}
+        weights = (result.weights[i] if result.weights is not None
+                   else np.full(len(detector.names), 1.0 / len(detector.names)))
+        # the fusion's own combination (weights of this clip over asinh of the standardised scores),
+        # read back in standard deviations: where every branch says z, the fused map says z
+        fused_map = np.sinh(sum(w * np.arcsinh(maps[i][n]) for w, n in zip(weights, detector.names)))
+        first, last = find_span(fused_map)
+        logmel = batch.feats[0].cpu().numpy()
+        lo, hi, change = find_band(logmel, first, last)
+        span = (first * seconds_per_frame, (last + 1) * seconds_per_frame)
+        agreeing = [n for n in detector.names if maps[i][n][first : last + 1].mean() >= AGREE_SD]
+        peak = int(np.argmax(fused_map))
+        out.append(Explanation(
+            clip, float(result.score[i]), int(result.decision[i]), float(own.get(group, pooled)),
+            float(result.fused[i]) if result.fused is not None else float(np.mean(fused_map)),
+            np.arange(fused_map.size) * seconds_per_frame, fused_map, maps[i],
+            {n: float(w) for n, w in zip(detector.names, weights)}, logmel, edges, float(fused_map[peak]),
+            peak * seconds_per_frame, span, (float(edges[lo]), float(edges[hi + 2])), change,
+            kind_of(span[1] - span[0], (hi - lo + 1) / logmel.shape[0], (float(edges[lo]), float(edges[hi + 2])),
+                    change), agreeing,
+            [n for n in detector.names if not native(detector.loaded.branches[n])]))
+    return Explained(out, result.skipped, notices)

@@ -1,0 +1,73 @@
+"""Anomaly maps: each branch's anomaly over the frames of a clip, on the scale of its clip score.
+
+- b2 and b4 (reconstruction branches, anything with ``error``): their own per-frame error, the
+  squared reconstruction error of each frame averaged over the mel bands.
+- Every other branch (b1, b3, b5, a registered one): its score of overlapping windows of the clip
+  (``WINDOW`` frames, every ``HOP``), each frame the mean of the windows that hold it. An
+  approximation: the branch was trained and its statistics fitted on whole clips.
+
+Either curve is then scaled so that its mean over the frames is the branch's raw clip score (a
+ratio where both are positive, else a shift): standardised with the section's training
+statistics as the clip score is, the map's mean over time is the branch's standardised score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from asdcli.models.base import Batch, Branch
+from asdcli.services.inputs.embeddings import with_embeddings
+
+WINDOW, HOP = 64, 8  # frames (about 2 s and 0.26 s at 16 kHz, hop 512)
+
+
+def native(branch: Branch) -> bool:
+    """Whether the branch gives a map of its own (per-frame errors) rather than windows."""
+    return hasattr(branch, "error")
+
+
+def frame_errors(branch: Branch, batch: Batch) -> Tensor:
+    """(B, n_mels, T) squared reconstruction error of a reconstruction branch, on the clip's frames."""
+    error = branch.error(batch).float().pow(2)  # (B, M, T') with T' <= T (whole patches)
+    frames = batch.feats.shape[-1]
+    if error.shape[-1] != frames:
+        error = F.pad(error, (0, frames - error.shape[-1]), mode="replicate")
+    return error
+
+
+def _windows(branch: Branch, batch: Batch, upstream: dict[str, Branch]) -> Tensor:
+    """(B, T) window scores spread over the frames (module docstring)."""
+    frames = batch.feats.shape[-1]
+    width = min(WINDOW, frames)
+    starts = list(range(0, frames - width + 1, HOP))
+    if starts[-1] != frames - width:
+        starts.append(frames - width)
+    total = torch.zeros(len(batch), frames)
+    count = torch.zeros(frames)
+    samples = batch.wave.shape[-1] if batch.wave is not None else 0
+    for start in starts:
+        wave = None
+        if batch.wave is not None:
+            a, b = start * samples // frames, (start + width) * samples // frames
+            wave = batch.wave[:, a:b].contiguous()
+        crop = replace(batch, feats=batch.feats[:, :, start : start + width].contiguous(), wave=wave, embeddings={})
+        crop = with_embeddings(crop, upstream)
+        total[:, start : start + width] += branch.score(crop).float().cpu()[:, None]
+        count[start : start + width] += 1
+    return total / count
+
+
+def time_map(branch: Branch, batch: Batch, upstream: dict[str, Branch], clip_score: Tensor) -> Tensor:
+    """(B, T) the branch's anomaly over the frames, whose mean over time is ``clip_score`` (B,)."""
+    with torch.no_grad():
+        curve = frame_errors(branch, batch).mean(dim=1).cpu() if native(branch) else _windows(branch, batch, upstream)
+    clip_score = clip_score.float().cpu()
+    mean = curve.mean(dim=1)
+    ratio = (clip_score > 0) & (mean > 0) & (curve >= 0).all(dim=1)
+    scaled = curve * (clip_score / mean.clamp_min(1e-12))[:, None]
+    shifted = curve + (clip_score - mean)[:, None]
+    return torch.where(ratio[:, None], scaled, shifted)

@@ -1,0 +1,85 @@
+"""asd explain: a sentence (or JSON) and a PNG per clip, spans and bands a person can check, a
+one-line "nothing stands out" for normal clips; the maps' definitions."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from asdcli.cli import app
+from asdcli.data.synth import generate
+from asdcli.services.scoring.explain import find_band, find_span, kind_of
+from asdcli.services.scoring.maps import time_map
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory, tiny):
+    """Tiny synthetic data with localised faults only, and a run trained on it."""
+    root = tmp_path_factory.mktemp("explain")
+    cfg = tiny.synth.model_copy(update={"machines": ["fan"], "sections": 1, "train_source": 8, "train_target": 2,
+                                        "test_per_domain": 6, "anomalies": ["knock", "whine", "dropout"]})
+    generate(root / "data", cfg, seed=0)
+    trained = runner.invoke(app, ["train", str(root / "data"), "--run", str(root / "run"), "-c", "tiny",
+                                  "--no-evaluate", "--cache-dir", str(root / "cache"), "train.epochs=2"])
+    assert trained.exit_code == 0, trained.output
+    return root
+
+
+def test_explain_prints_a_sentence_per_clip_and_writes_a_png(faulty, tmp_path):
+    clips = sorted((faulty / "data" / "fan" / "test").glob("*.wav"))
+    result = runner.invoke(app, ["explain", *map(str, clips), "--run", str(faulty / "run"), "--data",
+                                 str(faulty / "data"), "--out", str(tmp_path / "png"),
+                                 "--cache-dir", str(faulty / "cache")])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == len(clips)
+    for line in lines:
+        assert "ANOMALOUS" in line and " s, " in line and " Hz " in line and "sd above" in line \
+            or "nothing stands out (peak" in line
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert len(pngs) == len(clips)
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 20_000 for p in pngs)
+
+
+def test_explain_json_holds_every_field_and_spans_lie_in_the_clip(faulty):
+    clip = sorted((faulty / "data" / "fan" / "test").glob("*anomaly*.wav"))[0]
+    result = runner.invoke(app, ["explain", str(clip), "--run", str(faulty / "run"), "--json", "--no-plot",
+                                 "--cache-dir", str(faulty / "cache")])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert {"score", "decision", "threshold", "span_s", "band_hz", "peak_sd", "kind", "agreeing", "weights"} <= set(record)
+    assert 0 <= record["span_s"][0] < record["span_s"][1] <= 2.1 and 0 <= record["band_hz"][0] < record["band_hz"][1]
+    assert "no normal training clips given (--data)" in result.stderr  # heights against the clip statistics
+
+
+def test_spans_bands_and_kinds_follow_their_definitions():
+    curve = np.r_[np.zeros(20), np.linspace(1, 10, 5), np.linspace(10, 1, 5), np.zeros(20)]
+    first, last = find_span(curve)
+    assert curve[first:last + 1].min() >= 0.3 * 10 and first >= 20 and last <= 29
+    logmel = np.zeros((32, 40))
+    logmel[10:13, 15:25] += 12.0  # a tone in bins 10-12
+    lo, hi, change = find_band(logmel, 15, 24)
+    assert (lo, hi) == (10, 12) and change == pytest.approx(12.0)
+    assert kind_of(1.0, 3 / 128, (900, 1000), 12.0) == "tone"
+    assert kind_of(0.05, 0.6, (0, 8000), 15.0) == "burst"
+    assert kind_of(0.5, 0.5, (90, 4000), -9.0) == "dropout"
+
+
+def test_a_map_s_mean_over_time_is_the_clip_score():
+    class Windows(torch.nn.Module):  # a branch without its own map: scored on windows
+        def score(self, batch):
+            return batch.feats.mean(dim=(1, 2)) + 3.0
+
+    from asdcli.models.base import Batch
+
+    feats = torch.randn(2, 8, 100)
+    batch = Batch(feats=feats, group=torch.zeros(2, dtype=torch.long), domain=torch.zeros(2, dtype=torch.long),
+                  label=torch.zeros(2, dtype=torch.long))
+    score = torch.tensor([4.0, -2.0])
+    curve = time_map(Windows(), batch, {}, score)
+    assert curve.shape == (2, 100)
+    assert torch.allclose(curve.mean(dim=1), score, atol=1e-5)
