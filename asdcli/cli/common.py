@@ -178,6 +178,16 @@ def progress_bar(unit: str = "clips") -> Progress:
     )
 
 
+def with_identity(clips: list, machine: Optional[str], section: Optional[int]) -> list:
+    """The clips with the machine type and section ``--machine``/``--section`` give (where given)."""
+    from dataclasses import replace
+
+    if machine is None and section is None:
+        return clips
+    return [replace(c, machine=machine or c.machine, section=f"{section:02d}" if section is not None else c.section)
+            for c in clips]
+
+
 def report_failures(failures: list[tuple[Path, str]]) -> None:
     """List skipped clips at the end of a batch command."""
     if not failures:

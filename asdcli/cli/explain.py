@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from asdcli.cli.common import (CacheOption, DeviceOption, GpuOption, MachineOption, SectionOption, err, gpu_or_cpu,
-                               handle_errors, out, report_failures, run_option, show_notice, write_out)
+                               handle_errors, out, report_failures, run_option, show_notice, with_identity, write_out)
 
 
 @handle_errors
@@ -39,9 +38,7 @@ def explain(
     from asdcli.services.scoring.score import Detector
 
     found = [c for path in clips for c in discover(path)]
-    if machine is not None or section is not None:
-        found = [replace(c, machine=machine or c.machine, section=f"{section:02d}" if section is not None else c.section)
-                 for c in found]
+    found = with_identity(found, machine, section)
     detector = Detector.load(run, gpu_or_cpu(gpu, device), cache_dir or default_cache_dir())
     reference = [c for c in discover(data) if c.split == "train"] if data is not None else None
     explained = detector.explain(found, reference)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from asdcli.cli.common import show_notice, gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures, run_option, write_out, MachineOption, SectionOption
+from asdcli.cli.common import with_identity, show_notice, gpu_or_cpu, DeviceOption, GpuOption, CacheOption, err, handle_errors, out, progress_bar, report_failures, run_option, write_out, MachineOption, SectionOption
 
 if TYPE_CHECKING:
     from asdcli.services.scoring.score import ScoreResult
@@ -77,9 +76,7 @@ def score(
     from asdcli.services.scoring.score import METHODS, score_clips
 
     clips = [c for path in data for c in _clips(path)]
-    if machine is not None or section is not None:
-        clips = [replace(c, machine=machine or c.machine, section=f"{section:02d}" if section is not None else c.section)
-                 for c in clips]
+    clips = with_identity(clips, machine, section)
     torch_device = gpu_or_cpu(gpu, device)
     opened = open_run(run)  # once for the whole command
     with progress_bar() as bar:
