@@ -104,9 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     name = next((a for a in args if not a.startswith("-")), None)
     if name in COMMANDS:
-        from asdcli.memory import keep_freed_memory
+        if name in ("score", "explain"):  # measured there (bench_score.py); training's memory was not
+            from asdcli.memory import keep_freed_memory
 
-        keep_freed_memory()
+            keep_freed_memory()
         load_branch_plugins()
         build_app([name])(args=args, prog_name="asd")
     elif "--version" in args:
