@@ -101,9 +101,11 @@ def _cached_copy(data: Path, count: int, tmp: Path) -> Path:
     return folder
 
 
-def _timed(command: list[str], env: dict) -> float:
+def _timed(command: list[str], env: dict, cwd: Path) -> float:
+    """Seconds ``command`` takes. ``cwd``: a folder without asdcli in it, so that PYTHONPATH decides
+    which build runs (``python -m`` puts the working folder first on the path)."""
     start = time.perf_counter()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(command, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - start
 
 
@@ -131,13 +133,13 @@ def cached(args, tmp: Path) -> None:
     if args.reference:
         builds["reference"] = args.reference.resolve()
     env = {**os.environ, "ASD_CACHE_DIR": str(cache)}
-    command = [sys.executable, "-m", "asdcli", "score", str(folder), "--run", str(args.run)]
+    command = [sys.executable, "-m", "asdcli", "score", str(folder), "--run", str(args.run.resolve())]
     times: dict[str, list[float]] = {name: [] for name in builds}
     for name, root in builds.items():  # fill the cache (the same entries for both builds)
-        _timed(command, {**env, "PYTHONPATH": str(root)})
+        _timed(command, {**env, "PYTHONPATH": str(root)}, tmp)
     for _ in range(args.repeats):
         for name, root in builds.items():
-            times[name].append(_timed(command, {**env, "PYTHONPATH": str(root)}))
+            times[name].append(_timed(command, {**env, "PYTHONPATH": str(root)}, tmp))
     print(f"\n`asd score` of {count} cached clips with {args.run} (fresh process each call, wall clock, "
           f"{os.cpu_count()} CPUs)\n")
     print("| build | calls | seconds (each call) | clips/s (median) |")
@@ -147,8 +149,9 @@ def cached(args, tmp: Path) -> None:
               f"{count / statistics.median(values):.1f} |")
     if args.peer:
         start = time.perf_counter()
-        out = subprocess.run([sys.executable, __file__, "--peer-child", str(args.data), str(folder)], check=True,
-                             capture_output=True, text=True, env={**env, "PYTHONPATH": str(builds["this build"])})
+        out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--peer-child", str(args.data.resolve()),
+                              str(folder)], check=True, capture_output=True, text=True, cwd=tmp,
+                             env={**env, "PYTHONPATH": str(builds["this build"])})
         wall = time.perf_counter() - start
         clips, _, scoring = out.stdout.split()[-3:]
         print(f"| audio-anomaly (peer, fresh process; reference: the sections' training clips) | 1 | {wall:.2f} "
