@@ -57,6 +57,6 @@ def explain(
         err.print(f"wrote {len(explanations)} PNG(s) to {out_dir}")
     windowed = sorted({n for ex in explanations for n in ex.windowed})
     if windowed:
-        show_notice(f"maps of {', '.join(windowed)} are their scores of 2 s windows (an approximation; the other "
-                    "branches map their own per-frame errors)")
+        show_notice(f"maps of {', '.join(windowed)} are their scores of windows of the clip (2 s, a quarter of "
+                    "shorter clips; an approximation; the other branches map their own per-frame errors)")
     report_failures(explained.skipped)

@@ -3,8 +3,10 @@
 - b2 and b4 (reconstruction branches, anything with ``error``): their own per-frame error, the
   squared reconstruction error of each frame averaged over the mel bands.
 - Every other branch (b1, b3, b5, a registered one): its score of overlapping windows of the clip
-  (``WINDOW`` frames, every ``HOP``), each frame the mean of the windows that hold it. An
-  approximation: the branch was trained and its statistics fitted on whole clips.
+  (``WINDOW`` frames, every ``HOP``; a quarter of a clip shorter than 4 windows, the hop scaled
+  alike: chosen on seed 0 of bench/bench_explain.py against half a clip and whole-clip windows),
+  each frame the mean of the windows that hold it. An approximation: the branch was trained and
+  its statistics fitted on whole clips.
 
 Either curve is then scaled so that its mean over the frames is the branch's raw clip score (a
 ratio where both are positive, else a shift): standardised with the section's training
@@ -42,8 +44,9 @@ def frame_errors(branch: Branch, batch: Batch) -> Tensor:
 def _windows(branch: Branch, batch: Batch, upstream: dict[str, Branch]) -> Tensor:
     """(B, T) window scores spread over the frames (module docstring)."""
     frames = batch.feats.shape[-1]
-    width = min(WINDOW, frames)
-    starts = list(range(0, frames - width + 1, HOP))
+    width = min(WINDOW, max(8, frames // 4), frames)  # a quarter of a short clip: a whole-clip window places nothing
+    hop = max(1, width * HOP // WINDOW)
+    starts = list(range(0, frames - width + 1, hop))
     if starts[-1] != frames - width:
         starts.append(frames - width)
     total = torch.zeros(len(batch), frames)
