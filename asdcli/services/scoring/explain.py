@@ -18,6 +18,7 @@ import torch
 import torchaudio
 
 from asdcli.data.layout import Clip
+from asdcli.errors import DataError
 from asdcli.services.inputs.dataset import ClipSet
 from asdcli.services.inputs.embeddings import with_embeddings
 from asdcli.services.inputs.features import make_extractor
@@ -157,6 +158,9 @@ def _maps(detector, clips: list[Clip]) -> tuple:
     config = stored_config(read_branch_record(run, detector.names[0]), run.record(detector.names[0]))
     clipset = ClipSet(result.clips, config, make_extractor(config, detector.cache_dir), run.vocab,
                       with_wave=bool(loaded.wave_users()), keep_features=True, require_any=False)
+    if [c.path for c in clipset.clips] != [c.path for c in result.clips]:  # a file changed since it was scored
+        raise DataError("a clip could not be read again after scoring (changed or removed meanwhile): "
+                        + "; ".join(m for _, m in clipset.report.failures[:3]))
     maps = {}
     for i, clip in enumerate(result.clips):
         batch = clipset.batch([i]).to(detector.device)
