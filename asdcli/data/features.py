@@ -25,6 +25,19 @@ LOG_EPS = sys.float_info.epsilon
 FEATURE_VERSION = 1
 
 
+def mel_filterbank(audio: AudioConfig, features: FeatureConfig) -> Tensor:
+    """(n_fft // 2 + 1, n_mels) the Slaney-scale, area-normalised mel filters of these settings."""
+    return torchaudio.functional.melscale_fbanks(
+        n_freqs=features.n_fft // 2 + 1,
+        f_min=features.f_min,
+        f_max=features.f_max if features.f_max is not None else audio.sample_rate / 2,
+        n_mels=features.n_mels,
+        sample_rate=audio.sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+
+
 class LogMel(nn.Module):
     """Waveform ``(..., samples)`` -> log-mel ``(..., n_mels, frames)`` in dB (power 2: 10 log10).
 
@@ -40,15 +53,7 @@ class LogMel(nn.Module):
         self.n_fft, self.hop, self.power = features.n_fft, features.hop_length, features.power
         self.scale = 20.0 / features.power
         self.register_buffer("window", torch.hann_window(features.n_fft), persistent=False)
-        fbank = torchaudio.functional.melscale_fbanks(
-            n_freqs=features.n_fft // 2 + 1,
-            f_min=features.f_min,
-            f_max=features.f_max if features.f_max is not None else audio.sample_rate / 2,
-            n_mels=features.n_mels,
-            sample_rate=audio.sample_rate,
-            norm="slaney",
-            mel_scale="slaney",
-        )  # (freqs, n_mels)
+        fbank = mel_filterbank(audio, features)  # (freqs, n_mels)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
             # Each frequency bin feeds at most two mel bands: the sparse product is ~3x faster.

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torchaudio
 
+from asdcli.data.features import mel_filterbank
 from asdcli.data.layout import Clip
 from asdcli.errors import DataError
 from asdcli.services.inputs.dataset import ClipSet
@@ -84,8 +84,7 @@ class Explanation:
 def mel_edges(config) -> np.ndarray:
     """(n_mels + 2,) the Slaney mel band edges in Hz of the run's features."""
     top = config.features.f_max if config.features.f_max is not None else config.audio.sample_rate / 2
-    fbank = torchaudio.functional.melscale_fbanks(config.features.n_fft // 2 + 1, config.features.f_min, top,
-                                                  config.features.n_mels, config.audio.sample_rate, "slaney", "slaney")
+    fbank = mel_filterbank(config.audio, config.features)  # the filters the log-mel features are made with
     freqs = np.linspace(0, config.audio.sample_rate / 2, fbank.shape[0])
     support = [np.flatnonzero(fbank[:, m].numpy() > 0) for m in range(fbank.shape[1])]
     lows = [freqs[s[0]] if s.size else config.features.f_min for s in support]

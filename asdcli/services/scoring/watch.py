@@ -99,21 +99,6 @@ def batch_sizes(count: int, largest: int) -> list[int]:
     return sizes
 
 
-class Memory:
-    """Keeps a process that scores for weeks at the memory it needs: freed memory goes back to the
-    system after each batch (glibc's ``malloc_trim``), and all threads allocate from one arena
-    (``M_ARENA_MAX``), so that batches of different sizes do not fragment several of them.
-    Measured with bench/bench_watch.py: peak memory then stays flat over 10,000 clips (it grew 7.7 %
-    without), at the same speed. Elsewhere than glibc it does nothing."""
-
-    def __init__(self):
-        memory.one_arena()
-        memory.keep_freed_memory()  # within a batch; release() returns it after
-
-    def release(self) -> None:
-        memory.release()
-
-
 @dataclass
 class WatchSummary:
     """What one ``asd watch`` did: clips scored (of which caught up on at the start), files
@@ -238,7 +223,10 @@ class Watch:
     def run(self, stop: threading.Event) -> WatchSummary:
         """Watch until ``stop`` is set; the clips in hand are finished first."""
         arrivals = Arrivals(self.folder, self.state, self.options)
-        memory = Memory()
+        # for weeks at the memory it needs (bench/bench_watch.py: flat over 10,000 clips): one malloc
+        # arena for every thread, freed buffers kept on the heap within a batch and returned after it
+        memory.one_arena()
+        memory.keep_freed_memory()
         self._catch_up()
         try:
             while not stop.is_set():
