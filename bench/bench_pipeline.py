@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import asdcli
 from asdcli.config import load_config
-from asdcli.models.registry import canonical_name, training_order
 from common import bench_data
 from asdcli.metrics import auc, pauc
 from asdcli.services.evaluation.evaluate import clip_rows, evaluate_rows
@@ -40,7 +40,6 @@ from asdcli.services.scoring.stages import fused_features, load_fusion, load_met
 from asdcli.services.training.meta import meta_train
 from asdcli.services.store.runs import open_run
 from asdcli.services.scoring.score import score_clips
-from asdcli.services.training.train import train_branch
 
 
 
@@ -118,10 +117,9 @@ def main() -> None:
         run, cache = args.run or Path(tmp) / "run", args.cache or Path(tmp) / "cache"
         start = time.perf_counter()
         done = set(trained_branches(run)) if (run / "run.json").exists() else set()
-        for name in training_order(config):  # upstream branches first
-            if canonical_name(name) not in done:
-                train_branch(name, data, run, config, cache_dir=cache)
-                print(f"trained {name} ({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
+        asdcli.train(data, run, config, cache_dir=cache, heads=False, progress=asdcli.Progress(
+            done=lambda step, _, __: print(f"trained {step.label} ({time.perf_counter() - start:.0f} s)",
+                                           file=sys.stderr, flush=True)))
         stages = []
         for prior in reversed(args.priors):  # the first one last: the run keeps it for what follows
             chosen = config.with_settings({"fusion.prior": prior})

@@ -32,8 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import asdcli
 from asdcli.config import load_config
-from asdcli.models.registry import BRANCHES, canonical_name, training_order
+from asdcli.models.registry import BRANCHES, branch_config, training_order
 from asdcli.data.layout import discover
 from asdcli.errors import AsdError
 from asdcli.services.scoring.branch_scores import trained_branches
@@ -41,7 +42,6 @@ from asdcli.services.inputs.dataset import training_clips
 from asdcli.services.training.fuse import train_fusion
 from asdcli.services.training.meta import meta_train
 from asdcli.services.scoring.score import score_clips
-from asdcli.services.training.train import train_branch
 from asdcli.services.training.branch_prior import learn_prior, save_prior
 from asdcli.services.training.learn_prior import labelled_run
 from baseline_ae import ReferenceScores, reference_scores
@@ -55,16 +55,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _train_branches(data: Path, run: Path, config, cache: Path, unavailable: dict[str, str]) -> None:
-    done = set(trained_branches(run)) if (run / "run.json").exists() else set()
-    for name in training_order(config):  # upstream branches first
-        full = canonical_name(name)
-        if full in done or full in unavailable:
-            continue
-        try:
-            train_branch(name, data, run, config, cache_dir=cache)
-        except AsdError as error:  # b1 offline: the AST cannot be downloaded
-            unavailable[full] = str(error)
-            print(f"  {name} left out: {error}", file=sys.stderr, flush=True)
+    """Every branch not finished in ``run``, through the library pipeline (the heads are fitted per
+    prior by the caller); a branch that cannot be built (b1 offline) is left out, saying so."""
+    for name in training_order(config):
+        if name not in unavailable:
+            try:
+                BRANCHES[name].check(branch_config(config, name))
+            except AsdError as error:  # b1 offline: the AST cannot be downloaded
+                unavailable[name] = str(error)
+                print(f"  {name} left out: {error}", file=sys.stderr, flush=True)
+    asdcli.train(data, run, config, skip=list(unavailable), cache_dir=cache, heads=False)
 
 
 @dataclass(frozen=True)

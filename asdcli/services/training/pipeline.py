@@ -81,15 +81,17 @@ def _head_steps(run: Run | None, branches: list[Step]) -> list[Step]:
     return steps + [Step(META, "keep", "finished") if current else Step(META, "train", "the fusion changed after it")]
 
 
-def plan(run_dir: Path, config: AsdConfig, skip: list[str] | None = None) -> list[Step]:
+def plan(run_dir: Path, config: AsdConfig, skip: list[str] | None = None, heads: bool = True) -> list[Step]:
     """What ``asd train`` will do with the run folder ``run_dir`` (see the module docstring). The
     meta-learner needs learn2learn (an optional install): without it, it is skipped, saying so,
-    and the run scores with the fusion head."""
+    and the run scores with the fusion head. ``heads=False`` trains the branches only."""
     skipped = {canonical_name(s) for s in skip or []}
     run = open_run(run_dir) if is_run(run_dir) else None
     branches = [_branch_step(run, name, config, skipped) for name in training_order(config)]
     if all(s.action == "skip" for s in branches):
         raise ConfigError("every branch is skipped: nothing to train")
+    if not heads:
+        return branches + [Step(FUSION, "skip", "branches only"), Step(META, "skip", "branches only")]
     steps = branches + _head_steps(run, branches)
     if steps[-1].action == "train" and importlib.util.find_spec("learn2learn") is None:
         steps[-1] = Step(META, "skip", "learn2learn is not installed (scripts/install.sh installs it): the run scores "
@@ -144,16 +146,18 @@ class Trained:
 
 
 def train(data: Path, run_dir: Path, config: AsdConfig, skip: list[str] | None = None,
-          device: torch.device | str = "cpu", cache_dir: Path | None = None, progress: Progress | None = None) -> Trained:
+          device: torch.device | str = "cpu", cache_dir: Path | None = None, progress: Progress | None = None,
+          heads: bool = True) -> Trained:
     """Every stage of a run in order (the module docstring): plan, check every stage first, then
-    train the branches, the fusion head and the meta-learner that are not finished and current.
+    train the branches, the fusion head and the meta-learner that are not finished and current
+    (``heads=False``: the branches only, for a caller that fits its own heads).
     ``asd train`` is this with progress bars; the library's ``asdcli.train``."""
     from asdcli.services.training.fuse import train_fusion
     from asdcli.services.training.meta import meta_train
     from asdcli.services.training.train import train_branch
 
     progress = progress or Progress()
-    steps = plan(run_dir, config, skip)
+    steps = plan(run_dir, config, skip, heads)
     trained = Trained(steps, preflight(data, config, steps), untrained_machines(str(data)))
     if progress.planned:
         progress.planned(trained)
