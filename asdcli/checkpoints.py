@@ -22,9 +22,9 @@ from asdcli.atomic import atomic_path, write_text
 from asdcli.errors import CheckpointError, OutputError
 from asdcli.files import RECORD_LIMIT, TENSOR_LIMIT, check_regular, digest_regular, parse_json, read_regular
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 # older formats are read through asdcli.services.store.migrate (a new format needs its upgrade there)
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 # file names that records written into a run refer to (the other names: asdcli.services.store.runs.Run)
 EXAMPLES_FILE = "examples.safetensors"
 META_EXAMPLES_FILE = "meta_examples.safetensors"

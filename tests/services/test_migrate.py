@@ -1,5 +1,5 @@
-"""Run folders of format 1 (the release before this one) still open and score; a format-2 record
-that lacks a field is refused; a newer format is one error."""
+"""Run folders of formats 1 and 2 (the releases before this one) still open and score the same; a
+format-3 record that lacks a field is refused; a newer format is one error."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -37,21 +38,25 @@ def made(synth_root, tiny, tmp_path_factory):
     return root / "run", root / "cache", clips, score_clips(root / "run", clips, root / "cache")
 
 
-def _as_format_1(run, drop: dict[str, list[str]] | None = None) -> None:
-    """Rewrite every file of ``run`` with format version 1, as the release before this one wrote
-    them (the later stages' digests of the earlier ones made again, as that release made them);
-    ``drop``: JSON fields (``a.b`` for nested) to remove, as earlier format-1 releases lacked them."""
+def _as_format_1(run, drop: dict[str, list[str]] | None = None, version: int = 1) -> None:
+    """Rewrite every file of ``run`` with format ``version`` (1 or 2), as the releases before this
+    one wrote them: each branch and fusion record with the whole config, the later stages' digests
+    of the earlier ones made again, as those releases made them; ``drop``: JSON fields (``a.b``
+    for nested) to remove, as earlier format-1 releases lacked them."""
+    whole = yaml.safe_load((run / "config.yaml").read_text())
     for path in run.glob("*.safetensors"):
         with safe_open(str(path), framework="pt") as handle:
             tensors = {k: handle.get_tensor(k) for k in handle.keys()}
-            meta = {**(handle.metadata() or {}), "format_version": "1"}
+            meta = {**(handle.metadata() or {}), "format_version": str(version)}
         if drop:
             meta.pop("trained_kinds", None)
         save_file(tensors, str(path), metadata=meta)
     later = ["fusion.json", "meta.json"]  # in this order: each records the digests of those before
     for path in sorted(run.glob("*.json"), key=lambda p: later.index(p.name) if p.name in later else -1):
         data = json.loads(path.read_text())
-        data["format_version"] = 1
+        data["format_version"] = version
+        if "config" in data and path.name != "run.json":
+            data["config"] = whole
         for field in (drop or {}).get(path.name, []):
             *parents, leaf = field.split(".")
             node = data
@@ -66,24 +71,41 @@ def _as_format_1(run, drop: dict[str, list[str]] | None = None) -> None:
         path.write_text(json.dumps(data))
 
 
-def test_this_release_writes_format_2(made):
+def test_this_release_writes_format_3_with_one_config(made):
     run = made[0]
-    assert FORMAT_VERSION == 2
-    assert {json.loads(p.read_text())["format_version"] for p in run.glob("*.json")} == {2}
+    assert FORMAT_VERSION == 3
+    assert {json.loads(p.read_text())["format_version"] for p in run.glob("*.json")} == {3}
     for path in run.glob("*.safetensors"):
         with safe_open(str(path), framework="pt") as handle:
-            assert handle.metadata()["format_version"] == "2", path.name
+            assert handle.metadata()["format_version"] == "3", path.name
+    # the run's config.yaml is the config; a record keeps only what its stage's weights depend on
+    b2 = json.loads((run / "transformer-ae.json").read_text())["config"]
+    assert set(b2) == {"seed", "train", "branches"} and set(b2["branches"]) == {"transformer_ae"}
+    assert set(json.loads((run / "fusion.json").read_text())["config"]) == {"seed", "fusion"}
 
 
-def test_a_run_of_the_previous_release_scores_the_same(made, tmp_path):
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_run_of_an_older_format_scores_the_same(made, tmp_path, version):
     run, cache, clips, expected = made
     old = tmp_path / "old"
     shutil.copytree(run, old)
-    _as_format_1(old)
+    _as_format_1(old, version=version)
     result = score_clips(old, clips, cache)
     np.testing.assert_array_equal(result.score, expected.score)
     np.testing.assert_array_equal(result.fused, expected.fused)
-    assert json.loads((old / "run.json").read_text())["format_version"] == 1  # nothing written back
+    assert json.loads((old / "run.json").read_text())["format_version"] == version  # nothing written back
+
+
+def test_a_branch_is_built_from_its_own_settings_over_the_run_config(made, tmp_path):
+    """A branch trained with other settings than the run's config.yaml (train-branch --config)
+    is rebuilt with its own: a changed config.yaml section of it is not read."""
+    run = tmp_path / "edited"
+    shutil.copytree(made[0], run)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["branches"]["transformer_ae"]["d_model"] *= 2  # weights of that size would not load
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    result = score_clips(run, made[2], made[1])
+    np.testing.assert_array_equal(result.score, made[3].score)
 
 
 def test_a_format_1_run_without_later_fields_reads_as_it_behaved(made, tmp_path):
@@ -102,7 +124,7 @@ def test_a_format_1_run_without_later_fields_reads_as_it_behaved(made, tmp_path)
     assert result.score.shape == expected.score.shape and np.isfinite(result.score).all()
 
 
-def test_a_format_2_record_missing_a_field_is_one_error(made, tmp_path):
+def test_a_format_3_record_missing_a_field_is_one_error(made, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(made[0], broken)
     data = json.loads((broken / "fusion.json").read_text())
@@ -116,11 +138,11 @@ def test_a_newer_format_is_refused_with_the_versions_this_asd_reads(made, tmp_pa
     newer = tmp_path / "newer"
     shutil.copytree(made[0], newer)
     data = json.loads((newer / "run.json").read_text())
-    (newer / "run.json").write_text(json.dumps({**data, "format_version": 3}))
-    with pytest.raises(CheckpointError, match="has format version 3; this asd reads versions 1, 2"):
+    (newer / "run.json").write_text(json.dumps({**data, "format_version": 4}))
+    with pytest.raises(CheckpointError, match="has format version 4; this asd reads versions 1, 2, 3"):
         open_run(newer)
     (newer / "run.json").write_text(json.dumps({**data, "format_version": "2"}))
-    with pytest.raises(CheckpointError, match="has format version '2'; this asd reads versions 1, 2"):
+    with pytest.raises(CheckpointError, match="has format version '2'; this asd reads versions 1, 2, 3"):
         open_run(newer)
 
 

@@ -13,7 +13,7 @@ from asdcli.services.scoring.stages import fusion_changed, stale_branches
 from asdcli.services.scoring.reliability import heldout_gap
 from asdcli.services.store.records import FusionRecord, MetaLearnerRecord, read_record
 from asdcli.services.store.commits import reading
-from asdcli.services.store.runs import Run, open_run, read_branch_record, run_config, stored_config
+from asdcli.services.store.runs import Run, open_run, read_branch_record, run_config, trained_config
 
 
 @dataclass
@@ -74,7 +74,7 @@ def _branch_stage(run: Run, name: str) -> Stage:
                                           f"finish it: asd train DATA --run {run.path}")
     try:
         meta = read_branch_record(run, name)
-        config = stored_config(meta, run.record(name))
+        config = trained_config(run, name, meta)
     except CheckpointError as error:
         return Stage(label, "damaged", str(error))
     lr = branch_training(config, name, "lr")

@@ -17,7 +17,7 @@ from asdcli.services.inputs.dataset import ClipSet
 from asdcli.services.scoring.branch_setup import BranchSet
 from asdcli.services.inputs.embeddings import EmbeddingCaches
 from asdcli.services.inputs.features import make_extractor
-from asdcli.services.store.runs import Run, open_run, read_branch_record, stored_config
+from asdcli.services.store.runs import Run, open_run, run_config
 from asdcli.services.store.records import BranchRecord, read_record
 
 
@@ -44,7 +44,7 @@ def score_branches(run_dir: Path | Run, names: list[str], clips: list[Clip], cac
     clips in all)."""
     run = open_run(run_dir)
     names = [canonical_name(n) for n in names]
-    config = stored_config(read_branch_record(run, names[0]), run.record(names[0]))
+    config = run_config(run)
     loaded = loaded or BranchSet.load(run, names, device)
     branches, wave_users = loaded.branches, loaded.wave_users()
     extractor = make_extractor(config, cache_dir)

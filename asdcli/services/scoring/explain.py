@@ -24,7 +24,6 @@ from asdcli.services.inputs.embeddings import with_embeddings
 from asdcli.services.inputs.features import make_extractor
 from asdcli.services.scoring.branch_scores import normalize
 from asdcli.services.scoring.maps import native, time_map
-from asdcli.services.store.runs import read_branch_record, stored_config
 
 AGREE_SD = 1.0  # a branch agrees where its map averages this far above its normal clips in the span
 KINDS = {
@@ -154,7 +153,7 @@ def _maps(detector, clips: list[Clip]) -> tuple:
     """(score result, clip set, {clip index: {branch: (T,) map standardised as its clip score}})."""
     result = detector.score(clips)
     loaded, run = detector.loaded, detector.run
-    config = stored_config(read_branch_record(run, detector.names[0]), run.record(detector.names[0]))
+    config = detector.config
     clipset = ClipSet(result.clips, config, make_extractor(config, detector.cache_dir), run.vocab,
                       with_wave=bool(loaded.wave_users()), keep_features=True, require_any=False)
     if [c.path for c in clipset.clips] != [c.path for c in result.clips]:  # a file changed since it was scored

@@ -12,6 +12,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from asdcli.config import AsdConfig
 from asdcli.data.audio import prepare_wave, select_channel
 from asdcli.data.features import LogMel
 from asdcli.data.layout import Clip, parse_clip
@@ -29,7 +30,7 @@ from asdcli.services.scoring.branch_setup import BranchSet
 from asdcli.services.store.records import BranchRecord
 from asdcli.services.store.commits import reading
 from asdcli.services.inputs.embeddings import with_embeddings
-from asdcli.services.store.runs import Run, open_run, read_branch_record, run_config, stored_config
+from asdcli.services.store.runs import Run, open_run, read_branch_record, run_config
 
 METHODS = {
     "meta": "meta-learner adapted per section over the attention-fused scores",
@@ -243,9 +244,9 @@ class Detector:
     of its training clips. ``Detector.load(run)``, then :meth:`score` (files) or
     :meth:`score_waveform` (audio already in memory) as often as needed."""
 
-    def __init__(self, run: Run, pipe: _Pipeline, names: list[str], metas: dict[str, BranchRecord], loaded, normals: Normals,
-                 device: torch.device | str, cache_dir: Path | None):
-        self.run, self.pipe, self.names, self.metas, self.loaded = run, pipe, names, metas, loaded
+    def __init__(self, run: Run, config: AsdConfig, pipe: _Pipeline, names: list[str], metas: dict[str, BranchRecord],
+                 loaded, normals: Normals, device: torch.device | str, cache_dir: Path | None):
+        self.run, self.config, self.pipe, self.names, self.metas, self.loaded = run, config, pipe, names, metas, loaded
         self.normals, self.device, self.cache_dir = normals, device, cache_dir
         self.shift = normals.shift
         if pipe.support is not None:
@@ -264,11 +265,11 @@ class Detector:
             metas = {n: read_branch_record(run, n) for n in names}
             loaded = BranchSet.load(run, names, device)
             normals = normal_examples(run, names)
-            config = run_config(run) if support else None
+            config = run_config(run)
         if support:
             pipe.support = section_support(run, support, names, metas, config, cache_dir, device, loaded)
             metas = pipe.support.metas
-        return cls(run, pipe, names, metas, loaded, normals, device, cache_dir)
+        return cls(run, config, pipe, names, metas, loaded, normals, device, cache_dir)
 
     @property
     def method(self) -> str:
@@ -332,7 +333,7 @@ class Detector:
         ``sample_rate`` (float in about [-1, 1], or integer PCM, scaled as a WAV reader would), of
         ``machine`` section ``section`` (``domain`` "source" or "target" where known). It is
         prepared as a file would be (channel, resampling, length)."""
-        config = stored_config(self.metas[self.names[0]], self.run.record(self.names[0]))
+        config = self.config
         what = f"waveform of {machine} section {section}"
         if domain not in (None, "source", "target"):
             raise DataError(f"{what}: domain {domain!r} is not 'source', 'target' or None")

@@ -1,11 +1,14 @@
 """Run folders written by an older asd, read as this one: every fallback for an older run format
 lives here, applied where a record or a checkpoint of a run is read.
 
-Format 2 (this release) writes every field of every record; its schemas (:mod:`records`) require
-them, so a version-2 file that lacks one is damaged or foreign. Format 1 files (every asd before
-format 2) were written by builds that added fields over time: :func:`upgrade_record` fills in what
-each field meant before it existed, and :func:`upgrade_state` renames the tensors of a format-1
-checkpoint. Nothing is written back: a run folder handed over read-only still scores, and an older
+Format 3 (this release) writes every field of every record; its schemas (:mod:`records`) require
+them, so a file that lacks one is damaged or foreign. A branch record of format 3 keeps of the
+config only the seed, the training settings and its own section (the rest is the run's
+``config.yaml``), the fusion record its seed and fusion settings; format 2 kept the whole config
+in each, of which only those parts are read, so a format-2 record reads as it is. Format 1 files
+(every asd before format 2) were written by builds that added fields over time:
+:func:`upgrade_record` fills in what each field meant before it existed, and :func:`upgrade_state`
+renames the tensors of a format-1 checkpoint. Nothing is written back: a run folder handed over read-only still scores, and an older
 asd can still read a run this release only scored.
 """
 

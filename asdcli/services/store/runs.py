@@ -15,7 +15,7 @@ from asdcli.config import AsdConfig, AudioConfig, dump_config, load_config, vali
 from asdcli.data.features import num_frames
 from asdcli.errors import CheckpointError, ConfigError
 from asdcli.models.base import Branch, BranchContext
-from asdcli.models.registry import build_branch, canonical_name
+from asdcli.models.registry import BRANCHES, branch_config, build_branch, canonical_name
 from asdcli.services.inputs.dataset import Vocabulary
 from asdcli.services.store.commits import JOURNAL_PREFIX, pending_files
 from asdcli.services.store.migrate import config_of_v1_run, upgrade_state
@@ -48,7 +48,8 @@ class Run:
     <run>/run.json                 format version, machine sections (groups) and classes of the run
     <run>/config.yaml              the fully resolved config of the first command that made the run
     <run>/<branch>.safetensors     weights and buffers (memory banks, statistics) of a finished branch
-    <run>/<branch>.json            its metadata: epochs, seed, config, versions, score statistics, held-out check
+    <run>/<branch>.json            its metadata: epochs, seed, its training settings and config section,
+                                   versions, score statistics, held-out check
     <run>/<branch>.train_scores.json   its score of every training clip (the fusion's normal examples)
     <run>/<branch>.train.safetensors   an unfinished training (weights, optimizer state, progress in
                                    one file), for --resume; removed when the training completes
@@ -224,22 +225,33 @@ def read_branch_record(run: Run, name: str) -> BranchRecord:
     return meta
 
 
-# Settings of the stages after the branches: a branch checkpoint does not depend on them, so a
-# checkpoint written before they changed still loads (they come back at their defaults).
-LATER_STAGES = ("fusion", "meta", "debug")
+def branch_settings(config: AsdConfig, name: str) -> dict:
+    """All a branch record keeps of the config it was trained with: what its weights depend on
+    beyond the run's audio and feature settings (``run.json``): the seed, the training settings and
+    the branch's own section. The rest is the run's (:func:`run_config`)."""
+    field = BRANCHES[canonical_name(name)].config_field
+    return {"seed": config.seed, "train": config.train.model_dump(mode="json"),
+            "branches": {field: branch_config(config, name).model_dump(mode="json")}}
 
 
-def stored_config(meta: BranchRecord, path: Path) -> AsdConfig:
-    """The resolved config stored in a branch's metadata, without the later stages' settings."""
-    data = {k: v for k, v in meta.config.items() if k not in LATER_STAGES}
-    return validate_config(data, source=str(path))
+def trained_config(run: Run, name: str, meta: BranchRecord | None = None) -> AsdConfig:
+    """The config branch ``name`` was trained with: the run's (:func:`run_config`) with the seed,
+    training settings and branch section its record keeps (``meta``, read when not given)."""
+    name = canonical_name(name)
+    meta = meta or read_branch_record(run, name)
+    data = run_config(run).model_dump(mode="json")
+    data.update({k: meta.config[k] for k in ("seed", "train") if k in meta.config})
+    field = BRANCHES[name].config_field
+    if field in meta.config.get("branches", {}):
+        data["branches"][field] = meta.config["branches"][field]
+    return validate_config(data, source=str(run.record(name)))
 
 
 def load_branch(run: Run, name: str, device: torch.device | str = "cpu") -> Branch:
     """A complete trained branch in eval mode, rebuilt from its own resolved config."""
     name = canonical_name(name)
     meta = read_branch_record(run, name)
-    config = stored_config(meta, run.record(name))
+    config = trained_config(run, name, meta)
     branch = build_branch(name, config, branch_context(run, config, meta.embed_dims), meta.extra or None)
     load_weights(branch, run.weights(name), lambda state, version: upgrade_state(name, state, version))
     return branch.to(device).eval()

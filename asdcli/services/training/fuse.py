@@ -217,7 +217,7 @@ def _train_fusion(run: Run, data: Path, names: list[str], left_out: dict[str, st
         save_weights(model, place(weights_path), {"part": "fusion"})
         write_record(place(meta_path), FusionRecord,
                      status="complete", branches=names, left_out=left_out, branch_digests=branch_digests(run, names),
-                     hidden=config.fusion.hidden, config=config.model_dump(mode="json"), loss=loss,
+                     hidden=config.fusion.hidden, config={"seed": config.seed, "fusion": config.fusion.model_dump(mode="json")}, loss=loss,
                      examples=examples.counts(), mean_weights=mean_weights, pseudo_auc=pseudo_auc,
                      fair_pseudo_auc=dict(zip(names, start.fair_auc)), trained_kinds=examples.trained_kinds,
                      prior_temperature=start.temperature, versions=versions(), prior=prior_record(start, names))

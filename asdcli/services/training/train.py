@@ -41,7 +41,7 @@ from asdcli.services.store.migrate import leftovers
 from asdcli.services.scoring.reliability import heldout_check
 from asdcli.services.store.commits import commit_stage, writing
 from asdcli.services.store.records import BranchRecord, TrainScores, write_record
-from asdcli.services.store.runs import (CONFIG_FILE, RUN_FILE, Run, is_run,
+from asdcli.services.store.runs import (CONFIG_FILE, RUN_FILE, Run, branch_settings, is_run,
                                   open_or_create_run, open_run)
 
 LOG_COLUMNS = ["epoch", "loss", "lr", "clips", "seconds", "clips_per_s"]
@@ -152,7 +152,7 @@ def _metadata(s: _Setup, config: AsdConfig, status: str, epochs_done: int, score
     return {
         "branch": s.name, "id": s.branch.bid, "status": status,
         "epochs_done": epochs_done, "epochs": s.epochs, "seed": config.seed, "clips": len(s.clipset),
-        "trained_clips": len(s.trained), "groups": s.run.vocab.groups, "config": config.model_dump(mode="json"),
+        "trained_clips": len(s.trained), "groups": s.run.vocab.groups, "config": branch_settings(config, s.name),
         "embed_dims": s.embed_dims, "upstream": list(s.upstream), "extra": s.branch.extra_meta(),
         "versions": versions(), "score_stats": score_stats, "heldout": heldout, "limitation": s.branch.limitation(),
     }
