@@ -212,7 +212,7 @@ def _reference(out: Path, clips, expected: tuple[np.ndarray, np.ndarray], reuse:
                            float("nan"))
 
 
-def main() -> None:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", type=Path, default=SHARED, help="the shared data folder (default: %(default)s)")
     parser.add_argument("--sets", nargs="*", help="which real sets (default: every one present)")
@@ -234,7 +234,37 @@ def main() -> None:
                         "instead of refitting their fusion heads (the priors and rules are chosen again)")
     parser.add_argument("--write-prior", type=Path, help="also learn a prior from every set's runs and write it here "
                         "(how asdcli/priors/real_dev.json is made)")
-    args = parser.parse_args()
+    return parser.parse_args()
+
+
+def fit_variant(args, names: list[str], variant: Variant, mine: list[RunRecord]) -> tuple[list[dict], list]:
+    """The priors and rules chosen without each set (``--prior loso``), then every run's fusion
+    head and meta-learner fitted with them and scored: (per-run results, held-out choices)."""
+    held, rules_cache = [], {}
+    if args.prior == "loso":
+        config = load_config(args.config)
+        for name in names:
+            print(f"{variant.name}: leaving {name} out: prior and rules ...", file=sys.stderr, flush=True)
+            held.append(hold_out(mine, name, config, rules_cache))
+            save_prior(held[-1].prior, args.work / "priors" / f"{name}{variant.suffix}.json")
+    if args.write_prior and variant.suffix == "":
+        fused = fused_records(mine, DEFAULT_RULES, load_config(args.config), rules_cache)
+        save_prior(learn_prior(fused, "bench/bench_real.py: labelled test clips of the real sets "
+                               + ", ".join(names) + f" ({variant.name}), every fold and seed"), args.write_prior)
+    records = []
+    for r in mine:
+        print(f"{r.set} fold {r.fold} seed {r.seed} ({variant.name}): fusion, meta-learner, scores ...",
+              file=sys.stderr, flush=True)
+        prior = str(args.work / "priors" / f"{r.set}{variant.suffix}.json") if args.prior == "loso" else args.prior
+        rules = next((h.rules for h in held if h.name == r.set), DEFAULT_RULES)
+        saved = r.run.parent / f"result{variant.suffix}.json"
+        records.append(json.loads(saved.read_text()) if args.report_only and saved.exists()
+                       else run_one(r, args, prior, rules))
+    return records, held
+
+
+def main() -> None:
+    args = _arguments()
     torch.set_num_threads(2)
     available = real_sets(args.data_root)
     if not available:
@@ -255,30 +285,8 @@ def main() -> None:
                     for seed in args.seeds:
                         print(f"{name} fold {fold} seed {seed} ({variant.name}): branches ...", file=sys.stderr, flush=True)
                         prepared.append(prepare(available[name], fold, seed, args, unavailable, variant))
-        results = {}
-        for variant in variants(args):
-            mine = [r for r in prepared if r.variant == variant.name]
-            held, rules_cache = [], {}
-            if args.prior == "loso":
-                config = load_config(args.config)
-                for name in names:
-                    print(f"{variant.name}: leaving {name} out: prior and rules ...", file=sys.stderr, flush=True)
-                    held.append(hold_out(mine, name, config, rules_cache))
-                    save_prior(held[-1].prior, args.work / "priors" / f"{name}{variant.suffix}.json")
-            if args.write_prior and variant.suffix == "":
-                fused = fused_records(mine, DEFAULT_RULES, load_config(args.config), rules_cache)
-                save_prior(learn_prior(fused, "bench/bench_real.py: labelled test clips of the real sets "
-                                       + ", ".join(names) + f" ({variant.name}), every fold and seed"), args.write_prior)
-            records = []
-            for r in mine:
-                print(f"{r.set} fold {r.fold} seed {r.seed} ({variant.name}): fusion, meta-learner, scores ...",
-                      file=sys.stderr, flush=True)
-                prior = str(args.work / "priors" / f"{r.set}{variant.suffix}.json") if args.prior == "loso" else args.prior
-                rules = next((h.rules for h in held if h.name == r.set), DEFAULT_RULES)
-                saved = r.run.parent / f"result{variant.suffix}.json"
-                records.append(json.loads(saved.read_text()) if args.report_only and saved.exists()
-                               else run_one(r, args, prior, rules))
-            results[variant.name] = (records, held)
+        results = {v.name: fit_variant(args, names, v, [r for r in prepared if r.variant == v.name])
+                   for v in variants(args)}
     report(args, available, names, unavailable, results)
 
 
