@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import scipy.stats
@@ -69,7 +71,6 @@ def test_fpr_threshold():
 def test_the_gamma_fit_without_scipy_stats_gives_scipys_numbers():
     """gamma_threshold runs scipy.stats.gamma.fit's optimisation itself (scoring need not import
     scipy.stats): the thresholds must be scipy's to the last bit, with points outside the support too."""
-    import warnings
 
     from asdcli.metrics import _gamma_fit_ppf, _skew
 
@@ -90,12 +91,31 @@ def test_the_gamma_fit_without_scipy_stats_gives_scipys_numbers():
             assert got == expected or (np.isnan(got) and np.isnan(expected))
 
 
+def _rosenbrock(x):
+    return float(np.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2))
+
+
+@pytest.mark.parametrize("objective, start", [(_rosenbrock, (2.0, -1.0, 0.5)), (_rosenbrock, (-3.0, 4.0, 0.0)),
+                                              (_rosenbrock, (30.0, -20.0, 10.0)),
+                                              (lambda x: -float(np.sum(x)), (1.0, 0.0, 2.0))])
+def test_the_nelder_mead_is_scipys_fmin_to_the_last_bit(objective, start):
+    """From near and far, with a zero in the start, and on a slope without a minimum (it runs out
+    of its 600 calls)."""
+    from scipy.optimize import fmin
+
+    from asdcli.metrics import _nelder_mead
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        np.testing.assert_array_equal(_nelder_mead(objective, start), fmin(objective, start, disp=0))
+
+
 def test_scoring_imports_neither_scikit_learn_nor_scipy_stats():
     """Together 0.8 s of every `asd score`: the scoring modules leave them to the commands that need them."""
     import subprocess
     import sys
 
     code = ("import sys, asdcli.services.scoring.score, asdcli.services.scoring.watch, asdcli.cli.score; "
-            "print(sorted(m for m in ('sklearn', 'scipy.stats') if m in sys.modules))")
+            "print(sorted(m for m in ('sklearn', 'scipy.stats', 'scipy.optimize') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
