@@ -37,11 +37,13 @@ def alert_after(text: str) -> tuple[int, int]:
 
 def _shown(verbose: bool):
     """What the watcher shows on stderr: anomalous clips (every clip with --verbose), alerts, notices."""
+    from asdcli.services.scoring.watch import where_text
 
     def shown(line) -> None:
         if line.kind == "clip":
             if line.decision or verbose:
-                err.print(f"{line.time} {line.file}: {line.score:.3f}" + (" ANOMALOUS" if line.decision else ""))
+                err.print(f"{line.time} {line.file}: {line.score:.3f}"
+                          + (f" ANOMALOUS{where_text(line)}" if line.decision else ""))
         elif line.kind == "alert":
             say("alert: ", "bold red", line.message)
         else:
@@ -58,7 +60,8 @@ def watch(
                                        "with --json); a restart continues it."),
     as_json: bool = typer.Option(False, "--json", help="Log JSON lines instead of CSV."),
     on_alert: Optional[str] = typer.Option(None, "--on-alert", help="Shell command run for an alert, with ASD_FILE, "
-                                           "ASD_MACHINE, ASD_SECTION, ASD_SCORE, ASD_DECISION, ASD_TIME set."),
+                                           "ASD_MACHINE, ASD_SECTION, ASD_SCORE, ASD_DECISION, ASD_TIME and (with "
+                                           "--where) ASD_SPAN_S, ASD_BAND_HZ, ASD_WHAT set."),
     after: str = typer.Option("1/1", "--alert-after", help="Alert when K of the last N clips of a section are "
                               "anomalous (K/N)."),
     since: Optional[str] = typer.Option(None, "--since", help="At start, catch up only on files newer than this "
@@ -72,6 +75,11 @@ def watch(
     poll: bool = typer.Option(False, "--poll", help="Poll the folder instead of inotify events."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show every clip decided normal on stderr (the "
                                  "log always holds them)."),
+    where: bool = typer.Option(True, "--where/--no-where", help="Log where each anomalous clip sounds wrong: the "
+                               "time span (s), band (Hz) and kind of change that drove it (as asd explain)."),
+    data: Optional[Path] = typer.Option(None, "--data", "-d", help="The run's training data (normal clips): --where "
+                                        "reads each section's maps against up to 16 of them frame by frame "
+                                        "(recommended, as for asd explain)."),
     machine: Optional[str] = MachineOption,
     section: Optional[int] = SectionOption,
     gpu: Optional[int] = GpuOption,
@@ -80,6 +88,7 @@ def watch(
     """Score each new audio file under FOLDER once, when it is complete, and append a line per clip to
     a decision log (time, file, machine, section, score, decision). A restart skips what the log holds
     and catches up on what arrived meanwhile. SIGTERM or Ctrl-C finish the clip in hand, then stop."""
+    from asdcli.data.layout import discover
     from asdcli.services.scoring.score import Detector
     from asdcli.services.scoring.watch import Watch, WatchOptions, alert_command
     from asdcli.services.scoring.watch_log import DecisionLog
@@ -89,11 +98,13 @@ def watch(
     k, n = alert_after(after)
     options = WatchOptions(settle_s=settle, since_s=duration(since, "--since"), alert_k=k, alert_n=n,
                            silence_s=duration(silence, "--silence"), drift_z=drift, poll=poll, machine=machine,
-                           section=None if section is None else f"{section:02d}")
+                           section=None if section is None else f"{section:02d}", where=where)
+    reference = [c for c in discover(data) if c.split == "train"] if data is not None and where else None
     path = log or folder / (".asd-watch.jsonl" if as_json else ".asd-watch.csv")
     torch_device = gpu_or_cpu(gpu, device)
     watcher = Watch(folder, run, DecisionLog(path, as_json), options, lambda r: Detector.load(r, torch_device),
-                    _shown(verbose), alert_command(on_alert), lambda done, total: err.print(f"backlog: {done}/{total} scored"))
+                    _shown(verbose), alert_command(on_alert), lambda done, total: err.print(f"backlog: {done}/{total} scored"),
+                    reference)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

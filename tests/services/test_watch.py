@@ -100,12 +100,54 @@ def test_a_crash_mid_line_leaves_no_half_line_and_that_clip_is_scored_again(tmp_
         handle.write("t,b.wav,fan,00,0.7")  # killed while writing
     lines = DecisionLog(tmp_path / "log.csv").read()
     assert [line.file for line in lines] == ["a.wav"]
-    assert (tmp_path / "log.csv").read_text().endswith("clip,\n")
+    assert (tmp_path / "log.csv").read_text().endswith("clip,,,,\n")
     json_log = DecisionLog(tmp_path / "log.jsonl", as_json=True)
     json_log.open()
     json_log.append(LogLine("t", "a.wav", "fan", "00", 0.5, 0))
     json_log.close()
     assert DecisionLog(tmp_path / "log.jsonl", as_json=True).read()[0].score == 0.5
+
+
+def test_a_log_begun_by_an_earlier_asd_is_continued_in_its_columns(tmp_path):
+    path = tmp_path / "log.csv"
+    path.write_text("time,file,machine,section,score,threshold,decision,kind,message\nt,a.wav,fan,00,0.5,1.0,0,clip,\n")
+    log = DecisionLog(path)
+    assert [line.file for line in log.open()] == ["a.wav"]
+    log.append(LogLine("t", "b.wav", "fan", "00", 2.5, 1, threshold=1.0, span_s="1.00-1.20", band_hz="0-8000",
+                       what="burst"))
+    log.close()
+    assert path.read_text().splitlines()[-1] == "t,b.wav,fan,00,2.500000,1.000000,1,clip,"  # no span columns
+    assert [line.score for line in DecisionLog(path).read()] == [0.5, 2.5]
+
+
+@pytest.mark.parametrize("where", [True, False])
+def test_an_anomalous_clip_is_logged_with_where_it_sounds_wrong(run, synth_root, tmp_path, where):
+    """The top span, band and kind of asd explain for each clip decided anomalous (read against the
+    training clips given), in the log and the alert command's environment; nothing for normal ones."""
+    from asdcli.data.layout import discover
+    from asdcli.services.scoring.explain import KINDS
+
+    folder, log = tmp_path / "rec" / "fan", tmp_path / "log.csv"
+    folder.mkdir(parents=True)
+    clips = sorted((synth_root / "fan" / "test").glob("*anomaly*.wav"))[:6]
+    for clip in clips:
+        shutil.copy(clip, folder / clip.name)
+    reference = [c for c in discover(synth_root / "fan") if c.split == "train"]
+    with Running(folder.parent, run, log, where=where) as watching:
+        watching.watch.reference = reference
+        watching.until(lambda: len(watching.scored()) == len(clips))
+    lines = [line for line in DecisionLog(log).read() if line.kind == "clip"]
+    flagged = [line for line in lines if line.decision == 1]
+    assert flagged and all(not line.span_s and not line.what for line in lines if line.decision == 0)
+    if not where:
+        assert all(not line.span_s for line in lines) and all(not a.span_s for a in watching.alerts)
+        return
+    for line in flagged:
+        start, end = map(float, line.span_s.split("-"))
+        low, high = map(float, line.band_hz.split("-"))
+        assert 0 <= start < end <= 2.0 + 1e-6 and 0 <= low < high <= 8000 and line.what in KINDS
+    assert watching.alerts and all(a.span_s for a in watching.alerts)
+    assert not any("no normal training clips given" in line.message for line in watching.lines)
 
 
 def test_partial_deleted_and_non_audio_files(run, synth_root, tmp_path):

@@ -175,7 +175,7 @@ def _maps(detector, clips: list[Clip]) -> tuple:
     return result, clipset, config, maps
 
 
-def _baselines(detector, reference: list[Clip]) -> dict[str, dict[str, tuple[np.ndarray, float]]]:
+def section_baselines(detector, reference: list[Clip]) -> dict[str, dict[str, tuple[np.ndarray, float]]]:
     """Per section and branch: the mean map of up to :data:`REFERENCE_CLIPS` of its normal training
     clips frame by frame (T,) and their spread (the median over the frames of the spread across
     clips): what a normal clip's map looks like at each moment (clip edges included)."""
@@ -200,16 +200,19 @@ def _baselines(detector, reference: list[Clip]) -> dict[str, dict[str, tuple[np.
     return out
 
 
-def explain(detector, clips: list[Clip], reference: list[Clip] | None = None) -> Explained:
+def explain(detector, clips: list[Clip], reference: list[Clip] | None = None,
+            baselines: dict[str, dict[str, tuple[np.ndarray, float]]] | None = None) -> Explained:
     """Explain ``clips`` with a loaded :class:`~asdcli.services.scoring.score.Detector`;
     ``reference``: normal training clips of their sections (the run's training data), whose maps
     are each section's frame-by-frame baseline: heights are then in standard deviations of normal
     clips at that moment. Without them, heights are those of the clip-level statistics (a notice
-    says so), and clip edges and other spots where every clip's map is high can look anomalous."""
+    says so), and clip edges and other spots where every clip's map is high can look anomalous.
+    ``baselines``: :func:`section_baselines` already made (a caller that explains clip after clip)."""
     result, clipset, config, maps = _maps(detector, clips)
-    baselines = _baselines(detector, reference or [])
+    baselines = section_baselines(detector, reference or []) if baselines is None else baselines
     edges = mel_edges(config)
     seconds_per_frame = config.features.hop_length / config.audio.sample_rate
+    duration = config.audio.num_samples / config.audio.sample_rate
     own, pooled = detector.thresholds()
     out, notices = [], list(result.notices)
     missing = sorted({detector.run.vocab.group_name(c) for c in result.clips} - set(baselines))
@@ -229,7 +232,7 @@ def explain(detector, clips: list[Clip], reference: list[Clip] | None = None) ->
         first, last = find_span(fused_map)
         logmel = batch.feats[0].cpu().numpy()
         lo, hi, change = find_band(logmel, first, last)
-        span = (first * seconds_per_frame, (last + 1) * seconds_per_frame)
+        span = (first * seconds_per_frame, min((last + 1) * seconds_per_frame, duration))  # frames end past the clip
         agreeing = [n for n in detector.names if maps[i][n][first : last + 1].mean() >= AGREE_SD]
         peak = int(np.argmax(fused_map))
         out.append(Explanation(

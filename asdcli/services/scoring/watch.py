@@ -40,6 +40,11 @@ def clip_of(path: Path, options: WatchOptions) -> Clip:
     return Clip(**{**clip.__dict__, "machine": machine, "section": section})
 
 
+def where_text(line: LogLine) -> str:
+    """``, 3.20-3.45 s, 800-1200 Hz: burst`` for a clip line that says where; else empty."""
+    return f", {line.span_s} s, {line.band_hz} Hz: {line.what}" if line.span_s else ""
+
+
 class Monitor:
     """Decisions over time: the K-of-N alert, the silent recorder and the drift of the normal
     sound (section by section); each yields log lines."""
@@ -56,7 +61,8 @@ class Monitor:
             recent.clear()  # one alert per run of anomalies, not one per clip
             failed = self.on_alert(line)
             message = (f"{self.options.alert_k} of the last {self.options.alert_n} clips of {section} anomalous "
-                       f"(latest {line.file}, score {line.score:.2f})" + (f"; the alert command failed: {failed}"
+                       f"(latest {line.file}, score {line.score:.2f}{where_text(line)})"
+                       + (f"; the alert command failed: {failed}"
                                                                           if failed else ""))
             out.append(LogLine(utc_now(), line.file, line.machine, line.section, line.score, 1, "alert", message))
         if line.decision == 0 and line.score is not None:
@@ -131,7 +137,8 @@ def alert_command(command: str | None) -> Callable[[LogLine], str | None]:
         if not command:
             return None
         env = {**os.environ, "ASD_FILE": line.file, "ASD_MACHINE": line.machine, "ASD_SECTION": line.section,
-               "ASD_SCORE": f"{line.score:.6f}", "ASD_DECISION": str(line.decision), "ASD_TIME": line.time}
+               "ASD_SCORE": f"{line.score:.6f}", "ASD_DECISION": str(line.decision), "ASD_TIME": line.time,
+               "ASD_SPAN_S": line.span_s, "ASD_BAND_HZ": line.band_hz, "ASD_WHAT": line.what}
         try:
             done = subprocess.run(command, shell=True, env=env, timeout=60, capture_output=True)
         except subprocess.TimeoutExpired:
@@ -148,9 +155,11 @@ class Watch:
 
     def __init__(self, folder: Path, run_dir: Path, log: DecisionLog, options: WatchOptions,
                  load: Callable[[Path], object], emit: Callable[[LogLine], None],
-                 alert: Callable[[LogLine], str | None], on_backlog: Callable[[int, int], None] | None = None):
+                 alert: Callable[[LogLine], str | None], on_backlog: Callable[[int, int], None] | None = None,
+                 reference: list[Clip] | None = None):
         self.folder, self.run_dir, self.log, self.options = Path(folder), Path(run_dir), log, options
         self.load, self.emit, self.on_backlog = load, emit, on_backlog
+        self.reference, self.baselines = reference or [], None  # normal clips for where; their maps, once made
         self.stamp = run_stamp(self.run_dir)
         self.detector = load(self.run_dir)  # first: the log exists once the watcher can score
         self.state = WatchState(done={line.file for line in log.open() if line.kind in ("clip", "skipped")})
@@ -166,7 +175,7 @@ class Watch:
     def _reload_if_retrained(self) -> None:
         stamp = run_stamp(self.run_dir)
         if stamp != self.stamp:
-            self.detector, self.stamp = self.load(self.run_dir), stamp
+            self.detector, self.stamp, self.baselines = self.load(self.run_dir), stamp, None
             self.summary.reloads += 1
             self._write(LogLine(utc_now(), kind="notice", message=f"{self.run_dir} changed: the run was loaded again"))
 
@@ -184,18 +193,16 @@ class Watch:
                 return
             result = None
         scored = set()
-        for notice in result.notices if result is not None else []:
-            if notice not in self.notices:  # each once per watch, not once per clip
-                self.notices.add(notice)
-                self._write(LogLine(utc_now(), kind="notice", message=notice))
+        self._notices(result.notices if result is not None else [])
         if result is not None:
             own, pooled = self.detector.thresholds()
+            where = self._where([c for c, d in zip(result.clips, result.decision) if d])
             for clip, score, decision in zip(result.clips, result.score, result.decision):
                 key = relative_key(self.folder, clip.path)
                 scored.add(key)
                 threshold = own.get(self.detector.run.vocab.group_name(clip), pooled)
                 line = LogLine(utc_now(), key, clip.machine, clip.section or "", float(score), int(decision),
-                               threshold=float(threshold))
+                               threshold=float(threshold), **where.get(clip.path, {}))
                 self._finish(key, line)
                 for follow in self.monitor.clip(line):
                     self._write(follow)
@@ -207,6 +214,33 @@ class Watch:
                 message = why or (f"{path}: not a readable audio file" if exists else f"{path}: deleted before it was scored")
                 self._finish(key, LogLine(utc_now(), key, kind="skipped", message=message))
                 self.summary.skipped += 1
+
+    def _notices(self, notices: list[str]) -> None:
+        for notice in notices:
+            if notice not in self.notices:  # each once per watch, not once per clip
+                self.notices.add(notice)
+                self._write(LogLine(utc_now(), kind="notice", message=notice))
+
+    def _where(self, anomalous: list[Clip]) -> dict[Path, dict[str, str]]:
+        """Where each anomalous clip sounds wrong, by path: ``asd explain``'s top span (s), its band
+        (Hz) and the kind of change, read against the reference clips' maps (made once per run);
+        nothing for a clip that cannot be read again (a notice says why)."""
+        from asdcli.errors import DataError
+        from asdcli.services.scoring.explain import explain, section_baselines
+
+        if not anomalous or not self.options.where:
+            return {}
+        try:
+            if self.baselines is None:
+                self.baselines = section_baselines(self.detector, self.reference)
+            explained = explain(self.detector, anomalous, baselines=self.baselines)
+        except DataError as error:
+            self._notices([f"where the anomalous clips sound wrong is not logged: {error}"])
+            return {}
+        self._notices(explained.notices)
+        return {e.clip.path: {"span_s": f"{e.span[0]:.2f}-{e.span[1]:.2f}",
+                              "band_hz": f"{e.band_hz[0]:.0f}-{e.band_hz[1]:.0f}", "what": e.kind}
+                for e in explained.explanations}
 
     def _finish(self, key: str, line: LogLine) -> None:
         self._write(line)

@@ -6,8 +6,11 @@ disk. A crash can still cut the last line short (the disk may hold part of one w
 line has no newline, so :meth:`DecisionLog.open` cuts it off; its clip is not in the log and is
 scored again. So every file is in the log once, whatever moment the process was killed at.
 
-CSV (``time,file,machine,section,score,threshold,decision,kind,message``, a header first) or JSON
-lines; ``threshold`` is the section's decision threshold the score was decided by.
+CSV (``time,file,machine,section,score,threshold,decision,kind,message,span_s,band_hz,what``, a
+header first) or JSON lines; ``threshold`` is the section's decision threshold the score was decided
+by; ``span_s``, ``band_hz`` and ``what``, for an anomalous clip, where it sounds wrong (``asd
+explain``'s top span in seconds, its band in Hz and the kind of change). A CSV log begun by an
+earlier asd, without the last three columns, is continued without them.
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ from pathlib import Path
 from asdcli.errors import DataError, OutputError
 from asdcli.files import CSV_LIMIT, open_regular
 
-COLUMNS = ["time", "file", "machine", "section", "score", "threshold", "decision", "kind", "message"]
+COLUMNS = ["time", "file", "machine", "section", "score", "threshold", "decision", "kind", "message", "span_s",
+           "band_hz", "what"]
+FIRST_COLUMNS = COLUMNS[:9]  # the CSV logs of asd before the span columns
 KINDS = ("clip", "skipped", "notice", "alert")
 
 
@@ -41,8 +46,11 @@ class LogLine:
     kind: str = "clip"
     message: str = ""
     threshold: float | None = None
+    span_s: str = ""  # "3.20-3.45"
+    band_hz: str = ""  # "800-1200"
+    what: str = ""  # a key of asdcli.services.scoring.explain.KINDS
 
-    def text(self, as_json: bool) -> str:
+    def text(self, as_json: bool, columns: list[str] = COLUMNS) -> str:
         if as_json:
             return json.dumps(asdict(self), ensure_ascii=False) + "\n"
         buffer = io.StringIO()
@@ -50,7 +58,7 @@ class LogLine:
         row["score"] = "" if self.score is None else f"{self.score:.6f}"
         row["threshold"] = "" if self.threshold is None else f"{self.threshold:.6f}"
         row["decision"] = "" if self.decision is None else str(self.decision)
-        csv.writer(buffer, lineterminator="\n").writerow([row[c] for c in COLUMNS])
+        csv.writer(buffer, lineterminator="\n").writerow([row[c] for c in columns])
         return buffer.getvalue()
 
 
@@ -60,15 +68,15 @@ def parse_line(text: str, as_json: bool) -> LogLine | None:
         data = json.loads(text)
         return LogLine(**{k: data.get(k) for k in COLUMNS if k in data})
     row = next(csv.reader([text]))
-    if row == COLUMNS:
+    if row in (COLUMNS, FIRST_COLUMNS):
         return None
-    if len(row) != len(COLUMNS):
+    if len(row) not in (len(COLUMNS), len(FIRST_COLUMNS)):
         raise ValueError(f"{len(row)} columns, expected {len(COLUMNS)}")
     values = dict(zip(COLUMNS, row))
     number = {k: float(values[k]) if values[k] else None for k in ("score", "threshold")}
     return LogLine(values["time"], values["file"], values["machine"], values["section"], number["score"],
                    int(values["decision"]) if values["decision"] else None, values["kind"], values["message"],
-                   number["threshold"])
+                   number["threshold"], values.get("span_s", ""), values.get("band_hz", ""), values.get("what", ""))
 
 
 class DecisionLog:
@@ -77,6 +85,7 @@ class DecisionLog:
     def __init__(self, path: Path, as_json: bool = False):
         self.path, self.as_json = Path(path), as_json
         self.fd: int | None = None
+        self.columns = COLUMNS  # a CSV log begun by an earlier asd keeps its columns
 
     def open(self) -> list[LogLine]:
         """Open the log for appending (made with a header where new) after cutting off a line a
@@ -102,6 +111,7 @@ class DecisionLog:
             except OSError as error:
                 raise OutputError(f"cannot repair the log {self.path}: {error.strerror or error}") from None
         out = []
+        self.columns = FIRST_COLUMNS if data.startswith((",".join(FIRST_COLUMNS) + "\n").encode()) else COLUMNS
         for number, raw in enumerate(data[:end].decode("utf-8", errors="surrogateescape").splitlines(), start=1):
             try:
                 line = parse_line(raw, self.as_json)
@@ -124,7 +134,7 @@ class DecisionLog:
 
     def append(self, line: LogLine) -> None:
         """Append one line, flushed to the disk before this returns."""
-        self._write(line.text(self.as_json))
+        self._write(line.text(self.as_json, self.columns))
 
     def close(self) -> None:
         if self.fd is not None:
