@@ -75,8 +75,9 @@ def watch(
     poll: bool = typer.Option(False, "--poll", help="Poll the folder instead of inotify events."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Also show every clip decided normal on stderr (the "
                                  "log always holds them)."),
-    where: bool = typer.Option(True, "--where/--no-where", help="Log where each anomalous clip sounds wrong: the "
-                               "time span (s), band (Hz) and kind of change that drove it (as asd explain)."),
+    where: bool = typer.Option(False, "--where", help="Log where each anomalous clip sounds wrong: the time span "
+                               "(s), band (Hz) and kind of change that drove it (as asd explain; about as long as "
+                               "asd explain of the clip, for each anomalous clip)."),
     data: Optional[Path] = typer.Option(None, "--data", "-d", help="The run's training data (normal clips): --where "
                                         "reads each section's maps against up to 16 of them frame by frame "
                                         "(recommended, as for asd explain)."),

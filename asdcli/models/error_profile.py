@@ -64,6 +64,26 @@ class ProfileScorer(nn.Module):
             out[members] = ((diff @ self.precision[g]) * diff).sum(dim=1)
         return out.clamp_min(0).sqrt()
 
+    def shares(self, error: Tensor, group: Tensor) -> Tensor:
+        """(B, n_mels, T) signed error -> (B, n_mels, T): each bin's and frame's share of the clip's
+        distance (:meth:`forward` of its profile), summed over the bins and averaged over the
+        frames exactly that distance. The profile is linear in the frames but for the RMS, which is
+        taken to first order around the clip's own (its frame terms still average to it): a
+        frame's share is its profile's deviation from the section's mean along the direction
+        in which the whole clip deviates, so frames and bins that make the clip unusual stand out
+        and the others stay near zero."""
+        n_mels = error.shape[1]
+        rms = error.pow(2).mean(dim=2, keepdim=True).sqrt().clamp_min(1e-12)  # (B, M, 1)
+        frame_rms = rms + (error.pow(2) - rms.pow(2)) / (2 * rms)  # (B, M, T): its mean over T is the RMS
+        rows = torch.where(group < 0, self.mean.shape[0] - 1, group)
+        mean = self.mean[rows]  # (B, 2M)
+        diff = torch.cat([error.mean(dim=2), rms[..., 0]], dim=1) - mean  # the profile's deviation
+        direction = (diff[:, None, :] @ self.precision[rows])[:, 0]  # (B, 2M), as forward weighs it
+        distance = (direction * diff).sum(dim=1).clamp_min(1e-12).sqrt()  # (B,)
+        share = ((error - mean[:, :n_mels, None]) * direction[:, :n_mels, None]
+                 + (frame_rms - mean[:, n_mels:, None]) * direction[:, n_mels:, None])
+        return share / distance[:, None, None]
+
     def leave_one_out(self, profiles: Tensor, group: Tensor, exclude: Tensor) -> Tensor:
         """Distances as :meth:`forward`, but each clip's section Gaussian refitted without training
         row ``exclude`` (its own profile, or its clean original's; -1: none). In-sample distances
@@ -167,6 +187,15 @@ class ReconstructionScoring:
 
     def _pooled(self, error: Tensor) -> Tensor:
         return pool_time(error.pow(2).mean(dim=1), self.cfg.pooling, self.cfg.gwrp_decay)
+
+    def band_map(self, batch: Batch) -> Tensor:
+        """(B, n_mels, T) each bin's and frame's part in the clip score: its share of the
+        Mahalanobis distance (:meth:`ProfileScorer.shares`), or under ``score: mse`` its squared
+        error over the bins (whose sum over the bins is the frame's pooled error)."""
+        error = self.error(batch)
+        if self.cfg.score == "mahalanobis":
+            return self.profiles.shares(error, batch.group)
+        return error.pow(2) / error.shape[1]
 
     def score(self, batch: Batch) -> Tensor:
         error = self.error(batch)

@@ -60,6 +60,9 @@ def test_spans_bands_and_kinds_follow_their_definitions():
     curve = np.r_[np.zeros(20), np.linspace(1, 10, 5), np.linspace(10, 1, 5), np.zeros(20)]
     first, last = find_span(curve)
     assert curve[first:last + 1].min() >= 0.3 * 10 and first >= 20 and last <= 29
+    tone = np.r_[np.zeros(40), 3.0 * np.ones(60), np.zeros(40)]
+    tone[10] = 8.0  # a single high frame elsewhere does not outweigh a long stretch above the rest
+    assert find_span(tone) == (40, 99)
     logmel = np.zeros((32, 40))
     logmel[10:13, 15:25] += 12.0  # a tone in bins 10-12
     lo, hi, change = find_band(logmel, 15, 24)

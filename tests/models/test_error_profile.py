@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from asdcli.models.error_profile import ProfileScorer
+from asdcli.models.error_profile import ProfileScorer, error_profile
 
 
 def _refitted(scorer: ProfileScorer, profiles, group, exclude):
@@ -65,3 +65,17 @@ def test_the_per_section_downdate_is_computed_once_and_dropped_with_new_profiles
     scorer.load_state_dict(other.state_dict())
     assert scorer._loo == {}
     assert torch.allclose(scorer.leave_one_out(profiles, group, own), other.leave_one_out(profiles, group, own))
+
+
+def test_the_shares_of_bins_and_frames_add_up_to_the_distance_and_point_at_the_fault():
+    torch.manual_seed(0)
+    scorer = ProfileScorer(2, 2 * 8)
+    train = torch.randn(200, 8, 30)
+    scorer.fit(error_profile(train), torch.tensor([0] * 100 + [1] * 100))
+    error = torch.randn(3, 8, 30)
+    error[0, 3, 10:15] += 3.0  # a fault in bin 3, frames 10-14
+    group = torch.tensor([0, 1, -1])  # -1: an unknown section (the pooled statistics)
+    shares = scorer.shares(error, group)
+    torch.testing.assert_close(shares.sum(dim=1).mean(dim=1), scorer(error_profile(error), group))
+    frames = shares[0].sum(dim=0)
+    assert int(shares[0].sum(dim=1).argmax()) == 3 and frames[10:15].mean() > 3 * torch.cat([frames[:10], frames[15:]]).abs().mean()

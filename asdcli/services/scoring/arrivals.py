@@ -31,7 +31,7 @@ class WatchOptions:
     poll: bool = False  # no inotify, polling only
     machine: str | None = None
     section: str | None = None
-    where: bool = True  # an anomalous clip's log line says where it sounds wrong (asd explain's top span)
+    where: bool = False  # an anomalous clip's log line says where it sounds wrong (asd explain's top span)
 
 
 @dataclass

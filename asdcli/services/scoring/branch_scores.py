@@ -126,11 +126,16 @@ def _pooled_stats(meta: BranchRecord) -> tuple[float, float]:
     return float(np.median([e.mean for e in entries])), _spread(meta)
 
 
+def section_stats(meta: BranchRecord, group: str) -> tuple[float, float]:
+    """The mean and spread a branch's raw scores of section ``group`` are standardised with."""
+    return _stats(meta, group) or _pooled_stats(meta)
+
+
 def normalize(values: np.ndarray, groups: list[str], meta: BranchRecord) -> np.ndarray:
     """Standardise a branch's raw scores with its training statistics of each clip's section."""
     out = np.empty_like(values, dtype=float)
     for i, (value, group) in enumerate(zip(values, groups)):
-        mean, std = _stats(meta, group) or _pooled_stats(meta)
+        mean, std = section_stats(meta, group)
         out[i] = (value - mean) / std
     return out
 

@@ -22,7 +22,7 @@ from asdcli.errors import DataError
 from asdcli.services.inputs.dataset import ClipSet
 from asdcli.services.inputs.embeddings import with_embeddings
 from asdcli.services.inputs.features import make_extractor
-from asdcli.services.scoring.branch_scores import normalize
+from asdcli.services.scoring.branch_scores import normalize, section_stats
 from asdcli.services.scoring.maps import native, time_map
 
 AGREE_SD = 1.0  # a branch agrees where its map averages this far above its normal clips in the span
@@ -91,20 +91,22 @@ def mel_edges(config) -> np.ndarray:
     return np.array([lows[0], *[0.5 * (lo + hi) for lo, hi in zip(lows, highs)], highs[-1]])
 
 
-SPAN_LEVEL = 0.3  # chosen on seed 0 of bench/bench_explain.py among 0.3/0.5 and smoothing 1-9 frames
-
-
 def find_span(curve: np.ndarray) -> tuple[int, int]:
-    """[first, last] frame of the region around the curve's peak where it stays above
-    :data:`SPAN_LEVEL` of the way from the curve's median to the peak."""
-    peak = int(np.argmax(curve))
-    level = np.median(curve) + SPAN_LEVEL * (curve[peak] - np.median(curve))
-    first = last = peak
-    while first > 0 and curve[first - 1] >= level:
-        first -= 1
-    while last < curve.size - 1 and curve[last + 1] >= level:
-        last += 1
-    return first, last
+    """[first, last] frames of the stretch that stands out most: the one whose excess over the
+    curve's median, summed and divided by the square root of its length, is largest (the scan
+    statistic: a short stretch far above the rest, a knock, and a long one a little above it, a
+    tone, both win over their surroundings). Chosen on seed 0 of bench/bench_explain.py against
+    the stretch around the peak above 10-50 % of its height and the largest summed excess over
+    such a level (docs/benchmarks.md)."""
+    excess = np.r_[0.0, np.cumsum(curve - np.median(curve))]
+    best, span = -np.inf, (0, 0)
+    lengths = np.sqrt(np.arange(1, curve.size + 1))
+    for first in range(curve.size):  # O(T^2) in vectors: 313 frames of a 10 s clip take about 1 ms
+        values = (excess[first + 1 :] - excess[first]) / lengths[: curve.size - first]
+        last = int(np.argmax(values))
+        if values[last] > best:
+            best, span = float(values[last]), (first, first + last)
+    return span
 
 
 def find_band(logmel: np.ndarray, first: int, last: int) -> tuple[int, int, float]:
@@ -122,6 +124,22 @@ def find_band(logmel: np.ndarray, first: int, last: int) -> tuple[int, int, floa
     while hi < change.size - 1 and sign * change[hi + 1] >= 0.5 * abs(change[top]):
         hi += 1
     return lo, hi, float(change[lo : hi + 1].mean())
+
+
+def band_of(per_bin: np.ndarray, logmel: np.ndarray, first: int, last: int) -> tuple[int, int, float]:
+    """The mel bins [lo, hi] that drove the reconstruction branches' score in the span (contiguous
+    bins around the largest share, within half of it; their fused shares ``per_bin``) and their
+    level change in dB in the span against the other frames. Chosen on seed 0 of
+    bench/bench_explain.py against :func:`find_band` (the bins whose level changed most)."""
+    top = int(np.argmax(per_bin))
+    lo = hi = top
+    while lo > 0 and per_bin[lo - 1] >= 0.5 * per_bin[top]:
+        lo -= 1
+    while hi < per_bin.size - 1 and per_bin[hi + 1] >= 0.5 * per_bin[top]:
+        hi += 1
+    outside = np.r_[0:first, last + 1 : logmel.shape[1]]
+    inside = logmel[lo : hi + 1, first : last + 1].mean()
+    return lo, hi, float(inside - (logmel[lo : hi + 1, outside].mean() if outside.size else inside))
 
 
 def kind_of(span_s: float, band_fraction: float, band_hz: tuple[float, float], change_db: float) -> str:
@@ -159,20 +177,23 @@ def _maps(detector, clips: list[Clip]) -> tuple:
     if [c.path for c in clipset.clips] != [c.path for c in result.clips]:  # a file changed since it was scored
         raise DataError("a clip could not be read again after scoring (changed or removed meanwhile): "
                         + "; ".join(m for _, m in clipset.report.failures[:3]))
-    maps = {}
+    maps, bands = {}, {}
     for i, clip in enumerate(result.clips):
         batch = clipset.batch([i]).to(detector.device)
         group = run.vocab.group_name(clip)
-        maps[i] = {}
+        maps[i], bands[i] = {}, {}
         for name in detector.names:
             branch = loaded.branches[name]
             with torch.no_grad():
                 raw = branch.score(with_embeddings(batch, loaded.upstream)).float().cpu()
-            curve = time_map(branch, batch, loaded.upstream, raw)[0].numpy().astype(float)
+            tf: list = []
+            curve = time_map(branch, batch, loaded.upstream, raw, tf)[0].numpy().astype(float)
+            if tf:  # in the clip score's standard deviations, as the time map
+                bands[i][name] = tf[0][0].numpy().astype(float) / section_stats(detector.metas[name], group)[1]
             z = normalize(curve, [group] * curve.size, detector.metas[name])
             offset = result.normalized[name][i] - normalize(raw.numpy().astype(float), [group], detector.metas[name])[0]
             maps[i][name] = z + offset  # the domain shift of the clip's section, as its clip score has it
-    return result, clipset, config, maps
+    return result, clipset, config, maps, bands
 
 
 def section_baselines(detector, reference: list[Clip]) -> dict[str, dict[str, tuple[np.ndarray, float]]]:
@@ -187,7 +208,7 @@ def section_baselines(detector, reference: list[Clip]) -> dict[str, dict[str, tu
     picked = [c for clips in chosen.values() for c in clips]
     if not picked:
         return {}
-    result, _, _, maps = _maps(detector, picked)
+    result, _, _, maps, _ = _maps(detector, picked)
     out: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
     for group in chosen:
         rows = [i for i, c in enumerate(result.clips) if detector.run.vocab.group_name(c) == group]
@@ -208,7 +229,7 @@ def explain(detector, clips: list[Clip], reference: list[Clip] | None = None,
     clips at that moment. Without them, heights are those of the clip-level statistics (a notice
     says so), and clip edges and other spots where every clip's map is high can look anomalous.
     ``baselines``: :func:`section_baselines` already made (a caller that explains clip after clip)."""
-    result, clipset, config, maps = _maps(detector, clips)
+    result, clipset, config, maps, bands = _maps(detector, clips)
     baselines = section_baselines(detector, reference or []) if baselines is None else baselines
     edges = mel_edges(config)
     seconds_per_frame = config.features.hop_length / config.audio.sample_rate
@@ -231,7 +252,12 @@ def explain(detector, clips: list[Clip], reference: list[Clip] | None = None,
         fused_map = np.sinh(sum(w * np.arcsinh(maps[i][n]) for w, n in zip(weights, detector.names)))
         first, last = find_span(fused_map)
         logmel = batch.feats[0].cpu().numpy()
-        lo, hi, change = find_band(logmel, first, last)
+        if bands[i]:  # the bands the reconstruction branches' shares put it in
+            per_bin = sum(w * bands[i][n][:, first : last + 1].mean(axis=1)
+                          for w, n in zip(weights, detector.names) if n in bands[i])
+            lo, hi, change = band_of(per_bin, logmel, first, last)
+        else:
+            lo, hi, change = find_band(logmel, first, last)
         span = (first * seconds_per_frame, min((last + 1) * seconds_per_frame, duration))  # frames end past the clip
         agreeing = [n for n in detector.names if maps[i][n][first : last + 1].mean() >= AGREE_SD]
         peak = int(np.argmax(fused_map))

@@ -1,7 +1,12 @@
 """Anomaly maps: each branch's anomaly over the frames of a clip, on the scale of its clip score.
 
-- b2 and b4 (reconstruction branches, anything with ``error``): their own per-frame error, the
-  squared reconstruction error of each frame averaged over the mel bands.
+- b2 and b4 (reconstruction branches, anything with ``band_map``): each frame's and mel band's
+  share of the clip score (:meth:`asdcli.models.error_profile.ProfileScorer.shares`: the frame's
+  error profile along the direction in which the whole clip's profile deviates from its
+  section's; summed over the bands and averaged over the frames, the clip score), summed over the
+  bands; the bands' shares also say which frequencies drove it. Chosen on seed 0 of
+  bench/bench_explain.py against the squared error of each frame averaged over the bands (which
+  a tone in one band barely moves: tones were placed in 0.04 of the flagged clips, 0.83 now).
 - Every other branch (b1, b3, b5, a registered one): its score of overlapping windows of the clip
   (``WINDOW`` frames, every ``HOP``; a quarter of a clip shorter than 4 windows, the hop scaled
   alike: chosen on seed 0 of bench/bench_explain.py against half a clip and whole-clip windows),
@@ -28,17 +33,17 @@ WINDOW, HOP = 64, 8  # frames (about 2 s and 0.26 s at 16 kHz, hop 512)
 
 
 def native(branch: Branch) -> bool:
-    """Whether the branch gives a map of its own (per-frame errors) rather than windows."""
-    return hasattr(branch, "error")
+    """Whether the branch gives a map of its own (per bin and frame) rather than windows."""
+    return hasattr(branch, "band_map")
 
 
-def frame_errors(branch: Branch, batch: Batch) -> Tensor:
-    """(B, n_mels, T) squared reconstruction error of a reconstruction branch, on the clip's frames."""
-    error = branch.error(batch).float().pow(2)  # (B, M, T') with T' <= T (whole patches)
+def band_map(branch: Branch, batch: Batch) -> Tensor:
+    """(B, n_mels, T) a reconstruction branch's shares of its clip score over bins and the clip's frames."""
+    out = branch.band_map(batch).float()  # (B, M, T') with T' <= T (whole patches)
     frames = batch.feats.shape[-1]
-    if error.shape[-1] != frames:
-        error = F.pad(error, (0, frames - error.shape[-1]), mode="replicate")
-    return error
+    if out.shape[-1] != frames:
+        out = F.pad(out, (0, frames - out.shape[-1]), mode="replicate")
+    return out
 
 
 def _windows(branch: Branch, batch: Batch, upstream: dict[str, Branch]) -> Tensor:
@@ -64,10 +69,18 @@ def _windows(branch: Branch, batch: Batch, upstream: dict[str, Branch]) -> Tenso
     return total / count
 
 
-def time_map(branch: Branch, batch: Batch, upstream: dict[str, Branch], clip_score: Tensor) -> Tensor:
-    """(B, T) the branch's anomaly over the frames, whose mean over time is ``clip_score`` (B,)."""
+def time_map(branch: Branch, batch: Batch, upstream: dict[str, Branch], clip_score: Tensor,
+             bands: list | None = None) -> Tensor:
+    """(B, T) the branch's anomaly over the frames, whose mean over time is ``clip_score`` (B,);
+    a reconstruction branch's map over bins and frames is appended to ``bands`` where given."""
     with torch.no_grad():
-        curve = frame_errors(branch, batch).mean(dim=1).cpu() if native(branch) else _windows(branch, batch, upstream)
+        if native(branch):
+            tf = band_map(branch, batch).cpu()
+            curve = tf.sum(dim=1)
+            if bands is not None:
+                bands.append(tf)
+        else:
+            curve = _windows(branch, batch, upstream)
     clip_score = clip_score.float().cpu()
     mean = curve.mean(dim=1)
     ratio = (clip_score > 0) & (mean > 0) & (curve >= 0).all(dim=1)
