@@ -12,6 +12,20 @@ from asdcli.cli.common import (CacheOption, DeviceOption, GpuOption, MachineOpti
                                handle_errors, out, report_failures, run_option, show_notice, with_identity, write_out)
 
 
+def png_names(clips) -> list[str]:
+    """A PNG name per clip: its file name's stem, with its machine in front where another clip
+    of this call has the same stem (DCASE 2020 names repeat across machine types) and a number
+    after where that is not enough (the same name in two folders of one machine)."""
+    stems = [c.path.stem for c in clips]
+    names = [f"{c.machine}_{c.path.stem}" if stems.count(c.path.stem) > 1 else c.path.stem for c in clips]
+    seen: dict[str, int] = {}
+    out = []
+    for name in names:
+        seen[name] = seen.get(name, 0) + 1
+        out.append(f"{name}.png" if names.count(name) == 1 else f"{name}_{seen[name]}.png")
+    return out
+
+
 @handle_errors
 def explain(
     clips: List[Path] = typer.Argument(..., help="Audio files (or folders of them) to explain."),
@@ -45,13 +59,14 @@ def explain(
     explanations = explained.explanations
     for notice in explained.notices:
         show_notice(notice)
-    for ex in explanations:
+    names = png_names([ex.clip for ex in explanations])
+    for ex, name in zip(explanations, names):
         if as_json:
             write_out(json.dumps(ex.as_dict()) + "\n")
         else:
             write_out(ex.summary() + "\n")
         if not no_plot:
-            plot_explanation(ex, out_dir / f"{ex.clip.path.stem}.png")
+            plot_explanation(ex, out_dir / name)
     out.file.flush()
     if explanations and not no_plot:
         err.print(f"wrote {len(explanations)} PNG(s) to {out_dir}")

@@ -2,6 +2,7 @@
 one-line "nothing stands out" for normal clips; the maps' definitions."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,3 +87,41 @@ def test_a_map_s_mean_over_time_is_the_clip_score():
     curve = time_map(Windows(), batch, {}, score)
     assert curve.shape == (2, 100)
     assert torch.allclose(curve.mean(dim=1), score, atol=1e-5)
+
+
+def test_explain_renders_a_png_per_clip_for_eight_sections(tiny, tmp_path):
+    """Two machine types of four sections each, one clip of each section: eight readable PNGs."""
+    import matplotlib.image
+
+    from asdcli.services.training.fuse import train_fusion
+    from asdcli.services.training.train import train_branch
+
+    cfg = tiny.synth.model_copy(update={"machines": ["fan", "valve"], "sections": 4, "train_source": 3,
+                                        "train_target": 1, "test_per_domain": 1})
+    generate(tmp_path / "data", cfg, seed=3)
+    run_cfg = tiny.with_overrides(**{"train.epochs": 1})
+    train_branch("b2", tmp_path / "data", tmp_path / "run", run_cfg, cache_dir=tmp_path / "cache")
+    train_fusion(tmp_path / "data", tmp_path / "run", run_cfg)
+    clips = [sorted((tmp_path / "data" / m / "test").glob(f"section_0{s}_source_test_*.wav"))[0]
+             for m in ("fan", "valve") for s in range(4)]
+    result = runner.invoke(app, ["explain", *map(str, clips), "--run", str(tmp_path / "run"), "--data",
+                                 str(tmp_path / "data"), "--out", str(tmp_path / "png"),
+                                 "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.strip().splitlines()) == 8
+    pngs = sorted((tmp_path / "png").glob("*.png"))
+    assert len(pngs) == 8
+    for png in pngs:
+        image = matplotlib.image.imread(png)
+        assert image.shape[0] > 500 and image.shape[1] > 1000 and image.std() > 0.05  # drawn, not blank
+
+
+def test_png_names_do_not_collide_where_dcase_file_names_repeat():
+    from asdcli.cli.explain import png_names
+    from asdcli.data.layout import parse_clip
+
+    paths = [Path("dev/fan/test/normal_id_00_00000000.wav"), Path("dev/pump/test/normal_id_00_00000000.wav"),
+             Path("dev/fan/test/anomaly_id_00_00000001.wav"), Path("more/fan/test/normal_id_00_00000000.wav")]
+    names = png_names([parse_clip(p) for p in paths])
+    assert names == ["fan_normal_id_00_00000000_1.png", "pump_normal_id_00_00000000.png",
+                     "anomaly_id_00_00000001.png", "fan_normal_id_00_00000000_2.png"]
