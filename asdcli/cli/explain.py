@@ -73,5 +73,5 @@ def explain(
     windowed = sorted({n for ex in explanations for n in ex.windowed})
     if windowed:
         show_notice(f"maps of {', '.join(windowed)} are their scores of windows of the clip (2 s, a quarter of "
-                    "shorter clips; an approximation; the other branches map their own per-frame errors)")
+                    "shorter clips; an approximation; the other branches map each frame's and band's share of their score)")
     report_failures(explained.skipped)

@@ -106,11 +106,16 @@ def watch(
     watcher = Watch(folder, run, DecisionLog(path, as_json), options, lambda r: Detector.load(r, torch_device),
                     _shown(verbose), alert_command(on_alert), lambda done, total: err.print(f"backlog: {done}/{total} scored"),
                     reference)
+    err.print(f"watching {folder} with {run}; log {path}; {len(watcher.state.done)} file(s) already logged"
+              + ("; polling" if poll else ""))
+    _until_stopped(watcher)
+
+
+def _until_stopped(watcher) -> None:
+    """Run the watcher until SIGTERM or Ctrl-C (the clip in hand is finished), then say what it did."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    err.print(f"watching {folder} with {run}; log {path}; {len(watcher.state.done)} file(s) already logged"
-              + ("; polling" if poll else ""))
     summary = watcher.run(stop)
     err.print(f"stopped: {summary.scored} clip(s) scored ({summary.caught_up} caught up on at the start), "
               f"{summary.skipped} skipped, {summary.older} older than --since left alone, run reloaded "

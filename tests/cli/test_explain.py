@@ -2,6 +2,7 @@
 one-line "nothing stands out" for normal clips; the maps' definitions."""
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +126,27 @@ def test_png_names_do_not_collide_where_dcase_file_names_repeat():
     names = png_names([parse_clip(p) for p in paths])
     assert names == ["fan_normal_id_00_00000000_1.png", "pump_normal_id_00_00000000.png",
                      "anomaly_id_00_00000001.png", "fan_normal_id_00_00000000_2.png"]
+
+
+def test_a_section_baseline_is_kept_in_the_cache_and_a_damaged_one_made_again(faulty, tmp_path, monkeypatch):
+    """asd explain --data maps the section's normal clips once; the next call reads them from the
+    cache folder (same figures), and a damaged cache entry is made again, never an error."""
+    import asdcli.services.scoring.explain as explain_module
+
+    clip = sorted((faulty / "data" / "fan" / "test").glob("*anomaly*.wav"))[0]
+    cache = tmp_path / "cache"
+    shutil.copytree(faulty / "cache", cache)
+    args = ["explain", str(clip), "--run", str(faulty / "run"), "--data", str(faulty / "data"), "--json", "--no-plot",
+            "--cache-dir", str(cache)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    kept = list((cache / "explain-baselines").glob("*.npz"))
+    assert len(kept) == 1
+    mapped = []
+    real_maps = explain_module._maps
+    monkeypatch.setattr(explain_module, "_maps", lambda d, clips: mapped.append(len(clips)) or real_maps(d, clips))
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and second.stdout == first.stdout and mapped == [1]  # the clip only
+    kept[0].write_bytes(b"not an npz")
+    third = runner.invoke(app, args)
+    assert third.exit_code == 0 and third.stdout == first.stdout and mapped[1:] == [1, 10]  # its 10 normal clips

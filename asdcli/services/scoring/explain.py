@@ -11,19 +11,27 @@ in dB), the branches whose own map is high in it, and a plain-words kind from th
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import zipfile
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from asdcli.data.features import mel_filterbank
 from asdcli.data.layout import Clip
-from asdcli.errors import DataError
+from asdcli.atomic import atomic_open
+from asdcli.errors import DataError, OutputError
+from asdcli.files import open_regular
 from asdcli.services.inputs.dataset import ClipSet
 from asdcli.services.inputs.embeddings import with_embeddings
 from asdcli.services.inputs.features import make_extractor
 from asdcli.services.scoring.branch_scores import normalize, section_stats
 from asdcli.services.scoring.maps import native, time_map
+from asdcli.services.store.runs import run_stamp
 
 AGREE_SD = 1.0  # a branch agrees where its map averages this far above its normal clips in the span
 KINDS = {
@@ -205,12 +213,13 @@ def section_baselines(detector, reference: list[Clip]) -> dict[str, dict[str, tu
         group = detector.run.vocab.group_name(clip)
         if clip.is_anomaly != 1 and len(chosen.setdefault(group, [])) < REFERENCE_CLIPS:
             chosen[group].append(clip)
-    picked = [c for clips in chosen.values() for c in clips]
+    files = {group: baseline_file(detector, group, clips) for group, clips in chosen.items()}
+    out = {group: kept for group in chosen if (kept := read_baseline(files[group], detector.names)) is not None}
+    picked = [c for group, clips in chosen.items() if group not in out for c in clips]
     if not picked:
-        return {}
+        return out
     result, _, _, maps, _ = _maps(detector, picked)
-    out: dict[str, dict[str, tuple[np.ndarray, float]]] = {}
-    for group in chosen:
+    for group in set(chosen) - set(out):
         rows = [i for i, c in enumerate(result.clips) if detector.run.vocab.group_name(c) == group]
         if len(rows) < 2:
             continue
@@ -218,6 +227,7 @@ def section_baselines(detector, reference: list[Clip]) -> dict[str, dict[str, tu
         for name in detector.names:
             stack = np.stack([maps[i][name] for i in rows])  # (n, T)
             out[group][name] = (stack.mean(axis=0), float(max(np.median(stack.std(axis=0, ddof=1)), 1e-3)))
+        write_baseline(files[group], out[group], detector.names)
     return out
 
 
@@ -228,9 +238,13 @@ def explain(detector, clips: list[Clip], reference: list[Clip] | None = None,
     are each section's frame-by-frame baseline: heights are then in standard deviations of normal
     clips at that moment. Without them, heights are those of the clip-level statistics (a notice
     says so), and clip edges and other spots where every clip's map is high can look anomalous.
-    ``baselines``: :func:`section_baselines` already made (a caller that explains clip after clip)."""
+    Baselines are made for the explained clips' sections only, and kept in ``baselines`` where a
+    caller that explains clip after clip hands the same dict every time (:func:`section_baselines`)."""
     result, clipset, config, maps, bands = _maps(detector, clips)
-    baselines = section_baselines(detector, reference or []) if baselines is None else baselines
+    baselines = {} if baselines is None else baselines
+    wanted = {detector.run.vocab.group_name(c) for c in result.clips} - set(baselines)
+    baselines.update(section_baselines(detector, [c for c in reference or []
+                                                  if detector.run.vocab.group_name(c) in wanted]))
     edges = mel_edges(config)
     seconds_per_frame = config.features.hop_length / config.audio.sample_rate
     duration = config.audio.num_samples / config.audio.sample_rate
@@ -271,3 +285,54 @@ def explain(detector, clips: list[Clip], reference: list[Clip] | None = None,
                     change), agreeing,
             [n for n in detector.names if not native(detector.loaded.branches[n])]))
     return Explained(out, result.skipped, notices)
+
+
+BASELINE_FORMAT = 1  # made again when the maps change: a kept baseline of other maps is never read
+BASELINE_LIMIT = 64 << 20
+
+
+def baseline_file(detector, group: str, clips: list[Clip]) -> Path | None:
+    """Where the baseline of ``group`` made from ``clips`` is kept in the feature cache folder
+    (keyed by the run's files, the branches and the clips' paths, sizes and times); None without
+    a cache folder or where a clip cannot be looked at."""
+    if detector.cache_dir is None:
+        return None
+    try:
+        stats = [(str(Path(c.path).resolve()), info.st_size, info.st_mtime_ns)
+                 for c, info in ((c, os.stat(c.path)) for c in clips)]
+        key = [BASELINE_FORMAT, group, detector.names, [list(e) for e in run_stamp(detector.run.path)], stats]
+    except OSError:
+        return None
+    digest = hashlib.sha1(json.dumps(key).encode()).hexdigest()[:24]
+    return Path(detector.cache_dir) / "explain-baselines" / f"{digest}.npz"
+
+
+def read_baseline(path: Path | None, names: list[str]) -> dict[str, tuple[np.ndarray, float]] | None:
+    """A baseline kept by :func:`write_baseline`; None where there is none or it does not read
+    as one (it is then made again)."""
+    if path is None:
+        return None
+    try:
+        with open_regular(path, "explain baseline", DataError, BASELINE_LIMIT) as (handle, _):
+            with np.load(handle, allow_pickle=False) as data:
+                means, spreads = data["means"], data["spreads"]
+    except (FileNotFoundError, DataError, OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    if means.ndim != 2 or means.shape[0] != len(names) or spreads.shape != (len(names),) \
+            or not (np.isfinite(means).all() and np.isfinite(spreads).all() and (spreads > 0).all()):
+        return None
+    return {name: (means[k].astype(float), float(spreads[k])) for k, name in enumerate(names)}
+
+
+def write_baseline(path: Path | None, baseline: dict[str, tuple[np.ndarray, float]], names: list[str]) -> None:
+    """Keep a section's baseline for the next call (atomically; a cache that cannot be written is
+    left alone: it only saves time)."""
+    if path is None:
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_open(path, "wb", fsync=False) as handle:
+            np.savez(handle, means=np.stack([baseline[n][0] for n in names]),
+                     spreads=np.array([baseline[n][1] for n in names]))
+    except (OutputError, OSError):
+        pass

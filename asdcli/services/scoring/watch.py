@@ -26,6 +26,7 @@ from asdcli import memory
 from asdcli.data.layout import Clip, parse_clip
 from asdcli.services.scoring.arrivals import Arrivals, WatchOptions, WatchState, list_audio, relative_key
 from asdcli.services.scoring.watch_log import DecisionLog, LogLine
+from asdcli.services.store.runs import run_stamp
 
 
 def utc_now() -> str:
@@ -117,17 +118,6 @@ class WatchSummary:
     reloads: int = 0
 
 
-def run_stamp(run_dir: Path) -> tuple:
-    """Sizes and modification times of a run's records and weights: a commit changes them."""
-    entries = []
-    with os.scandir(run_dir) as found:
-        for entry in found:
-            if entry.name.endswith((".json", ".safetensors")) and not entry.name.startswith("."):
-                info = entry.stat()
-                entries.append((entry.name, info.st_size, info.st_mtime_ns))
-    return tuple(sorted(entries))
-
-
 def alert_command(command: str | None) -> Callable[[LogLine], str | None]:
     """Run ``command`` (a shell command line) for an alert, the clip's details in ``ASD_*``
     environment variables; returns why it failed, or None."""
@@ -159,7 +149,7 @@ class Watch:
                  reference: list[Clip] | None = None):
         self.folder, self.run_dir, self.log, self.options = Path(folder), Path(run_dir), log, options
         self.load, self.emit, self.on_backlog = load, emit, on_backlog
-        self.reference, self.baselines = reference or [], None  # normal clips for where; their maps, once made
+        self.reference, self.baselines = reference or [], {}  # normal clips for where; their maps, once made
         self.stamp = run_stamp(self.run_dir)
         self.detector = load(self.run_dir)  # first: the log exists once the watcher can score
         self.state = WatchState(done={line.file for line in log.open() if line.kind in ("clip", "skipped")})
@@ -175,7 +165,7 @@ class Watch:
     def _reload_if_retrained(self) -> None:
         stamp = run_stamp(self.run_dir)
         if stamp != self.stamp:
-            self.detector, self.stamp, self.baselines = self.load(self.run_dir), stamp, None
+            self.detector, self.stamp, self.baselines = self.load(self.run_dir), stamp, {}
             self.summary.reloads += 1
             self._write(LogLine(utc_now(), kind="notice", message=f"{self.run_dir} changed: the run was loaded again"))
 
@@ -226,14 +216,12 @@ class Watch:
         (Hz) and the kind of change, read against the reference clips' maps (made once per run);
         nothing for a clip that cannot be read again (a notice says why)."""
         from asdcli.errors import DataError
-        from asdcli.services.scoring.explain import explain, section_baselines
+        from asdcli.services.scoring.explain import explain
 
         if not anomalous or not self.options.where:
             return {}
         try:
-            if self.baselines is None:
-                self.baselines = section_baselines(self.detector, self.reference)
-            explained = explain(self.detector, anomalous, baselines=self.baselines)
+            explained = explain(self.detector, anomalous, self.reference, self.baselines)
         except DataError as error:
             self._notices([f"where the anomalous clips sound wrong is not logged: {error}"])
             return {}

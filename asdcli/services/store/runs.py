@@ -3,6 +3,7 @@ branches loaded back from their checkpoints."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,17 @@ class Run:
     def config_path(self) -> Path:
         """The resolved config the run was started with; later stages use it."""
         return self.file(CONFIG_FILE)
+
+
+def run_stamp(run_dir: Path) -> tuple:
+    """Sizes and modification times of a run's records and weights: a commit changes them."""
+    entries = []
+    with os.scandir(run_dir) as found:
+        for entry in found:
+            if entry.name.endswith((".json", ".safetensors")) and not entry.name.startswith("."):
+                info = entry.stat()
+                entries.append((entry.name, info.st_size, info.st_mtime_ns))
+    return tuple(sorted(entries))
 
 
 def saved_config(run_dir: Path | None) -> str | None:
