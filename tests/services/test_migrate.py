@@ -15,11 +15,11 @@ from safetensors.torch import save_file
 
 from asdcli.checkpoints import FORMAT_VERSION
 from asdcli.data.layout import discover
-from asdcli.errors import CheckpointError
+from asdcli.errors import AsdError, CheckpointError
 from asdcli.services.training.fuse import train_fusion
 from asdcli.services.training.meta import meta_train
 from asdcli.services.store.migrate import upgrade_state
-from asdcli.services.store.runs import open_run, read_branch_record
+from asdcli.services.store.runs import load_branch, open_run, read_branch_record
 from asdcli.services.scoring.score import score_clips
 from asdcli.services.scoring.stages import branch_digests, stage_digest
 from asdcli.services.training.train import train_branch
@@ -165,3 +165,16 @@ def test_a_damaged_format_1_record_is_one_error(made, tmp_path, field, value):
     path.write_text(json.dumps(data))
     with pytest.raises(CheckpointError, match=rf"transformer-ae.json: field '{field}' is not valid"):
         read_branch_record(open_run(old), "transformer-ae")
+
+
+@pytest.mark.parametrize("value, says", [(5, "field 'config.branches' is not a mapping"),
+                                         ({"transformer_ae": {"d_model": "wide"}}, "d_model")])
+def test_a_damaged_config_in_a_branch_record_is_one_error(made, tmp_path, value, says):
+    broken = tmp_path / "broken"
+    shutil.copytree(made[0], broken)
+    path = broken / "transformer-ae.json"
+    data = json.loads(path.read_text())
+    data["config"]["branches"] = value
+    path.write_text(json.dumps(data))
+    with pytest.raises(AsdError, match=says):  # the branch alone (the fusion head would first call it retrained)
+        load_branch(open_run(broken), "transformer-ae")

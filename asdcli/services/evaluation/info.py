@@ -75,7 +75,7 @@ def _branch_stage(run: Run, name: str) -> Stage:
     try:
         meta = read_branch_record(run, name)
         config = trained_config(run, name, meta)
-    except CheckpointError as error:
+    except (CheckpointError, ConfigError) as error:  # the record, or the config.yaml it is laid over
         return Stage(label, "damaged", str(error))
     lr = branch_training(config, name, "lr")
     notes = []

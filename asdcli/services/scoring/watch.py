@@ -63,8 +63,7 @@ class Monitor:
             failed = self.on_alert(line)
             message = (f"{self.options.alert_k} of the last {self.options.alert_n} clips of {section} anomalous "
                        f"(latest {line.file}, score {line.score:.2f}{where_text(line)})"
-                       + (f"; the alert command failed: {failed}"
-                                                                          if failed else ""))
+                       + (f"; the alert command failed: {failed}" if failed else ""))
             out.append(LogLine(utc_now(), line.file, line.machine, line.section, line.score, 1, "alert", message))
         if line.decision == 0 and line.score is not None:
             normals = self.state.normals.setdefault(section, deque(maxlen=self.options.drift_window))
