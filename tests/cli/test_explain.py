@@ -72,6 +72,10 @@ def test_spans_bands_and_kinds_follow_their_definitions():
     assert kind_of(1.0, 3 / 128, (900, 1000), 12.0) == "tone"
     assert kind_of(0.05, 0.6, (0, 8000), 15.0) == "burst"
     assert kind_of(0.5, 0.5, (90, 4000), -9.0) == "dropout"
+    # a level change too wide for a tone, but the branches' shares sit in 2 of 32 bands: a tone
+    assert kind_of(1.0, 0.3, (500, 1500), 2.0) == "band"
+    assert kind_of(1.0, 0.3, (500, 1500), 2.0, (2 / 32, 4.0)) == "tone"
+    assert kind_of(0.2, 0.3, (500, 1500), 2.0, (2 / 32, 4.0)) == "band"  # not held 0.4 s
 
 
 def test_a_map_s_mean_over_time_is_the_clip_score():
