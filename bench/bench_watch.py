@@ -48,12 +48,15 @@ def name(source: Path, i: int) -> str:
     return f"{source.stem}_n{i:06d}{source.suffix}"
 
 
+WATCH_OPTIONS: list[str] = []  # --where: ["--where", "--data", DATA]
+
+
 def start(folder: Path, run: Path, log: Path) -> subprocess.Popen:
     """asd watch on ``folder``; what it says goes to ``<log>.stderr`` (a pipe nobody reads would
     fill up and stop it)."""
     stderr = open(log.with_suffix(".stderr"), "ab")
     return subprocess.Popen(ASD + ["watch", str(folder), "--run", str(run), "--log", str(log), "--json",
-                                   "--settle", "0.5"], stdout=subprocess.DEVNULL, stderr=stderr)
+                                   "--settle", "0.5", *WATCH_OPTIONS], stdout=subprocess.DEVNULL, stderr=stderr)
 
 
 def said(log: Path) -> str:
@@ -231,7 +234,11 @@ def main() -> None:
     parser.add_argument("--kills", type=int, default=10)
     parser.add_argument("--memory-files", type=int, default=10_000)
     parser.add_argument("--only", nargs="*", choices=["latency", "burst", "crash", "memory"])
+    parser.add_argument("--where", action="store_true", help="asd watch --where --data (the synthetic training "
+                        "data; only with the run this script trains): anomalous clips are explained as they are logged")
     args = parser.parse_args()
+    if args.where and args.run is not None:
+        sys.exit("--where needs the run this script trains (its training data are the baselines)")
     for given in (args.run, args.clips):
         if given is not None and args.work.resolve() in (given.resolve(), *given.resolve().parents):
             sys.exit(f"{given} lies in --work {args.work}, which this script empties first: give another --work")
@@ -239,7 +246,10 @@ def main() -> None:
         shutil.rmtree(args.work)
     args.work.mkdir(parents=True)
     sources = prepare(args)
-    print(f"asd watch with {args.run}, {len(sources)} distinct clips, CPU threads {os.cpu_count()}\n")
+    if args.where:
+        WATCH_OPTIONS.extend(["--where", "--data", str(args.work / "data")])
+    print(f"asd watch{' --where' if args.where else ''} with {args.run}, {len(sources)} distinct clips, "
+          f"CPU threads {os.cpu_count()}\n")
     print("| case | asd watch | reference |")
     print("| --- | --- | --- |")
     for name, case in (("latency", latency), ("burst", burst), ("crash", crash), ("memory", memory)):
