@@ -3,10 +3,11 @@
 Per clip: each branch's anomaly map (:mod:`asdcli.services.scoring.maps`) standardised with the
 section's training statistics as its clip score is (the same domain shift too), the fused map
 (combined as the fusion combines the clip scores: that clip's weights over the asinh of each
-branch's map, read back in standard deviations), the span around the
-fused map's peak (where it stays above 30 % of the way from the clip's median to the peak), the
-frequency range that changed in that span (the log-mel of the span against the rest of the clip,
-in dB), the branches whose own map is high in it, and a plain-words kind from the span's shape.
+branch's map, read back in standard deviations), the span that stands out most in the fused map
+(:func:`find_span`), the frequency range that drove it (the bands of b2's and b4's shares in the
+span; without them, the bands whose level changed most), the branches whose own map is high in
+it, and a plain-words kind from the span's length and the change in level (:func:`kind_of`).
+Each section's baseline (the maps of its normal clips) is kept in the feature cache.
 """
 
 from __future__ import annotations
