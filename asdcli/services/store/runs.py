@@ -4,7 +4,7 @@ branches loaded back from their checkpoints."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -66,6 +66,8 @@ class Run:
     vocab: Vocabulary
     features: dict
     holdout: frozenset[str] = frozenset()
+    # config.yaml as read once (run_config): written when the run is made, never after
+    read_config: AsdConfig | None = field(default=None, repr=False, compare=False)
 
     def file(self, name: str) -> Path:
         """The run's file ``name`` as a reader takes it: the staged copy where a commit that names it
@@ -282,8 +284,11 @@ def run_config(run: Run, given: AsdConfig | None = None) -> AsdConfig:
             raise ConfigError(f"{run.path}: the run was made with other audio/feature settings than this config; "
                               "leave --config out to use the run's own")
         return given
+    if run.read_config is not None:
+        return run.read_config
     if run.config_path.is_file():
-        return load_config(run.config_path)
+        run.read_config = load_config(run.config_path)
+        return run.read_config
     found = config_of_v1_run(list(run.path.glob("*.json")))
     if found is not None:
         return validate_config(found[0], source=str(found[1]))
