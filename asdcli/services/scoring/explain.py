@@ -118,46 +118,54 @@ def find_span(curve: np.ndarray) -> tuple[int, int]:
     return span
 
 
-def find_band(logmel: np.ndarray, first: int, last: int) -> tuple[int, int, float]:
-    """The mel bins [lo, hi] that changed most in frames [first, last] against the other frames
-    (contiguous bins around the largest change, within half of it), and their mean change in dB."""
+def span_change(logmel: np.ndarray, first: int, last: int) -> np.ndarray:
+    """(n_mels,) each bin's mean level in frames [first, last] against the other frames, in dB."""
     inside = logmel[:, first : last + 1].mean(axis=1)
     outside_frames = np.r_[0:first, last + 1 : logmel.shape[1]]
     outside = logmel[:, outside_frames].mean(axis=1) if outside_frames.size else logmel.mean(axis=1)
-    change = inside - outside  # (n_mels,) dB
-    top = int(np.argmax(np.abs(change)))
-    sign = np.sign(change[top]) or 1.0
+    return inside - outside
+
+
+def _around(values: np.ndarray, top: int) -> tuple[int, int]:
+    """The contiguous bins around ``top`` whose value is at least half of its."""
     lo = hi = top
-    while lo > 0 and sign * change[lo - 1] >= 0.5 * abs(change[top]):
+    while lo > 0 and values[lo - 1] >= 0.5 * values[top]:
         lo -= 1
-    while hi < change.size - 1 and sign * change[hi + 1] >= 0.5 * abs(change[top]):
+    while hi < values.size - 1 and values[hi + 1] >= 0.5 * values[top]:
         hi += 1
+    return lo, hi
+
+
+def _strongest(change: np.ndarray) -> tuple[int, int, float]:
+    """The bins around the largest change (of its sign, within half of it) and their mean change."""
+    top = int(np.argmax(np.abs(change)))
+    lo, hi = _around((np.sign(change[top]) or 1.0) * change, top)
     return lo, hi, float(change[lo : hi + 1].mean())
 
 
-def band_of(per_bin: np.ndarray, logmel: np.ndarray, first: int, last: int) -> tuple[int, int, float]:
+def find_band(logmel: np.ndarray, first: int, last: int) -> tuple[int, int, float]:
+    """The mel bins [lo, hi] that changed most in frames [first, last] against the other frames
+    (contiguous bins around the largest change, within half of it), and their mean change in dB."""
+    return _strongest(span_change(logmel, first, last))
+
+
+def band_of(per_bin: np.ndarray, change: np.ndarray) -> tuple[int, int, float]:
     """The mel bins [lo, hi] that drove the reconstruction branches' score in the span (contiguous
     bins around the largest share, within half of it; their fused shares ``per_bin``) and their
-    level change in dB in the span against the other frames. Chosen on seed 0 of
-    bench/bench_explain.py against :func:`find_band` (the bins whose level changed most)."""
-    top = int(np.argmax(per_bin))
-    lo = hi = top
-    while lo > 0 and per_bin[lo - 1] >= 0.5 * per_bin[top]:
-        lo -= 1
-    while hi < per_bin.size - 1 and per_bin[hi + 1] >= 0.5 * per_bin[top]:
-        hi += 1
-    outside = np.r_[0:first, last + 1 : logmel.shape[1]]
-    inside = logmel[lo : hi + 1, first : last + 1].mean()
-    return lo, hi, float(inside - (logmel[lo : hi + 1, outside].mean() if outside.size else inside))
+    level change in dB in the span against the other frames (``change``, :func:`span_change`).
+    Chosen on seed 0 of bench/bench_explain.py against :func:`find_band` (the bins whose level
+    changed most)."""
+    lo, hi = _around(per_bin, int(np.argmax(per_bin)))
+    return lo, hi, float(change[lo : hi + 1].mean())
 
 
-def _level_change(logmel: np.ndarray, first: int, last: int, edges: np.ndarray) -> tuple[float, tuple, float]:
+def _level_change(change: np.ndarray, edges: np.ndarray) -> tuple[float, tuple, float]:
     """What the kind is read from: the share of the bands, the band (Hz) and the change (dB) of the
     bins whose level changed most in the span (:func:`find_band`; the reported band, from the
     branches' shares, says where the score came from, not how wide the change in level is: a
     dropout's shares sit in a few bands while its level falls in all of them)."""
-    lo, hi, change = find_band(logmel, first, last)
-    return (hi - lo + 1) / logmel.shape[0], (float(edges[lo]), float(edges[hi + 2])), change
+    lo, hi, mean = _strongest(change)
+    return (hi - lo + 1) / change.size, (float(edges[lo]), float(edges[hi + 2])), mean
 
 
 TONE_SHARE = 0.1  # chosen on seed 0 of bench_explain's runs among 0.05/0.1/0.15 (kinds right: 0.43 -> 0.66)
@@ -284,12 +292,13 @@ def explain(detector, clips: list[Clip], reference: list[Clip] | None = None,
         fused_map = np.sinh(sum(w * np.arcsinh(maps[i][n]) for w, n in zip(weights, detector.names)))
         first, last = find_span(fused_map)
         logmel = batch.feats[0].cpu().numpy()
+        changes = span_change(logmel, first, last)
         if bands[i]:  # the bands the reconstruction branches' shares put it in
             per_bin = sum(w * bands[i][n][:, first : last + 1].mean(axis=1)
                           for w, n in zip(weights, detector.names) if n in bands[i])
-            lo, hi, change = band_of(per_bin, logmel, first, last)
+            lo, hi, change = band_of(per_bin, changes)
         else:
-            lo, hi, change = find_band(logmel, first, last)
+            lo, hi, change = _strongest(changes)
         span = (first * seconds_per_frame, min((last + 1) * seconds_per_frame, duration))  # frames end past the clip
         agreeing = [n for n in detector.names if maps[i][n][first : last + 1].mean() >= AGREE_SD]
         peak = int(np.argmax(fused_map))
@@ -299,7 +308,7 @@ def explain(detector, clips: list[Clip], reference: list[Clip] | None = None,
             np.arange(fused_map.size) * seconds_per_frame, fused_map, maps[i],
             {n: float(w) for n, w in zip(detector.names, weights)}, logmel, edges, float(fused_map[peak]),
             peak * seconds_per_frame, span, (float(edges[lo]), float(edges[hi + 2])), change,
-            kind_of(span[1] - span[0], *_level_change(logmel, first, last, edges),
+            kind_of(span[1] - span[0], *_level_change(changes, edges),
                     ((hi - lo + 1) / logmel.shape[0], change) if bands[i] else None), agreeing,
             [n for n in detector.names if not native(detector.loaded.branches[n])]))
     return Explained(out, result.skipped, notices)
