@@ -38,7 +38,7 @@ class BranchTrain(Section):
     precision: Precision | None = None
 
 
-Pooling = Literal["mean", "max", "gwrp"]
+Pooling = Literal["mean", "max", "top10", "gwrp"]
 # mse: pooled squared error; mahalanobis: distance of the per-bin error profile from the
 # section's training profiles (as the DCASE 2023 baseline's MAHALA mode)
 ErrorScore = Literal["mahalanobis", "mse"]

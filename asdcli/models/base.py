@@ -211,8 +211,12 @@ def state_digest(module: nn.Module, extra: str = "") -> str:
     return digest.hexdigest()
 
 
+TOP_SHARE = 0.1  # "top10" pooling: the mean of this share of a clip's frames, its largest
+
+
 def pool_time(errors: Tensor, mode: str, decay: float = 0.9) -> Tensor:
-    """(B, T) per-frame errors -> (B,) by mean, max or global weighted rank pooling (GWRP).
+    """(B, T) per-frame errors -> (B,) by mean, max, the mean of the largest tenth ("top10") or
+    global weighted rank pooling (GWRP).
 
     GWRP (Kolesnikov & Lampert 2016): sort descending and weight the r-th value by decay^r, a
     soft maximum that rewards clips whose worst frames are bad.
@@ -221,6 +225,8 @@ def pool_time(errors: Tensor, mode: str, decay: float = 0.9) -> Tensor:
         return errors.mean(dim=1)
     if mode == "max":
         return errors.amax(dim=1)
+    if mode == "top10":
+        return errors.topk(max(1, round(TOP_SHARE * errors.shape[1])), dim=1).values.mean(dim=1)
     ranked = errors.sort(dim=1, descending=True).values  # (B, T)
     weights = decay ** torch.arange(errors.shape[1], device=errors.device, dtype=errors.dtype)
     return (ranked * weights).sum(dim=1) / weights.sum()

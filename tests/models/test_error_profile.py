@@ -79,3 +79,15 @@ def test_the_shares_of_bins_and_frames_add_up_to_the_distance_and_point_at_the_f
     torch.testing.assert_close(shares.sum(dim=1).mean(dim=1), scorer(error_profile(error), group))
     frames = shares[0].sum(dim=0)
     assert int(shares[0].sum(dim=1).argmax()) == 3 and frames[10:15].mean() > 3 * torch.cat([frames[:10], frames[15:]]).abs().mean()
+
+
+def test_frame_poolings_of_a_clip_with_one_loud_frame():
+    from asdcli.models.base import pool_time
+
+    errors = torch.ones(2, 40)
+    errors[0, 7] = 41.0  # one loud frame of 40: the mean 2, the top tenth (4 frames) 11
+    assert torch.allclose(pool_time(errors, "mean"), torch.tensor([2.0, 1.0]))
+    assert torch.allclose(pool_time(errors, "max"), torch.tensor([41.0, 1.0]))
+    assert torch.allclose(pool_time(errors, "top10"), torch.tensor([11.0, 1.0]))
+    assert pool_time(errors, "top10")[0] > pool_time(errors, "gwrp")[0] > pool_time(errors, "mean")[0]
+    assert torch.allclose(pool_time(torch.arange(3.0)[None], "top10"), torch.tensor([2.0]))  # at least one frame

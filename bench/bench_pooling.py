@@ -1,0 +1,143 @@
+"""How b2 and b4 pool their errors into a clip score, on the runs bench_real.py kept.
+
+    python bench/bench_pooling.py --work /tmp/real/all [--synthetic RUN DATA] [--markdown ../docs/pooling.md]
+
+The reconstruction branches (b2 Transformer AE, b4 diffusion) reconstruct every frame and bin of
+a clip; their clip score is either the Mahalanobis distance of the clip's per-bin error profile
+from its section's training clips (``score: mahalanobis``, the default) or the squared error of
+each frame pooled over the frames (``score: mse`` with ``pooling``: mean, max, top10 - the mean
+of the largest tenth of the frames - or gwrp). Every choice a user can set is scored here on the
+same trained weights: for each fold and seed kept by ``bench_real.py --work W --reuse`` the branch
+reconstructs the fold's training and labelled test clips once and every pooling is computed from
+those errors (AUC per section, averaged over the set's sections). Then, for each set, the pooling
+with the best mean AUC on the *other* sets is judged on it (leave one set out). ``--synthetic RUN
+DATA``: the same on a run trained on synthetic data (``asd synth``), whose test clips are DATA's.
+
+b1, b3 and b5 pool nothing over frames that a setting could change: b1's backbone pools its
+feature map inside the network (its kNN compares clip embeddings), b3's CNN pools its last feature
+map to one embedding (mean and max together), b5 scores b3's embedding.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from asdcli.data.layout import discover
+from asdcli.models.base import pool_time
+from asdcli.models.error_profile import error_profile
+from asdcli.services.inputs.dataset import ClipSet
+from asdcli.services.inputs.features import make_extractor
+from asdcli.services.scoring.score import Detector
+from real_report import section_metrics
+
+BRANCHES = ("transformer-ae", "diffusion")
+POOLINGS = ("mahalanobis", "mse mean", "mse max", "mse top10", "mse gwrp")
+
+
+def _errors(detector: Detector, name: str, clips, cache: Path):
+    """The branch's signed errors (N, n_mels, T) of the clips it could read, their sections and clips."""
+    config = detector.config
+    clipset = ClipSet(clips, config, make_extractor(config, cache), detector.run.vocab, keep_features=True,
+                      require_any=False)
+    branch = detector.loaded.branches[name]
+    errors, groups = [], []
+    with torch.no_grad():
+        for start in range(0, len(clipset.clips), 8):
+            batch = clipset.batch(list(range(start, min(start + 8, len(clipset.clips)))))
+            errors.append(branch.error(batch).float())
+            groups.append(batch.group)
+    return torch.cat(errors), torch.cat(groups), clipset.clips, branch
+
+
+def pooled_scores(branch, error: torch.Tensor, group: torch.Tensor) -> dict[str, np.ndarray]:
+    """Every pooling of POOLINGS of the (N, n_mels, T) errors: (N,) clip scores each."""
+    out = {"mahalanobis": branch.profiles(error_profile(error), group)}
+    frames = error.pow(2).mean(dim=1)  # (N, T) each frame's squared error
+    for mode in ("mean", "max", "top10", "gwrp"):
+        out[f"mse {mode}"] = pool_time(frames, mode, branch.cfg.gwrp_decay)
+    return {k: v.numpy().astype(float) for k, v in out.items()}
+
+
+def run_aucs(run: Path, data: Path, cache: Path) -> dict[str, dict[str, float]]:
+    """{branch: {pooling: AUC (mean over sections)}} of one trained run on DATA's labelled test clips."""
+    test = [c for c in discover(data) if c.split == "test" and c.label is not None]
+    detector = Detector.load(run, "cpu", cache, names=list(BRANCHES))
+    out = {}
+    for name in BRANCHES:
+        error, group, clips, branch = _errors(detector, name, test, cache)
+        labels, groups = np.array([c.is_anomaly for c in clips]), [c.group for c in clips]
+        out[name] = {mode: float(np.mean([auc for auc, _ in section_metrics(groups, labels, s).values()]))
+                     for mode, s in pooled_scores(branch, error, group).items()}
+    return out
+
+
+def kept_runs(work: Path) -> dict[str, list[tuple[Path, Path]]]:
+    """{set: [(run, data)]} of every fold and seed bench_real.py kept under ``work``."""
+    out: dict[str, list[tuple[Path, Path]]] = {}
+    for run in sorted(work.glob("*/fold*/seed*/run")):
+        if (run / "run.json").is_file():
+            out.setdefault(run.parents[2].name, []).append((run, run.parents[1] / "data"))
+    return out
+
+
+def report(table: dict[str, dict[str, dict[str, list[float]]]], synthetic: dict | None, command: str) -> None:
+    sets = sorted(table)
+    print(f"Written by `{command}`; do not edit by hand.\n")
+    print("AUC of b2 and b4 by how they pool a clip's errors (mean over the set's sections, then over its "
+          "folds and seeds; the same trained weights for every pooling).")
+    for name in BRANCHES:
+        print(f"\n{name}\n")
+        print("| pooling | " + " | ".join(sets) + " | mean |" + (" synthetic (unseen seed) |" if synthetic else ""))
+        print("| --- |" + " ---: |" * (len(sets) + 1 + bool(synthetic)))
+        for mode in POOLINGS:
+            means = [np.mean(table[s][name][mode]) for s in sets]
+            tail = f" {synthetic[name][mode]:.3f} |" if synthetic else ""
+            print(f"| {mode} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {np.mean(means):.3f} |" + tail)
+        print(f"\nLeave one set out ({name}): the pooling with the best mean on the other sets, judged on the set\n")
+        print("| judged set | chosen without it | its AUC there | mahalanobis (the default) |")
+        print("| --- | --- | ---: | ---: |")
+        judged, default = [], []
+        for held in sets:
+            pick = max(POOLINGS, key=lambda m: np.mean([np.mean(table[s][name][m]) for s in sets if s != held]))
+            judged.append(np.mean(table[held][name][pick]))
+            default.append(np.mean(table[held][name]["mahalanobis"]))
+            print(f"| {held} | {pick} | {judged[-1]:.3f} | {default[-1]:.3f} |")
+        print(f"\nMean over the judged sets: {np.mean(judged):.3f} with the pooling chosen without each set, "
+              f"{np.mean(default):.3f} with the default.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="bench_real.py's --work (runs kept with --reuse)")
+    parser.add_argument("--synthetic", type=Path, nargs=2, metavar=("RUN", "DATA"), help="a synthetic run and its data")
+    parser.add_argument("--markdown", type=Path, help="also write the report here (docs/pooling.md)")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    runs = kept_runs(args.work)
+    if not runs:
+        sys.exit(f"no runs kept under {args.work}: run bench_real.py --work {args.work} --reuse first")
+    table: dict = {}
+    for name, pairs in runs.items():
+        table[name] = {b: {m: [] for m in POOLINGS} for b in BRANCHES}
+        for run, data in pairs:
+            for branch, aucs in run_aucs(run, data, args.work / "cache").items():
+                for mode, value in aucs.items():
+                    table[name][branch][mode].append(value)
+        print(f"{name}: {len(pairs)} runs", file=sys.stderr, flush=True)
+    synthetic = run_aucs(*args.synthetic, args.work / "cache") if args.synthetic else None
+    command = "python bench/bench_pooling.py " + " ".join(sys.argv[1:])
+    if args.markdown:
+        with args.markdown.open("w") as handle, contextlib.redirect_stdout(handle):
+            print("# Frame pooling of the reconstruction branches on real recordings\n")
+            report(table, synthetic, command)
+    report(table, synthetic, command)
+
+
+if __name__ == "__main__":
+    main()
