@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from asdcli.cli import app
 from asdcli.data.synth import generate
-from asdcli.services.scoring.explain import find_band, find_span, kind_of
+from asdcli.services.scoring.explain import find_band, find_span, kind_of, located_map
 from asdcli.services.scoring.maps import time_map
 
 runner = CliRunner()
@@ -56,6 +56,17 @@ def test_explain_json_holds_every_field_and_spans_lie_in_the_clip(faulty):
     assert {"score", "decision", "threshold", "span_s", "band_hz", "peak_sd", "kind", "agreeing", "weights"} <= set(record)
     assert 0 <= record["span_s"][0] < record["span_s"][1] <= 2.1 and 0 <= record["band_hz"][0] < record["band_hz"][1]
     assert "no normal training clips given (--data)" in result.stderr  # heights against the clip statistics
+
+
+def test_the_span_is_read_where_the_frame_exact_maps_weigh_twice():
+    smeared = np.r_[np.zeros(40), 2.0 * np.ones(30), np.zeros(50)]  # a windowed map: 30 frames around a knock
+    sharp = np.zeros(120)
+    sharp[50:52] = 12.0  # a frame-exact map: the knock's 2 frames
+    maps, names, weights = {"b1": smeared, "b2": sharp}, ["b1", "b2"], np.array([0.7, 0.3])
+    fused = located_map(maps, weights, names, set())
+    assert np.allclose(fused, np.sinh(0.7 * np.arcsinh(smeared) + 0.3 * np.arcsinh(sharp)))  # the fusion's combination
+    assert find_span(fused) == (40, 69)  # the fused map spreads it over the window
+    assert find_span(located_map(maps, weights, names, {"b2"})) == (50, 51)  # weighted twice: the knock
 
 
 def test_spans_bands_and_kinds_follow_their_definitions():
