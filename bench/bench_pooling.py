@@ -12,6 +12,9 @@ reconstructs the fold's training and labelled test clips once and every pooling 
 those errors (AUC per section, averaged over the set's sections). Then, for each set, the pooling
 with the best mean AUC on the *other* sets is judged on it (leave one set out). ``--synthetic RUN
 DATA``: the same on a run trained on synthetic data (``asd synth``), whose test clips are DATA's.
+``--final OTHER``: the final score (the whole pipeline, fusion and meta-learner refitted) of
+bench_real.py run into ``OTHER`` with a pooling changed in its ``--config``, set by set against the
+runs of ``--work`` (each run's result.json): what a changed default does to the product's score.
 
 b1, b3 and b5 pool nothing over frames that a setting could change: b1's backbone pools its
 feature map inside the network (its kNN compares clip embeddings), b3's CNN pools its last feature
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import sys
 from pathlib import Path
 
@@ -86,6 +90,40 @@ def kept_runs(work: Path) -> dict[str, list[tuple[Path, Path]]]:
     return out
 
 
+def final_aucs(work: Path) -> dict[str, list[float]]:
+    """{set: the final score's AUC (mean over sections) of each fold and seed} from bench_real's result.json files."""
+    out: dict[str, list[float]] = {}
+    for path in sorted(work.glob("*/fold*/seed*/result.json")):
+        sections = json.loads(path.read_text())["metrics"]["final"].values()
+        out.setdefault(path.parents[2].name, []).append(float(np.mean([auc for auc, _ in sections])))
+    return out
+
+
+def _pooling_of(work: Path) -> str:
+    """b2's and b4's score and pooling in the config of the first run kept under ``work``."""
+    from asdcli.services.store.runs import open_run, trained_config
+
+    run = open_run(next(work.glob("*/fold*/seed*/run/run.json")).parent)
+    parts = [(n, getattr(trained_config(run, n).branches, n.replace("-", "_"))) for n in BRANCHES]
+    return ", ".join(f"{n} {c.score}" + (f" {c.pooling}" if c.score == "mse" else "") for n, c in parts)
+
+
+def report_final(work: Path, other: Path) -> None:
+    before, after = final_aucs(work), final_aucs(other)
+    sets = sorted(set(before) & set(after))
+    print(f"\nThe final score (AUC, mean over folds and seeds) of bench_real.py's runs with {_pooling_of(work)} "
+          f"(default) and with {_pooling_of(other)} (changed): the same folds and seeds, every other branch the "
+          "same, fusion and meta-learner refitted\n")
+    print("| set | runs | default | changed | difference |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name in sets:
+        a, b = np.mean(before[name]), np.mean(after[name])
+        print(f"| {name} | {len(after[name])} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")
+    a = np.mean([v for n in sets for v in before[n]])
+    b = np.mean([v for n in sets for v in after[n]])
+    print(f"| all | {sum(len(after[n]) for n in sets)} | {a:.3f} | {b:.3f} | {b - a:+.3f} |")
+
+
 def report(table: dict[str, dict[str, dict[str, list[float]]]], synthetic: dict | None, command: str) -> None:
     sets = sorted(table)
     print(f"Written by `{command}`; do not edit by hand.\n")
@@ -116,6 +154,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="bench_real.py's --work (runs kept with --reuse)")
     parser.add_argument("--synthetic", type=Path, nargs=2, metavar=("RUN", "DATA"), help="a synthetic run and its data")
+    parser.add_argument("--final", type=Path, metavar="OTHER", help="bench_real.py's --work of a run with a pooling changed")
     parser.add_argument("--markdown", type=Path, help="also write the report here (docs/pooling.md)")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -136,7 +175,11 @@ def main() -> None:
         with args.markdown.open("w") as handle, contextlib.redirect_stdout(handle):
             print("# Frame pooling of the reconstruction branches on real recordings\n")
             report(table, synthetic, command)
+            if args.final:
+                report_final(args.work, args.final)
     report(table, synthetic, command)
+    if args.final:
+        report_final(args.work, args.final)
 
 
 if __name__ == "__main__":
