@@ -6,7 +6,9 @@ A variant is ``base`` (the config as it is) or tokens joined by ``+``: ``bg`` a 
 other machines' normal recordings (``branches.contrastive.background``: for each judged set, a
 folder of links to the normal clips of every *other* real set whose machine type the judged set
 does not have, at most --per-type per type: the background never holds the judged set or its
-machine type), ``np`` no perturbed copies (``branches.contrastive.perturbations=0``), and
+machine type), ``bgid`` the same clips with one class per machine type and machine ID (a folder
+each, so the background has many classes, as the DCASE first-shot systems' outlier exposure over
+every section of a development set), ``np`` no perturbed copies (``branches.contrastive.perturbations=0``), and
 ``key=value`` config overrides. Each fold and seed trains b3 alone (bench/real_folds.py, the same
 folds as bench_real.py) and scores the labelled test clips; the table is b3's AUC (mean over the
 set's sections) per set, then for each set the variant with the best mean on the *other* sets
@@ -34,10 +36,11 @@ from real_report import section_metrics
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def background(sets: dict[str, RealSet], judged: str, work: Path, per_type: int) -> Path:
+def background(sets: dict[str, RealSet], judged: str, work: Path, per_type: int, by_id: bool = False) -> Path:
     """A folder of links ``<type>/normal_NNN.wav`` to normal clips of the other sets' machine
-    types (none of the judged set's types), ``per_type`` of each spread over its clips."""
-    folder = work / "background" / f"{judged}-{per_type}"
+    types (none of the judged set's types), ``per_type`` of each spread over its clips; ``by_id``:
+    one folder, so one class, per machine type and machine ID (``<type>-id_XX``)."""
+    folder = work / "background" / f"{judged}-{per_type}{'-id' if by_id else ''}"
     if folder.exists():
         return folder
     own = {s.machine.lower() for s in sets[judged].clips}
@@ -45,7 +48,7 @@ def background(sets: dict[str, RealSet], judged: str, work: Path, per_type: int)
     for real in sets.values():
         for clip in real.clips:
             if clip.label == "normal" and clip.machine.lower() not in own:
-                pool.setdefault(clip.machine, set()).add(clip.path)
+                pool.setdefault(f"{clip.machine}-id_{clip.mid}" if by_id else clip.machine, set()).add(clip.path)
     for kind, paths in sorted(pool.items()):
         ordered = sorted(paths)
         for k, i in enumerate(np.linspace(0, len(ordered) - 1, min(per_type, len(ordered))).astype(int)):
@@ -55,23 +58,25 @@ def background(sets: dict[str, RealSet], judged: str, work: Path, per_type: int)
     return folder
 
 
-def overrides(variant: str, bg: Path) -> dict:
+def overrides(variant: str, bg: Path, bg_id: Path | None = None) -> dict:
     """The config overrides a variant names (module docstring)."""
     out: dict = {}
     for part in variant.split("+"):
         if part == "bg":
             out["branches.contrastive.background"] = str(bg)
+        elif part == "bgid":
+            out["branches.contrastive.background"] = str(bg_id)
         elif part == "np":
             out["branches.contrastive.perturbations"] = 0
         elif "=" in part:
             key, value = part.split("=", 1)
             out[key] = json.loads(value) if value[:1].isdigit() or value[:1] == "-" else value
         elif part != "base":
-            sys.exit(f"unknown variant part {part!r} (base, bg, np or key=value)")
+            sys.exit(f"unknown variant part {part!r} (base, bg, bgid, np or key=value)")
     return out
 
 
-def one_run(real: RealSet, fold: int, seed: int, variant: str, args, bg: Path) -> dict:
+def one_run(real: RealSet, fold: int, seed: int, variant: str, args, bg: Path, bg_id: Path | None = None) -> dict:
     """Train b3 on one fold and seed and score its labelled test clips (kept as result.json)."""
     fold_dir = args.work / real.name / f"fold{fold}"
     data, _ = build_fold(real, fold, fold_dir)
@@ -79,7 +84,7 @@ def one_run(real: RealSet, fold: int, seed: int, variant: str, args, bg: Path) -
     saved = out / "result.json"
     if saved.exists():
         return json.loads(saved.read_text())
-    config = load_config(args.config).with_overrides(seed=seed, **overrides(variant, bg))
+    config = load_config(args.config).with_overrides(seed=seed, **overrides(variant, bg, bg_id))
     start = time.perf_counter()
     train_branch("b3", data, out / "run", config, cache_dir=args.work / "cache")
     seconds = time.perf_counter() - start
@@ -136,8 +141,9 @@ def main() -> None:
     table = {v: {} for v in variants}
     for name in sets:
         bg = background(available, name, args.work, args.per_type)
+        bg_id = background(available, name, args.work, args.per_type, by_id=True)
         for variant in variants:
-            table[variant][name] = [one_run(available[name], fold, seed, variant, args, bg)["auc"]
+            table[variant][name] = [one_run(available[name], fold, seed, variant, args, bg, bg_id)["auc"]
                                     for fold in range(args.folds) for seed in args.seeds]
         print(f"{name}: " + ", ".join(f"{v} {np.mean(table[v][name]):.3f}" for v in variants), file=sys.stderr)
     if args.markdown:
