@@ -1,4 +1,4 @@
-"""How b2 and b4 pool their errors into a clip score, on the runs bench_real.py kept.
+"""How b1, b2 and b4 pool frames (or patches) into a clip score, on the runs bench_real.py kept.
 
     python bench/bench_pooling.py --work /tmp/real/all [--synthetic RUN DATA] [--markdown ../docs/pooling.md]
 
@@ -16,9 +16,13 @@ DATA``: the same on a run trained on synthetic data (``asd synth``), whose test 
 bench_real.py run into ``OTHER`` with a pooling changed in its ``--config``, set by set against the
 runs of ``--work`` (each run's result.json): what a changed default does to the product's score.
 
-b1, b3 and b5 pool nothing over frames that a setting could change: b1's backbone pools its
-feature map inside the network (its kNN compares clip embeddings), b3's CNN pools its last feature
-map to one embedding (mean and max together), b5 scores b3's embedding.
+b1 (frozen EfficientAT, kNN of clip embeddings: its backbone averages its last feature map over
+frequency and time) is scored the way AnoPatch scores a pretrained model: the cosine distance of
+each time step of that feature map (averaged over frequency) to the nearest time step of the
+section's training clips, pooled over time (mean, max, top10), and the same over every
+frequency-and-time patch, against its clip-embedding kNN ("clip", what b1 does). b3's CNN pools
+its last feature map to one embedding (mean and max together) and b5 scores b3's embedding: no
+pooling over frames there to choose.
 """
 
 from __future__ import annotations
@@ -40,8 +44,11 @@ from asdcli.services.inputs.features import make_extractor
 from asdcli.services.scoring.score import Detector
 from real_report import section_metrics
 
-BRANCHES = ("transformer-ae", "diffusion")
-POOLINGS = ("mahalanobis", "mse mean", "mse max", "mse top10", "mse gwrp")
+BRANCHES = ("pretrained", "transformer-ae", "diffusion")
+POOLINGS = {"pretrained": ("clip", "steps mean", "steps max", "steps top10", "patches mean", "patches max",
+                           "patches top10"),
+            "transformer-ae": ("mahalanobis", "mse mean", "mse max", "mse top10", "mse gwrp")}
+POOLINGS["diffusion"] = POOLINGS["transformer-ae"]
 
 
 def _errors(detector: Detector, name: str, clips, cache: Path):
@@ -59,8 +66,46 @@ def _errors(detector: Detector, name: str, clips, cache: Path):
     return torch.cat(errors), torch.cat(groups), clipset.clips, branch
 
 
+def _feature_maps(detector: Detector, clips, cache: Path):
+    """b1's last feature maps (N, C, M', T') of the clips, their sections and clips."""
+    config, branch = detector.config, detector.loaded.branches["pretrained"]
+    clipset = ClipSet(clips, config, make_extractor(config, cache), detector.run.vocab, with_wave=True,
+                      keep_features=True, require_any=False)
+    backbone, maps, groups = branch.backbone, [], []
+    with torch.no_grad():
+        for start in range(0, len(clipset.clips), 8):
+            batch = clipset.batch(list(range(start, min(start + 8, len(clipset.clips)))))
+            x = backbone.inputs(batch.wave, branch.context.sample_rate).contiguous(memory_format=torch.channels_last)
+            maps.append(backbone.model.features(x).float())
+            groups.append(batch.group)
+    return torch.cat(maps), torch.cat(groups), clipset.clips
+
+
+def _nearest(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
+    """(n, S, C) and (K, C) unit vectors -> (n, S) cosine distance of each to its nearest in the bank."""
+    return 1 - (queries @ bank.T).amax(dim=2)
+
+
+def patch_scores(train: torch.Tensor, train_group: torch.Tensor, test: torch.Tensor,
+                 test_group: torch.Tensor) -> dict[str, np.ndarray]:
+    """b1's scores of POOLINGS["pretrained"] from (N, C, M', T') feature maps, per section."""
+    unit = torch.nn.functional.normalize
+    out = {mode: np.zeros(len(test)) for mode in POOLINGS["pretrained"]}
+    for g in torch.unique(test_group).tolist():
+        a, b = train[train_group == g], test[test_group == g]
+        rows = (test_group == g).numpy()
+        clip = unit(b.mean(dim=(2, 3)), dim=1) @ unit(a.mean(dim=(2, 3)), dim=1).T
+        out["clip"][rows] = (1 - clip.amax(dim=1)).numpy()
+        for kind, (bank, query) in {"steps": (a.mean(dim=2), b.mean(dim=2)),
+                                    "patches": (a.flatten(2), b.flatten(2))}.items():
+            dist = _nearest(unit(query, dim=1).transpose(1, 2), unit(bank, dim=1).transpose(1, 2).reshape(-1, a.shape[1]))
+            for mode in ("mean", "max", "top10"):
+                out[f"{kind} {mode}"][rows] = pool_time(dist, mode).numpy()
+    return out
+
+
 def pooled_scores(branch, error: torch.Tensor, group: torch.Tensor) -> dict[str, np.ndarray]:
-    """Every pooling of POOLINGS of the (N, n_mels, T) errors: (N,) clip scores each."""
+    """Every pooling of POOLINGS[b2/b4] of the (N, n_mels, T) errors: (N,) clip scores each."""
     out = {"mahalanobis": branch.profiles(error_profile(error), group)}
     frames = error.pow(2).mean(dim=1)  # (N, T) each frame's squared error
     for mode in ("mean", "max", "top10", "gwrp"):
@@ -71,13 +116,19 @@ def pooled_scores(branch, error: torch.Tensor, group: torch.Tensor) -> dict[str,
 def run_aucs(run: Path, data: Path, cache: Path) -> dict[str, dict[str, float]]:
     """{branch: {pooling: AUC (mean over sections)}} of one trained run on DATA's labelled test clips."""
     test = [c for c in discover(data) if c.split == "test" and c.label is not None]
-    detector = Detector.load(run, "cpu", cache, names=list(BRANCHES))
+    detector = Detector.load(run, "cpu", cache, names=[n for n in BRANCHES if (run / f"{n}.json").is_file()])
     out = {}
-    for name in BRANCHES:
-        error, group, clips, branch = _errors(detector, name, test, cache)
+    for name in detector.names:
+        if name == "pretrained":
+            train, train_group, _ = _feature_maps(detector, [c for c in discover(data) if c.split == "train"], cache)
+            maps, group, clips = _feature_maps(detector, test, cache)
+            scores = patch_scores(train, train_group, maps, group)
+        else:
+            error, group, clips, branch = _errors(detector, name, test, cache)
+            scores = pooled_scores(branch, error, group)
         labels, groups = np.array([c.is_anomaly for c in clips]), [c.group for c in clips]
         out[name] = {mode: float(np.mean([auc for auc, _ in section_metrics(groups, labels, s).values()]))
-                     for mode, s in pooled_scores(branch, error, group).items()}
+                     for mode, s in scores.items()}
     return out
 
 
@@ -104,7 +155,7 @@ def _pooling_of(work: Path) -> str:
     from asdcli.services.store.runs import open_run, trained_config
 
     run = open_run(next(work.glob("*/fold*/seed*/run/run.json")).parent)
-    parts = [(n, getattr(trained_config(run, n).branches, n.replace("-", "_"))) for n in BRANCHES]
+    parts = [(n, getattr(trained_config(run, n).branches, n.replace("-", "_"))) for n in ("transformer-ae", "diffusion")]
     return ", ".join(f"{n} {c.score}" + (f" {c.pooling}" if c.score == "mse" else "") for n, c in parts)
 
 
@@ -127,24 +178,28 @@ def report_final(work: Path, other: Path) -> None:
 def report(table: dict[str, dict[str, dict[str, list[float]]]], synthetic: dict | None, command: str) -> None:
     sets = sorted(table)
     print(f"Written by `{command}`; do not edit by hand.\n")
-    print("AUC of b2 and b4 by how they pool a clip's errors (mean over the set's sections, then over its "
-          "folds and seeds; the same trained weights for every pooling).")
+    print("AUC of b1, b2 and b4 by how they pool a clip's frames or patches into a score (mean over the set's "
+          "sections, then over its folds and seeds; the same trained weights for every pooling; the first row is "
+          "what the branch does by default; b1's \"clip\" is the nearest training clip's cosine distance, which b1 "
+          "takes per domain where the data have domains, so on the synthetic data its figure is close to, not "
+          "exactly, b1's own).")
     for name in BRANCHES:
+        modes, default_mode = POOLINGS[name], POOLINGS[name][0]
         print(f"\n{name}\n")
         print("| pooling | " + " | ".join(sets) + " | mean |" + (" synthetic (unseen seed) |" if synthetic else ""))
         print("| --- |" + " ---: |" * (len(sets) + 1 + bool(synthetic)))
-        for mode in POOLINGS:
+        for mode in modes:
             means = [np.mean(table[s][name][mode]) for s in sets]
             tail = f" {synthetic[name][mode]:.3f} |" if synthetic else ""
             print(f"| {mode} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {np.mean(means):.3f} |" + tail)
         print(f"\nLeave one set out ({name}): the pooling with the best mean on the other sets, judged on the set\n")
-        print("| judged set | chosen without it | its AUC there | mahalanobis (the default) |")
+        print(f"| judged set | chosen without it | its AUC there | {default_mode} (the default) |")
         print("| --- | --- | ---: | ---: |")
         judged, default = [], []
         for held in sets:
-            pick = max(POOLINGS, key=lambda m: np.mean([np.mean(table[s][name][m]) for s in sets if s != held]))
+            pick = max(modes, key=lambda m: np.mean([np.mean(table[s][name][m]) for s in sets if s != held]))
             judged.append(np.mean(table[held][name][pick]))
-            default.append(np.mean(table[held][name]["mahalanobis"]))
+            default.append(np.mean(table[held][name][default_mode]))
             print(f"| {held} | {pick} | {judged[-1]:.3f} | {default[-1]:.3f} |")
         print(f"\nMean over the judged sets: {np.mean(judged):.3f} with the pooling chosen without each set, "
               f"{np.mean(default):.3f} with the default.")
@@ -163,7 +218,7 @@ def main() -> None:
         sys.exit(f"no runs kept under {args.work}: run bench_real.py --work {args.work} --reuse first")
     table: dict = {}
     for name, pairs in runs.items():
-        table[name] = {b: {m: [] for m in POOLINGS} for b in BRANCHES}
+        table[name] = {b: {m: [] for m in POOLINGS[b]} for b in BRANCHES}
         for run, data in pairs:
             for branch, aucs in run_aucs(run, data, args.work / "cache").items():
                 for mode, value in aucs.items():
@@ -173,7 +228,7 @@ def main() -> None:
     command = "python bench/bench_pooling.py " + " ".join(sys.argv[1:])
     if args.markdown:
         with args.markdown.open("w") as handle, contextlib.redirect_stdout(handle):
-            print("# Frame pooling of the reconstruction branches on real recordings\n")
+            print("# How b1, b2 and b4 pool frames into a clip score, on real recordings\n")
             report(table, synthetic, command)
             if args.final:
                 report_final(args.work, args.final)
