@@ -1,6 +1,6 @@
 """How b1, b2 and b4 pool frames (or patches) into a clip score, on the runs bench_real.py kept.
 
-    python bench/bench_pooling.py --work /tmp/real/all [--synthetic RUN DATA] [--markdown ../docs/pooling.md]
+    python bench/bench_pooling.py --work W [--synthetic RUN DATA] [--final OTHER] [--markdown ../docs/pooling.md]
 
 The reconstruction branches (b2 Transformer AE, b4 diffusion) reconstruct every frame and bin of
 a clip; their clip score is either the Mahalanobis distance of the clip's per-bin error profile
@@ -98,7 +98,8 @@ def patch_scores(train: torch.Tensor, train_group: torch.Tensor, test: torch.Ten
         out["clip"][rows] = (1 - clip.amax(dim=1)).numpy()
         for kind, (bank, query) in {"steps": (a.mean(dim=2), b.mean(dim=2)),
                                     "patches": (a.flatten(2), b.flatten(2))}.items():
-            dist = _nearest(unit(query, dim=1).transpose(1, 2), unit(bank, dim=1).transpose(1, 2).reshape(-1, a.shape[1]))
+            flat_bank = unit(bank, dim=1).transpose(1, 2).reshape(-1, a.shape[1])  # (N * S, C)
+            dist = _nearest(unit(query, dim=1).transpose(1, 2), flat_bank)
             for mode in ("mean", "max", "top10"):
                 out[f"{kind} {mode}"][rows] = pool_time(dist, mode).numpy()
     return out
@@ -155,7 +156,8 @@ def _pooling_of(work: Path) -> str:
     from asdcli.services.store.runs import open_run, trained_config
 
     run = open_run(next(work.glob("*/fold*/seed*/run/run.json")).parent)
-    parts = [(n, getattr(trained_config(run, n).branches, n.replace("-", "_"))) for n in ("transformer-ae", "diffusion")]
+    names = ("transformer-ae", "diffusion")
+    parts = [(n, getattr(trained_config(run, n).branches, n.replace("-", "_"))) for n in names]
     return ", ".join(f"{n} {c.score}" + (f" {c.pooling}" if c.score == "mse" else "") for n, c in parts)
 
 
@@ -209,7 +211,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, required=True, help="bench_real.py's --work (runs kept with --reuse)")
     parser.add_argument("--synthetic", type=Path, nargs=2, metavar=("RUN", "DATA"), help="a synthetic run and its data")
-    parser.add_argument("--final", type=Path, metavar="OTHER", help="bench_real.py's --work of a run with a pooling changed")
+    parser.add_argument("--final", type=Path, metavar="OTHER",
+                        help="bench_real.py's --work of runs with a pooling changed")
     parser.add_argument("--markdown", type=Path, help="also write the report here (docs/pooling.md)")
     args = parser.parse_args()
     torch.set_num_threads(2)
