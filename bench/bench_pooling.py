@@ -20,7 +20,8 @@ b1 (frozen EfficientAT, kNN of clip embeddings: its backbone averages its last f
 frequency and time) is scored the way AnoPatch scores a pretrained model: the cosine distance of
 each time step of that feature map (averaged over frequency) to the nearest time step of the
 section's training clips, pooled over time (mean, max, top10), and the same over every
-frequency-and-time patch, against its clip-embedding kNN ("clip", what b1 does). b3's CNN pools
+frequency-and-time patch, against its clip-embedding kNN ("clip", what b1 does); and b1's clip
+embedding taken from the output of each block of EfficientAT instead of the last (the layer). b3's CNN pools
 its last feature map to one embedding (mean and max together) and b5 scores b3's embedding: no
 pooling over frames there to choose.
 """
@@ -49,6 +50,7 @@ POOLINGS = {"pretrained": ("clip", "steps mean", "steps max", "steps top10", "pa
                            "patches top10"),
             "transformer-ae": ("mahalanobis", "mse mean", "mse max", "mse top10", "mse gwrp")}
 POOLINGS["diffusion"] = POOLINGS["transformer-ae"]
+LAYERS = "b1 by layer"  # b1's clip embedding taken from each block of EfficientAT instead of the last
 
 
 def _errors(detector: Detector, name: str, clips, cache: Path):
@@ -67,18 +69,37 @@ def _errors(detector: Detector, name: str, clips, cache: Path):
 
 
 def _feature_maps(detector: Detector, clips, cache: Path):
-    """b1's last feature maps (N, C, M', T') of the clips, their sections and clips."""
+    """b1's last feature maps (N, C, M', T') of the clips, every block's output averaged over
+    frequency and time [(N, C_k)], their sections and clips."""
     config, branch = detector.config, detector.loaded.branches["pretrained"]
     clipset = ClipSet(clips, config, make_extractor(config, cache), detector.run.vocab, with_wave=True,
                       keep_features=True, require_any=False)
-    backbone, maps, groups = branch.backbone, [], []
+    backbone, maps, layers, groups = branch.backbone, [], [], []
     with torch.no_grad():
         for start in range(0, len(clipset.clips), 8):
             batch = clipset.batch(list(range(start, min(start + 8, len(clipset.clips)))))
-            x = backbone.inputs(batch.wave, branch.context.sample_rate).contiguous(memory_format=torch.channels_last)
-            maps.append(backbone.model.features(x).float())
+            h = backbone.inputs(batch.wave, branch.context.sample_rate).contiguous(memory_format=torch.channels_last)
+            means = []
+            for block in backbone.model.features:
+                h = block(h)
+                means.append(h.float().mean(dim=(2, 3)))
+            maps.append(h.float())
+            layers.append(means)
             groups.append(batch.group)
-    return torch.cat(maps), torch.cat(groups), clipset.clips
+    return torch.cat(maps), [torch.cat(m) for m in zip(*layers)], torch.cat(groups), clipset.clips
+
+
+def layer_scores(train: list[torch.Tensor], train_group: torch.Tensor, test: list[torch.Tensor],
+                 test_group: torch.Tensor) -> dict[str, np.ndarray]:
+    """b1's kNN of clip embeddings taken from each block (L0 the first; the last is b1's own), per section."""
+    unit = torch.nn.functional.normalize
+    out = {f"L{k}": np.zeros(len(test[0])) for k in range(len(test))}
+    for g in torch.unique(test_group).tolist():
+        rows = (test_group == g).numpy()
+        for k, (a, b) in enumerate(zip(train, test)):
+            near = (unit(b[test_group == g], dim=1) @ unit(a[train_group == g], dim=1).T).amax(dim=1)
+            out[f"L{k}"][rows] = (1 - near).numpy()
+    return out
 
 
 def _nearest(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
@@ -121,15 +142,20 @@ def run_aucs(run: Path, data: Path, cache: Path) -> dict[str, dict[str, float]]:
     out = {}
     for name in detector.names:
         if name == "pretrained":
-            train, train_group, _ = _feature_maps(detector, [c for c in discover(data) if c.split == "train"], cache)
-            maps, group, clips = _feature_maps(detector, test, cache)
+            train, train_layers, train_group, _ = _feature_maps(
+                detector, [c for c in discover(data) if c.split == "train"], cache)
+            maps, test_layers, group, clips = _feature_maps(detector, test, cache)
             scores = patch_scores(train, train_group, maps, group)
+            by_layer = layer_scores(train_layers, train_group, test_layers, group)
         else:
             error, group, clips, branch = _errors(detector, name, test, cache)
             scores = pooled_scores(branch, error, group)
         labels, groups = np.array([c.is_anomaly for c in clips]), [c.group for c in clips]
-        out[name] = {mode: float(np.mean([auc for auc, _ in section_metrics(groups, labels, s).values()]))
-                     for mode, s in scores.items()}
+        mean_auc = lambda s: float(np.mean([auc for auc, _ in section_metrics(groups, labels, s).values()]))  # noqa: E731
+        out[name] = {mode: mean_auc(s) for mode, s in scores.items()}
+        if name == "pretrained":  # the last block first: b1's own embedding
+            order = [f"L{len(by_layer) - 1}", *[f"L{k}" for k in range(len(by_layer) - 1)]]
+            out[LAYERS] = {mode: mean_auc(by_layer[mode]) for mode in order}
     return out
 
 
@@ -184,17 +210,19 @@ def report(table: dict[str, dict[str, dict[str, list[float]]]], synthetic: dict 
           "sections, then over its folds and seeds; the same trained weights for every pooling; the first row is "
           "what the branch does by default; b1's \"clip\" is the nearest training clip's cosine distance, which b1 "
           "takes per domain where the data have domains, so on the synthetic data its figure is close to, not "
-          "exactly, b1's own).")
-    for name in BRANCHES:
-        modes, default_mode = POOLINGS[name], POOLINGS[name][0]
+          "exactly, b1's own). Last, b1's clip embedding taken from each block of EfficientAT (L0 the first; the "
+          "last, its own, first in the table) instead of the last.")
+    for name in [n for n in (*BRANCHES, LAYERS) if n in table[sets[0]]]:
+        modes = list(table[sets[0]][name])  # the first: what the branch does by default
+        default_mode, term = modes[0], "layer" if name == LAYERS else "pooling"
         print(f"\n{name}\n")
-        print("| pooling | " + " | ".join(sets) + " | mean |" + (" synthetic (unseen seed) |" if synthetic else ""))
+        print(f"| {term} | " + " | ".join(sets) + " | mean |" + (" synthetic (unseen seed) |" if synthetic else ""))
         print("| --- |" + " ---: |" * (len(sets) + 1 + bool(synthetic)))
         for mode in modes:
             means = [np.mean(table[s][name][mode]) for s in sets]
-            tail = f" {synthetic[name][mode]:.3f} |" if synthetic else ""
+            tail = f" {synthetic.get(name, {}).get(mode, float('nan')):.3f} |" if synthetic else ""
             print(f"| {mode} | " + " | ".join(f"{m:.3f}" for m in means) + f" | {np.mean(means):.3f} |" + tail)
-        print(f"\nLeave one set out ({name}): the pooling with the best mean on the other sets, judged on the set\n")
+        print(f"\nLeave one set out ({name}): the {term} with the best mean on the other sets, judged on the set\n")
         print(f"| judged set | chosen without it | its AUC there | {default_mode} (the default) |")
         print("| --- | --- | ---: | ---: |")
         judged, default = [], []
@@ -203,7 +231,7 @@ def report(table: dict[str, dict[str, dict[str, list[float]]]], synthetic: dict 
             judged.append(np.mean(table[held][name][pick]))
             default.append(np.mean(table[held][name][default_mode]))
             print(f"| {held} | {pick} | {judged[-1]:.3f} | {default[-1]:.3f} |")
-        print(f"\nMean over the judged sets: {np.mean(judged):.3f} with the pooling chosen without each set, "
+        print(f"\nMean over the judged sets: {np.mean(judged):.3f} with the {term} chosen without each set, "
               f"{np.mean(default):.3f} with the default.")
 
 
@@ -221,11 +249,11 @@ def main() -> None:
         sys.exit(f"no runs kept under {args.work}: run bench_real.py --work {args.work} --reuse first")
     table: dict = {}
     for name, pairs in runs.items():
-        table[name] = {b: {m: [] for m in POOLINGS[b]} for b in BRANCHES}
+        table[name] = {}
         for run, data in pairs:
             for branch, aucs in run_aucs(run, data, args.work / "cache").items():
                 for mode, value in aucs.items():
-                    table[name][branch][mode].append(value)
+                    table[name].setdefault(branch, {}).setdefault(mode, []).append(value)
         print(f"{name}: {len(pairs)} runs", file=sys.stderr, flush=True)
     synthetic = run_aucs(*args.synthetic, args.work / "cache") if args.synthetic else None
     command = "python bench/bench_pooling.py " + " ".join(sys.argv[1:])
