@@ -135,6 +135,10 @@ def pooled_scores(branch, error: torch.Tensor, group: torch.Tensor) -> dict[str,
     return {k: v.numpy().astype(float) for k, v in out.items()}
 
 
+def _mean_auc(groups: list[str], labels: np.ndarray, scores: np.ndarray) -> float:
+    return float(np.mean([auc for auc, _ in section_metrics(groups, labels, scores).values()]))
+
+
 def run_aucs(run: Path, data: Path, cache: Path) -> dict[str, dict[str, float]]:
     """{branch: {pooling: AUC (mean over sections)}} of one trained run on DATA's labelled test clips."""
     test = [c for c in discover(data) if c.split == "test" and c.label is not None]
@@ -151,11 +155,10 @@ def run_aucs(run: Path, data: Path, cache: Path) -> dict[str, dict[str, float]]:
             error, group, clips, branch = _errors(detector, name, test, cache)
             scores = pooled_scores(branch, error, group)
         labels, groups = np.array([c.is_anomaly for c in clips]), [c.group for c in clips]
-        mean_auc = lambda s: float(np.mean([auc for auc, _ in section_metrics(groups, labels, s).values()]))  # noqa: E731
-        out[name] = {mode: mean_auc(s) for mode, s in scores.items()}
+        out[name] = {mode: _mean_auc(groups, labels, s) for mode, s in scores.items()}
         if name == "pretrained":  # the last block first: b1's own embedding
             order = [f"L{len(by_layer) - 1}", *[f"L{k}" for k in range(len(by_layer) - 1)]]
-            out[LAYERS] = {mode: mean_auc(by_layer[mode]) for mode in order}
+            out[LAYERS] = {mode: _mean_auc(groups, labels, by_layer[mode]) for mode in order}
     return out
 
 
