@@ -68,11 +68,17 @@ class PretrainedConfig(BranchTrain):
     perturbations: int = Field(3, ge=0, le=3, description="kinds of perturbed copies that are extra classes where the "
                                "data hold a single section-and-attribute class")
     k: int = Field(1, ge=1, description="neighbours averaged by the kNN score")
+    layer: int | None = Field(None, ge=0, description="efficientat: the block (0: the first) whose output, averaged "
+                              "over frequency and time, is the embedding; None: the last, the model's own. On the "
+                              "real sets an earlier block was far better for some machines and worse for others, "
+                              "and none chosen without a set beat the last on it (docs/pooling.md)")
 
     @model_validator(mode="after")
     def _check(self) -> "PretrainedConfig":
         if self.random_hidden % self.random_heads:
             raise ValueError("random_hidden must be divisible by random_heads")
+        if self.layer is not None and self.backbone != "efficientat":
+            raise ValueError("layer applies to backbone efficientat only")
         return self
 
 

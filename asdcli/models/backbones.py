@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from asdcli.config import PretrainedConfig
 from asdcli.errors import ConfigError
-from asdcli.models.efficientat import FRONTEND_VERSION, MobileNetAudio, folded_for_inference
+from asdcli.models.efficientat import BLOCKS, FRONTEND_VERSION, MobileNetAudio, folded_for_inference
 from asdcli.weights import from_pretrained, looks_like_path, read_state_dict, resolve_source
 
 DB_PER_NATURAL_LOG = 10.0 / math.log(10.0)
@@ -42,7 +42,8 @@ class EfficientAtBackbone(nn.Module):
             path = resolve_source(cfg)
             if path is not None:
                 self._load(read_state_dict(path), path)
-        self.dim = self.model.dim
+        self.layer = _block(saved.get("layer") if saved else cfg.layer, self.model.blocks)
+        self.dim = self.model.dim if self.layer is None else _channels(self.model, self.layer)
         self._inference: tuple | None = None
 
     def _load(self, state: dict[str, Tensor], path: Path) -> None:
@@ -56,7 +57,8 @@ class EfficientAtBackbone(nn.Module):
         self.model.load_state_dict(state, strict=False)
 
     def extra_meta(self) -> dict:
-        return {"backbone": self.kind, "width": round(self.model.dim / 960, 4)}
+        meta = {"backbone": self.kind, "width": round(self.model.dim / 960, 4)}
+        return meta if self.layer is None else {**meta, "layer": self.layer}  # the last block's runs keep their keys
 
     def settings(self) -> dict:
         """What its embeddings depend on besides its weights (the key of cached embeddings)."""
@@ -79,16 +81,39 @@ class EfficientAtBackbone(nn.Module):
         batch norms) it runs a copy with the batch norms folded in, channels-last (about 3x faster on
         a CPU), made again whenever a weight or statistic of the model changed."""
         if self.training and torch.is_grad_enabled():
-            return self.model.forward_mel(x).embedding
+            return self._embed(self.model, x)
         tensors = [*self.model.parameters(), *self.model.buffers()]
         key = tuple((t.data_ptr(), t._version) for t in tensors)
         if self._inference is None or self._inference[0] != key:
             self._inference = (key, folded_for_inference(self.model))  # a tuple: not a submodule, never saved
-        return self._inference[1].forward_mel(x.contiguous(memory_format=torch.channels_last)).embedding
+        return self._embed(self._inference[1], x.contiguous(memory_format=torch.channels_last))
+
+    def _embed(self, model: MobileNetAudio, x: Tensor) -> Tensor:
+        """The model's own embedding, or with ``layer`` that block's output averaged over frequency and time."""
+        if self.layer is None:
+            return model.forward_mel(x).embedding
+        return model.features[: self.layer + 1](x).mean(dim=(2, 3))
 
     def blocks(self) -> list[nn.Module]:
-        """Its feature blocks, from the input to the output."""
-        return list(self.model.features)
+        """Its feature blocks, from the input to the output (to ``layer``: the ones after it are not used)."""
+        return list(self.model.features)[: None if self.layer is None else self.layer + 1]
+
+
+def _block(layer: int | None, blocks: int) -> int | None:
+    """``branches.pretrained.layer`` checked against the model's blocks; the last block is None (the model's own)."""
+    if layer is None or layer == blocks - 1:
+        return None
+    if layer >= blocks:
+        raise ConfigError(f"branches.pretrained.layer: {layer} is past the last block of this EfficientAT model "
+                          f"(0-{blocks - 1})")
+    return layer
+
+
+def _channels(model: MobileNetAudio, layer: int) -> int:
+    """Channels of block ``layer``'s output (its embedding's size)."""
+    block = model.features[layer]
+    convs = [m for m in block.modules() if isinstance(m, nn.Conv2d)]
+    return convs[-1].out_channels
 
 
 class AstBackbone(nn.Module):
@@ -178,6 +203,7 @@ def check_source(cfg: PretrainedConfig) -> None:
     """Fail at once, in one line, where the backbone's weights cannot be had (offline, no cache,
     no such file): what a pipeline checks before its first long step. Downloads what it needs."""
     if cfg.backbone == "efficientat":
+        _block(cfg.layer, len(BLOCKS) + 2)  # the first conv, the inverted residuals and the last conv
         path = resolve_source(cfg)
         if path is not None:
             read_state_dict(path)

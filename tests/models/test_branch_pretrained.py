@@ -159,6 +159,29 @@ def test_fine_tuning_trains_the_top_blocks_with_the_margin_loss_and_keeps_pretra
     assert not frozen.is_trainable() and frozen.embedding_spec() is not None and frozen.trained_kinds() == ()
 
 
+def test_an_earlier_block_gives_the_embedding_and_a_block_past_the_last_is_one_error(pt_file):
+    own = PretrainedBranch(CONTEXT, PretrainedConfig(source=str(pt_file[1]))).eval()
+    early = PretrainedBranch(CONTEXT, PretrainedConfig(source=str(pt_file[1]), layer=4, finetune_layers=2)).eval()
+    batch = _batch(torch.randn(3, 16000) * 0.1)
+    x = early.backbone.inputs(batch.wave, 16000)
+    with torch.no_grad():
+        expected = early.backbone.model.features[:5](x).mean(dim=(2, 3))  # block 4's output, unfolded
+        got = early.embed(batch)
+    assert got.shape == (3, early.backbone.dim) and early.backbone.dim == expected.shape[1] != own.backbone.dim
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert len(early.backbone.blocks()) == 5  # fine-tuning trains blocks 3 and 4, none past the one used
+    trainable = {n.split(".")[2] for n, p in early.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"3", "4"}
+    frozen = PretrainedBranch(CONTEXT, PretrainedConfig(source=str(pt_file[1]), layer=4))
+    assert frozen.embedding_spec() != own.embedding_spec()  # its embeddings are cached apart from the last block's
+    last = PretrainedBranch(CONTEXT, PretrainedConfig(source=str(pt_file[1]), layer=own.backbone.model.blocks - 1))
+    assert last.embedding_spec() == own.embedding_spec()  # the last block is the model's own embedding
+    with pytest.raises(ConfigError, match=r"^branches.pretrained.layer: 17 is past the last block .*\(0-16\)$"):
+        PretrainedBranch.check(PretrainedConfig(source="random", layer=17))
+    with pytest.raises(ValueError, match="layer applies to backbone efficientat only"):
+        PretrainedConfig(backbone="ast", source="random", layer=3)
+
+
 @pytest.mark.skipif(not REAL.is_file(), reason="real EfficientAT weights not present in ../shared/models")
 def test_the_real_audioset_weights_load_and_tag_speech_as_speech(tmp_path):
     branch = PretrainedBranch(CONTEXT, PretrainedConfig(source=str(REAL))).eval()
