@@ -188,19 +188,22 @@ class ReconstructionScoring:
     def _pooled(self, error: Tensor) -> Tensor:
         return pool_time(error.pow(2).mean(dim=1), self.cfg.pooling, self.cfg.gwrp_decay)
 
-    def band_map(self, batch: Batch) -> Tensor:
-        """(B, n_mels, T) each bin's and frame's part in the clip score: its share of the
-        Mahalanobis distance (:meth:`ProfileScorer.shares`), or under ``score: mse`` its squared
-        error over the bins (whose sum over the bins is the frame's pooled error)."""
+    def score_map(self, batch: Batch) -> tuple[Tensor, Tensor]:
+        """:meth:`score` and (B, n_mels, T) each bin's and frame's part in it, from one
+        reconstruction: its share of the Mahalanobis distance (:meth:`ProfileScorer.shares`), or
+        under ``score: mse`` its squared error over the bins (whose sum over the bins is the
+        frame's pooled error)."""
         error = self.error(batch)
         if self.cfg.score == "mahalanobis":
-            return self.profiles.shares(error, batch.group)
-        return error.pow(2) / error.shape[1]
+            return self._scored(error, batch.group), self.profiles.shares(error, batch.group)
+        return self._scored(error, batch.group), error.pow(2) / error.shape[1]
 
     def score(self, batch: Batch) -> Tensor:
-        error = self.error(batch)
+        return self._scored(self.error(batch), batch.group)
+
+    def _scored(self, error: Tensor, group: Tensor) -> Tensor:
         if self.cfg.score == "mahalanobis":
-            return self.profiles(error_profile(error), batch.group)
+            return self.profiles(error_profile(error), group)
         return self._pooled(error)
 
     def train_scores(self, batch: Batch) -> Tensor:

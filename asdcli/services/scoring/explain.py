@@ -32,7 +32,7 @@ from asdcli.services.inputs.dataset import ClipSet
 from asdcli.services.inputs.embeddings import with_embeddings
 from asdcli.services.inputs.features import make_extractor
 from asdcli.services.scoring.branch_scores import normalize, section_stats
-from asdcli.services.scoring.maps import native, time_map
+from asdcli.services.scoring.maps import native, score_map, time_map
 from asdcli.services.store.runs import run_stamp
 
 AGREE_SD = 1.0  # a branch agrees where its map averages this far above its normal clips in the span
@@ -234,13 +234,17 @@ def _maps(detector, clips: list[Clip]) -> tuple:
         group = run.vocab.group_name(clip)
         maps[i], bands[i] = {}, {}
         for name in detector.names:
-            branch = loaded.branches[name]
-            with torch.no_grad():
-                raw = branch.score(with_embeddings(batch, loaded.upstream)).float().cpu()
-            tf: list = []
+            branch, tf = loaded.branches[name], None
+            embedded = with_embeddings(batch, loaded.upstream)
+            if native(branch):  # its score and its map over bins and frames from one reconstruction
+                raw, tf = score_map(branch, embedded)
+                # in the clip score's standard deviations, as the time map
+                bands[i][name] = tf[0].cpu().numpy().astype(float) / section_stats(detector.metas[name], group)[1]
+            else:
+                with torch.no_grad():
+                    raw = branch.score(embedded)
+            raw = raw.float().cpu()
             curve = time_map(branch, batch, loaded.upstream, raw, tf)[0].numpy().astype(float)
-            if tf:  # in the clip score's standard deviations, as the time map
-                bands[i][name] = tf[0][0].numpy().astype(float) / section_stats(detector.metas[name], group)[1]
             z = normalize(curve, [group] * curve.size, detector.metas[name])
             offset = result.normalized[name][i] - normalize(raw.numpy().astype(float), [group], detector.metas[name])[0]
             maps[i][name] = z + offset  # the domain shift of the clip's section, as its clip score has it

@@ -1,6 +1,6 @@
 """Anomaly maps: each branch's anomaly over the frames of a clip, on the scale of its clip score.
 
-- b2 and b4 (reconstruction branches, anything with ``band_map``): each frame's and mel band's
+- b2 and b4 (reconstruction branches, anything with ``score_map``): each frame's and mel band's
   share of the clip score (:meth:`asdcli.models.error_profile.ProfileScorer.shares`: the frame's
   error profile along the direction in which the whole clip's profile deviates from its
   section's; summed over the bands and averaged over the frames, the clip score), summed over the
@@ -34,16 +34,18 @@ WINDOW, HOP = 64, 8  # frames (about 2 s and 0.26 s at 16 kHz, hop 512)
 
 def native(branch: Branch) -> bool:
     """Whether the branch gives a map of its own (per bin and frame) rather than windows."""
-    return hasattr(branch, "band_map")
+    return hasattr(branch, "score_map")
 
 
-def band_map(branch: Branch, batch: Batch) -> Tensor:
-    """(B, n_mels, T) a reconstruction branch's shares of its clip score over bins and the clip's frames."""
-    out = branch.band_map(batch).float()  # (B, M, T') with T' <= T (whole patches)
-    frames = batch.feats.shape[-1]
+def score_map(branch: Branch, batch: Batch) -> tuple[Tensor, Tensor]:
+    """A reconstruction branch's (B,) clip score and (B, n_mels, T) shares of it over bins and the
+    clip's frames, from one reconstruction."""
+    with torch.no_grad():
+        score, out = branch.score_map(batch)  # (B, M, T') with T' <= T (whole patches)
+    out, frames = out.float(), batch.feats.shape[-1]
     if out.shape[-1] != frames:
         out = F.pad(out, (0, frames - out.shape[-1]), mode="replicate")
-    return out
+    return score, out
 
 
 def _windows(branch: Branch, batch: Batch, upstream: dict[str, Branch]) -> Tensor:
@@ -70,15 +72,13 @@ def _windows(branch: Branch, batch: Batch, upstream: dict[str, Branch]) -> Tenso
 
 
 def time_map(branch: Branch, batch: Batch, upstream: dict[str, Branch], clip_score: Tensor,
-             bands: list | None = None) -> Tensor:
+             tf: Tensor | None = None) -> Tensor:
     """(B, T) the branch's anomaly over the frames, whose mean over time is ``clip_score`` (B,);
-    a reconstruction branch's map over bins and frames is appended to ``bands`` where given."""
+    ``tf``: a reconstruction branch's map over bins and frames (:func:`score_map`), made here
+    where not given."""
     with torch.no_grad():
         if native(branch):
-            tf = band_map(branch, batch).cpu()
-            curve = tf.sum(dim=1)
-            if bands is not None:
-                bands.append(tf)
+            curve = (score_map(branch, batch)[1] if tf is None else tf).cpu().sum(dim=1)
         else:
             curve = _windows(branch, batch, upstream)
     clip_score = clip_score.float().cpu()
