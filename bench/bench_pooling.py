@@ -53,31 +53,33 @@ POOLINGS["diffusion"] = POOLINGS["transformer-ae"]
 LAYERS = "b1 by layer"  # b1's clip embedding taken from each block of EfficientAT instead of the last
 
 
+def _batches(detector: Detector, clips, cache: Path, with_wave: bool = False):
+    """The clips it could read and their batches of 8 (features, and audio where ``with_wave``)."""
+    config = detector.config
+    clipset = ClipSet(clips, config, make_extractor(config, cache), detector.run.vocab, with_wave=with_wave,
+                      keep_features=True, require_any=False)
+    count = len(clipset.clips)
+    return clipset.clips, (clipset.batch(list(range(start, min(start + 8, count)))) for start in range(0, count, 8))
+
+
 def _errors(detector: Detector, name: str, clips, cache: Path):
     """The branch's signed errors (N, n_mels, T) of the clips it could read, their sections and clips."""
-    config = detector.config
-    clipset = ClipSet(clips, config, make_extractor(config, cache), detector.run.vocab, keep_features=True,
-                      require_any=False)
-    branch = detector.loaded.branches[name]
+    branch, (read, batches) = detector.loaded.branches[name], _batches(detector, clips, cache)
     errors, groups = [], []
     with torch.no_grad():
-        for start in range(0, len(clipset.clips), 8):
-            batch = clipset.batch(list(range(start, min(start + 8, len(clipset.clips)))))
+        for batch in batches:
             errors.append(branch.error(batch).float())
             groups.append(batch.group)
-    return torch.cat(errors), torch.cat(groups), clipset.clips, branch
+    return torch.cat(errors), torch.cat(groups), read, branch
 
 
 def _feature_maps(detector: Detector, clips, cache: Path):
     """b1's last feature maps (N, C, M', T') of the clips, every block's output averaged over
     frequency and time [(N, C_k)], their sections and clips."""
-    config, branch = detector.config, detector.loaded.branches["pretrained"]
-    clipset = ClipSet(clips, config, make_extractor(config, cache), detector.run.vocab, with_wave=True,
-                      keep_features=True, require_any=False)
+    branch, (read, batches) = detector.loaded.branches["pretrained"], _batches(detector, clips, cache, with_wave=True)
     backbone, maps, layers, groups = branch.backbone, [], [], []
     with torch.no_grad():
-        for start in range(0, len(clipset.clips), 8):
-            batch = clipset.batch(list(range(start, min(start + 8, len(clipset.clips)))))
+        for batch in batches:
             h = backbone.inputs(batch.wave, branch.context.sample_rate).contiguous(memory_format=torch.channels_last)
             means = []
             for block in backbone.model.features:
@@ -86,25 +88,29 @@ def _feature_maps(detector: Detector, clips, cache: Path):
             maps.append(h.float())
             layers.append(means)
             groups.append(batch.group)
-    return torch.cat(maps), [torch.cat(m) for m in zip(*layers)], torch.cat(groups), clipset.clips
+    return torch.cat(maps), [torch.cat(m) for m in zip(*layers)], torch.cat(groups), read
 
 
 def layer_scores(train: list[torch.Tensor], train_group: torch.Tensor, test: list[torch.Tensor],
                  test_group: torch.Tensor) -> dict[str, np.ndarray]:
     """b1's kNN of clip embeddings taken from each block (L0 the first; the last is b1's own), per section."""
-    unit = torch.nn.functional.normalize
     out = {f"L{k}": np.zeros(len(test[0])) for k in range(len(test))}
     for g in torch.unique(test_group).tolist():
         rows = (test_group == g).numpy()
         for k, (a, b) in enumerate(zip(train, test)):
-            near = (unit(b[test_group == g], dim=1) @ unit(a[train_group == g], dim=1).T).amax(dim=1)
-            out[f"L{k}"][rows] = (1 - near).numpy()
+            out[f"L{k}"][rows] = _clip_distance(a[train_group == g], b[test_group == g]).numpy()
     return out
 
 
 def _nearest(queries: torch.Tensor, bank: torch.Tensor) -> torch.Tensor:
     """(n, S, C) and (K, C) unit vectors -> (n, S) cosine distance of each to its nearest in the bank."""
     return 1 - (queries @ bank.T).amax(dim=2)
+
+
+def _clip_distance(train: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
+    """(K, C) and (n, C) clip embeddings -> (n,) cosine distance of each test clip to its nearest training clip."""
+    unit = torch.nn.functional.normalize
+    return _nearest(unit(test, dim=1)[:, None], unit(train, dim=1))[:, 0]
 
 
 def patch_scores(train: torch.Tensor, train_group: torch.Tensor, test: torch.Tensor,
@@ -115,8 +121,7 @@ def patch_scores(train: torch.Tensor, train_group: torch.Tensor, test: torch.Ten
     for g in torch.unique(test_group).tolist():
         a, b = train[train_group == g], test[test_group == g]
         rows = (test_group == g).numpy()
-        clip = unit(b.mean(dim=(2, 3)), dim=1) @ unit(a.mean(dim=(2, 3)), dim=1).T
-        out["clip"][rows] = (1 - clip.amax(dim=1)).numpy()
+        out["clip"][rows] = _clip_distance(a.mean(dim=(2, 3)), b.mean(dim=(2, 3))).numpy()
         for kind, (bank, query) in {"steps": (a.mean(dim=2), b.mean(dim=2)),
                                     "patches": (a.flatten(2), b.flatten(2))}.items():
             flat_bank = unit(bank, dim=1).transpose(1, 2).reshape(-1, a.shape[1])  # (N * S, C)

@@ -255,12 +255,12 @@ def trained_config(run: Run, name: str, meta: BranchRecord | None = None) -> Asd
     meta = meta or read_branch_record(run, name)
     data = run_config(run).model_dump(mode="json")
     data.update({k: meta.config[k] for k in ("seed", "train") if k in meta.config})
-    field, kept = BRANCHES[name].config_field, meta.config.get("branches", {})
+    section, kept = BRANCHES[name].config_field, meta.config.get("branches", {})
     if not isinstance(kept, dict):
         raise CheckpointError(f"{run.record(name)}: field 'config.branches' is not a mapping; the file was edited or "
                               "is not this stage's metadata: train the stage again")
-    if field in kept:
-        data["branches"][field] = kept[field]
+    if section in kept:
+        data["branches"][section] = kept[section]
     return validate_config(data, source=str(run.record(name)))
 
 
