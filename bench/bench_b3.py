@@ -141,7 +141,8 @@ def main() -> None:
     table = {v: {} for v in variants}
     for name in sets:
         bg = background(available, name, args.work, args.per_type)
-        bg_id = background(available, name, args.work, args.per_type, by_id=True)
+        bg_id = (background(available, name, args.work, args.per_type, by_id=True)
+                 if any("bgid" in v.split("+") for v in variants) else None)
         for variant in variants:
             table[variant][name] = [one_run(available[name], fold, seed, variant, args, bg, bg_id)["auc"]
                                     for fold in range(args.folds) for seed in args.seeds]

@@ -109,9 +109,9 @@ def print_peers(records: list[dict], roles: dict[str, str]) -> dict[str, float]:
               + f" | {PEERS[best]} | {means['final'] - means[best]:+.3f} |")
         if name == "all":
             pooled = means
-    print("\nHow b2 and b4 pool their errors into a clip score (every pooling a user can set, on these runs' trained "
-          "weights, each set judged with the pooling chosen on the others): [pooling.md](pooling.md), written by "
-          "bench/bench_pooling.py")
+    print("\nHow b1, b2 and b4 pool frames into a clip score, and b1 from which block (every choice scored on these "
+          "runs' trained weights, each set judged with the choice made on the others): [pooling.md](pooling.md), "
+          "written by bench/bench_pooling.py")
     return pooled
 
 
